@@ -1,0 +1,53 @@
+"""The `cnnlab` command line: one thin module per subcommand.
+
+Each module in `COMMANDS` defines `add_parser(subparsers)` (arguments only, no heavy imports so
+`--help` is instant) and `run(args) -> int`, which turns the arguments into the task's config
+and calls the library. A `CnnlabError` anywhere becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+# Subcommand modules under cnnlab.cli, in the order `cnnlab --help` lists them.
+COMMANDS = ["models", "params", "evaluate", "charrnn"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description=(
+            "The classic CNN and RNN experiments, done properly: count a network's parameters, "
+            "score pretrained ImageNet CNNs on your photos, train character RNNs."
+        ),
+        epilog="Run `cnnlab COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"cnnlab.cli.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CnnlabError as exc:
+        print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The model registry: one name -> one way to build a model and, maybe, find its weights.
+
+Modelled on torchvision's `register_model` / `get_model` / `list_models` and timm's
+`@register_model`. Names are matched case-insensitively with `-` and `_` equivalent, so
+`alexnet-paper`, `AlexNet_Paper` and `alexnet_paper` are the same model.
+
+Any timm architecture can also be built by prefixing its name with `timm/` (e.g.
+`timm/convnext_tiny`) without being registered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError, suggest
+
+if TYPE_CHECKING:
+    from cnnlab.models.pretrained import PretrainedSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything cnnlab knows about a registered model before building it."""
+
+    name: str
+    source: str  # who defines the architecture: "cnnlab", "torchvision" or "timm"
+    builder: Callable[..., nn.Module]
+    description: str = ""
+    # (channels, height, width) a user would feed it; `cnnlab params` uses it without --input.
+    default_input: tuple[int, ...] = (3, 224, 224)
+    # ImageNet (or other) weights this model can load, if any; see models/pretrained.py.
+    pretrained: PretrainedSpec | None = None
+    # Count published by the model's authors/library, checked by tests against our own count.
+    published_params: int | None = None
+    # Keyword arguments the builder accepts from the command line (e.g. alexnet-paper's groups).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model; registering the same name twice is a programming error."""
+    key = _key(spec.name)
+    if key in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[key] = spec
+    return spec
+
+
+def list_models(source: str | None = None) -> list[ModelSpec]:
+    """Registered models, sorted by name, optionally only those of one source."""
+    specs = sorted(_REGISTRY.values(), key=lambda s: s.name)
+    return [s for s in specs if source is None or s.source == source]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec for `name`, or a CnnlabError that names the closest registered models."""
+    spec = _REGISTRY.get(_key(name))
+    if spec is not None:
+        return spec
+    if name.startswith("timm/"):
+        return _timm_spec(name.removeprefix("timm/"))
+    raise CnnlabError(
+        f"unknown model {name!r}{suggest(name, [s.name for s in _REGISTRY.values()])}; "
+        "`cnnlab models` lists them all"
+    )
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model with freshly initialised (not pretrained) weights."""
+    spec = get_spec(name)
+    unknown = set(kwargs) - set(spec.options)
+    if unknown:
+        raise CnnlabError(
+            f"model {spec.name!r} takes no option(s) {', '.join(sorted(unknown))}"
+            + (f"; it takes: {', '.join(sorted(spec.options))}" if spec.options else "")
+        )
+    return spec.builder(**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_parameters_of(spec: ModelSpec) -> int:
+    """Parameter count without allocating weights: the model is built on the meta device."""
+    with torch.device("meta"):
+        return count_parameters(spec.builder())
+
+
+def _timm_spec(arch: str) -> ModelSpec:
+    import timm
+
+    if not timm.is_model(arch):
+        raise CnnlabError(
+            f"unknown timm model {arch!r}{suggest(arch, timm.list_models())}"
+        )
+    return ModelSpec(
+        name=f"timm/{arch}",
+        source="timm",
+        builder=lambda **kw: timm.create_model(arch, pretrained=False, **kw),
+        description="timm architecture (unregistered)",
+    )

@@ -1,0 +1,192 @@
+"""Run directories: everything a command produced, written so that nothing is lost or mixed up.
+
+A run directory holds
+    config.json       the resolved configuration (every default filled in)
+    environment.json  Python / torch / torchvision / timm versions, git sha, device, threads, seed
+    results.json      the command's results
+    metrics.jsonl     one JSON object per line, appended during training
+plus whatever files the command adds (tables, plots, reports, checkpoints).
+
+Every file is written to a temporary name in the same directory and renamed into place
+(`os.replace` is atomic on POSIX), so a crash leaves the previous version or the new one, never
+half a file. A new run never reuses a directory that already holds files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+
+DEFAULT_ROOT = Path("runs")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths and tuples as plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def git_sha(start: Path | None = None) -> str | None:
+    """The commit of the cnnlab checkout, if it is one (None for an installed wheel)."""
+    here = start or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """What produced a run: enough to reproduce it or to explain a different number."""
+    import timm
+    import torch
+    import torchvision
+
+    import cnnlab
+
+    return {
+        "cnnlab": cnnlab.__version__,
+        "git_sha": git_sha(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "seed": seed,
+        "argv": sys.argv,
+        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+class RunDir:
+    """A directory holding one run's artifacts."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(
+        cls, command: str, out: str | Path | None = None, root: str | Path = DEFAULT_ROOT
+    ) -> RunDir:
+        """A fresh directory: `out` if given (it must not hold files), else
+        `root/<command>/<YYYYmmdd-HHMMSS>` with a `-2`, `-3`, ... suffix if that exists."""
+        if out is not None:
+            path = Path(out)
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise CnnlabError(
+                    f"output directory {path} already holds files; choose another --out "
+                    "(a run never overwrites another)"
+                )
+            path.mkdir(parents=True, exist_ok=True)
+            return cls(path)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(root) / command / stamp
+        for i in range(1, 1000):
+            path = base if i == 1 else base.with_name(f"{stamp}-{i}")
+            try:
+                path.mkdir(parents=True, exist_ok=False)  # atomic claim: two runs never share
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise CnnlabError(f"cannot create a run directory under {base.parent}")
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run (for --resume and for reports)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CnnlabError(f"run directory not found: {path}")
+        return cls(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        atomic_write_json(self.file(name), obj)
+        return self.file(name)
+
+    def write_text(self, name: str, text: str) -> Path:
+        atomic_write_text(self.file(name), text)
+        return self.file(name)
+
+    def read_json(self, name: str) -> Any:
+        return json.loads(self.file(name).read_text(encoding="utf-8"))
+
+    def save_config(self, config: Any) -> Path:
+        return self.write_json("config.json", config)
+
+    def save_environment(self, seed: int | None = None, device: str | None = None) -> Path:
+        return self.write_json("environment.json", environment(seed=seed, device=device))
+
+    def save_results(self, results: Any) -> Path:
+        return self.write_json("results.json", results)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """One JSON line, flushed and fsynced: a crash loses at most the line being written."""
+        line = json.dumps(to_jsonable(record), allow_nan=False) + "\n"
+        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.file("metrics.jsonl")
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash: keep everything before it
+        return records
+
+    def __str__(self) -> str:
+        return str(self.path)
