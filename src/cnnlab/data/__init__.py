@@ -1,0 +1,1 @@
+"""Data sets and loaders: labelled image folders, ImageNet labels, text."""

@@ -1,0 +1,1 @@
+"""Reports: plots and HTML/Markdown rendering that read only run artifacts."""
