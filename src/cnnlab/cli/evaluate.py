@@ -1,14 +1,153 @@
-"""`cnnlab evaluate` (placeholder until its issue lands)."""
+"""`cnnlab evaluate`: score pretrained ImageNet CNNs on a labelled photo folder, side by side."""
 
 from __future__ import annotations
 
-from cnnlab.errors import CnnlabError
+import argparse
+
+from cnnlab.cli.common import HelpFormatter, add_output_options
+
+DESCRIPTION = """\
+Run pretrained ImageNet CNNs on a folder of labelled photos and report each model's top-1 and
+top-5 error side by side, with every image's top-k predictions.
+
+Labels (--labels auto picks the first that applies):
+  folders   PATH/<label>/*.jpg
+  csv       rows 'file,label' in PATH/labels.csv or --csv FILE (paths relative to PATH)
+  filename  the file name itself: volcano.jpg, n01440764_tench.JPEG, great_white_shark_2.png
+A label is an ImageNet class name or synonym ("tench", "Tinca tinca"), or a WordNet id
+(n01440764). Labels that match no class, or several, are all reported before any model runs;
+--skip-unknown scores the rest. --match prefix reproduces the old lab's `startswith` rule.
+
+Models: any number of -m (default: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2,
+whose weights ship as pip packages). torchvision models (alexnet, googlenet, resnet18, ...) and
+timm/<arch> need their weights in $TORCH_HOME/hub/checkpoints or --weights MODEL=FILE;
+`cnnlab models --pretrained` lists what is available here. Each model uses the preprocessing
+(input size, resize/crop ratio, interpolation, mean/std) of its own weights.
+
+Under torchrun the folder is shared across ranks and rank 0 writes the results:
+  torchrun --standalone --nproc_per_node=2 -m cnnlab evaluate PATH
+
+The run directory holds results.json, predictions.csv, metrics.jsonl, report.md and
+report.html (every image some model gets wrong, with each model's top-5).
+
+Examples:
+  cnnlab evaluate photos/
+  cnnlab evaluate photos/ -m resnet18 -m googlenet --weights resnet18=~/resnet18.pth
+  cnnlab evaluate photos/ --match prefix --skip-unknown --out runs/lab
+"""
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="(not implemented yet)")
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score pretrained ImageNet CNNs on a labelled photo folder",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("path", metavar="PATH", help="folder of labelled photos")
+    p.add_argument(
+        "-m", "--model", dest="models", action="append", metavar="MODEL",
+        help="model to score (repeatable; default: the EfficientNet-Lite0/1/2 trio)",
+    )
+    p.add_argument(
+        "--weights", action="append", metavar="[MODEL=]FILE",
+        help="explicit weights file for a model (repeatable; MODEL= may be left out when "
+        "there is one model)",
+    )
+    p.add_argument("--top-k", type=int, metavar="K", help="predictions kept per image (default 5)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (16)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="decoding worker processes; 0 decodes in the main process (2)")
+    p.add_argument("--labels", choices=["auto", "folders", "csv", "filename"],
+                   help="where labels come from (auto)")
+    p.add_argument("--csv", metavar="FILE", help="CSV of 'file,label' rows")
+    p.add_argument("--match", choices=["synonym", "prefix"],
+                   help="label matching rule: synonym (exact names, ids) or the lab's prefix rule")
+    p.add_argument("--skip-unknown", action="store_true", default=None,
+                   help="skip images whose label matches no single class instead of failing")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images (by path)")
+    p.add_argument("--no-draft", dest="draft", action="store_false", default=None,
+                   help="always decode JPEGs at full size (slower; pixels as a full decode)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   default=None, help="keep NCHW memory format")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None,
+                   help="skip report.md / report.html")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (auto)")
+    p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
+    add_output_options(p)
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    raise CnnlabError("not implemented yet")
+def _weights(values: list[str] | None, models: list[str] | None) -> dict[str, str] | None:
+    from cnnlab.errors import CnnlabError
+
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep:
+            if not models or len(models) != 1:
+                raise CnnlabError(
+                    f"--weights {value}: say which model it is for (--weights MODEL=FILE) "
+                    "when there is not exactly one -m"
+                )
+            name, file = models[0], value
+        out[name] = file
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.config import resolve
+    from cnnlab.progress import Reporter
+    from cnnlab.tasks.evaluate import EvaluateConfig, evaluate
+
+    cli = {
+        "path": args.path,
+        "models": tuple(args.models) if args.models else None,
+        "weights": _weights(args.weights, args.models),
+        "top_k": args.top_k,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "labels": args.labels,
+        "csv": args.csv,
+        "match": args.match,
+        "skip_unknown": args.skip_unknown,
+        "limit": args.limit,
+        "draft": args.draft,
+        "channels_last": args.channels_last,
+        "report": args.report,
+        "device": args.device,
+        "out": args.out,
+    }
+    config = resolve(EvaluateConfig, cli, args.config)
+    reporter = Reporter(quiet=args.quiet)
+    results = evaluate(config, reporter)
+    if results is None:  # a torchrun rank other than 0: rank 0 prints
+        return 0
+    print_table(results, reporter)
+    return 0
+
+
+def print_table(results: dict, reporter) -> None:
+    rows = []
+    for m in results["models"]:
+        def pct(v):
+            return "-" if v is None else f"{v:.1f}%"
+
+        ips = m["images_per_second"]
+        rows.append((
+            m["name"], f"{m['parameters']:,}", pct(m["top1_error"]), pct(m["top5_error"]),
+            "-" if ips is None else f"{ips:.1f}", m["n_images"], m["n_skipped"],
+        ))
+    reporter.table(
+        ["model", "params", "top-1 err", "top-5 err", "images/s", "scored", "unreadable"],
+        rows,
+        right_align=["params", "top-1 err", "top-5 err", "images/s", "scored", "unreadable"],
+    )
+    n_skipped = len(results["skipped"])
+    reporter.result(
+        f"{results['n_labelled']} labelled images"
+        + (f", {n_skipped} file(s) skipped (reasons in results.json)" if n_skipped else "")
+        + f"; run directory: {results['run_dir']}"
+    )

@@ -191,3 +191,55 @@ def preprocess_from_torchvision(weights) -> Preprocess:
         mean=tuple(t.mean),
         std=tuple(t.std),
     )
+
+
+def timm_pretrained_spec(arch: str) -> PretrainedSpec | None:
+    """Weights metadata of an unregistered `timm/<arch>` model, from timm's own pretrained_cfg.
+
+    The file name is the one timm itself caches under the hub directory when the cfg has a URL;
+    weights hosted only on the Hugging Face hub get a descriptive name and load via --weights.
+    """
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except Exception:  # timm raises different errors for unknown / weightless architectures
+        return None
+    if cfg is None:
+        return None
+    cfg = cfg.to_dict()
+    if cfg.get("num_classes", 1000) != 1000 or "input_size" not in cfg:
+        return None
+    url = cfg.get("url") or None
+    tag = f".{cfg['tag']}" if cfg.get("tag") else ""
+    file_name = url.rsplit("/", 1)[-1] if url else f"{arch}{tag}.safetensors"
+    return PretrainedSpec(file_name=file_name, url=url, preprocess=preprocess_from_timm(cfg))
+
+
+def pretrained_spec_of(model_spec) -> PretrainedSpec:
+    """The ImageNet weights a registered (or `timm/<arch>`) model can load, or a CnnlabError."""
+    spec = model_spec.pretrained
+    if spec is None and model_spec.name.startswith("timm/"):
+        spec = timm_pretrained_spec(model_spec.name.removeprefix("timm/"))
+    if spec is None:
+        raise CnnlabError(
+            f"{model_spec.name} has no pretrained ImageNet weights in cnnlab; "
+            "`cnnlab models --pretrained` lists the models that do"
+        )
+    return spec
+
+
+def create_pretrained(
+    name: str, weights: str | Path | None = None
+) -> tuple[nn.Module, Preprocess, Path]:
+    """Build `name`, load its ImageNet weights, switch to eval mode.
+
+    Returns the model, the preprocessing its weights expect, and the weights file used.
+    """
+    from cnnlab.models.registry import get_spec
+
+    model_spec = get_spec(name)
+    spec = pretrained_spec_of(model_spec)
+    model = model_spec.builder()
+    path = load_pretrained(model, spec, model_spec.name, weights)
+    return model.eval(), spec.preprocess, path

@@ -1,0 +1,127 @@
+"""The `cnnlab evaluate` report: report.md and a self-contained report.html.
+
+Reads only the run's artifacts (results.json, predictions.csv) and the photos they name. For
+every image that at least one model gets wrong (top-1), the report shows a thumbnail, the true
+label and each model's top-5 with probabilities. In report.html the thumbnails are base64 data
+URIs, so the file can be mailed or attached on its own; report.md links to thumbs/*.jpg in the
+run directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.runs import RunDir
+
+THUMB_SIZE = 160  # pixels, longest side: big enough to recognise the object, ~5-10 kB each
+TOP_SHOWN = 5  # classes listed per model and image
+
+
+@dataclass
+class Guess:
+    class_index: int
+    name: str
+    probability: float  # 0..1
+
+
+@dataclass
+class ImageRow:
+    file: str
+    true_label: str
+    true_index: int
+    true_class: str
+    # model name -> its top classes, most probable first
+    guesses: dict[str, list[Guess]] = field(default_factory=dict)
+    thumb_md: str | None = None  # relative path of the thumbnail file (report.md)
+    thumb_uri: str | None = None  # data URI (report.html)
+
+    def correct(self, model: str) -> bool:
+        g = self.guesses.get(model)
+        return bool(g) and g[0].class_index == self.true_index
+
+
+def read_predictions(path: Path) -> list[ImageRow]:
+    """predictions.csv -> one row per image, in file order."""
+    rows: dict[str, ImageRow] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for rec in csv.DictReader(f):
+            row = rows.get(rec["file"])
+            if row is None:
+                row = rows[rec["file"]] = ImageRow(
+                    rec["file"], rec["true_label"], int(rec["true_index"]), rec["true_class"]
+                )
+            guesses = row.guesses.setdefault(rec["model"], [])
+            if len(guesses) < TOP_SHOWN:
+                guesses.append(
+                    Guess(int(rec["class_index"]), rec["class"], float(rec["probability"]))
+                )
+    return list(rows.values())
+
+
+def thumbnail(path: Path, size: int = THUMB_SIZE) -> bytes | None:
+    """A small JPEG of the photo, upright; None when it cannot be read (it was scored, but the
+    file may have changed since)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=80)
+            return buf.getvalue()
+    except Exception:  # a report must not fail on one photo; the row says "no thumbnail"
+        return None
+
+
+def _environment():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    return Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def fmt_pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
+def write_report(run_path: str | Path) -> tuple[Path, Path]:
+    """Render report.md and report.html into the run directory; returns their paths."""
+    run = RunDir.open(run_path)
+    results: dict[str, Any] = run.read_json("results.json")
+    images = read_predictions(run.file("predictions.csv"))
+    models = [m["name"] for m in results["models"]]
+    wrong = [row for row in images if any(not row.correct(m) for m in models if m in row.guesses)]
+    root = Path(results["path"])
+    thumbs = run.file("thumbs")
+    for n, row in enumerate(wrong):
+        data = thumbnail(root / row.file)
+        if data is None:
+            continue
+        thumbs.mkdir(exist_ok=True)
+        name = f"{n:05d}.jpg"
+        (thumbs / name).write_bytes(data)
+        row.thumb_md = f"thumbs/{name}"
+        row.thumb_uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    context = {
+        "results": results,
+        "models": models,
+        "wrong": wrong,
+        "n_images": len(images),
+        "pct": fmt_pct,
+    }
+    env = _environment()
+    md = run.write_text("report.md", env.get_template("evaluate.md.j2").render(**context))
+    html = run.write_text("report.html", env.get_template("evaluate.html.j2").render(**context))
+    return md, html
