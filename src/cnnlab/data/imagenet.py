@@ -1,0 +1,253 @@
+"""ImageNet-1k label resolution: from a user's label ("beagle", "n01440764_tench") to a class index.
+
+The class metadata comes from timm's `ImageNetInfo("imagenet-1k")`: WordNet ids in the index
+order every ImageNet-1k model uses, and each class's WordNet synonym list ("tench, Tinca tinca").
+
+Two matching rules:
+
+- `"synonym"` (default): a label resolves by WordNet id (`n01440764`, also as the start of a file
+  stem, `n01440764_tench`), or by any synonym of a class, case-insensitive, with `_`, `-` and spaces
+  equivalent, apostrophes and dots ignored (`potters_wheel`, `RV`), and a trailing counter (`_2`,
+  ` (1)`, `-3`) ignored. A label that matches no class, or several (ImageNet has 19 such names,
+  e.g. "crane" is both a bird and a machine, "maillot" both a swimsuit and a leotard), is a
+  problem: it is reported, never guessed.
+- `"prefix"`: the lab's rule, kept so that its numbers can be reproduced. The lab read a
+  class-names file with one line per class ("tench, Tinca tinca") and took the FIRST line for which
+  `line.startswith(label)`; it is case-sensitive and picks wrongly whenever a longer name comes
+  first ("bee" -> "bee eater", index 92, not "bee", 309; "tiger" -> "tiger shark"). Before
+  matching, a label gets only the clean-ups a file name needs: a leading WordNet id is dropped,
+  `_` reads as a space, a trailing counter is dropped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+MATCH_RULES = ("synonym", "prefix")
+
+# A WordNet noun id ("n" + 8-digit synset offset), alone or starting a file stem.
+_WNID = re.compile(r"^(n\d{8})(?:$|[\s_\-.]+(.*)$)", re.IGNORECASE)
+# A trailing duplicate counter as file managers and cameras add them: "x_2", "x-3", "x 4", "x (1)".
+# No ImageNet-1k synonym contains a digit, so dropping one can never hide a real class name.
+_COUNTER = re.compile(r"^(.*?\S)(?:[\s_\-]*\(\d+\)|[\s_\-]+\d+)$")
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def normalise(text: str) -> str:
+    """The matching key of a name: case-folded, `_`/`-`/spaces as one space, no `'` or `.`."""
+    text = text.casefold().replace("'", "").replace("\u2019", "").replace(".", "")
+    return _SEPARATORS.sub(" ", text).strip()
+
+
+def strip_counter(label: str) -> str:
+    """'great_white_shark_2' -> 'great_white_shark'; 'tench (1)' -> 'tench'; others unchanged."""
+    m = _COUNTER.match(label.strip())
+    return m.group(1) if m else label.strip()
+
+
+@dataclass(frozen=True)
+class LabelMatch:
+    """The outcome of resolving one label.
+
+    `index` is the class to score against, or None when the label is unknown (no candidates) or
+    ambiguous (several candidates). With `match="prefix"` the lab's rule picks the first of
+    several candidates, so `index` is set even when `len(candidates) > 1`; use `ok`.
+    """
+
+    label: str  # the raw label, as discovered
+    index: int | None
+    candidates: tuple[int, ...]  # every class the label matched
+    suggestions: tuple[str, ...] = ()  # closest class names, for unknown labels
+
+    @property
+    def ok(self) -> bool:
+        return self.index is not None
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.index is None and len(self.candidates) > 1
+
+    @property
+    def unknown(self) -> bool:
+        return self.index is None and not self.candidates
+
+
+@dataclass(frozen=True)
+class ImageNetClasses:
+    """The 1000 ImageNet-1k classes in model output order."""
+
+    wnids: tuple[str, ...]  # WordNet ids, e.g. "n01440764"
+    synonyms: tuple[tuple[str, ...], ...]  # per class, e.g. ("tench", "Tinca tinca")
+    definitions: tuple[str, ...] = ()  # per class, WordNet gloss (tells the two "crane"s apart)
+
+    def __post_init__(self) -> None:
+        if len(self.wnids) != len(self.synonyms):
+            raise ValueError("wnids and synonyms differ in length")
+        if self.definitions and len(self.definitions) != len(self.wnids):
+            raise ValueError("wnids and definitions differ in length")
+
+    def __len__(self) -> int:
+        return len(self.wnids)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Display name of each class: its first synonym."""
+        return tuple(s[0] for s in self.synonyms)
+
+    @functools.cached_property
+    def _by_wnid(self) -> dict[str, int]:
+        return {w.lower(): i for i, w in enumerate(self.wnids)}
+
+    @functools.cached_property
+    def _by_key(self) -> dict[str, tuple[int, ...]]:
+        """normalised synonym -> classes that have it (several for the ambiguous names)."""
+        index: dict[str, list[int]] = {}
+        for i, names in enumerate(self.synonyms):
+            for name in names:
+                bucket = index.setdefault(normalise(name), [])
+                if i not in bucket:
+                    bucket.append(i)
+        return {k: tuple(v) for k, v in index.items()}
+
+    @functools.cached_property
+    def _lines(self) -> tuple[str, ...]:
+        """The lab's class-names file: one line per class, synonyms joined by ', '."""
+        return tuple(", ".join(s) for s in self.synonyms)
+
+    def describe(self, index: int, width: int = 50) -> str:
+        """'n02012849 crane (large long-necked wading bird...)': enough to tell classes apart."""
+        text = f"{self.wnids[index]} {self.names[index]}"
+        if self.definitions:
+            gloss = self.definitions[index]
+            if len(gloss) > width:
+                gloss = gloss[: width - 3].rstrip() + "..."
+            text += f" ({gloss})"
+        return text
+
+    def resolve(self, label: str, match: str = "synonym") -> LabelMatch:
+        """Resolve one label by `match` rule ("synonym" or "prefix"); see the module docstring."""
+        if match == "synonym":
+            return self._resolve_synonym(label)
+        if match == "prefix":
+            return self._resolve_prefix(label)
+        raise ValueError(f"unknown match rule {match!r}; expected one of {MATCH_RULES}")
+
+    def _resolve_synonym(self, label: str) -> LabelMatch:
+        text = label.strip()
+        m = _WNID.match(text)
+        if m:
+            wnid_index = self._by_wnid.get(m.group(1).lower())
+            if wnid_index is not None:
+                # The id is exact; any name after it ("n01440764_tench") is only decoration.
+                return LabelMatch(label, wnid_index, (wnid_index,))
+            # An id outside ImageNet-1k (e.g. an ImageNet-21k synset): the name may still match.
+            text = m.group(2) or ""
+        candidates: tuple[int, ...] = ()
+        if normalise(text):
+            candidates = self._by_key.get(normalise(text), ())
+            if not candidates:
+                candidates = self._by_key.get(normalise(strip_counter(text)), ())
+        if len(candidates) == 1:
+            return LabelMatch(label, candidates[0], candidates)
+        if candidates:
+            return LabelMatch(label, None, candidates)
+        return LabelMatch(label, None, (), self._suggest(strip_counter(text) or label))
+
+    def _resolve_prefix(self, label: str) -> LabelMatch:
+        text = label.strip()
+        m = _WNID.match(text)
+        if m:
+            text = m.group(2) or ""
+        text = strip_counter(text).replace("_", " ").strip()
+        if not text:  # "".startswith("") is True for every line: the lab would have said "tench"
+            return LabelMatch(label, None, (), ())
+        candidates = tuple(i for i, line in enumerate(self._lines) if line.startswith(text))
+        if not candidates:
+            return LabelMatch(label, None, (), self._suggest(text))
+        return LabelMatch(label, candidates[0], candidates)
+
+    def _suggest(self, text: str, n: int = 3) -> tuple[str, ...]:
+        """Closest class names: 'puma (cougar)' when the near miss is a later synonym."""
+        key = normalise(text)
+        if not key:
+            return ()
+        keys = list(self._by_key)
+        # A whole word of longer names ("shark" -> great white shark, tiger shark) first: difflib's
+        # ratio undervalues such fragments; then spelling near misses ("pumma" -> puma).
+        close = sorted((k for k in keys if key in k.split(" ")), key=len)[: 3 * n]
+        close += [k for k in difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
+                  if k not in close]
+        shown: dict[int, str] = {}  # one entry per class
+        for k in close:
+            for i in self._by_key[k]:
+                name = self.names[i]
+                if i not in shown:
+                    shown[i] = name if normalise(name) == k else f"{self._original(i, k)} ({name})"
+        return tuple(shown.values())[:n]
+
+    def _original(self, index: int, key: str) -> str:
+        return next(s for s in self.synonyms[index] if normalise(s) == key)
+
+
+@functools.lru_cache(maxsize=1)
+def load_imagenet_classes() -> ImageNetClasses:
+    """The ImageNet-1k classes from timm's bundled WordNet metadata (no network; cached)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    wnids = tuple(info.label_names())
+    # Lemma lines are "tench, Tinca tinca"; no ImageNet-1k lemma contains a comma itself.
+    synonyms = tuple(
+        tuple(s.strip() for s in info.label_name_to_description(w).split(", ")) for w in wnids
+    )
+    definitions = tuple(
+        info.label_name_to_description(w, detailed=True).split(": ", 1)[-1] for w in wnids
+    )
+    return ImageNetClasses(wnids, synonyms, definitions)
+
+
+def resolve_labels(
+    labels: Iterable[str], classes: ImageNetClasses, match: str = "synonym"
+) -> tuple[dict[str, int], list[LabelMatch]]:
+    """Resolve each distinct label once: ({label: class index}, [unknown or ambiguous matches]).
+
+    Problems keep the order in which labels first appear, so the error message is stable.
+    """
+    resolved: dict[str, int] = {}
+    problems: list[LabelMatch] = []
+    seen: set[str] = set()
+    for label in labels:
+        if label in seen:
+            continue
+        seen.add(label)
+        result = classes.resolve(label, match)
+        if result.index is not None:
+            resolved[label] = result.index
+        else:
+            problems.append(result)
+    return resolved, problems
+
+
+def describe_problems(problems: list[LabelMatch], classes: ImageNetClasses) -> str:
+    """One line naming every unknown or ambiguous label, ready for a CnnlabError."""
+    if not problems:
+        return ""
+    parts = []
+    for p in problems:
+        if p.candidates:
+            options = "; ".join(classes.describe(i) for i in p.candidates)
+            parts.append(f"{p.label!r} is ambiguous: {options}")
+        elif p.suggestions:
+            parts.append(f"{p.label!r} is unknown (did you mean: {', '.join(p.suggestions)}?)")
+        else:
+            parts.append(f"{p.label!r} is unknown")
+    n = len(problems)
+    head = f"{n} label{'s' if n > 1 else ''} match{'' if n > 1 else 'es'} no single ImageNet class"
+    return (
+        f"{head}: " + " | ".join(parts)
+        + " -- use a WordNet id or a more specific name, or --skip-unknown to score the rest"
+    )
