@@ -21,9 +21,18 @@ from cnnlab.models.pretrained import (
 )
 from cnnlab.models.registry import ModelSpec, register_model
 
+# Builder defaults that make an uninitialised torchvision model the network its published
+# weights describe: GoogLeNet's weights drop the two auxiliary classifiers (torchvision sets
+# aux_logits=False when loading them), so its published 6,624,904 parameters exclude them.
+# init_weights=False skips a slow scipy-based initialisation that weights overwrite anyway.
+_TORCHVISION_DEFAULTS: dict[str, dict] = {
+    "googlenet": {"aux_logits": False, "init_weights": False},
+    "inception_v3": {"init_weights": False},
+}
+
 
 def _torchvision_builder(name: str, **kwargs):
-    return tvm.get_model(name, weights=None, **kwargs)
+    return tvm.get_model(name, weights=None, **{**_TORCHVISION_DEFAULTS.get(name, {}), **kwargs})
 
 
 def _register_torchvision() -> None:

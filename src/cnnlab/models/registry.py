@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, suggest
@@ -94,8 +93,9 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_parameters_of(spec: ModelSpec) -> int:
     """Parameter count without allocating weights: the model is built on the meta device."""
-    with torch.device("meta"):
-        return count_parameters(spec.builder())
+    from cnnlab.analysis.meta import build_on_meta
+
+    return count_parameters(build_on_meta(spec.builder))
 
 
 def _timm_spec(arch: str) -> ModelSpec:

