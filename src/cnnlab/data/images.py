@@ -261,13 +261,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         # which turns almost every pixel white; scale 0..65535 to 0..255 (65535 / 255 = 257).
         arr = np.asarray(im, dtype=np.float64)
         arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
         if np.nanmax(arr) <= 1.0:  # float images are conventionally in [0, 1]
             arr = arr * 255.0
         arr = np.clip(np.nan_to_num(np.rint(arr)), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode in ("LA", "La", "PA", "RGBa"):
