@@ -108,7 +108,7 @@ def test_discover_class_folders_on_hymenoptera(shared_data):
     assert {it.label for it in found.items} == {"ants", "bees"}
     assert sum(it.label == "ants" for it in found.items) == 124
     assert all(it.path.parent.name == it.label for it in found.items)
-    assert found.items == sorted(found.items, key=lambda it: str(it.path))
+    assert found.items == sorted(found.items, key=lambda it: it.path)
     assert discover(root) == found  # deterministic
     assert discover(root, labels="folders") == found
 
@@ -162,11 +162,12 @@ def test_discover_skips_non_images_and_loose_files(tmp_path):
     (tmp_path / "dog" / "LICENSE").write_text("x")
     save(tmp_path / "loose.jpg", photo())
     (tmp_path / "dog" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "dog" / "deep" / "loop").symlink_to(tmp_path / "dog")  # a link cycle
 
     found = discover(tmp_path)
     assert found.label_source == "folders"
     assert [it.path.relative_to(tmp_path).as_posix() for it in found.items] == [
-        "dog/b.jpg", "dog/deep/a.png"]
+        "dog/b.jpg", "dog/deep/a.png"]  # the cycle is walked once
     assert {s.path: s.reason for s in found.skipped} == {
         "dog/readme.txt": "not an image file ('.txt')",
         "dog/LICENSE": "not an image file (no extension)",
@@ -400,6 +401,22 @@ def test_unreadable_file(tmp_path):
             load_image(path, SMALL)
     finally:
         path.chmod(0o644)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: root lists a chmod 000 folder")
+def test_unreadable_class_folder_is_reported(tmp_path):
+    (tmp_path / "ok").mkdir()
+    save(tmp_path / "ok" / "a.png", photo())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    save(locked / "b.png", photo())
+    locked.chmod(0)
+    try:
+        found = discover(tmp_path)
+    finally:
+        locked.chmod(0o755)
+    assert [it.label for it in found.items] == ["ok"]
+    assert found.skipped == [Skipped("locked", "cannot read folder (Permission denied)")]
 
 
 def test_permission_error_is_reported(tmp_path, monkeypatch):

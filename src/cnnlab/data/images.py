@@ -84,14 +84,27 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _walk(folder: Path, root: Path) -> list[Path]:
-    """Every non-hidden file under `folder`, sorted by path (deterministic across file systems)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for f in filenames:
-            if not f.startswith("."):
-                found.append(Path(dirpath) / f)
+def _walk(folder: Path, root: Path, skipped: list[Skipped]) -> list[Path]:
+    """Every non-hidden file under `folder`, sorted by path (deterministic across file systems).
+
+    Symbolic links to folders are followed, once each (a link cycle would otherwise recurse
+    forever); a folder that cannot be listed is reported in `skipped`, not silently dropped.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(err: OSError) -> None:
+        where = _rel(Path(err.filename), root) if err.filename else str(folder)
+        skipped.append(Skipped(where, f"cannot read folder ({err.strerror or err})"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
     return sorted(p for p in found if not _is_hidden(p, root))
 
 
@@ -122,7 +135,7 @@ def _class_folders(root: Path) -> list[Path]:
 def _from_folders(root: Path) -> Discovery:
     items: list[LabelledImage] = []
     skipped: list[Skipped] = []
-    for path in _walk(root, root):
+    for path in _walk(root, root, skipped):
         if path.parent == root:
             skipped.append(Skipped(path.name, "not inside a class sub-folder"))
         else:
@@ -133,7 +146,7 @@ def _from_folders(root: Path) -> Discovery:
 def _from_filenames(root: Path) -> Discovery:
     items: list[LabelledImage] = []
     skipped: list[Skipped] = []
-    for path in _walk(root, root):
+    for path in _walk(root, root, skipped):
         _classify(path, root, label_from_filename(path.name), items, skipped)
     return Discovery(items, skipped, "filename")
 
@@ -165,11 +178,11 @@ def _from_csv(root: Path, csv_path: Path) -> Discovery:
             continue
         _classify(path, root, label, items, skipped)
     # Images beside the CSV that it does not name are reported, so none is dropped silently.
-    for path in _walk(root, root):
+    for path in _walk(root, root, skipped):
         if (path not in listed and path != csv_path
                 and path.suffix.lower() in IMAGE_EXTENSIONS):
             skipped.append(Skipped(_rel(path, root), f"no label: not listed in {csv_path.name}"))
-    items.sort(key=lambda it: str(it.path))
+    items.sort(key=lambda it: it.path)
     return Discovery(items, skipped, "csv")
 
 
