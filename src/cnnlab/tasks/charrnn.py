@@ -1,0 +1,627 @@
+"""`cnnlab charrnn`: train a character RNN on words or running text; complete and sample.
+
+    cfg = TrainConfig(words=("hello", "green", "start"))
+    results = train(cfg, out="runs/lab")                  # checkpoint + metrics in the run dir
+    model, vocab, info = load_checkpoint("runs/lab")
+    complete(model, vocab, ["h", "g", "s"], Sampling())   # -> hello, green, start
+
+Training is one loop over optimisation steps for both kinds of data:
+  words  an epoch is the training words in a (seed, epoch)-shuffled order, in padded batches;
+         the loss is the mean cross-entropy over every predicted character incl. the end token.
+  text   an epoch is the training text cut into `batch_size` streams read in `seq_len` windows,
+         the hidden state carried from window to window and detached at the edge (truncated
+         BPTT); each epoch shifts the window grid by a (seed, epoch)-random offset.
+Gradients are clipped to a global norm (`clip`). The batch order, the dropout RNG, the optimizer
+and the carried hidden state are all in the checkpoint, so `--resume` continues exactly where
+an uninterrupted run would be.
+
+Checkpoint files in the run directory:
+  model.safetensors   the weights
+  checkpoint.json     model config, vocabulary, training config, step / epoch, losses
+  optimizer.pt        optimizer state, RNG state, carried hidden state (torch.save of tensors
+                      and plain containers only; loaded with weights_only=True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from cnnlab.data import text as textdata
+from cnnlab.data.text import IGNORE, Vocab
+from cnnlab.errors import CnnlabError
+from cnnlab.models.char_rnn import CELLS, CharRNN, CharRNNConfig, Hidden, detach
+from cnnlab.progress import Reporter
+from cnnlab.runs import RunDir
+
+# Defaults that differ between the two kinds of data. Words: the lab (3 words, 100 epochs of
+# one batch) must train in seconds; text: a 2-layer model with tBPTT, sized for a CPU.
+# Word models are tiny: intra-op threads buy nothing and, on a shared CPU, cost up to 20× in
+# spinning (measured: 100 lab steps 0.27 s on 1 thread, 5.4 s on 2 with the other core busy).
+WORD_DEFAULTS = {
+    "epochs": 100,
+    "lr": 0.01,
+    "batch_size": 32,
+    "hidden": 64,
+    "layers": 1,
+    "threads": 1,
+}
+TEXT_DEFAULTS = {"epochs": 10, "lr": 0.002, "batch_size": 64, "hidden": 256, "layers": 2}
+SAVE_INTERVAL = 60.0  # seconds between checkpoints during training (plus one at the end)
+MAX_SHOWN_COMPLETIONS = 20  # word lists up to this size get their first letters completed
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a `charrnn train` run depends on. None = the default for the kind of data."""
+
+    # data: exactly one of words / words_file / text
+    words: tuple[str, ...] | None = None
+    words_file: str | None = None
+    text: str | None = None
+    lines: bool = False  # read --text as one word per line (names.txt, makemore style)
+    encoding: str = "utf-8"
+    val_fraction: float = 0.1  # held-out share: words (makemore: 10%) and text (90/10 split)
+    val_max_words: int = 1000  # makemore's cap on its test split: min(1000, 10% of words)
+    split_seed: int = 3407  # makemore's default seed, which fixes its split
+    # model
+    cell: str = "gru"
+    layers: int | None = None
+    hidden: int | None = None
+    embedding: int = 32
+    one_hot: bool = False
+    dropout: float = 0.0
+    # optimisation (Adam)
+    epochs: int | None = None
+    lr: float | None = None  # Adam learning rate
+    batch_size: int | None = None  # words per batch, or text streams
+    seq_len: int = 128  # text: characters per truncated-BPTT window
+    clip: float = 5.0  # global gradient-norm clip (char-rnn's 5); 0 = off
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # or "cosine": lr decays to lr/10 over the planned steps
+    time_limit: float | None = None  # seconds of training in this invocation, then stop cleanly
+    eval_every: int = 0  # steps between validations (0 = at the end of every epoch)
+    log_every: int = 10  # steps between training-loss lines in metrics.jsonl
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads (None = torch's default)
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("words", "words_file", "text") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise CnnlabError("give exactly one of --words, --words-file, --text")
+        if self.words is not None:
+            object.__setattr__(self, "words", tuple(self.words))
+        if self.lines and self.text is None:
+            raise CnnlabError("--lines applies to --text only")
+        defaults = WORD_DEFAULTS if self.mode == "words" else TEXT_DEFAULTS
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.cell not in CELLS:
+            raise CnnlabError(f"unknown --cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        if self.schedule not in ("constant", "cosine"):
+            raise CnnlabError(f"unknown --schedule {self.schedule!r}; choose constant or cosine")
+        for name in ("epochs", "batch_size", "seq_len", "layers", "hidden", "embedding"):
+            if getattr(self, name) < 1:
+                raise CnnlabError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0:
+            raise CnnlabError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise CnnlabError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.dropout < 1:
+            raise CnnlabError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.clip < 0 or self.weight_decay < 0 or self.eval_every < 0:
+            raise CnnlabError("--clip, --weight-decay and --eval-every must be >= 0")
+        if self.log_every < 1:
+            raise CnnlabError("--log-every must be at least 1")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise CnnlabError("--time-limit must be positive (seconds)")
+
+    @property
+    def mode(self) -> str:
+        return "text" if self.text is not None and not self.lines else "words"
+
+    def model_config(self, vocab_size: int) -> CharRNNConfig:
+        return CharRNNConfig(
+            vocab_size=vocab_size,
+            cell=self.cell,
+            layers=self.layers,  # type: ignore[arg-type]
+            hidden=self.hidden,  # type: ignore[arg-type]
+            embedding=self.embedding,
+            one_hot=self.one_hot,
+            dropout=self.dropout,
+        )
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class Data:
+    """Tensors of one run's data. words: (x, y) padded id tensors; text: 1-D id tensors."""
+
+    mode: str
+    vocab: Vocab
+    source: str
+    train: Any
+    val: Any  # None when nothing is held out (e.g. the lab's three words)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    if cfg.mode == "words":
+        if cfg.words is not None:
+            source = "--words"
+            words = textdata.check_words(list(cfg.words), source)
+        else:
+            path = cfg.words_file if cfg.words_file is not None else cfg.text
+            source = str(path)
+            raw = textdata.read_text(path, cfg.encoding)  # type: ignore[arg-type]
+            words = textdata.check_words(textdata.words_from_lines(raw), source)
+        vocab = Vocab.build(words, boundary=True)
+        train_w, val_w = textdata.split_words(
+            words, cfg.val_fraction, cfg.val_max_words, cfg.split_seed
+        )
+        train = textdata.word_tensors(train_w, vocab)
+        val = textdata.word_tensors(val_w, vocab) if val_w else None
+        counts = {"words": len(words), "train_words": len(train_w), "val_words": len(val_w)}
+        return Data("words", vocab, source, train, val, counts)
+    raw = textdata.check_text(textdata.read_text(cfg.text, cfg.encoding), str(cfg.text))  # type: ignore[arg-type]
+    vocab = Vocab.build([raw], boundary=False)
+    train_t, val_t = textdata.split_text(raw, cfg.val_fraction)
+    stoi = vocab.stoi
+    train = torch.tensor([stoi[c] for c in train_t], dtype=torch.long)
+    val = torch.tensor([stoi[c] for c in val_t], dtype=torch.long) if len(val_t) > 1 else None
+    counts = {
+        "characters": len(raw),
+        "train_characters": len(train_t),
+        "val_characters": len(val_t),
+    }
+    return Data("text", vocab, str(cfg.text), train, val, counts)
+
+
+def epoch_batches(
+    data: Data, cfg: TrainConfig, epoch: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of one epoch, fixed by (seed, epoch)."""
+    if data.mode == "words":
+        x, y = data.train
+        return textdata.word_batches(x, y, cfg.batch_size, cfg.seed, epoch)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    # A new window grid every epoch, so no character is always the first of a window.
+    shift = int(torch.randint(0, cfg.seq_len, (1,), generator=g)) if epoch > 0 else 0
+    ids = (
+        data.train[shift:]
+        if data.train.numel() - shift > cfg.seq_len * cfg.batch_size
+        else data.train
+    )
+    streams, n_steps = textdata.text_streams(ids, cfg.batch_size, cfg.seq_len)  # type: ignore[arg-type]
+    return [textdata.stream_window(streams, k, cfg.seq_len) for k in range(n_steps)]
+
+
+def eval_pairs(data: Data, split: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) for evaluating a split: words as padded batches; text as
+    `batch_size` contiguous streams (each starts from a zero state; a tail of fewer than
+    `batch_size` characters is left out), so every scored character appears once."""
+    if data.mode == "words":
+        return split
+    per = (split.numel() - 1) // batch_size
+    if per < 1:
+        batch_size, per = 1, split.numel() - 1
+    rows = torch.stack([split[b * per : b * per + per + 1] for b in range(batch_size)])
+    return rows[:, :-1], rows[:, 1:]
+
+
+@torch.no_grad()
+def evaluate(
+    model: CharRNN, x: torch.Tensor, y: torch.Tensor, batch_size: int, seq_len: int, words: bool
+) -> tuple[float, int]:
+    """(mean cross-entropy in nats per scored character, number of scored characters).
+
+    Words: rows in batches, padding ignored. Text: the streams read window by window with the
+    hidden state carried, so each character is predicted from everything before it in its
+    stream. The mean is over characters (sum of losses / count), not an average of batch means.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    if words:
+        for start in range(0, x.shape[0], batch_size):
+            bx, by = x[start : start + batch_size], y[start : start + batch_size]
+            logits, _ = model(bx)
+            total += float(
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).double(),
+                    by.reshape(-1),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                )
+            )
+            count += int((by != IGNORE).sum())
+    else:
+        hidden: Hidden = None
+        for start in range(0, x.shape[1], seq_len):
+            bx, by = x[:, start : start + seq_len], y[:, start : start + seq_len]
+            logits, hidden = model(bx, hidden)
+            total += float(
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).double(), by.reshape(-1), reduction="sum"
+                )
+            )
+            count += by.numel()
+    model.train(was_training)
+    return total / count, count
+
+
+def bigram_loss(
+    vocab_size: int,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    alpha: float = 1.0,
+) -> float:
+    """Validation nats/char of a count-based bigram model with add-`alpha` (Laplace) smoothing,
+    counted on the training pairs and scored on the same validation pairs as the network:
+    P(next | prev) = (count(prev, next) + alpha) / (count(prev) + alpha * |V|)."""
+    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.float64)
+    tx, ty = train
+    keep = ty != IGNORE
+    counts.index_put_(
+        (tx[keep], ty[keep]), torch.ones(int(keep.sum()), dtype=torch.float64), accumulate=True
+    )
+    logp = torch.log((counts + alpha) / (counts + alpha).sum(dim=1, keepdim=True))
+    vx, vy = val
+    keep = vy != IGNORE
+    return float(-logp[vx[keep], vy[keep]].mean())
+
+
+def _train_pairs(data: Data, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    if data.mode == "words":
+        return data.train
+    return data.train[:-1], data.train[1:]
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _resolve_checkpoint_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name in ("checkpoint.json", "model.safetensors", "optimizer.pt"):
+        path = path.parent
+    if not (path / "checkpoint.json").is_file() or not (path / "model.safetensors").is_file():
+        raise CnnlabError(
+            f"no charrnn checkpoint at {path} (expected checkpoint.json and model.safetensors "
+            "from `cnnlab charrnn train`)"
+        )
+    return path
+
+
+def save_checkpoint(
+    run: RunDir,
+    model: CharRNN,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    vocab: Vocab,
+    state: dict[str, Any],
+    hidden: Hidden,
+) -> None:
+    """Weights, then optimizer/RNG/hidden, then the JSON that points at them: a crash between
+    the writes leaves a JSON describing the previous (complete) step, never a torn file."""
+    import io
+
+    from safetensors.torch import save as st_save
+
+    from cnnlab.runs import atomic_write_bytes
+
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(run.file("model.safetensors"), st_save(weights))
+    if isinstance(hidden, tuple):
+        hid = {"kind": "lstm", "h": hidden[0], "c": hidden[1]}
+    else:
+        hid = {"kind": "none" if hidden is None else "tensor", "h": hidden}
+    extra = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "hidden": hid}
+    buf = io.BytesIO()
+    torch.save(extra, buf)
+    atomic_write_bytes(run.file("optimizer.pt"), buf.getvalue())
+    run.write_json(
+        "checkpoint.json",
+        {
+            "format": "cnnlab-charrnn/1",
+            "model": dataclasses.asdict(model.cfg),
+            "vocab": vocab.to_json(),
+            "mode": cfg.mode,
+            "config": cfg,
+            **state,
+        },
+    )
+
+
+def load_checkpoint(path: str | Path) -> tuple[CharRNN, Vocab, dict[str, Any]]:
+    """(model in eval mode, vocabulary, checkpoint.json contents) from a run dir or its files."""
+    import json
+
+    from safetensors.torch import load_file
+
+    d = _resolve_checkpoint_dir(path)
+    try:
+        info = json.loads((d / "checkpoint.json").read_text(encoding="utf-8"))
+        vocab = Vocab.from_json(info["vocab"])
+        model = CharRNN(CharRNNConfig(**info["model"]))
+        model.load_state_dict(load_file(d / "model.safetensors"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CnnlabError(f"{d} does not hold a readable charrnn checkpoint: {exc}") from exc
+    model.eval()
+    return model, vocab, info
+
+
+def _load_training_state(d: Path) -> dict[str, Any]:
+    return torch.load(d / "optimizer.pt", weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------- train
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr  # type: ignore[return-value]
+    # cosine from lr to lr/10 over the planned steps (then held)
+    frac = min(step / max(total, 1), 1.0)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))  # type: ignore[operator]
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Train (or continue) a character model; returns results (also saved as results.json).
+
+    With `resume`, `cfg` must be the run's own config with only `epochs` / `time_limit`
+    changed (`resume_config` builds it); the run continues in that directory."""
+    reporter = reporter or Reporter(quiet=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = load_data(cfg)
+    vocab = data.vocab
+    torch.manual_seed(cfg.seed)
+    model = CharRNN(cfg.model_config(len(vocab)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(epoch_batches(data, cfg, 0))
+    total_steps = steps_per_epoch * cfg.epochs  # type: ignore[operator]
+
+    step, train_seconds, best_val = 0, 0.0, None
+    hidden: Hidden = None
+    if resume is not None:
+        run = RunDir.open(resume)
+        d = _resolve_checkpoint_dir(run.path)
+        model_loaded, _, info = load_checkpoint(d)
+        model.load_state_dict(model_loaded.state_dict())
+        extra = _load_training_state(d)
+        optimizer.load_state_dict(extra["optimizer"])
+        torch.set_rng_state(extra["rng"])
+        hid = extra["hidden"]
+        hidden = (hid["h"], hid["c"]) if hid["kind"] == "lstm" else hid["h"]
+        step, train_seconds = int(info["step"]), float(info["train_seconds"])
+        best_val = info.get("best_val_loss")
+        if step >= total_steps:
+            raise CnnlabError(
+                f"{run} already trained {step} steps ({info['epoch']:.2f} epochs); "
+                f"give a larger --epochs to continue"
+            )
+        run.save_config(cfg)
+        reporter.log(f"resuming {run} at step {step} (epoch {step / steps_per_epoch:.2f})")
+    else:
+        run = RunDir.create("charrnn", out)
+        run.save_config(cfg)
+        run.save_environment(seed=cfg.seed, device="cpu")
+
+    n_params = sum(p.numel() for p in model.parameters())
+    val_pairs = eval_pairs(data, data.val, cfg.batch_size) if data.val is not None else None  # type: ignore[arg-type]
+    words = data.mode == "words"
+    eval_bs = 256 if words else cfg.batch_size
+
+    def validate() -> float | None:
+        if val_pairs is None:
+            return None
+        loss, _ = evaluate(model, *val_pairs, batch_size=eval_bs, seq_len=cfg.seq_len, words=words)  # type: ignore[arg-type]
+        return loss
+
+    reporter.log(
+        f"{data.mode} data: {data.source}, |V| = {len(vocab)}, {data.counts}; model: {cfg.cell} "
+        f"{cfg.layers}×{cfg.hidden}, {n_params:,} parameters; {steps_per_epoch} steps/epoch"
+    )
+    model.train()
+    start_time = time.monotonic()
+    stopped_early = False
+    window_losses: list[float] = []
+    last_train = None
+    val_loss = None
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "steps_per_epoch": steps_per_epoch,
+            "train_seconds": train_seconds + (time.monotonic() - start_time),
+            "train_loss": last_train,
+            "val_loss": val_loss,
+            "best_val_loss": best_val,
+        }
+
+    def record_val() -> None:
+        nonlocal val_loss, best_val
+        val_loss = validate()
+        if val_loss is not None:
+            best_val = val_loss if best_val is None else min(best_val, val_loss)
+            run.append_metrics(
+                {
+                    "step": step,
+                    "epoch": step / steps_per_epoch,
+                    "val_loss": val_loss,
+                    "val_bpc": textdata.bits(val_loss),
+                }
+            )
+            bpc = textdata.bits(val_loss)
+            reporter.log(f"step {step}: val loss {val_loss:.4f} nats/char ({bpc:.3f} bpc)")
+
+    last_save = time.monotonic()
+    epoch = step // steps_per_epoch
+    progress = reporter.track(
+        range(step, total_steps), total=total_steps - step, description="training", unit="steps"
+    )
+    batches = epoch_batches(data, cfg, epoch)
+    for _ in progress:
+        k = step - epoch * steps_per_epoch
+        if k == 0:
+            hidden = None  # each epoch re-cuts the text: its state starts from zero
+        bx, by = batches[k]
+        lr = _lr_at(cfg, step, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        logits, new_hidden = model(bx, None if words else hidden)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), by.reshape(-1), ignore_index=IGNORE
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        optimizer.step()
+        hidden = None if words else detach(new_hidden)
+        step += 1
+        window_losses.append(loss.item())
+        if step % cfg.log_every == 0 or step == total_steps:
+            last_train = sum(window_losses) / len(window_losses)
+            window_losses = []
+            run.append_metrics(
+                {
+                    "step": step,
+                    "epoch": step / steps_per_epoch,
+                    "train_loss": last_train,
+                    "lr": lr,
+                    "elapsed_s": round(train_seconds + time.monotonic() - start_time, 3),
+                }
+            )
+        end_of_epoch = step % steps_per_epoch == 0
+        timed_out = cfg.time_limit is not None and time.monotonic() - start_time >= cfg.time_limit
+        if (cfg.eval_every and step % cfg.eval_every == 0) or end_of_epoch or timed_out:
+            if window_losses:
+                last_train = sum(window_losses) / len(window_losses)
+            record_val()
+            # A checkpoint at most every SAVE_INTERVAL s: the lab's 100 one-batch epochs must
+            # not spend its seconds on fsyncs; a crash loses at most that much training.
+            if time.monotonic() - last_save >= SAVE_INTERVAL:
+                save_checkpoint(run, model, optimizer, cfg, vocab, checkpoint_state(), hidden)
+                last_save = time.monotonic()
+        if end_of_epoch and step < total_steps:
+            epoch += 1
+            batches = epoch_batches(data, cfg, epoch)
+        if timed_out and step < total_steps:
+            stopped_early = True
+            reporter.log(f"--time-limit {cfg.time_limit:g} s reached at step {step}")
+            break
+
+    if hasattr(progress, "close"):
+        progress.close()
+    if window_losses:
+        last_train = sum(window_losses) / len(window_losses)
+    save_checkpoint(run, model, optimizer, cfg, vocab, checkpoint_state(), hidden)
+    train_seconds += time.monotonic() - start_time
+    results = _results(
+        cfg,
+        data,
+        model,
+        run,
+        step,
+        steps_per_epoch,
+        train_seconds,
+        val_loss,
+        best_val,
+        last_train,
+        n_params,
+        stopped_early,
+    )
+    run.save_results(results)
+    try:
+        from cnnlab.report.curves import plot_loss_curves
+
+        plot_loss_curves(
+            run.read_metrics(),
+            run.file("loss_curve.png"),
+            title=f"charrnn {cfg.cell} on {Path(data.source).name}",
+        )
+    except ImportError:  # matplotlib missing: the curve is a convenience, the numbers are saved
+        reporter.log("matplotlib unavailable: no loss_curve.png")
+    return results
+
+
+def _results(
+    cfg,
+    data,
+    model,
+    run,
+    step,
+    steps_per_epoch,
+    train_seconds,
+    val_loss,
+    best_val,
+    last_train,
+    n_params,
+    stopped_early,
+) -> dict[str, Any]:
+    from cnnlab.models.char_rnn import Sampling, complete
+
+    vocab = data.vocab
+    res: dict[str, Any] = {
+        "run_dir": str(run.path),
+        "mode": data.mode,
+        "source": data.source,
+        "vocab_size": len(vocab),
+        **data.counts,
+        "parameters": n_params,
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "stopped_by_time_limit": stopped_early,
+        "train_seconds": round(train_seconds, 3),
+        "train_loss": last_train,
+        "val_loss": val_loss,
+        "val_bpc": None if val_loss is None else textdata.bits(val_loss),
+        "best_val_loss": best_val,
+        # A model that knows nothing: every character equally likely.
+        "uniform_loss": math.log(len(vocab)),
+    }
+    if data.val is not None:
+        val_pairs = eval_pairs(data, data.val, cfg.batch_size)
+        b = bigram_loss(len(vocab), _train_pairs(data, cfg), val_pairs)
+        res["bigram_val_loss"] = b
+        res["bigram_val_bpc"] = textdata.bits(b)
+    if data.mode == "words" and data.counts["words"] <= MAX_SHOWN_COMPLETIONS:
+        x, _ = data.train
+        firsts = sorted({vocab.chars[int(i) - 1] for i in x[:, 1]})
+        comps = complete(model, vocab, firsts, Sampling())
+        res["completions"] = {c.prefix: [c.completion, c.probability] for c in comps}
+        model.train()
+    return res
+
+
+def resume_config(run_dir: str | Path, epochs: int | None, time_limit: float | None) -> TrainConfig:
+    """The config of an existing run, with a new epoch total and/or time limit."""
+    from cnnlab.config import from_mapping
+
+    run = RunDir.open(run_dir)
+    if not run.file("config.json").is_file():
+        raise CnnlabError(f"{run} has no config.json: not a charrnn run directory")
+    values = run.read_json("config.json")
+    if values.get("words") is not None:
+        values["words"] = tuple(values["words"])
+    if epochs is not None:
+        values["epochs"] = epochs
+    values["time_limit"] = time_limit
+    return from_mapping(TrainConfig, values)
