@@ -324,6 +324,19 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path, mode):
     assert sorted(set(got.tolist())) == [64.0, 128.0]
 
 
+def test_crop_larger_than_resize_pads_like_torchvision(tmp_path):
+    path = save(tmp_path / "wide.png", photo((60, 30)))
+    p = Preprocess(20, 24, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # crop > short side
+    torch.testing.assert_close(load_image(path, p), torchvision_reference(path, p),
+                               rtol=0, atol=1e-6)
+
+
+def test_extreme_aspect_ratio_is_refused(tmp_path):
+    path = save(tmp_path / "strip.png", Image.new("RGB", (5000, 2)))
+    with pytest.raises(BadImage, match="extreme aspect ratio"):
+        load_image(path, SMALL)
+
+
 def test_animated_gif_uses_the_first_frame(tmp_path):
     red = Image.new("RGB", (40, 40), (255, 0, 0))
     blue = Image.new("RGB", (40, 40), (0, 0, 255))
@@ -415,6 +428,24 @@ def test_unreadable_class_folder_is_reported(tmp_path):
         found = discover(tmp_path)
     finally:
         locked.chmod(0o755)
+    assert [it.label for it in found.items] == ["ok"]
+    assert found.skipped == [Skipped("locked", "cannot read folder (Permission denied)")]
+
+
+def test_unlistable_folder_is_reported_even_as_root(tmp_path, monkeypatch):
+    """The os.walk error path of the test above, reachable as root (unit test, one mock)."""
+    for name in ("ok", "locked"):
+        (tmp_path / name).mkdir()
+        save(tmp_path / name / "a.png", photo())
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = discover(tmp_path)
     assert [it.label for it in found.items] == ["ok"]
     assert found.skipped == [Skipped("locked", "cannot read folder (Permission denied)")]
 

@@ -42,6 +42,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 LABEL_SOURCES = ("auto", "folders", "csv", "filename")
 DEFAULT_CSV = "labels.csv"
+MAX_ASPECT = 100  # long side / short side beyond which an image is refused (panoramas are ~10)
 
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                   "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
@@ -320,6 +321,10 @@ def _decode(path: Path, preprocess: Preprocess, draft: bool) -> Image.Image:
         # upright picture, as every viewer does. (A no-op when there is no orientation tag.)
         im = ImageOps.exif_transpose(im)
         rgb = _to_rgb(im)
+    if max(rgb.size) > MAX_ASPECT * min(rgb.size):
+        # A 1 x 100000 strip passes the pixel-count check but would resize to 256 x 25.6 M:
+        # gigabytes for a picture no ImageNet model can read.
+        raise BadImage(f"extreme aspect ratio ({rgb.size[0]} x {rgb.size[1]} pixels)")
     size = _resized_size(*rgb.size, preprocess.resize_size)
     if size != rgb.size:
         # Pillow's resize filters always antialias when shrinking: torchvision antialias=True.
@@ -328,10 +333,13 @@ def _decode(path: Path, preprocess: Preprocess, draft: bool) -> Image.Image:
 
 
 def _center_crop(arr: np.ndarray, crop: int) -> np.ndarray:
-    """torchvision's CenterCrop offsets: round((size - crop) / 2)."""
+    """torchvision's CenterCrop: offsets round((size - crop) / 2); zero padding (black, as
+    torchvision pads) when the resized image is smaller than the crop (resize_size < crop_size)."""
     h, w = arr.shape[:2]
     if h < crop or w < crop:
-        raise BadImage(f"image smaller than the {crop}x{crop} crop after resizing")
+        pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+        arr = np.pad(arr, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
+        h, w = arr.shape[:2]
     top = round((h - crop) / 2.0)
     left = round((w - crop) / 2.0)
     return arr[top : top + crop, left : left + crop]
