@@ -1,0 +1,124 @@
+"""`cnnlab charrnn` on the command line: train -> complete / sample, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cnnlab.cli import main
+
+
+@pytest.fixture(scope="module")
+def lab_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("charrnn") / "lab"
+    assert (
+        main(["charrnn", "train", "--words", "hello", "green", "start", "--out", str(out), "-q"])
+        == 0
+    )
+    return out
+
+
+def test_train_prints_completions_and_saves_the_run(lab_run, capsys):
+    results = json.loads((lab_run / "results.json").read_text())
+    assert results["completions"]["h"][0] == "hello"
+    config = json.loads((lab_run / "config.json").read_text())
+    # mode defaults are resolved and recorded
+    assert config["epochs"] == 100 and config["lr"] == 0.01 and config["cell"] == "gru"
+
+
+def test_complete_prints_each_prefix(lab_run, capsys):
+    assert main(["charrnn", "complete", str(lab_run), "h", "g", "s", "e", "t"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert (table["h"], table["g"], table["s"]) == ("hello", "green", "start")
+    assert set(table) == {"h", "g", "s", "e", "t"}
+
+
+def test_complete_sampled_is_reproducible(lab_run, capsys):
+    args = ["charrnn", "complete", str(lab_run), "e", "t", "--temperature", "2", "--seed", "5"]
+    main(args)
+    first = capsys.readouterr().out
+    main(args)
+    assert capsys.readouterr().out == first
+
+
+def test_sample_words_from_a_word_model(lab_run, capsys):
+    assert main(["charrnn", "sample", str(lab_run), "--num", "4", "--temperature", "0"]) == 0
+    words = capsys.readouterr().out.split()
+    assert len(words) == 4 and set(words) <= {"hello", "green", "start"}
+
+
+def test_unseen_prefix_is_one_line_exit_2(lab_run, capsys):
+    assert main(["charrnn", "complete", str(lab_run), "h", "zx"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'z', 'x'" in err and "Traceback" not in err
+
+
+def test_text_model_sample_and_complete_refused(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("ROMEO: but soft, what light through yonder window breaks?\n" * 10)
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "charrnn",
+                "train",
+                "--text",
+                str(text),
+                "--out",
+                str(run),
+                "--hidden",
+                "8",
+                "--layers",
+                "1",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "16",
+                "--epochs",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "validation" in out and "bigram baseline" in out
+    assert (
+        main(["charrnn", "sample", str(run), "--prompt", "ROMEO:", "--length", "40", "--seed", "1"])
+        == 0
+    )
+    sample = capsys.readouterr().out
+    assert sample.startswith("ROMEO:") and len(sample.rstrip("\n")) >= 46
+    assert main(["charrnn", "complete", str(run), "R"]) == 2
+    assert "use `cnnlab charrnn sample`" in capsys.readouterr().err
+    assert main(["charrnn", "sample", str(run), "--prompt", "ROMEO§"]) == 2
+    assert "'§'" in capsys.readouterr().err
+
+
+def test_bad_files_are_one_line_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"abc\xff\xfedef\n")
+    assert main(["charrnn", "train", "--text", str(bad), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "byte offset 3" in err and err.count("\n") == 1
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n   \n")
+    assert main(["charrnn", "train", "--words-file", str(blank)]) == 2
+    assert "no words" in capsys.readouterr().err
+    assert main(["charrnn", "complete", str(tmp_path), "a"]) == 2
+    assert "no charrnn checkpoint" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_settings(lab_run, capsys):
+    assert main(["charrnn", "train", "--resume", str(lab_run), "--hidden", "3"]) == 2
+    assert "give only --epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", [[], ["train"], ["complete"], ["sample"]])
+def test_help(sub, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["charrnn", *sub, "--help"])
+    assert exc.value.code == 0
+    assert "usage:" in capsys.readouterr().out
