@@ -256,11 +256,11 @@ def evaluate(config: EvaluateConfig, reporter) -> dict[str, Any] | None:
     from cnnlab.runs import RunDir
 
     info = dist.from_env()
+    specs = [get_spec(name) for name in config.models]  # a misspelt model name first
     classes = load_imagenet_classes()
     items, targets, skipped = _prepare_items(config, classes)
 
     # Every model's weights are found before any model runs: a missing file costs no time.
-    specs = [get_spec(name) for name in config.models]
     weight_files = [
         fetch(pretrained_spec_of(s), s.name, config.weights.get(name))
         for s, name in zip(specs, config.models, strict=True)
