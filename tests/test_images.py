@@ -358,6 +358,21 @@ def test_exif_rotation_is_applied(tmp_path):
     assert (load_image(path, p) - load_image(upright, p)).abs().mean() < 0.02
 
 
+def test_corrupt_exif_still_loads_quietly(tmp_path):
+    """A broken EXIF block spoils metadata, not pixels: the image loads, and Pillow's
+    "Corrupt EXIF data" warning stays inside load_image (a folder of them would flood the log)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, "JPEG", quality=95)
+    payload = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + b"\xff" * 30
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    path = tmp_path / "bad-exif.jpg"
+    path.write_bytes(buf.getvalue()[:2] + app1 + buf.getvalue()[2:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning escaping load_image fails the test
+        px = pixels(load_image(path, Preprocess(30, 30, "bilinear", (0, 0, 0), (1, 1, 1))))
+    assert np.abs(px - (200, 10, 10)).max() <= 3  # JPEG rounding
+
+
 def test_the_hymenoptera_placeholder_gif_is_a_valid_image(shared_data):
     """`imageNotFound.gif` is a real, decodable 300x300 GIF showing "We're sorry, this image
     could not be found": a wrong picture, not a broken file. Decoding cannot tell, so it is

@@ -19,6 +19,7 @@ against torchvision itself.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import warnings
@@ -304,22 +305,24 @@ def _resized_size(width: int, height: int, short: int) -> tuple[int, int]:
 def _decode(path: Path, preprocess: Preprocess, draft: bool) -> Image.Image:
     """Open, decode and resize; Pillow errors propagate to `load_image` for classification."""
     with Image.open(path) as im:
-        # Animated GIF / APNG / multi-page TIFF: the first frame is the picture people see.
-        if getattr(im, "n_frames", 1) > 1:
-            im.seek(0)
-        if draft and im.format == "JPEG":
+        # Animated GIF / APNG / multi-page TIFF / MPO: Pillow opens on the first frame, the
+        # picture people see (no seek: counting the frames would read the whole file).
+        if draft and im.format in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEG
             # JPEG can decode at 1/2, 1/4 or 1/8 scale in the DCT domain, far faster than a full
-            # decode. Ask for a size whose short side is still >= resize_size, so the final
-            # antialiased resize still only shrinks: pixels differ slightly from a full decode
-            # (the DCT reduction is a box-like filter), the content does not.
+            # decode. Ask for a size whose short side is still >= resize_size (integer ceil, no
+            # float rounding), so the final antialiased resize still only shrinks: pixels differ
+            # slightly from a full decode (the DCT reduction is a box-like filter), the content
+            # does not. Pillow only reduces by whole factors, so nothing happens below 2x.
             w, h = im.size
-            scale = min(w, h) / preprocess.resize_size
-            if scale >= 2:
-                im.draft(im.mode, (max(1, int(w / scale)), max(1, int(h / scale))))
+            short, target = min(w, h), preprocess.resize_size
+            if short >= 2 * target:
+                im.draft(im.mode, (-(-w * target // short), -(-h * target // short)))
         im.load()
         # Phones store portrait photos landscape plus an EXIF rotation; show the model the
-        # upright picture, as every viewer does. (A no-op when there is no orientation tag.)
-        im = ImageOps.exif_transpose(im)
+        # upright picture, as every viewer does. A malformed EXIF block is ignored, not fatal:
+        # the pixels themselves are fine.
+        with contextlib.suppress(Exception):  # Pillow raises assorted types on broken EXIF
+            ImageOps.exif_transpose(im, in_place=True)
         rgb = _to_rgb(im)
     if max(rgb.size) > MAX_ASPECT * min(rgb.size):
         # A 1 x 100000 strip passes the pixel-count check but would resize to 256 x 25.6 M:
