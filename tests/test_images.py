@@ -219,7 +219,7 @@ def test_load_image_equals_torchvision_eval_transform(shared_data, preprocess):
         ref = torchvision_reference(root / name, preprocess)
         assert ours.dtype == torch.float32
         assert ours.shape == ref.shape == (3, preprocess.crop_size, preprocess.crop_size)
-        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0)  # bit for bit
 
 
 def test_draft_decode_stays_close_and_only_for_large_jpegs(shared_data):
@@ -271,7 +271,7 @@ def test_cmyk_jpeg(tmp_path):
     path = save(tmp_path / "cmyk.jpg", photo().convert("CMYK"), quality=95)
     assert Image.open(path).mode == "CMYK"
     ours = load_image(path, SMALL)
-    torch.testing.assert_close(ours, torchvision_reference(path, SMALL), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, torchvision_reference(path, SMALL), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["L", "1", "P"])
@@ -280,7 +280,7 @@ def test_grayscale_bilevel_palette(tmp_path, mode):
     assert Image.open(path).mode == mode
     ours = load_image(path, SMALL)
     assert ours.shape == (3, 32, 32)
-    torch.testing.assert_close(ours, torchvision_reference(path, SMALL), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, torchvision_reference(path, SMALL), rtol=0, atol=0)
     if mode != "P":
         assert torch.equal(ours[0], ours[1]) and torch.equal(ours[1], ours[2])  # grey stays grey
 
@@ -328,7 +328,7 @@ def test_crop_larger_than_resize_pads_like_torchvision(tmp_path):
     path = save(tmp_path / "wide.png", photo((60, 30)))
     p = Preprocess(20, 24, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # crop > short side
     torch.testing.assert_close(load_image(path, p), torchvision_reference(path, p),
-                               rtol=0, atol=1e-6)
+                               rtol=0, atol=0)
 
 
 def test_extreme_aspect_ratio_is_refused(tmp_path):
@@ -380,7 +380,7 @@ def test_the_hymenoptera_placeholder_gif_is_a_valid_image(shared_data):
     path = shared_data("hymenoptera", "train", "ants", "imageNotFound.gif")
     out = load_image(path, IMAGENET)
     assert out.shape == (3, 224, 224)
-    torch.testing.assert_close(out, torchvision_reference(path, IMAGENET), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, torchvision_reference(path, IMAGENET), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------

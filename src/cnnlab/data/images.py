@@ -392,13 +392,24 @@ def load_image(path: Path, preprocess: Preprocess, draft: bool = True) -> torch.
         raise BadImage(f"corrupt image ({type(exc).__name__}: {exc})") from None
 
     arr = _center_crop(np.asarray(rgb, dtype=np.uint8), preprocess.crop_size)
-    # ToTensor + Normalize: HWC uint8 -> CHW float32 in [0, 1] -> (x - mean) / std, the same
-    # float32 operations in the same order. In numpy, not torch: on a busy 2-core machine torch's
-    # intra-op threads made these three small ops ~6x slower (22 ms vs 3 ms per 224x224 image).
-    x = arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-    mean = np.asarray(preprocess.mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(preprocess.std, dtype=np.float32).reshape(3, 1, 1)
-    return torch.from_numpy(np.ascontiguousarray((x - mean) / std))
+    return torch.from_numpy(_normalise(arr, preprocess.mean, preprocess.std))
+
+
+def _normalise(arr: np.ndarray, mean, std) -> np.ndarray:
+    """ToTensor + Normalize: HWC uint8 -> CHW float32 (v / 255 - mean) / std, bit for bit.
+
+    A uint8 channel has only 256 values, so the same float32 operations are done once per value
+    into a 3 x 256 table and the image is a table look-up: about 2x faster than the arithmetic
+    over 150 k pixels (2.9 vs 6.3 ms per 224 x 224 image on this 2-core machine). Not in torch:
+    its intra-op threads made such small ops far slower on a busy machine (22 ms).
+    """
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1)
+    table = (np.arange(256, dtype=np.float32)[None, :] / np.float32(255) - m) / s
+    out = np.empty((3, *arr.shape[:2]), dtype=np.float32)
+    for c in range(3):
+        np.take(table[c], arr[:, :, c], out=out[c])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
