@@ -174,8 +174,28 @@ def test_discover_skips_non_images_and_loose_files(tmp_path):
         "dog/gone.jpg": "broken symbolic link",
         "loose.jpg": "not inside a class sub-folder",
     }
+    assert discover(tmp_path, labels="folders") == found
     by_name = discover(tmp_path, labels="filename")
     assert sorted(it.label for it in by_name.items) == ["a", "b", "loose"]
+
+
+def test_auto_ignores_sub_folders_without_images(tmp_path):
+    (tmp_path / "thumbs").mkdir()  # empty
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    save(tmp_path / "beagle.jpg", photo())
+    found = discover(tmp_path)
+    assert found.label_source == "filename"
+    assert found.items == [LabelledImage(tmp_path / "beagle.jpg", "beagle")]
+    assert found.skipped == [Skipped("notes/todo.txt", "not an image file ('.txt')")]
+
+
+def test_csv_paths_are_normalised(tmp_path):
+    save(tmp_path / "a.png", photo())
+    (tmp_path / "labels.csv").write_text("./a.png,tench\na.png,beagle\n")
+    found = discover(tmp_path)
+    assert found.items == [LabelledImage(tmp_path / "a.png", "tench")]
+    assert found.skipped == [Skipped("a.png", "listed twice in labels.csv")]
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,15 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _holds_images(folder: Path) -> bool:
+    """Whether any image file lies somewhere under `folder` (stops at the first one)."""
+    for _dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in filenames):
+            return True
+    return False
+
+
 def _from_folders(root: Path) -> Discovery:
     items: list[LabelledImage] = []
     skipped: list[Skipped] = []
@@ -170,7 +179,8 @@ def _from_csv(root: Path, csv_path: Path) -> Discovery:
         name, label = row[0].strip(), row[1].strip()
         if lineno == 1 and name.lower() in {"file", "filename", "path", "image"}:
             continue  # header row
-        path = Path(name) if Path(name).is_absolute() else root / name
+        # normpath: "./a.jpg" and "a.jpg" are one file (not resolve(): keep symlinked names).
+        path = Path(os.path.normpath(Path(name) if Path(name).is_absolute() else root / name))
         if path in listed:
             skipped.append(Skipped(_rel(path, root), f"listed twice in {csv_path.name}"))
             continue
@@ -181,6 +191,7 @@ def _from_csv(root: Path, csv_path: Path) -> Discovery:
         _classify(path, root, label, items, skipped)
     # Images beside the CSV that it does not name are reported, so none is dropped silently.
     for path in _walk(root, root, skipped):
+        path = Path(os.path.normpath(path))
         if (path not in listed and path != csv_path
                 and path.suffix.lower() in IMAGE_EXTENSIONS):
             skipped.append(Skipped(_rel(path, root), f"no label: not listed in {csv_path.name}"))
@@ -219,7 +230,9 @@ def discover(root: Path, labels: str = "auto", csv_path: Path | None = None) -> 
         # An explicit CSV is the user's stated intent, so it wins over folder structure.
         if csv_path is not None:
             source = "csv"
-        elif _class_folders(root):
+        elif any(_holds_images(d) for d in _class_folders(root)):
+            # Only sub-folders with images count: an empty "thumbs/" beside flat photos does not
+            # turn a file-name folder into a class-folder one.
             source = "folders"
         elif (root / DEFAULT_CSV).is_file():
             source = "csv"
