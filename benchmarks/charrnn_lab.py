@@ -105,9 +105,6 @@ def main() -> None:
         rows += summarise(
             "cnnlab literal lab flags", [cnnlab_run(s, tmp, **literal) for s in SEEDS]
         )
-        for s in (0,):
-            comps, _ = cnnlab_run(s, tmp)
-            print(f"cnnlab defaults, seed {s}: {comps}")
         # The whole CLI, as a user runs it: process start + imports + train + complete.
         cli = [sys.executable, "-m", "cnnlab", "charrnn"]
         walls = []

@@ -40,7 +40,7 @@ FLAGS = [
     "--schedule",
     "cosine",
     "--epochs",
-    "3",
+    "2",
     "--threads",
     "1",
     "--time-limit",

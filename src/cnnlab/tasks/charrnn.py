@@ -401,7 +401,12 @@ def train(
     if resume is not None:
         run = RunDir.open(resume)
         d = _resolve_checkpoint_dir(run.path)
-        model_loaded, _, info = load_checkpoint(d)
+        model_loaded, saved_vocab, info = load_checkpoint(d)
+        if saved_vocab != vocab:
+            raise CnnlabError(
+                f"the data of {run} has changed since it was trained (its vocabulary differs); "
+                "start a new run instead of --resume"
+            )
         model.load_state_dict(model_loaded.state_dict())
         extra = _load_training_state(d)
         optimizer.load_state_dict(extra["optimizer"])
