@@ -1,9 +1,11 @@
 """Shared by the `cnnlab evaluate` benchmarks: run a command, measure its wall time and memory.
 
-Peak memory is measured two ways, both reported:
+Peak memory is measured three ways, all reported:
 - `tree_rss`: the peak of the summed RSS of the process and all its children, sampled every
-  20 ms with psutil. DataLoader workers are forked, so pages they share with the parent are
+  50 ms with psutil. DataLoader workers are forked, so pages they share with the parent are
   counted twice: this over-states cnnlab's memory, never under-states it.
+- `tree_pss`: the same with PSS (proportional set size: a page shared by k processes counts
+  1/k in each), which is the machine's real memory use by the tree.
 - `maxrss`: the largest single-process peak RSS among the finished children
   (getrusage(RUSAGE_CHILDREN).ru_maxrss, exact but per process). Each measurement runs in a
   fresh Python process (this script re-executing itself), so the value is that command's own.
@@ -28,12 +30,15 @@ SAMPLES = Path(os.environ.get("CNNLAB_DATA", DATA_ROOT)) / "imagenet-samples"
 PYTHON = sys.executable
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def tree_memory(proc: psutil.Process) -> tuple[int, int]:
+    """(summed RSS, summed PSS) of a process and its descendants, bytes."""
+    rss = pss = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += info.pss
+    return rss, pss
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -43,17 +48,19 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
     proc = subprocess.Popen(wrapper, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak_rss = peak_pss = 0
     while proc.poll() is None:
         with contextlib.suppress(psutil.Error):
-            peak = max(peak, tree_rss(ps))
-        time.sleep(0.02)
+            rss, pss = tree_memory(ps)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(0.05)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
     report = json.loads(out.strip().splitlines()[-1])
-    return {"wall_s": wall, "tree_rss_mb": peak / 2**20, "maxrss_mb": report["maxrss_kb"] / 1024}
+    return {"wall_s": wall, "tree_rss_mb": peak_rss / 2**20, "tree_pss_mb": peak_pss / 2**20,
+            "maxrss_mb": report["maxrss_kb"] / 1024}
 
 
 def _child(cmd: list[str]) -> None:

@@ -48,7 +48,8 @@ def main() -> None:
         assert scored["models"][0]["n_images"] == 1000
     a, b = median_of(runs[100]), median_of(runs[1000])
     print("median               100 photos   1000 photos   1000/100")
-    for key, label in (("tree_rss_mb", "peak RSS tree, MB"), ("maxrss_mb", "max RSS 1 proc,MB"),
+    for key, label in (("tree_rss_mb", "peak RSS tree, MB"), ("tree_pss_mb", "peak PSS tree, MB"),
+                       ("maxrss_mb", "max RSS 1 proc,MB"),
                        ("wall_s", "wall time, s")):
         print(f"{label:18s} {a[key]:10.0f}   {b[key]:11.0f}   {b[key] / a[key]:8.2f}x")
     print(f"after: {load_average()}")

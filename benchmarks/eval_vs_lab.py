@@ -53,6 +53,8 @@ def main() -> None:
           f"{a['wall_s'] / b['wall_s']:6.2f}x")
     print(f"peak RSS tree, MB {a['tree_rss_mb']:8.0f}   {b['tree_rss_mb']:8.0f}   "
           f"{a['tree_rss_mb'] / b['tree_rss_mb']:6.2f}x")
+    print(f"peak PSS tree, MB {a['tree_pss_mb']:8.0f}   {b['tree_pss_mb']:8.0f}   "
+          f"{a['tree_pss_mb'] / b['tree_pss_mb']:6.2f}x")
     print(f"max RSS 1 proc,MB {a['maxrss_mb']:8.0f}   {b['maxrss_mb']:8.0f}   "
           f"{a['maxrss_mb'] / b['maxrss_mb']:6.2f}x")
     print(f"after: {load_average()}")
