@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import shutil
 import struct
+import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -440,31 +443,75 @@ def test_missing_file(tmp_path):
         load_image(tmp_path / "gone.jpg", SMALL)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: root reads a chmod 000 file")
-def test_unreadable_file(tmp_path):
-    path = save(tmp_path / "locked.jpg", photo())
+def run_unprivileged(fn):
+    """`fn()` as an ordinary user, so that chmod 000 really denies access: in this process when
+    it is not root, else in a forked child that drops to uid/gid 65534 ("nobody") after the
+    imports are warm (CI runs as root, and root reads anything). The kernel's own permission
+    check, not a mock. Returns ("ok", value) or ("raise", exception type name, message)."""
+    def call():
+        try:
+            return ("ok", fn())
+        except Exception as exc:
+            return ("raise", type(exc).__name__, str(getattr(exc, "reason", exc)))
+
+    if os.geteuid() != 0:
+        return call()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop root for good, run, report through the pipe, exit at once
+        status = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, pickle.dumps(call()))
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and chunks, "unprivileged child failed"
+    return pickle.loads(b"".join(chunks))
+
+
+@pytest.fixture
+def open_dir():
+    """A temporary folder every user can enter (pytest's tmp_path is private to its owner)."""
+    path = Path(tempfile.mkdtemp(prefix="cnnlab-perm-"))
+    path.chmod(0o755)
+    yield path
+    for p in path.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    shutil.rmtree(path)
+
+
+def test_unreadable_file(open_dir):
+    path = save(open_dir / "locked.jpg", photo())
+    good = save(open_dir / "good.jpg", photo())
+    load_image(good, SMALL)  # warm Pillow's lazily imported plugins before dropping root
     path.chmod(0)
-    try:
-        with pytest.raises(BadImage, match="permission denied"):
-            load_image(path, SMALL)
-    finally:
-        path.chmod(0o644)
+    assert run_unprivileged(lambda: load_image(path, SMALL)) == (
+        "raise", "BadImage", "cannot read file: permission denied"
+    )
+    assert run_unprivileged(lambda: tuple(load_image(good, SMALL).shape))[1] == (3, 32, 32)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: root lists a chmod 000 folder")
-def test_unreadable_class_folder_is_reported(tmp_path):
-    (tmp_path / "ok").mkdir()
-    save(tmp_path / "ok" / "a.png", photo())
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    save(locked / "b.png", photo())
-    locked.chmod(0)
-    try:
-        found = discover(tmp_path)
-    finally:
-        locked.chmod(0o755)
-    assert [it.label for it in found.items] == ["ok"]
-    assert found.skipped == [Skipped("locked", "cannot read folder (Permission denied)")]
+def test_unreadable_class_folder_is_reported(open_dir):
+    for name in ("ok", "locked"):
+        (open_dir / name).mkdir()
+        save(open_dir / name / "a.png", photo())
+        (open_dir / name).chmod(0o755)
+    (open_dir / "locked").chmod(0)
+    found = run_unprivileged(lambda: discover(open_dir))
+    assert found[0] == "ok", found
+    assert [it.label for it in found[1].items] == ["ok"]
+    assert found[1].skipped == [Skipped("locked", "cannot read folder (Permission denied)")]
 
 
 def test_unlistable_folder_is_reported_even_as_root(tmp_path, monkeypatch):

@@ -108,6 +108,15 @@ def test_attention_macs_are_attributed_to_layers():
     assert sum(r.params for r in profile.layers) == profile.total_params == 86_567_656
 
 
+def test_real_and_meta_models_give_the_same_attention_macs():
+    """On real tensors under no_grad, MHA's fused fast path would hide its arithmetic from the
+    flop counter; the profile must not depend on whether the weights are real."""
+    real = profile_model(create_model("vit_b_16"), (3, 224, 224))
+    meta = profile_registered("vit_b_16")
+    assert real.total_macs == meta.total_macs
+    assert torch.backends.mha.get_fastpath_enabled()  # the global switch is restored
+
+
 @pytest.mark.slow
 def test_every_torchvision_model_matches_its_published_metadata():
     """Every registered torchvision model: parameters == weights metadata `num_params`, and the
