@@ -24,7 +24,6 @@ LAB = ("hello", "green", "start")
 # ----------------------------------------------------------------------------------- the lab
 
 
-@pytest.mark.slow  # ~1 s of training, plus the first run's environment record (timm import)
 def test_lab_completes_its_three_words_exactly(tmp_path):
     results = train(TrainConfig(words=LAB, seed=0), out=tmp_path / "run")
     assert {p: c for p, (c, _) in results["completions"].items()} == {
@@ -66,7 +65,6 @@ def test_the_lab_setup_is_literally_expressible():
     torch.testing.assert_close(model(ids)[0], lab_fc(out), rtol=0, atol=0)
 
 
-@pytest.mark.slow
 def test_variable_length_words_complete(tmp_path):
     words = ("apple", "banana", "kiwi", "fig", "cherry")
     train(TrainConfig(words=words, seed=0, epochs=150), out=tmp_path / "run")
