@@ -122,3 +122,46 @@ def test_help(sub, capsys):
         main(["charrnn", *sub, "--help"])
     assert exc.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_config_file_and_lines_mode(tmp_path, capsys):
+    names = tmp_path / "names.txt"
+    names.write_text("anna\nbob\n\ncarl\ndora\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cell: rnn\none-hot: true\nhidden: 12\nepochs: 3\n")
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "charrnn",
+                "train",
+                "--text",
+                str(names),
+                "--lines",
+                "--config",
+                str(cfg),
+                "--epochs",
+                "2",
+                "--out",
+                str(run),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    saved = json.loads((run / "config.json").read_text())
+    # the file's settings apply, the flag overrides the file
+    assert (saved["cell"], saved["one_hot"], saved["hidden"], saved["epochs"]) == (
+        "rnn",
+        True,
+        12,
+        2,
+    )
+    results = json.loads((run / "results.json").read_text())
+    assert (
+        results["mode"] == "words" and results["words"] == 4 and results["vocab_size"] == 9
+    )  # a b c d l n o r + <w>
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hiden: 3\n")
+    assert main(["charrnn", "train", "--words", "a", "--config", str(bad)]) == 2
+    assert "did you mean: hidden" in capsys.readouterr().err
