@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -78,11 +79,16 @@ def git_sha(start: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
     """What produced a run: enough to reproduce it or to explain a different number."""
-    import timm
     import torch
-    import torchvision
 
     import cnnlab
 
@@ -91,8 +97,10 @@ def environment(seed: int | None = None, device: str | None = None) -> dict[str,
         "git_sha": git_sha(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
+        # Read from the installed metadata: importing torchvision and timm only to learn their
+        # versions would cost a command that does not use them seconds of start-up.
+        "torchvision": _installed_version("torchvision"),
+        "timm": _installed_version("timm"),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
