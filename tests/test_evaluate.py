@@ -376,3 +376,24 @@ def test_help_explains_labels_models_and_torchrun(capsys):
     for word in ("--skip-unknown", "--match", "torchrun", "efficientnet_lite0", "labels.csv",
                  "--weights"):
         assert word in text
+
+
+@pytest.mark.slow
+def test_timm_model_with_explicit_weights_uses_its_pretrained_cfg(tmp_path, capsys, shared_data):
+    import timm
+
+    samples = shared_data("imagenet-samples")
+    photos = copy_samples(samples, tmp_path / "photos", ["n01440764_tench.JPEG"])
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18-random.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), weights)
+    code, _, err = run_cli([str(photos), "-m", "timm/resnet18", "--weights", str(weights),
+                            "--workers", "0", "--no-report", "--out", str(tmp_path / "r"), "-q"],
+                           capsys)
+    assert code == 0, err
+    (m,) = json.loads((tmp_path / "r" / "results.json").read_text())["models"]
+    cfg = timm.models.get_pretrained_cfg("resnet18").to_dict()
+    assert m["weights"] == str(weights)
+    assert m["preprocess"]["crop_size"] == cfg["input_size"][-1]
+    assert m["preprocess"]["resize_size"] == int(cfg["input_size"][-1] / cfg["crop_pct"])
+    assert m["preprocess"]["interpolation"] == cfg["interpolation"]
