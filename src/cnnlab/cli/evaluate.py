@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import HelpFormatter, add_output_options
+from cnnlab.cli.common import add_output_options
 
 DESCRIPTION = """\
 Run pretrained ImageNet CNNs on a folder of labelled photos and report each model's top-1 and
@@ -42,19 +42,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score pretrained ImageNet CNNs on a labelled photo folder",
         description=DESCRIPTION,
-        formatter_class=HelpFormatter,
+        # Not common.HelpFormatter: every flag defaults to None here (so that a --config file's
+        # values are not overridden), and "(default: None)" would hide the real defaults, which
+        # the help texts state.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("path", metavar="PATH", help="folder of labelled photos")
     p.add_argument(
         "-m", "--model", dest="models", action="append", metavar="MODEL",
-        help="model to score (repeatable; default: the EfficientNet-Lite0/1/2 trio)",
+        help="model to score (repeatable; default: efficientnet_lite0/1/2)",
     )
     p.add_argument(
         "--weights", action="append", metavar="[MODEL=]FILE",
         help="explicit weights file for a model (repeatable; MODEL= may be left out when "
         "there is one model)",
     )
-    p.add_argument("--top-k", type=int, metavar="K", help="predictions kept per image (default 5)")
+    p.add_argument("--top-k", type=int, metavar="K", help="predictions kept per image (5)")
     p.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (16)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="decoding worker processes; 0 decodes in the main process (2)")
