@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DATA   ?= ../shared/data
 
-.PHONY: install lab test lint bench clean
+.PHONY: install lab test lint clean
 
 $(BIN)/cnnlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ install: $(BIN)/cnnlab
 
 # The lab: every command on real data, each into its own run directory under runs/lab/.
 # DATA is the shared data root (CIFAR-10, ImageNet samples, ...); override with DATA=/path.
-LAB = runs/lab/$(shell date +%Y%m%d-%H%M%S)
+LAB := runs/lab/$(shell date +%Y%m%d-%H%M%S)
 lab: install
 	$(BIN)/cnnlab params alexnet-paper --out $(LAB)/params-alexnet
 	$(BIN)/cnnlab params alexnet-paper --groups 2 --sharing --summary --out $(LAB)/params-sharing
