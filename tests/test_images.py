@@ -614,3 +614,17 @@ def test_dataset_items_are_indexed_and_never_raise(tmp_path):
     img, i, reason = ds[0]
     assert i == 0 and reason is None and img.shape == (3, 32, 32)
     assert ds[1] == (None, 1, "empty file (0 bytes)")
+
+
+def test_collate_in_a_worker_stacks_into_shared_memory(tmp_path):
+    """The shared-memory path taken in DataLoader workers gives the same batches as the plain
+    in-process stack (its memory effect is measured in benchmarks/eval_memory.py)."""
+    items = [LabelledImage(save(tmp_path / f"{i}.png", photo()), "x") for i in range(4)]
+    dataset = ImageDataset(items, SMALL)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
+                                         collate_fn=dataset.collate)
+    batches = list(loader)
+    assert [tuple(b[0].shape) for b in batches] == [(2, 3, 32, 32)] * 2
+    in_process = dataset.collate([dataset[0], dataset[1]])
+    torch.testing.assert_close(batches[0][0], in_process[0], rtol=0, atol=0)
+    assert not in_process[0].is_shared()  # outside a worker: ordinary memory

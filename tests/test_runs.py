@@ -82,3 +82,13 @@ def test_nan_is_refused_rather_than_written_as_invalid_json(tmp_path):
 def test_open_missing_run(tmp_path):
     with pytest.raises(CnnlabError, match="not found"):
         RunDir.open(tmp_path / "nope")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the result must be readable like any file."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644

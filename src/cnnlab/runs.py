@@ -32,10 +32,18 @@ from cnnlab.errors import CnnlabError
 DEFAULT_ROOT = Path("runs")
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it...
+    os.umask(mask)  # ...and put it back at once
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; a results file should get the permissions open() would give.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
