@@ -252,7 +252,7 @@ def evaluate(config: EvaluateConfig, reporter) -> dict[str, Any] | None:
     """Run the evaluation; returns the results on rank 0 (None on the other ranks)."""
     from cnnlab import dist
     from cnnlab.data.imagenet import load_imagenet_classes
-    from cnnlab.models.pretrained import fetch, load_pretrained, pretrained_spec_of
+    from cnnlab.models.pretrained import create_pretrained, fetch, pretrained_spec_of
     from cnnlab.models.registry import count_parameters, get_spec
     from cnnlab.runs import RunDir
 
@@ -287,12 +287,9 @@ def evaluate(config: EvaluateConfig, reporter) -> dict[str, Any] | None:
         )
         summaries, merged_passes = [], []
         for spec, wfile in zip(specs, weight_files, strict=True):
-            model = spec.builder()
-            pspec = pretrained_spec_of(spec)
-            load_pretrained(model, pspec, spec.name, wfile)
-            model.eval()
+            model, preprocess, _ = create_pretrained(spec.name, wfile)
             n_params = count_parameters(model)
-            part = _run_model(model, pspec.preprocess, my_items, my_indices, config, device,
+            part = _run_model(model, preprocess, my_items, my_indices, config, device,
                               reporter, spec.name)
             del model
             gathered = dist.gather_objects(part, info)
@@ -300,7 +297,7 @@ def evaluate(config: EvaluateConfig, reporter) -> dict[str, Any] | None:
                 continue
             merged = _merge(gathered)
             merged_passes.append(merged)
-            summary = _summarise(merged, targets, n_params, wfile, pspec.preprocess)
+            summary = _summarise(merged, targets, n_params, wfile, preprocess)
             summaries.append(summary)
             if run is not None:
                 run.append_metrics({k: v for k, v in summary.items() if k != "preprocess"})
