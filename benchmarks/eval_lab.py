@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from cnnlab.data.imagenet import load_imagenet_classes
-    from cnnlab.models.pretrained import create_pretrained
+    from cnnlab.models.registry import create_pretrained
 
     start = time.perf_counter()
     model, pp, _ = create_pretrained(args.model)

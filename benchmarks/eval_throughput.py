@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from cnnlab.data.images import load_image
-from cnnlab.models.pretrained import create_pretrained
+from cnnlab.data.decode import load_image
+from cnnlab.models.registry import create_pretrained
 from cnnlab.progress import Reporter
 from cnnlab.tasks.evaluate import EvaluateConfig, evaluate
 from eval_common import SAMPLES, load_average
@@ -60,9 +60,8 @@ def main() -> None:
             rates["decode"].append(len(photos) / (time.perf_counter() - start))
             for workers in (0, 2):
                 config = EvaluateConfig(path=str(SAMPLES), models=(args.model,),
-                                        workers=workers, batch_size=BATCH, report=False,
-                                        out=f"{tmp}/w{workers}-{i}")
-                results = evaluate(config, Reporter(quiet=True))
+                                        workers=workers, batch_size=BATCH, report=False)
+                results = evaluate(config, Reporter(quiet=True), out=f"{tmp}/w{workers}-{i}")
                 rates[f"e2e {workers} workers"].append(results["models"][0]["images_per_second"])
             print(f"  #{i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()),
                   flush=True)

@@ -20,7 +20,7 @@ CHILD = r"""
 import json, resource, sys, time, warnings
 warnings.simplefilter("ignore")
 import torch
-from cnnlab.analysis.meta import build_on_meta
+from cnnlab.models.meta import build_on_meta
 from cnnlab.analysis.profile import profile_model
 from cnnlab.models import create_model, get_spec
 name, mode = sys.argv[1], sys.argv[2]

@@ -90,9 +90,9 @@ def lite0_run(tmp_path_factory):
     samples = data_path("imagenet-samples")
     out = tmp_path_factory.mktemp("lite0") / "run"
     config = EvaluateConfig(
-        path=str(samples), models=(LITE0,), workers=0, draft=False, out=str(out)
+        path=str(samples), models=(LITE0,), workers=0, draft=False
     )
-    results = evaluate(config, Reporter(quiet=True))
+    results = evaluate(config, Reporter(quiet=True), out=out)
     return samples, out, results
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from cnnlab.data.folders import discover
 from cnnlab.data.imagenet import (
     ImageNetClasses,
     LabelMatch,
@@ -18,7 +19,6 @@ from cnnlab.data.imagenet import (
     resolve_labels,
     strip_counter,
 )
-from cnnlab.data.images import discover
 
 TENCH, GREAT_WHITE, BEAGLE = 0, 2, 162
 CRANE_BIRD, CRANE_MACHINE = 134, 517
@@ -86,7 +86,7 @@ def test_resolves_every_label_form(classes, label, index):
                                   "n01440764_tench.JPEG", "great_white_shark_2.png",
                                   "tench (1).jpg"])
 def test_file_names_of_the_issue_resolve(classes, name):
-    from cnnlab.data.images import label_from_filename
+    from cnnlab.data.folders import label_from_filename
 
     expected = {"volcano.jpg": "volcano", "beagle.jpeg": "beagle", "bighorn.JPG": "bighorn",
                 "n01440764_tench.JPEG": "tench", "great_white_shark_2.png": "great white shark",

@@ -20,19 +20,17 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data.images import (
+from cnnlab.data.batching import ImageDataset, collate_images
+from cnnlab.data.decode import BadImage, load_image
+from cnnlab.data.folders import (
     IMAGE_EXTENSIONS,
-    BadImage,
-    ImageDataset,
     LabelledImage,
     Skipped,
-    collate_images,
     discover,
     label_from_filename,
-    load_image,
 )
+from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import CnnlabError
-from cnnlab.models.pretrained import Preprocess
 
 IMAGENET = Preprocess(256, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # EfficientNet-Lite1 as timm configures it: 240 crop, crop_pct 0.882 -> 272, bicubic, [-1, 1].

@@ -11,12 +11,12 @@ import torchvision.models as tvm
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab.analysis.meta import build_on_meta
 from cnnlab.analysis.profile import parse_shape, profile_model, profile_registered, rows_at_depth
 from cnnlab.analysis.sharing import ConvGeometry, compare, model_sharing, parse_layer
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, list_models
 from cnnlab.models.layers import LocallyConnected2d
+from cnnlab.models.meta import build_on_meta
 from cnnlab.tasks.params import SCHEMA, ParamsConfig, run_params
 
 # Hand calculation for AlexNet as published (Krizhevsky et al. 2012): weights + biases per layer.

@@ -7,11 +7,20 @@ collective is a no-op. Backend: NCCL when each rank has a GPU, gloo on CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as tdist
+
+from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.runs import RunDir
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,3 +86,44 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def shard(items: list[Any], info: DistInfo) -> list[Any]:
     """This rank's share: every world_size-th item starting at rank (balanced to within one)."""
     return items[info.rank :: info.world_size]
+
+
+def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
+    """`fn()` run on rank 0 only, its value returned on every rank.
+
+    A `CnnlabError` on rank 0 is raised on every rank with the same message, so that all ranks
+    stop at once (instead of waiting in the next collective until torchrun kills them) and the
+    command line prints it once, on rank 0.
+    """
+    if not info.enabled:
+        return fn()
+    payload: list[Any] = [None]
+    if info.is_main:
+        try:
+            payload = [("ok", fn())]
+        except CnnlabError as exc:
+            payload = [("error", str(exc))]
+    tdist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "error":
+        raise CnnlabError(value)
+    return value
+
+
+def open_run(command: str, out: str | Path | None, resume: str | Path | None = None,
+             device: str = "auto") -> RunDir:
+    """This invocation's run directory, the same on every torchrun rank.
+
+    Rank 0 creates it (`--out`, or runs/<command>/<timestamp>) or, with `resume`, opens an
+    existing one; the path is broadcast, so ranks never disagree on a timestamp. A refusal on
+    rank 0 (a non-empty --out) stops every rank at once with the same one-line error.
+    """
+    from cnnlab.runs import RunDir
+
+    info, _ = init(device)
+
+    def claim() -> str:
+        run = RunDir.open(resume) if resume is not None else RunDir.create(command, out)
+        return str(run.path)
+
+    return RunDir(Path(broadcast_from_main(claim, info)))

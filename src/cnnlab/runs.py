@@ -14,6 +14,7 @@ half a file. A new run never reuses a directory that already holds files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib.metadata
@@ -160,6 +161,11 @@ class RunDir:
         if not path.is_dir():
             raise CnnlabError(f"run directory not found: {path}")
         return cls(path)
+
+    def remove_if_empty(self) -> None:
+        """Undo `create` when a run failed before writing anything (a user error found late)."""
+        with contextlib.suppress(OSError):
+            self.path.rmdir()  # only succeeds on an empty directory
 
     def file(self, name: str) -> Path:
         return self.path / name

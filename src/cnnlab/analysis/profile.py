@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cnnlab.analysis.meta import build_on_meta
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import LocallyConnected2d
+from cnnlab.models.meta import build_on_meta
 
 
 @dataclass

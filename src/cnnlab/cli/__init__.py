@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,11 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except CnnlabError as exc:
-        print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
+        # Under torchrun every rank raises the same error (dist.broadcast_from_main); one line
+        # is enough, from rank 0.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that used torch can have a group
+            from cnnlab import dist
+
+            dist.teardown()
 
 
 if __name__ == "__main__":

@@ -195,9 +195,10 @@ TRAIN_KEYS = [
 
 def run_train(args: argparse.Namespace) -> int:
     from cnnlab.config import resolve
+    from cnnlab.dist import open_run
     from cnnlab.errors import CnnlabError
     from cnnlab.progress import Reporter
-    from cnnlab.tasks import charrnn
+    from cnnlab.tasks import charrnn, run_task
 
     reporter = Reporter(quiet=getattr(args, "quiet", False))
     if getattr(args, "resume", None):
@@ -210,11 +211,13 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = charrnn.resume_config(
             args.resume, getattr(args, "epochs", None), getattr(args, "time_limit", None)
         )
-        results = charrnn.train(cfg, resume=args.resume, reporter=reporter)
+        run_dir = open_run("charrnn", None, resume=args.resume)
+        results = charrnn.run(cfg, run_dir, reporter, resume=True)
     else:
         values = {k: getattr(args, k) for k in TRAIN_KEYS if hasattr(args, k)}
         cfg = resolve(charrnn.TrainConfig, values, getattr(args, "config", None))
-        results = charrnn.train(cfg, out=getattr(args, "out", None), reporter=reporter)
+        run_dir = open_run("charrnn", getattr(args, "out", None))
+        results = run_task(charrnn.run, cfg, run_dir, reporter)
     _print_results(reporter, results)
     return 0
 

@@ -23,3 +23,4 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults and keeps the hand-wrapped examples in descriptions."""
+

@@ -102,8 +102,9 @@ def _weights(values: list[str] | None, models: list[str] | None) -> dict[str, st
 
 def run(args: argparse.Namespace) -> int:
     from cnnlab.config import resolve
+    from cnnlab.dist import open_run
     from cnnlab.progress import Reporter
-    from cnnlab.tasks.evaluate import EvaluateConfig, evaluate
+    from cnnlab.tasks import evaluate, run_task
 
     cli = {
         "path": args.path,
@@ -121,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
         "channels_last": args.channels_last,
         "report": args.report,
         "device": args.device,
-        "out": args.out,
     }
-    config = resolve(EvaluateConfig, cli, args.config)
+    config = resolve(evaluate.EvaluateConfig, cli, args.config)
     reporter = Reporter(quiet=args.quiet)
-    results = evaluate(config, reporter)
+    run_dir = open_run("evaluate", args.out, device=config.device)
+    results = run_task(evaluate.run, config, run_dir, reporter)
     if results is None:  # a torchrun rank other than 0: rank 0 prints
         return 0
     print_table(results, reporter)

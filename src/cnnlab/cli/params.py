@@ -50,13 +50,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from cnnlab.dist import open_run
     from cnnlab.progress import Reporter
     from cnnlab.report.params import render
-    from cnnlab.runs import RunDir
-    from cnnlab.tasks.params import ParamsConfig, run_params
+    from cnnlab.tasks import params, run_task
 
     options = {"groups": args.groups} if args.groups is not None else {}
-    config = ParamsConfig(
+    config = params.ParamsConfig(
         models=tuple(args.models),
         input=args.input,
         depth=args.depth,
@@ -66,11 +66,8 @@ def run(args: argparse.Namespace) -> int:
         options=options,
     )
     reporter = Reporter(quiet=args.quiet)
-    result = run_params(config)
-    run_dir = RunDir.create("params", out=args.out)
-    run_dir.save_config(config)
-    run_dir.save_environment()
-    run_dir.save_results(result)
+    run_dir = open_run("params", args.out)
+    result = run_task(params.run, config, run_dir, reporter)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

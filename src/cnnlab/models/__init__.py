@@ -7,9 +7,17 @@ timm models cnnlab knows pretrained weights for) on the first look-up; see `regi
 from cnnlab.models.registry import (
     ModelSpec,
     create_model,
+    create_pretrained,
     get_spec,
     list_models,
     register_model,
 )
 
-__all__ = ["ModelSpec", "create_model", "get_spec", "list_models", "register_model"]
+__all__ = [
+    "ModelSpec",
+    "create_model",
+    "create_pretrained",
+    "get_spec",
+    "list_models",
+    "register_model",
+]

@@ -20,18 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import CnnlabError
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Eval-time transform: resize the short side, centre-crop a square, normalise."""
-
-    resize_size: int  # short side after resizing, pixels
-    crop_size: int  # side of the centre crop fed to the model, pixels
-    interpolation: str  # "bilinear" or "bicubic"
-    mean: tuple[float, float, float]  # per RGB channel, on the [0, 1] scale
-    std: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -227,19 +217,3 @@ def pretrained_spec_of(model_spec) -> PretrainedSpec:
             "`cnnlab models --pretrained` lists the models that do"
         )
     return spec
-
-
-def create_pretrained(
-    name: str, weights: str | Path | None = None
-) -> tuple[nn.Module, Preprocess, Path]:
-    """Build `name`, load its ImageNet weights, switch to eval mode.
-
-    Returns the model, the preprocessing its weights expect, and the weights file used.
-    """
-    from cnnlab.models.registry import get_spec
-
-    model_spec = get_spec(name)
-    spec = pretrained_spec_of(model_spec)
-    model = model_spec.builder()
-    path = load_pretrained(model, spec, model_spec.name, weights)
-    return model.eval(), spec.preprocess, path

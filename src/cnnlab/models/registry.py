@@ -20,6 +20,9 @@ from torch import nn
 from cnnlab.errors import CnnlabError, suggest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cnnlab.data.preprocess import Preprocess
     from cnnlab.models.pretrained import PretrainedSpec
 
 
@@ -106,7 +109,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_parameters_of(spec: ModelSpec) -> int:
     """Parameter count without allocating weights: the model is built on the meta device."""
-    from cnnlab.analysis.meta import build_on_meta
+    from cnnlab.models.meta import build_on_meta
 
     return count_parameters(build_on_meta(spec.builder))
 
@@ -124,3 +127,19 @@ def _timm_spec(arch: str) -> ModelSpec:
         builder=lambda **kw: timm.create_model(arch, pretrained=False, **kw),
         description="timm architecture (unregistered)",
     )
+
+
+def create_pretrained(
+    name: str, weights: str | Path | None = None
+) -> tuple[nn.Module, Preprocess, Path]:
+    """Build `name`, load its ImageNet weights, switch to eval mode.
+
+    Returns the model, the preprocessing its weights expect, and the weights file used.
+    """
+    from cnnlab.models.pretrained import load_pretrained, pretrained_spec_of
+
+    model_spec = get_spec(name)
+    spec = pretrained_spec_of(model_spec)
+    model = model_spec.builder()
+    path = load_pretrained(model, spec, model_spec.name, weights)
+    return model.eval(), spec.preprocess, path

@@ -381,11 +381,23 @@ def train(
     resume: str | Path | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
+    """`run` into a new directory (`out`, or runs/charrnn/<timestamp>) or, with `resume`, on in
+    an existing run: for library use."""
+    from cnnlab.tasks import run_task
+
+    if resume is not None:
+        run_dir = RunDir.open(resume)
+        return run(cfg, run_dir, reporter or Reporter(quiet=True), resume=True)
+    return run_task(run, cfg, RunDir.create("charrnn", out), reporter or Reporter(quiet=True))
+
+
+def run(
+    cfg: TrainConfig, run_dir: RunDir, reporter: Reporter, resume: bool = False
+) -> dict[str, Any]:
     """Train (or continue) a character model; returns results (also saved as results.json).
 
-    With `resume`, `cfg` must be the run's own config with only `epochs` / `time_limit`
-    changed (`resume_config` builds it); the run continues in that directory."""
-    reporter = reporter or Reporter(quiet=True)
+    With `resume`, `run_dir` is an existing run and `cfg` its own config with only `epochs` /
+    `time_limit` changed (`resume_config` builds it); the run continues in that directory."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_data(cfg)
@@ -398,8 +410,8 @@ def train(
 
     step, train_seconds, best_val = 0, 0.0, None
     hidden: Hidden = None
-    if resume is not None:
-        run = RunDir.open(resume)
+    run = run_dir
+    if resume:
         d = _resolve_checkpoint_dir(run.path)
         model_loaded, saved_vocab, info = load_checkpoint(d)
         if saved_vocab != vocab:
@@ -423,7 +435,6 @@ def train(
         run.save_config(cfg)
         reporter.log(f"resuming {run} at step {step} (epoch {step / steps_per_epoch:.2f})")
     else:
-        run = RunDir.create("charrnn", out)
         run.save_config(cfg)
         run.save_environment(seed=cfg.seed, device="cpu")
 

@@ -1,11 +1,12 @@
 """`cnnlab evaluate`: pretrained ImageNet CNNs on a labelled photo folder, side by side.
 
     config = EvaluateConfig(path="photos/", models=("efficientnet_lite0", "resnet18"))
-    results = evaluate(config, Reporter())
+    results = run(config, RunDir.create("evaluate"), Reporter())   # the task signature
+    results = evaluate(config, Reporter(), out="runs/x")           # the same, for library use
 
 Steps, each of which fails early and in one line where the user can fix something:
 
-1. discover the labelled images (`data/images.py`: class sub-folders, CSV or file names) and
+1. discover the labelled images (`data/folders.py`: class sub-folders, CSV or file names) and
    resolve every distinct label to an ImageNet class (`data/imagenet.py`); all unresolved labels
    are reported together before any model runs, unless `skip_unknown`;
 2. find every model's weights before running any model (a missing file is one line that says
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunDir
 
 DEFAULT_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LABEL_SOURCES = ("auto", "folders", "csv", "filename")
@@ -55,7 +57,6 @@ class EvaluateConfig:
     draft: bool = True  # let Pillow decode large JPEGs at a reduced size (much faster)
     channels_last: bool = True  # NHWC memory format: 20-50% faster convolutions on CPU
     report: bool = True  # write report.md / report.html
-    out: str | None = None  # run directory (default runs/evaluate/<timestamp>)
     device: str = "auto"  # auto, cpu or cuda
 
     def __post_init__(self) -> None:
@@ -99,8 +100,8 @@ class ModelPass:
 
 def _prepare_items(config: EvaluateConfig, classes) -> tuple[list, list[int], list[dict]]:
     """Discovered images with resolvable labels, their class indices, and what was skipped."""
+    from cnnlab.data.folders import discover
     from cnnlab.data.imagenet import describe_problems, resolve_labels
-    from cnnlab.data.images import discover
 
     root = Path(config.path)
     if not root.exists():
@@ -147,7 +148,7 @@ def _run_model(
     import torch
     from torch.utils.data import DataLoader
 
-    from cnnlab.data.images import ImageDataset
+    from cnnlab.data.batching import ImageDataset
 
     k = max(config.top_k, 5)  # top-5 error is always reported
     dataset = ImageDataset(items, preprocess, draft=config.draft)
@@ -248,13 +249,13 @@ def _relative(path, root: Path) -> str:
         return str(path)
 
 
-def evaluate(config: EvaluateConfig, reporter) -> dict[str, Any] | None:
-    """Run the evaluation; returns the results on rank 0 (None on the other ranks)."""
+def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | None:
+    """Run the evaluation into `run`; returns the results on rank 0 (None on the other ranks,
+    which share the directory's path but never write to it)."""
     from cnnlab import dist
     from cnnlab.data.imagenet import load_imagenet_classes
-    from cnnlab.models.pretrained import create_pretrained, fetch, pretrained_spec_of
-    from cnnlab.models.registry import count_parameters, get_spec
-    from cnnlab.runs import RunDir
+    from cnnlab.models.pretrained import fetch, pretrained_spec_of
+    from cnnlab.models.registry import count_parameters, create_pretrained, get_spec
 
     info = dist.from_env()
     specs = [get_spec(name) for name in config.models]  # a misspelt model name first
@@ -267,43 +268,38 @@ def evaluate(config: EvaluateConfig, reporter) -> dict[str, Any] | None:
         for s, name in zip(specs, config.models, strict=True)
     ]
 
-    run = RunDir.create("evaluate", config.out) if info.is_main else None
     if not info.is_main:  # one progress display: rank 0's
         from cnnlab.progress import Reporter
 
         reporter = Reporter(quiet=True)
     info, device = dist.init(config.device)
-    try:
-        if run is not None:
-            run.save_config(config)
-            run.save_environment(device=str(device))
-        my_indices = dist.shard(list(range(len(items))), info)
-        my_items = [items[i] for i in my_indices]
-        reporter.log(
-            f"evaluate: {len(items)} images ({len(skipped)} skipped before decoding), "
-            f"{len(specs)} model(s)"
-            + (f", rank {info.rank}/{info.world_size}: {len(my_items)} images"
-               if info.enabled else "")
-        )
-        summaries, merged_passes = [], []
-        for spec, wfile in zip(specs, weight_files, strict=True):
-            model, preprocess, _ = create_pretrained(spec.name, wfile)
-            n_params = count_parameters(model)
-            part = _run_model(model, preprocess, my_items, my_indices, config, device,
-                              reporter, spec.name)
-            del model
-            gathered = dist.gather_objects(part, info)
-            if gathered is None:
-                continue
-            merged = _merge(gathered)
-            merged_passes.append(merged)
-            summary = _summarise(merged, targets, n_params, wfile, preprocess)
-            summaries.append(summary)
-            if run is not None:
-                run.append_metrics({k: v for k, v in summary.items() if k != "preprocess"})
-    finally:
-        dist.teardown()
-    if run is None:
+    if info.is_main:
+        run_dir.save_config(config)
+        run_dir.save_environment(device=str(device))
+    my_indices = dist.shard(list(range(len(items))), info)
+    my_items = [items[i] for i in my_indices]
+    reporter.log(
+        f"evaluate: {len(items)} images ({len(skipped)} skipped before decoding), "
+        f"{len(specs)} model(s)"
+        + (f", rank {info.rank}/{info.world_size}: {len(my_items)} images"
+           if info.enabled else "")
+    )
+    summaries, merged_passes = [], []
+    for spec, wfile in zip(specs, weight_files, strict=True):
+        model, preprocess, _ = create_pretrained(spec.name, wfile)
+        n_params = count_parameters(model)
+        part = _run_model(model, preprocess, my_items, my_indices, config, device,
+                          reporter, spec.name)
+        del model
+        gathered = dist.gather_objects(part, info)
+        if gathered is None:
+            continue
+        merged = _merge(gathered)
+        merged_passes.append(merged)
+        summary = _summarise(merged, targets, n_params, wfile, preprocess)
+        summaries.append(summary)
+        run_dir.append_metrics({k: v for k, v in summary.items() if k != "preprocess"})
+    if not info.is_main:
         return None
 
     # A file that no model could decode is skipped once, with the reason its decoder gave.
@@ -323,8 +319,8 @@ def evaluate(config: EvaluateConfig, reporter) -> dict[str, Any] | None:
         "models": summaries,
         "skipped": [{**s, "file": _relative(s["file"], root)} for s in skipped],
     }
-    run.save_results(results)
-    run.write_text(
+    run_dir.save_results(results)
+    run_dir.write_text(
         "predictions.csv",
         _predictions_csv(items, root, targets, merged_passes, classes, config.top_k),
     )
@@ -332,11 +328,21 @@ def evaluate(config: EvaluateConfig, reporter) -> dict[str, Any] | None:
         example = next(iter(bad_reasons.values()), "no reason given")
         raise CnnlabError(
             f"no image could be scored ({len(bad_reasons)} unreadable, e.g. {example}); "
-            f"details in {run.file('results.json')}"
+            f"details in {run_dir.file('results.json')}"
         )
     if config.report:
         from cnnlab.report.evaluate import write_report
 
-        write_report(run.path)
-    results["run_dir"] = str(run.path)
+        write_report(run_dir.path)
+    results["run_dir"] = str(run_dir.path)
     return results
+
+
+def evaluate(
+    config: EvaluateConfig, reporter, out: str | Path | None = None
+) -> dict[str, Any] | None:
+    """`run` into a new run directory (`out`, or runs/evaluate/<timestamp>): for library use."""
+    from cnnlab.dist import open_run
+    from cnnlab.tasks import run_task
+
+    return run_task(run, config, open_run("evaluate", out, device=config.device), reporter)

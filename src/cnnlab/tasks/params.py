@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cnnlab.analysis.family import summarize
-from cnnlab.analysis.meta import build_on_meta
 from cnnlab.analysis.profile import ModelProfile, parse_shape, profile_model, rows_at_depth
 from cnnlab.analysis.sharing import Connectivity, ConvGeometry, compare, model_sharing, parse_layer
 from cnnlab.errors import CnnlabError
+from cnnlab.models.meta import build_on_meta
 from cnnlab.models.registry import create_model, get_spec
+from cnnlab.progress import Reporter
+from cnnlab.runs import RunDir
 
 SCHEMA = "cnnlab.params/1"
 CONVENTION = (
@@ -137,4 +139,13 @@ def run_params(config: ParamsConfig) -> dict[str, Any]:
     }
     if config.layer is not None:
         result["layer"] = {"spec": config.layer, **layer_comparison(parse_layer(config.layer))}
+    return result
+
+
+def run(config: ParamsConfig, run_dir: RunDir, reporter: Reporter | None = None) -> dict[str, Any]:
+    """The task signature: profile the models and save config, environment and results."""
+    result = run_params(config)
+    run_dir.save_config(config)
+    run_dir.save_environment()
+    run_dir.save_results(result)
     return result
