@@ -171,3 +171,18 @@ def test_bad_fit_config():
         FitConfig(epochs=0)
     with pytest.raises(CnnlabError, match="precision"):
         FitConfig(epochs=1, precision="fp8")
+
+
+def test_max_steps_cuts_the_last_epoch_and_before_epoch_runs_each_epoch(tmp_path):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen_epochs = []
+
+    def batches(epoch):
+        for _ in range(4):
+            yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    res = fit(model, opt, batches, 4, FitConfig(epochs=3, max_steps=10), RunDir(tmp_path),
+              Reporter(quiet=True), before_epoch=lambda m, e: seen_epochs.append(e))
+    assert res.steps == 10 and res.epochs_done == 3 and seen_epochs == [0, 1, 2]
+    assert [r["step"] for r in res.history] == [4, 8, 10]

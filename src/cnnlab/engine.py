@@ -50,6 +50,9 @@ class FitConfig:
 
     epochs: int
     seed: int = 0
+    # Stop after this many optimiser steps, mid-epoch if need be (a recipe of 9.9 epochs runs
+    # 10 epochs with the last one cut short); None = epochs * steps_per_epoch.
+    max_steps: int | None = None
     precision: str = "fp32"  # "bf16": autocast matmuls/convs to bfloat16 (see precision.py)
     grad_clip: float = 0.0  # global gradient-norm clip; 0 = off
     early_stopping: int = 0  # stop after this many epochs without improvement; 0 = off
@@ -71,6 +74,8 @@ class FitConfig:
             raise CnnlabError("--grad-clip and --early-stopping must be >= 0")
         if self.time_limit is not None and self.time_limit <= 0:
             raise CnnlabError("--time-limit must be positive (seconds)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise CnnlabError(f"max_steps must be at least 1, not {self.max_steps}")
         if self.log_every < 1 or self.checkpoint_every < 1:
             raise CnnlabError("log_every and checkpoint_every must be at least 1")
 
@@ -186,6 +191,7 @@ def fit(
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     lr_schedule: Callable[[int], float] | None = None,
     after_step: Callable[[nn.Module, int], None] | None = None,
+    before_epoch: Callable[[nn.Module, int], None] | None = None,
     extra_state: tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]
     | None = None,
     resume: bool = False,
@@ -197,7 +203,8 @@ def fit(
 
     `evaluate(model)` runs on every rank with the bare (unwrapped) model in eval mode and must
     return the same numbers everywhere. `lr_schedule(step)` multiplies each parameter group's
-    initial learning rate. `after_step(model, step)` runs after every optimiser step (EMA).
+    initial learning rate. `after_step(model, step)` runs after every optimiser step (EMA);
+    `before_epoch(model, epoch)` before each epoch's first step (0-based epoch).
     `extra_state` = (get, set) saves and restores a caller's own state (an EMA's weights) with
     the `last` checkpoint.
     """
@@ -237,7 +244,8 @@ def fit(
             # Records after the checkpoint will be logged again; a torn line goes too.
             run_dir.truncate_metrics(lambda r: r.get("step", 0) <= step)
         reporter.log(f"{label}: resuming {run_dir} after epoch {epoch} (step {step})")
-        if epoch >= config.epochs:
+        if epoch >= config.epochs or step >= min(steps_per_epoch * config.epochs,
+                                                  config.max_steps or step + 1):
             raise CnnlabError(
                 f"{run_dir} already trained {epoch} epochs; give a larger --epochs to continue"
             )
@@ -246,16 +254,23 @@ def fit(
 
     history = [r for r in run_dir.read_metrics() if r.get("kind") == "epoch"] if resume else []
     total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
     start = time.monotonic()
     stopped = "completed"
     last_record: dict[str, Any] = history[-1] if history else {}
-    while epoch < config.epochs:
+    while epoch < config.epochs and step < total_steps:
+        if before_epoch is not None:
+            before_epoch(bare, epoch)
         model.train()
         loss_sum, correct, seen, window_loss, window_n = 0.0, 0, 0, 0.0, 0
         lr = optimizer.param_groups[0]["lr"]
-        for x, y in reporter.track(batches(epoch), total=steps_per_epoch,
+        this_epoch = min(steps_per_epoch, total_steps - step)
+        for x, y in reporter.track(batches(epoch), total=this_epoch,
                                    description=f"{label} epoch {epoch + 1}/{config.epochs}",
                                    unit="steps"):
+            if step >= total_steps:
+                break
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if lr_schedule is not None:
@@ -328,9 +343,9 @@ def fit(
                            and time.monotonic() - start >= config.time_limit, device)
         if early:
             stopped = "early-stopping"
-        elif timed_out and epoch < config.epochs:
+        elif timed_out and epoch < config.epochs and step < total_steps:
             stopped = "time-limit"
-        final = epoch >= config.epochs or stopped != "completed"
+        final = epoch >= config.epochs or step >= total_steps or stopped != "completed"
         if info.is_main and (final or epoch % config.checkpoint_every == 0):
             state = {"optimizer": optimizer.state_dict(), "rng": _rng_state()}
             if extra_state is not None:
