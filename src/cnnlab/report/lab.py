@@ -54,7 +54,8 @@ class Section:
 
 
 def _n(v: int | float | None) -> str:
-    return "-" if v is None else f"{v:,}"
+    """Thousands separators; '-' for none or zero, so layers without weights read as such."""
+    return "-" if not v else f"{v:,}"
 
 
 def _pct(v: float | None) -> str:
