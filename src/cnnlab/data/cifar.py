@@ -323,10 +323,11 @@ def _list_class_tree(
     per_split: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
     for name in names:
         parts = PurePosixPath(name).parts
-        if len(parts) < 3 or parts[0] not in per_split or any(p.startswith(".") for p in parts):
+        # "split/class" alone is a class folder (an empty one must be reported, not ignored).
+        if len(parts) < 2 or parts[0] not in per_split or any(p.startswith(".") for p in parts):
             continue
         per_split[parts[0]].setdefault(parts[1], [])
-        if _is_image(name):
+        if len(parts) > 2 and _is_image(name):
             per_split[parts[0]][parts[1]].append(name)
     for split in SPLITS:
         if not per_split[split]:
@@ -559,13 +560,13 @@ def load_cifar(
         if layout == "zip":
             try:
                 with zipfile.ZipFile(where) as zf:
-                    names = [n for n in zf.namelist() if not n.endswith("/")]
+                    names = zf.namelist()  # class folders may be listed as "train/cat/"
             except (zipfile.BadZipFile, OSError) as exc:
                 raise CnnlabError(f"cannot read zip {where}: {exc}") from None
             chunk_fn = _zip_chunk
         else:
             names = [f.relative_to(where).as_posix() for s in SPLITS
-                     for f in (where / s).rglob("*") if f.is_file()]
+                     for f in (where / s).rglob("*") if f.is_file() or f.parent.parent == where]
             chunk_fn = _folder_chunk
         listing = _list_class_tree(names, str(where), limit_per_class)
         splits, skipped = _decode_listing(where, listing, chunk_fn, reporter, IMAGE_SIZE, workers)
