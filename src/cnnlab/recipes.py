@@ -171,9 +171,9 @@ def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     """The recipe's optimizer over the model's trainable parameters.
 
     With bias_lr_scale != 1 the BatchNorm biases form their own group (airbench94.py
-    `param_configs`). Frozen parameters (requires_grad False) are left out; a parameter frozen
-    only for a while (the whitening bias) must stay trainable here and have its grad dropped
-    by the loop (see `whiten_bias_trains`).
+    `param_configs`). Frozen parameters (requires_grad False) are left out. A parameter frozen
+    only for a while (the whitening bias) is in: the loop sets its requires_grad each epoch
+    (`whiten_bias_trains`), and SGD skips a parameter whose grad is None.
     """
     modules = dict(model.named_modules())
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
