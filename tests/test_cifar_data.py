@@ -283,3 +283,12 @@ def test_stratified_subset_and_validation_split():
         stratified_indices(data.train_y, per_class=11)
     with pytest.raises(CnnlabError, match="no training images"):
         split_validation(data, fraction=1.0)
+
+
+def test_load_cifar_once_in_a_world_of_one_is_load_cifar(tmp_path, cache):
+    from cnnlab.data.cifar import load_cifar_once
+    from cnnlab.dist import DistInfo
+
+    make_folder(tmp_path / "set")
+    assert_same(load_cifar_once(tmp_path / "set", DistInfo(), workers=1),
+                load_cifar(tmp_path / "set", workers=1))

@@ -53,6 +53,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data.images import IMAGE_EXTENSIONS, _to_rgb
+from cnnlab.dist import DistInfo, barrier
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import Reporter
 from cnnlab.runs import atomic_write_bytes
@@ -583,3 +584,17 @@ def load_cifar(
     if cache:
         _save_cache(cache_file, data)
     return data
+
+
+def load_cifar_once(path: str | Path | None, info: DistInfo, **kwargs) -> CifarData:
+    """`load_cifar` under torchrun: rank 0 decodes and writes the cache while the other ranks
+    wait at a barrier, then they read the cache (instead of every rank decoding the same
+    60,000 images at once). A world of one is a plain `load_cifar`."""
+    if not info.enabled:
+        return load_cifar(path, **kwargs)
+    if info.is_main:
+        data = load_cifar(path, **kwargs)
+        barrier()
+        return data
+    barrier()
+    return load_cifar(path, **{**kwargs, "reporter": None})
