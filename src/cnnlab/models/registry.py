@@ -49,7 +49,13 @@ _REGISTRY: dict[str, ModelSpec] = {}
 # Modules whose import registers their models. They are imported on the first look-up, not when
 # `cnnlab.models` is imported, so code that needs one family only (the char-RNN) does not pay
 # for importing torchvision and timm: ~2.4 s on an idle 2-core machine, over 10 s on a busy one.
-_FAMILY_MODULES = ("cnnlab.models.alexnet_paper", "cnnlab.models.external")
+_FAMILY_MODULES = (
+    "cnnlab.models.alexnet_paper",
+    "cnnlab.models.simple_cnn",
+    "cnnlab.models.resnet_cifar",
+    "cnnlab.models.fast_cifar",
+    "cnnlab.models.external",
+)
 
 
 def _load_families() -> None:

@@ -1,0 +1,600 @@
+"""CIFAR-style data sets as in-memory uint8 tensors, decoded once and cached on disk.
+
+Sources (`load_cifar(path)` tells them apart by what `path` is):
+
+- the official python format: a `cifar-10-batches-py` folder (`data_batch_1..5`, `test_batch`,
+  `batches.meta`) or CIFAR-100's `cifar-100-python` (`train`, `test`, `meta`; fine labels), or a
+  folder holding either; `download=True` fetches CIFAR-10 with torchvision where the network
+  allows (into the cache folder, never beside the data);
+- class folders of images: `ROOT/{train,test}/<class>/*.png|jpg|...`;
+- a `.zip` with that same layout, read in place (never extracted), e.g. the shared
+  `cifar10/cifar10-jpg.zip`.
+
+Everything becomes `CifarData`: `train_x`/`test_x` uint8 `[N, 3, H, W]`, int64 labels, the class
+names, and the training set's own per-channel mean/std on the 0-1 scale. Batching, augmentation
+and normalisation of these tensors live in `data/tensor_batches.py`.
+
+The cache. Decoding 60,000 JPEGs takes seconds even on two processes; loading the decoded
+tensors back takes a fraction of a second. The decoded set is stored as one safetensors file
+under the user's cache folder (`$CNNLAB_CACHE`, else `$XDG_CACHE_HOME/cnnlab`, else
+`~/.cache/cnnlab`), in `cifar/<key>.safetensors`, written atomically. The key is a sha256 of
+the source's *content*, so an edited data set is decoded again and an unchanged one never is:
+
+- zip and official batches: sha256 of the files' bytes (63 MB zip: ~0.1 s, far less than a decode);
+- class folders: sha256 over the sorted (relative path, size, sha256 of the bytes) of every file.
+  Reading 60,000 small files costs ~1 s against ~10 s of decoding; a key from (size, mtime)
+  alone would be cheaper but is fooled by an edit that keeps the size within the file system's
+  mtime resolution, and changes on every copy; content cannot be fooled.
+
+The key also covers the decoder version and `limit_per_class`, so a subset has its own cache file.
+
+Bad files: an image that does not decode, or has the wrong size, is *skipped with its reason*
+(`CifarData.skipped`), as `data/images.py` does for photo folders: one bad file in 60,000 should
+not stop a run, and the count is reported. Structural mistakes (missing path, no train/test,
+an empty class, different classes in train and test) are `CnnlabError`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnlab.data.images import IMAGE_EXTENSIONS, _to_rgb
+from cnnlab.dist import DistInfo, barrier
+from cnnlab.errors import CnnlabError
+from cnnlab.progress import Reporter
+from cnnlab.runs import atomic_write_bytes
+
+# Bump when decoding changes what lands in the tensors: old cache files are then never read.
+DECODER_VERSION = 1
+SPLITS = ("train", "test")
+IMAGE_SIZE = 32  # CIFAR-10/100: 32 x 32 RGB
+CIFAR10_OFFICIAL = "cifar-10-batches-py"
+CIFAR100_OFFICIAL = "cifar-100-python"
+CHUNK = 1000  # images per decoding task: large enough to amortise IPC, small for steady progress
+
+
+@dataclass(frozen=True)
+class CifarData:
+    """A whole labelled image set in memory; tensors are never copied by the helpers below
+    unless they select a subset."""
+
+    train_x: torch.Tensor  # uint8 [N, C, H, W]
+    train_y: torch.Tensor  # int64 [N]
+    test_x: torch.Tensor  # uint8 [M, C, H, W]
+    test_y: torch.Tensor  # int64 [M]
+    classes: tuple[str, ...]
+    # Per channel, 0-1 scale, of train_x itself (recomputed whenever train_x changes).
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str  # where it came from, for run records
+    key: str  # the cache key (sha256 hex), "" for data not loaded through the cache
+    skipped: tuple[tuple[str, str], ...] = ()  # (file, reason) of images left out
+    # Validation images carved from train by `split_validation` (never from test); empty if none.
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("train", "test", "val"):
+            x, y = getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
+            if x is None and y is None and name == "val":
+                continue
+            if x.dtype != torch.uint8 or x.dim() != 4 or y.dtype != torch.int64 or y.dim() != 1:
+                raise CnnlabError(f"{name} images must be uint8 [N,C,H,W] with int64 labels [N]")
+            if len(x) != len(y):
+                raise CnnlabError(f"{name}: {len(x)} images but {len(y)} labels")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        val = f", {len(self.val_y):,} val" if self.val_y is not None else ""
+        return (f"{self.source}: {len(self.train_y):,} train{val}, {len(self.test_y):,} test, "
+                f"{self.num_classes} classes, images {'x'.join(map(str, self.image_shape))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics, subsets, validation split
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (population, 0-1 scale) of uint8 [N, C, H, W] images.
+
+    Accumulated in float64 over chunks: float32 sums over 50 M values lose ~4 digits.
+    """
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, len(x), 4096):
+        chunk = x[start : start + 4096].to(torch.float64)
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += chunk.square().sum(dim=(0, 2, 3))
+    n = len(x) * x.shape[2] * x.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean.square()).clamp_min(0).sqrt()
+    return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
+
+
+def stratified_indices(
+    labels: torch.Tensor, *, per_class: int | None = None, fraction: float | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Sorted indices of a seeded random subset with `per_class` images of every class (or a
+    `fraction` of each class, at least one). Exactly one of the two must be given."""
+    if (per_class is None) == (fraction is None):
+        raise CnnlabError("give exactly one of per_class and fraction")
+    if per_class is not None and per_class < 1:
+        raise CnnlabError(f"per_class must be >= 1, got {per_class}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise CnnlabError(f"fraction must be in (0, 1], got {fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        k = per_class if per_class is not None else max(1, round(fraction * len(members)))
+        if k > len(members):
+            raise CnnlabError(f"class {cls} has {len(members)} images, fewer than {k} asked for")
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.cat(chosen).sort().values
+
+
+def subset(
+    data: CifarData, *, per_class: int | None = None, fraction: float | None = None,
+    seed: int = 0, test_too: bool = True,
+) -> CifarData:
+    """A stratified seeded subset of train (and of test, unless `test_too=False`) for quick runs;
+    mean/std are recomputed from the smaller train set."""
+    idx = stratified_indices(data.train_y, per_class=per_class, fraction=fraction, seed=seed)
+    train_x, train_y = data.train_x[idx], data.train_y[idx]
+    test_x, test_y = data.test_x, data.test_y
+    if test_too:
+        # A per-class count larger than test's classes holds is capped at what test has.
+        counts = torch.bincount(test_y)
+        k = None if per_class is None else min(per_class, int(counts[counts > 0].min()))
+        tidx = stratified_indices(test_y, per_class=k, fraction=fraction, seed=seed + 1)
+        test_x, test_y = test_x[tidx], test_y[tidx]
+    mean, std = channel_stats(train_x)
+    return replace(data, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                   mean=mean, std=std, val_x=None, val_y=None)
+
+
+def split_validation(
+    data: CifarData, *, per_class: int | None = None, fraction: float | None = None, seed: int = 0
+) -> CifarData:
+    """Move a stratified seeded share of *train* into val_x/val_y (test is never touched);
+    mean/std are recomputed from what stays in train, so nothing of val leaks into them."""
+    val_idx = stratified_indices(data.train_y, per_class=per_class, fraction=fraction, seed=seed)
+    keep = torch.ones(len(data.train_y), dtype=torch.bool)
+    keep[val_idx] = False
+    if not keep.any():
+        raise CnnlabError("the validation split would leave no training images")
+    train_x, train_y = data.train_x[keep], data.train_y[keep]
+    mean, std = channel_stats(train_x)
+    return replace(data, train_x=train_x, train_y=train_y, val_x=data.train_x[val_idx],
+                   val_y=data.train_y[val_idx], mean=mean, std=std)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+
+
+def cache_root(env: dict[str, str] | None = None) -> Path:
+    """$CNNLAB_CACHE, else $XDG_CACHE_HOME/cnnlab, else ~/.cache/cnnlab."""
+    env = dict(os.environ) if env is None else env
+    if env.get("CNNLAB_CACHE"):
+        return Path(env["CNNLAB_CACHE"]).expanduser()
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]).expanduser() / "cnnlab"
+    return Path.home() / ".cache" / "cnnlab"
+
+
+def _sha256_file(path: Path, h: hashlib._Hash | None = None) -> hashlib._Hash:
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h
+
+
+def source_key(path: Path, layout: str, limit_per_class: int | None) -> str:
+    """sha256 of the source's content, the decoder version and the subset size (see the module
+    docstring for why content rather than modification times)."""
+    h = hashlib.sha256(f"cnnlab-cifar v{DECODER_VERSION} {layout} {limit_per_class}\n".encode())
+    if layout == "zip":
+        _sha256_file(path, h)
+    elif layout == "official":
+        for f in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+            h.update(f"{f.name}\n".encode())
+            _sha256_file(f, h)
+    else:  # folders
+        for split in SPLITS:
+            for f in sorted((path / split).rglob("*")):
+                if f.is_file():
+                    rel = f.relative_to(path).as_posix()
+                    h.update(f"{rel}\0{f.stat().st_size}\0".encode())
+                    h.update(_sha256_file(f).digest())
+    return h.hexdigest()
+
+
+def _save_cache(path: Path, data: CifarData) -> None:
+    from safetensors.torch import save
+
+    meta = {
+        "classes": json.dumps(list(data.classes)),
+        "mean": json.dumps(list(data.mean)),
+        "std": json.dumps(list(data.std)),
+        "source": data.source,
+        "key": data.key,
+        "skipped": json.dumps([list(s) for s in data.skipped]),
+    }
+    tensors = {"train_x": data.train_x.contiguous(), "train_y": data.train_y.contiguous(),
+               "test_x": data.test_x.contiguous(), "test_y": data.test_y.contiguous()}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _load_cache(path: Path) -> CifarData | None:
+    """The cached set, or None when the file is unreadable (it is then decoded again)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        return CifarData(
+            train_x=t["train_x"], train_y=t["train_y"], test_x=t["test_x"], test_y=t["test_y"],
+            classes=tuple(json.loads(meta["classes"])), mean=tuple(json.loads(meta["mean"])),
+            std=tuple(json.loads(meta["std"])), source=meta["source"], key=meta["key"],
+            skipped=tuple(tuple(s) for s in json.loads(meta["skipped"])),
+        )
+    except Exception:  # a torn or foreign file is a cache miss, never a crash
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts
+
+
+def detect_layout_or_none(path: Path) -> tuple[str, Path] | None:
+    try:
+        return detect_layout(path)
+    except CnnlabError:
+        return None
+
+
+def detect_layout(path: Path) -> tuple[str, Path]:
+    """("zip" | "official" | "folders", the path to read); CnnlabError when it is none of them."""
+    if not path.exists():
+        raise CnnlabError(f"data not found: {path}")
+    if path.is_file():
+        if zipfile.is_zipfile(path):
+            return "zip", path
+        raise CnnlabError(f"{path} is a file but not a zip (expected a .zip of train/ and test/)")
+    for name in (CIFAR10_OFFICIAL, CIFAR100_OFFICIAL):
+        if (path / name).is_dir():
+            return "official", path / name
+    official_100 = (path / "meta").is_file() and (path / "train").is_file()
+    if (path / "batches.meta").is_file() or official_100:
+        return "official", path
+    if (path / "train").is_dir() or (path / "test").is_dir():
+        missing = [s for s in SPLITS if not (path / s).is_dir()]
+        if missing:
+            raise CnnlabError(f"{path} has no {missing[0]}/ folder (expected train/ and test/)")
+        return "folders", path
+    raise CnnlabError(
+        f"unknown data layout in {path}: expected train/<class>/ and test/<class>/ folders, a "
+        f"{CIFAR10_OFFICIAL} or {CIFAR100_OFFICIAL} folder, or a .zip of train/ and test/"
+    )
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What to decode: (split, class index, name) per image, classes shared by both splits."""
+
+    classes: tuple[str, ...]
+    files: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # split -> (name, label)
+
+
+def _is_image(name: str) -> bool:
+    base = PurePosixPath(name).name
+    return not base.startswith(".") and PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _list_class_tree(
+    names: Sequence[str], where: str, limit_per_class: int | None
+) -> _Listing:
+    """Group `split/class/.../file` names (posix, relative) into a listing; checks the structure."""
+    per_split: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for name in names:
+        parts = PurePosixPath(name).parts
+        # "split/class" alone is a class folder (an empty one must be reported, not ignored).
+        if len(parts) < 2 or parts[0] not in per_split or any(p.startswith(".") for p in parts):
+            continue
+        per_split[parts[0]].setdefault(parts[1], [])
+        if len(parts) > 2 and _is_image(name):
+            per_split[parts[0]][parts[1]].append(name)
+    for split in SPLITS:
+        if not per_split[split]:
+            raise CnnlabError(f"{where} has no {split}/<class>/ images (expected train/ and test/)")
+        for cls, files in per_split[split].items():
+            if not files:
+                raise CnnlabError(f"{where}: class folder {split}/{cls}/ holds no images")
+    train_cls, test_cls = sorted(per_split["train"]), sorted(per_split["test"])
+    if train_cls != test_cls:
+        only_train = sorted(set(train_cls) - set(test_cls))
+        only_test = sorted(set(test_cls) - set(train_cls))
+        raise CnnlabError(
+            f"{where}: train and test have different classes "
+            f"(only in train: {', '.join(only_train) or '-'}; only in test: "
+            f"{', '.join(only_test) or '-'})"
+        )
+    listing = _Listing(classes=tuple(train_cls))
+    for split in SPLITS:
+        # Sorted by class, then by file name: the same order from a zip and from its extraction.
+        listing.files[split] = [
+            (name, label)
+            for label, cls in enumerate(train_cls)
+            for name in sorted(per_split[split][cls])[:limit_per_class]
+        ]
+    return listing
+
+
+def _decode_one(data: bytes, size: int) -> np.ndarray:
+    """bytes -> uint8 [size, size, 3]; raises ValueError with a short reason."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            rgb = _to_rgb(im)
+    except Exception as exc:  # Pillow raises many types on corrupt input; all mean "bad file"
+        raise ValueError(f"cannot decode ({type(exc).__name__}: {exc})") from None
+    if rgb.size != (size, size):
+        raise ValueError(f"image is {rgb.size[0]}x{rgb.size[1]}, expected {size}x{size}")
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_chunk(
+    reader: Callable[[str], bytes], names: Sequence[str], size: int
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode `names` into [n, size, size, 3]; bad ones are zero and listed (position, reason)."""
+    out = np.zeros((len(names), size, size, 3), dtype=np.uint8)
+    bad = []
+    for i, name in enumerate(names):
+        try:
+            out[i] = _decode_one(reader(name), size)
+        except (ValueError, OSError) as exc:
+            bad.append((i, str(exc)))
+    return out, bad
+
+
+def _zip_chunk(args: tuple[str, list[str], int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    zip_path, names, size = args
+    # Each task opens the zip itself: a ZipFile cannot be shared across processes, and reading
+    # the central directory (60,022 entries) costs ~50 ms against ~1 s of decoding per task.
+    with zipfile.ZipFile(zip_path) as zf:
+        return _decode_chunk(zf.read, names, size)
+
+
+def _folder_chunk(args: tuple[str, list[str], int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    root, names, size = args
+    return _decode_chunk(lambda n: (Path(root) / n).read_bytes(), names, size)
+
+
+def _workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+
+
+def _decode_listing(
+    source: Path, listing: _Listing, chunk_fn: Callable, reporter: Reporter, size: int,
+    workers: int | None,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[tuple[str, str]]]:
+    """Decode every listed image on a process pool; returns per split (x, y) and skipped."""
+    jobs: list[tuple[str, list[str]]] = []  # (split, names)
+    for split in SPLITS:
+        names = [n for n, _ in listing.files[split]]
+        jobs += [(split, names[i : i + CHUNK]) for i in range(0, len(names), CHUNK)]
+    total = sum(len(n) for _, n in jobs)
+    workers = min(workers or _workers(), len(jobs))
+    arrays: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    keep: dict[str, list[bool]] = {s: [] for s in SPLITS}
+    skipped: list[tuple[str, str]] = []
+    tasks = [(str(source), names, size) for _, names in jobs]
+    if workers > 1:
+        # fork: the workers only run Pillow and numpy, never torch's thread pools, and fork
+        # starts in milliseconds where spawn would re-import torch in every worker (~2 s).
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        results = pool.map(chunk_fn, tasks)
+    else:
+        pool, results = None, map(chunk_fn, tasks)
+    try:
+        desc = f"decoding {source.name} ({total:,} images, {workers} processes)"
+        for (split, names), (arr, bad) in zip(
+            jobs, reporter.track(results, total=len(jobs), description=desc, unit="chunks"),
+            strict=True,
+        ):
+            ok = [True] * len(names)
+            for i, reason in bad:
+                ok[i] = False
+                skipped.append((names[i], reason))
+            arrays[split].append(arr)
+            keep[split] += ok
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    out = {}
+    for split in SPLITS:
+        labels = torch.tensor([lab for _, lab in listing.files[split]], dtype=torch.int64)
+        x = torch.from_numpy(np.concatenate(arrays[split])).permute(0, 3, 1, 2).contiguous()
+        mask = torch.tensor(keep[split], dtype=torch.bool)
+        out[split] = (x[mask], labels[mask])
+    return out, skipped
+
+
+def _unpickle(path: Path) -> dict:
+    # The official CIFAR files are Python pickles: there is no other way to read them. Only open
+    # files you trust (they are the dataset authors'), as with any pickle.
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise CnnlabError(f"official CIFAR file missing: {path}") from None
+    except Exception as exc:
+        raise CnnlabError(f"cannot read official CIFAR file {path}: {exc}") from None
+
+
+def _official_images(
+    batch: dict, label_key: bytes, path: Path
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if b"data" not in batch or label_key not in batch:
+        raise CnnlabError(f"{path} is not a CIFAR batch (no {b'data'!r} / {label_key!r})")
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    # Rows are 3072 bytes: the 1024 red, then green, then blue values of a 32x32 image, row-major.
+    x = torch.from_numpy(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).copy())
+    return x, torch.tensor(list(batch[label_key]), dtype=torch.int64)
+
+
+def _read_official(folder: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple]:
+    if (folder / "batches.meta").is_file():  # CIFAR-10
+        classes = [c.decode() for c in _unpickle(folder / "batches.meta")[b"label_names"]]
+        parts = [_official_images(_unpickle(folder / f"data_batch_{i}"), b"labels", folder)
+                 for i in range(1, 6)]
+        train = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        test = _official_images(_unpickle(folder / "test_batch"), b"labels", folder)
+    elif (folder / "meta").is_file():  # CIFAR-100, fine labels
+        classes = [c.decode() for c in _unpickle(folder / "meta")[b"fine_label_names"]]
+        train = _official_images(_unpickle(folder / "train"), b"fine_labels", folder)
+        test = _official_images(_unpickle(folder / "test"), b"fine_labels", folder)
+    else:
+        raise CnnlabError(f"{folder}: neither batches.meta (CIFAR-10) nor meta (CIFAR-100)")
+    return {"train": train, "test": test}, tuple(classes)
+
+
+def _limit_official(
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]], limit: int | None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The first `limit` images of each class in file order (the official order is random)."""
+    if limit is None:
+        return splits
+    out = {}
+    for split, (x, y) in splits.items():
+        idx = torch.cat([torch.nonzero(y == c).flatten()[:limit] for c in torch.unique(y)])
+        idx = idx.sort().values
+        out[split] = (x[idx], y[idx])
+    return out
+
+
+def download_cifar10(root: Path) -> Path:
+    """Fetch the official CIFAR-10 python batches with torchvision (needs the network);
+    returns the `cifar-10-batches-py` folder."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(str(root), train=True, download=True)
+    except Exception as exc:  # URLError, timeouts, checksum mismatch: all "no download"
+        raise CnnlabError(
+            f"cannot download CIFAR-10 into {root} ({type(exc).__name__}: {exc}); put "
+            f"{CIFAR10_OFFICIAL}/ or a zip of train/ and test/ folders there and point to it"
+        ) from None
+    return root / CIFAR10_OFFICIAL
+
+
+def load_cifar(
+    path: str | Path | None = None,
+    *,
+    download: bool = False,
+    limit_per_class: int | None = None,
+    cache: bool = True,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    workers: int | None = None,
+) -> CifarData:
+    """Load a CIFAR-style data set (see the module docstring for the layouts and the cache).
+
+    path: a zip, a folder of train/ and test/ class folders, or the official python batches;
+        None with download=True: CIFAR-10 downloaded into the cache folder.
+    limit_per_class: keep only the first N images of each class of each split (in sorted file
+        order, before decoding: a quick subset does not decode the whole set).
+    cache: read and write the decoded tensors under `cache_dir` (default `cache_root()`).
+    """
+    reporter = reporter or Reporter(quiet=True)
+    if limit_per_class is not None and limit_per_class < 1:
+        raise CnnlabError(f"limit_per_class must be >= 1, got {limit_per_class}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
+    if path is None:
+        if not download:
+            raise CnnlabError("no data path given (pass a path, or download=True for CIFAR-10)")
+        path = cache_dir / "downloads"
+    path = Path(path).expanduser()
+    if download and detect_layout_or_none(path) is None:
+        path = download_cifar10(path).parent
+    layout, where = detect_layout(path)
+
+    key = source_key(where, layout, limit_per_class)
+    cache_file = cache_dir / "cifar" / f"{key}.safetensors"
+    if cache and cache_file.is_file():
+        cached = _load_cache(cache_file)
+        if cached is not None and cached.key == key:
+            return cached
+
+    skipped: list[tuple[str, str]] = []
+    if layout == "official":
+        splits, classes = _read_official(where)
+        splits = _limit_official(splits, limit_per_class)
+    else:
+        if layout == "zip":
+            try:
+                with zipfile.ZipFile(where) as zf:
+                    names = zf.namelist()  # class folders may be listed as "train/cat/"
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise CnnlabError(f"cannot read zip {where}: {exc}") from None
+            chunk_fn = _zip_chunk
+        else:
+            names = [f.relative_to(where).as_posix() for s in SPLITS
+                     for f in (where / s).rglob("*") if f.is_file() or f.parent.parent == where]
+            chunk_fn = _folder_chunk
+        listing = _list_class_tree(names, str(where), limit_per_class)
+        splits, skipped = _decode_listing(where, listing, chunk_fn, reporter, IMAGE_SIZE, workers)
+        classes = listing.classes
+        if skipped:
+            reporter.log(f"{len(skipped)} image(s) skipped, e.g. {skipped[0][0]}: {skipped[0][1]}")
+    train_x, train_y = splits["train"]
+    if len(train_y) == 0 or len(splits["test"][1]) == 0:
+        raise CnnlabError(f"{where}: no usable images in train or test")
+    mean, std = channel_stats(train_x)
+    data = CifarData(train_x=train_x, train_y=train_y, test_x=splits["test"][0],
+                     test_y=splits["test"][1], classes=tuple(classes), mean=mean, std=std,
+                     source=str(where), key=key, skipped=tuple(skipped))
+    if cache:
+        _save_cache(cache_file, data)
+    return data
+
+
+def load_cifar_once(path: str | Path | None, info: DistInfo, **kwargs) -> CifarData:
+    """`load_cifar` under torchrun: rank 0 decodes and writes the cache while the other ranks
+    wait at a barrier, then they read the cache (instead of every rank decoding the same
+    60,000 images at once). A world of one is a plain `load_cifar`."""
+    if not info.enabled:
+        return load_cifar(path, **kwargs)
+    if info.is_main:
+        data = load_cifar(path, **kwargs)
+        barrier()
+        return data
+    barrier()
+    return load_cifar(path, **{**kwargs, "reporter": None})
