@@ -61,6 +61,7 @@ class FitConfig:
     time_limit: float | None = None  # seconds of training in this invocation, then stop cleanly
     log_every: int = 50  # steps between train-loss lines in metrics.jsonl (and NaN checks)
     checkpoint_every: int = 1  # epochs between `last` checkpoints (the final epoch always)
+    eval_every: int = 1  # epochs between validations (the final epoch always)
     deterministic: bool = False  # torch.use_deterministic_algorithms; slower, bit-reproducible
 
     def __post_init__(self) -> None:
@@ -76,8 +77,8 @@ class FitConfig:
             raise CnnlabError("--time-limit must be positive (seconds)")
         if self.max_steps is not None and self.max_steps < 1:
             raise CnnlabError(f"max_steps must be at least 1, not {self.max_steps}")
-        if self.log_every < 1 or self.checkpoint_every < 1:
-            raise CnnlabError("log_every and checkpoint_every must be at least 1")
+        if self.log_every < 1 or self.checkpoint_every < 1 or self.eval_every < 1:
+            raise CnnlabError("log_every, checkpoint_every and eval_every must be at least 1")
 
 
 @dataclass
@@ -313,7 +314,8 @@ def fit(
         _nan_guard(train_loss, epoch, step, run_dir, label)
         epoch += 1
         metrics: dict[str, float] = {}
-        if evaluate is not None:
+        last_epoch = epoch >= config.epochs or step >= total_steps
+        if evaluate is not None and (last_epoch or epoch % config.eval_every == 0):
             bare.eval()
             with torch.no_grad(), _autocast(config.precision, device):
                 metrics = dict(evaluate(bare))

@@ -96,7 +96,8 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
-def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
+def environment(seed: int | None = None, device: str | None = None, **extra: Any
+                ) -> dict[str, Any]:
     """What produced a run: enough to reproduce it or to explain a different number."""
     import torch
 
@@ -120,6 +121,7 @@ def environment(seed: int | None = None, device: str | None = None) -> dict[str,
         "seed": seed,
         "argv": sys.argv,
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        **extra,  # what a command decided from the machine (e.g. precision and why)
     }
 
 
@@ -185,8 +187,9 @@ class RunDir:
     def save_config(self, config: Any) -> Path:
         return self.write_json("config.json", config)
 
-    def save_environment(self, seed: int | None = None, device: str | None = None) -> Path:
-        return self.write_json("environment.json", environment(seed=seed, device=device))
+    def save_environment(self, seed: int | None = None, device: str | None = None,
+                         **extra: Any) -> Path:
+        return self.write_json("environment.json", environment(seed=seed, device=device, **extra))
 
     def save_results(self, results: Any) -> Path:
         return self.write_json("results.json", results)
