@@ -29,7 +29,7 @@ the source's *content*, so an edited data set is decoded again and an unchanged 
 The key also covers the decoder version and `limit_per_class`, so a subset has its own cache file.
 
 Bad files: an image that does not decode, or has the wrong size, is *skipped with its reason*
-(`CifarData.skipped`), as `data/images.py` does for photo folders: one bad file in 60,000 should
+(`CifarData.skipped`), as `data/decode.py` does for photo folders: one bad file in 60,000 should
 not stop a run, and the count is reported. Structural mistakes (missing path, no train/test,
 an empty class, different classes in train and test) are `CnnlabError`s.
 """
@@ -52,7 +52,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnlab.data.images import IMAGE_EXTENSIONS, _to_rgb
+from cnnlab.data.decode import _to_rgb
+from cnnlab.data.folders import IMAGE_EXTENSIONS
 from cnnlab.dist import DistInfo, barrier
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import Reporter

@@ -1,0 +1,122 @@
+"""`cnnlab train`: image classifiers from scratch on CIFAR-10 (or alike), compared side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnlab.cli.common import add_output_options
+
+DESCRIPTION = """\
+Train image classifiers from scratch and compare them: test accuracy (mean ± std over seeds),
+parameters, MACs, training time and images/s in one table, and the curves in one plot.
+
+DATA: a CIFAR-style zip (train/<class>/*.jpg, test/<class>/*.jpg), such a folder, or the
+official cifar-10-batches-py folder. It is decoded once and cached under ~/.cache/cnnlab
+($CNNLAB_CACHE), keyed by its content.
+
+Models (-m, repeatable; default fast-cifar): simple-cnn (the lab's plain CNN), resnet18
+(torchvision's, as the lab used it), resnet18-cifar (3x3 stem), resnet20/32/44/56 and
+plain20/32/44/56 (He et al. 2016), fast-cifar (airbench-style, sized for a CPU).
+
+Recipes:
+  fast  cnnlab's: SGD-Nesterov, label smoothing, triangular LR schedule, flip + translate
+        augmentation on whole batches, lookahead averaging, flip/translate test-time
+        augmentation, bf16 where the CPU has it (after KellerJordan/cifar10-airbench)
+  lab   the course lab's own, per model: simple-cnn Adam 1e-3 batch 32, resnet18 Adam 0.01
+        batch 16, 5 epochs, Normalize(0.5, 0.5), no augmentation
+--epochs / --batch-size / --lr override the recipe.
+
+Precision: --precision auto (default) uses bf16 autocast where the CPU has native bf16
+(avx512_bf16 or amx_bf16 in its flags) or the GPU supports it, fp32 elsewhere; the choice and
+the reason land in each run's environment.json.
+
+Every (model, seed) trains into OUT/<model>-seed<k>/ with a checkpoint per epoch;
+--resume OUT continues an interrupted run (also after kill -9) exactly where it stopped.
+Under torchrun the same command trains with DistributedDataParallel:
+  torchrun --standalone --nproc_per_node=2 -m cnnlab train DATA -m resnet20
+
+Examples:
+  cnnlab train ../shared/data/cifar10/cifar10-jpg.zip
+  cnnlab train DATA -m simple-cnn -m resnet18 --recipe lab
+  cnnlab train DATA -m simple-cnn -m resnet18-cifar -m fast-cifar --seeds 3 --epochs 10
+"""
+
+KEYS = ("epochs", "batch_size", "lr", "seeds", "seed", "precision", "limit_per_class",
+        "val_fraction", "time_limit", "eval_every", "threads", "device", "deterministic")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train image classifiers from scratch and compare them",
+                       description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", metavar="DATA", nargs="?",
+                   help="CIFAR-style zip or folder (not with --resume)")
+    p.add_argument("-m", "--model", dest="models", action="append", metavar="MODEL",
+                   help="model to train (repeatable; default fast-cifar)")
+    p.add_argument("--recipe", help="fast (default) or lab; see above")
+    p.add_argument("--epochs", type=float, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, help="override the recipe's global batch size")
+    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
+    p.add_argument("--seeds", type=int, help="train each model with this many seeds (1)")
+    p.add_argument("--seed", type=int, help="first seed (0)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="(auto)")
+    p.add_argument("--limit-per-class", type=int, metavar="N",
+                   help="only the first N images of each class (train and test): quick runs")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help="hold out this share of train as validation; picks the best checkpoint")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="per (model, seed): stop after the epoch that passes it")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="epochs between the curves' test-accuracy points (1)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(auto)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="bit-reproducible kernels (slower)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run directory")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None)
+    p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
+    add_output_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.config import from_mapping, resolve
+    from cnnlab.dist import open_run
+    from cnnlab.errors import CnnlabError
+    from cnnlab.progress import Reporter
+    from cnnlab.tasks import run_task, train
+
+    reporter = Reporter(quiet=args.quiet)
+    if args.resume:
+        if args.data or args.models or args.out or args.config:
+            raise CnnlabError("--resume continues a run with its own data, models and "
+                              "directory; give no DATA, -m, --out or --config with it")
+        run_dir = open_run("train", None, resume=args.resume)
+        if not run_dir.file("config.json").is_file():
+            raise CnnlabError(f"{run_dir} has no config.json: not a cnnlab train run")
+        values = run_dir.read_json("config.json")
+        values["models"] = tuple(values["models"])
+        config = from_mapping(train.TrainConfig, values)
+        results = train.run(config, run_dir, reporter, resume=True)
+    else:
+        if not args.data:
+            raise CnnlabError("give DATA (a CIFAR-style zip or folder), or --resume RUN")
+        cli = {k: getattr(args, k) for k in KEYS}
+        cli.update(data=args.data, recipe=args.recipe, report=args.report,
+                   models=tuple(args.models) if args.models else None)
+        config = resolve(train.TrainConfig, cli, args.config)
+        run_dir = open_run("train", args.out, device=config.device)
+        results = run_task(train.run, config, run_dir, reporter)
+    if results is None:
+        return 0
+    rows = [[m["model"], m["recipe"],
+             f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
+             f"{m['params']:,}", f"{(m['macs'] or 0) / 1e6:.1f} M", m["epochs"],
+             f"{m['train_seconds']:.0f}", f"{m['images_per_second']:.0f}", m["precision"]]
+            for m in results["models"]]
+    reporter.table(["model", "recipe", "test acc", "seeds", "params", "MACs", "epochs",
+                    "train s", "img/s", "precision"], rows,
+                   right_align=["test acc", "seeds", "params", "MACs", "epochs", "train s",
+                                "img/s"])
+    reporter.result(f"run directory: {results['run_dir']}")
+    return 0

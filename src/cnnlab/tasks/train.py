@@ -1,0 +1,375 @@
+"""`cnnlab train`: image classifiers from scratch (CIFAR-10 and alike), one model after another,
+one comparison table at the end.
+
+    config = TrainConfig(data="cifar10-jpg.zip", models=("simple-cnn", "resnet18"), recipe="lab")
+    results = run(config, RunDir.create("train"), Reporter())
+
+For every (model, seed) the task builds the model and the recipe's optimiser, schedule,
+augmentation and weight averaging (`recipes.py`), and hands the loop to the shared engine
+(`engine.fit`: checkpoints, exact resume, NaN guard, DDP). Each lands in its own sub-directory
+`<model>-seed<k>/` (metrics.jsonl, checkpoints, results.json); the run's results.json holds
+every pair and the mean ± std per model, and `report/train.py` draws the curves and renders the
+report from those files.
+
+Data lives in memory as uint8 tensors (`data/cifar.py`, decoded once and cached on disk) and is
+batched and augmented as whole tensors (`data/tensor_batches.py`): no DataLoader, no per-image
+Python. Under torchrun each rank trains on its share of every epoch (batch_size / world_size
+images per step), rank 0 writes; the metrics are all-reduced by the engine.
+
+Accuracy is measured on the test set after the last epoch, once per (model, seed), with the
+recipe's test-time augmentation; per-epoch test accuracy (without TTA) is logged for the curves
+and never used to choose anything. `--val-fraction` carves a validation split from train, which
+then picks the `best` checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunDir
+
+RECIPE_CHOICES = ("fast", "lab")
+DEFAULT_MODEL = "fast-cifar"
+EVAL_BATCH = 500  # images per evaluation forward pass: bounded memory, ~full speed on a CPU
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str  # a CIFAR zip, a folder of train/ and test/ class folders, the official batches
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    recipe: str = "fast"  # "fast" (cnnlab's best on a CPU), "lab" (the course lab's, per model)
+    epochs: float | None = None  # override the recipe's epochs
+    batch_size: int | None = None  # override the recipe's (global) batch size
+    lr: float | None = None  # override the recipe's learning rate
+    seeds: int = 1  # seeds seed, seed+1, ...: accuracy is reported as mean ± std over them
+    seed: int = 0
+    precision: str = "auto"  # fp32, bf16, or auto: bf16 where the CPU/GPU does it natively
+    limit_per_class: int | None = None  # train and test on the first N images of each class
+    val_fraction: float = 0.0  # share of train held out as validation (picks `best`)
+    time_limit: float | None = None  # seconds per (model, seed); stops after the epoch that ends
+    eval_every: int = 1  # epochs between the test-accuracy points of the curves
+    threads: int | None = None  # torch CPU threads (default: torch's, i.e. the cores)
+    device: str = "auto"
+    deterministic: bool = False
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise CnnlabError("no model given: pass -m MODEL")
+        if len(set(self.models)) != len(self.models):
+            raise CnnlabError("a model is given twice; each -m names a different model")
+        if self.recipe not in RECIPE_CHOICES:
+            from cnnlab import recipes
+
+            if self.recipe not in recipes.RECIPES:
+                raise CnnlabError(f"unknown --recipe {self.recipe!r}; choose "
+                                  f"{', '.join(RECIPE_CHOICES + tuple(recipes.RECIPES))}")
+        if self.seeds < 1:
+            raise CnnlabError(f"--seeds must be at least 1, not {self.seeds}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise CnnlabError(f"--epochs must be positive, not {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise CnnlabError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.lr is not None and self.lr <= 0:
+            raise CnnlabError(f"--lr must be positive, not {self.lr}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise CnnlabError("--precision must be fp32, bf16 or auto")
+        if self.limit_per_class is not None and self.limit_per_class < 2:
+            raise CnnlabError("--limit-per-class must be at least 2")
+        if not 0 <= self.val_fraction < 1:
+            raise CnnlabError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise CnnlabError("--time-limit must be positive (seconds)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
+
+
+def recipe_for(config: TrainConfig, model: str):
+    """The recipe one model trains with: the lab's own for that model, or the named recipe with
+    this model in it; then the command line's overrides."""
+    from cnnlab import recipes
+    from cnnlab.models.registry import get_spec
+
+    name = get_spec(model).name
+    if config.recipe == "lab":
+        if name not in recipes.LAB_RECIPES:
+            raise CnnlabError(f"the lab trained only {', '.join(recipes.LAB_RECIPES)}; "
+                              f"use --recipe fast for {name}")
+        recipe = recipes.LAB_RECIPES[name]
+    else:
+        recipe = with_model(recipes.get_recipe(config.recipe), name)
+    overrides = {k: v for k, v in (("epochs", config.epochs), ("batch_size", config.batch_size),
+                                   ("lr", config.lr)) if v is not None}
+    if config.precision != "auto":
+        overrides["precision"] = config.precision
+    return replace(recipe, **overrides) if overrides else recipe
+
+
+def with_model(recipe, model: str):
+    """A recipe written for one network applied to another: the same optimiser, schedule,
+    augmentation, averaging and TTA; the first network's own parts (its whitening layer, its
+    builder options) are left out. This is how the lab's question is answered on equal terms."""
+    if recipe.model == model:
+        return recipe
+    return replace(recipe, model=model, whiten_images=0, whiten_bias_epochs=0, model_options=())
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """("fp32" | "bf16", why): the choice and the fact it rests on, for environment.json."""
+    from cnnlab import recipes
+
+    if requested != "auto":
+        return requested, "asked for"
+    dtype = recipes.autocast_dtype("auto", device)
+    if device.type == "cuda":
+        why = "GPU supports bf16" if dtype else "GPU has no bf16"
+    else:
+        why = ("CPU flags include avx512_bf16/amx_bf16" if dtype
+               else "CPU has no native bf16 (no avx512_bf16/amx_bf16 flag)")
+    return ("bf16" if dtype else "fp32"), why
+
+
+def _device(requested: str) -> torch.device:
+    from cnnlab import dist
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda: this machine has no CUDA device (use --device cpu)")
+    _, device = dist.init(requested)
+    return device
+
+
+def load_data(config: TrainConfig, reporter):
+    from cnnlab import dist
+    from cnnlab.data.cifar import load_cifar_once, split_validation
+
+    path = Path(config.data).expanduser()
+    if not path.exists():
+        raise CnnlabError(f"data not found: {path} (a CIFAR zip, class folders, or the official "
+                          "cifar-10-batches-py folder)")
+    data = load_cifar_once(path, dist.from_env(), limit_per_class=config.limit_per_class,
+                           reporter=reporter)
+    if config.val_fraction:
+        data = split_validation(data, fraction=config.val_fraction, seed=config.seed)
+    return data
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, device,
+             tta: str = "none") -> tuple[float, float]:
+    """(accuracy in [0, 1], mean cross-entropy) of uint8 images, in batches of EVAL_BATCH."""
+    from cnnlab import recipes
+    from cnnlab.data.tensor_batches import normalize
+
+    model.eval()
+    hits, loss = 0, 0.0
+    for start in range(0, len(x), EVAL_BATCH):
+        xb = normalize(x[start : start + EVAL_BATCH], mean, std).to(device)
+        yb = y[start : start + EVAL_BATCH].to(device)
+        logits = recipes.predict(model, xb, tta).float()
+        hits += int((logits.argmax(1) == yb).sum())
+        loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+    return hits / len(x), loss / len(x)
+
+
+def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: RunDir,
+              reporter, device: torch.device, resume: bool = False) -> dict[str, Any]:
+    """Train one model with one seed into `run_dir`; returns its results (also results.json)."""
+    from cnnlab import dist, recipes
+    from cnnlab.data.tensor_batches import iter_batches, normalize, num_batches
+    from cnnlab.engine import FitConfig, fit
+    from cnnlab.models.registry import count_parameters, create_model
+
+    info = dist.from_env()
+    recipe = recipe_for(config, model_name)
+    precision, why = resolve_precision(recipe.precision, device)
+    if recipe.batch_size % info.world_size:
+        raise CnnlabError(f"batch size {recipe.batch_size} does not split evenly over "
+                          f"{info.world_size} processes")
+    per_rank = recipe.batch_size // info.world_size
+    mean, std = ((0.5,) * 3, (0.5,) * 3) if recipe.normalization == "half" else (data.mean,
+                                                                                   data.std)
+    torch.manual_seed(seed)
+    options = dict(recipe.model_options)
+    options.setdefault("num_classes", data.num_classes)
+    model = create_model(model_name, **options)
+    if recipe.whiten_images:
+        recipes.prepare_model(recipe, model,
+                              normalize(data.train_x[: recipe.whiten_images], mean, std,
+                                        channels_last=False))
+    memory_format = torch.channels_last
+    model = model.to(device=device, memory_format=memory_format)
+    optimizer = recipes.make_optimizer(recipe, model)
+    n_train = len(data.train_y)
+    steps_per_epoch = num_batches(n_train, per_rank, info.world_size)
+    if steps_per_epoch < 1:
+        raise CnnlabError(f"{n_train} training images do not make one batch of "
+                          f"{recipe.batch_size}; lower --batch-size")
+    total_steps = max(1, math.ceil(recipe.epochs * steps_per_epoch))
+    augment = recipe.augment
+
+    def batches(epoch: int):
+        return iter_batches(data.train_x, data.train_y, per_rank, seed=seed, epoch=epoch,
+                            augment=augment, mean=mean, std=std, rank=info.rank,
+                            world_size=info.world_size)
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        out = {}
+        acc, loss = accuracy(m, data.test_x, data.test_y, mean, std, device)
+        out.update(test_accuracy=acc, test_loss=loss)
+        if data.val_x is not None:
+            acc, loss = accuracy(m, data.val_x, data.val_y, mean, std, device)
+            out.update(val_accuracy=acc, val_loss=loss)
+        return out
+
+    lookahead = recipes.LookaheadState(model, recipe.lookahead) if recipe.lookahead else None
+    whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
+
+    def before_epoch(m: nn.Module, epoch: int) -> None:
+        if whiten_bias is not None and recipe.whiten_images:
+            # airbench trains the whitening bias for the first epochs only (recipes.py).
+            whiten_bias.requires_grad_(recipes.whiten_bias_trains(recipe, epoch))
+
+    def after_step(m: nn.Module, step: int) -> None:
+        if lookahead is not None:
+            lookahead.step(m, step, total_steps)
+
+    extra = None
+    if lookahead is not None:
+        extra = (lookahead.state_dict, lookahead.load_state_dict)
+    fit_cfg = FitConfig(
+        epochs=math.ceil(recipe.epochs), max_steps=total_steps, seed=seed, precision=precision,
+        monitor="val_accuracy", time_limit=config.time_limit, eval_every=config.eval_every,
+        deterministic=config.deterministic,
+        log_every=max(1, steps_per_epoch // 4),
+    )
+    if info.is_main and not resume:
+        run_dir.save_config({"train": config, "model": model_name, "seed": seed,
+                             "recipe": recipe})
+        run_dir.save_environment(seed=seed, device=str(device), precision=precision,
+                                 precision_reason=why)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    result = fit(model, optimizer, batches, steps_per_epoch, fit_cfg, run_dir, reporter,
+                 loss_fn=loss_fn, evaluate=evaluate, lr_schedule=recipes.lr_lambda(
+                     recipe.schedule, total_steps), after_step=after_step,
+                 before_epoch=before_epoch, extra_state=extra, resume=resume, device=device,
+                 label=f"{model_name} seed {seed}")
+    start = time.monotonic()
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                        enabled=precision == "bf16"):
+        test_acc, test_loss = accuracy(model, data.test_x, data.test_y, mean, std, device,
+                                       tta=recipe.tta)
+    eval_seconds = time.monotonic() - start
+    images = result.steps * recipe.batch_size
+    out = {
+        "model": model_name, "seed": seed, "recipe": recipe.name,
+        "test_accuracy": test_acc, "test_loss": test_loss, "tta": recipe.tta,
+        "test_accuracy_no_tta": result.last.get("test_accuracy"),
+        "epochs": result.epochs_done, "steps": result.steps, "stopped": result.stopped,
+        "train_seconds": result.train_seconds, "eval_seconds": eval_seconds,
+        "images_per_second": images / result.train_seconds if result.train_seconds else None,
+        "params": count_parameters(model), "precision": precision,
+        "precision_reason": why, "n_train": n_train, "n_test": len(data.test_y),
+        "world_size": info.world_size,
+    }
+    if info.is_main:
+        run_dir.save_results(out)
+    return out
+
+
+def macs_of(model_name: str, options: dict[str, Any], shape: tuple[int, ...]) -> int:
+    from cnnlab.analysis.profile import profile_registered
+
+    return profile_registered(model_name, shape, **options).macs
+
+
+def summarise(rows: list[dict[str, Any]], macs: dict[str, int]) -> list[dict[str, Any]]:
+    """Per model: test accuracy mean ± std over seeds (sample std; 0 for one seed), params,
+    MACs, mean train seconds and images/s."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        accs = [100 * r["test_accuracy"] for r in mine]
+        out.append({
+            "model": model, "recipe": mine[0]["recipe"], "seeds": len(mine),
+            "test_accuracy_mean": statistics.fmean(accs),
+            "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "params": mine[0]["params"], "macs": macs.get(model),
+            "train_seconds": statistics.fmean(r["train_seconds"] for r in mine),
+            "images_per_second": statistics.fmean(r["images_per_second"] or 0 for r in mine),
+            "epochs": mine[0]["epochs"], "precision": mine[0]["precision"],
+        })
+    return out
+
+
+def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False
+        ) -> dict[str, Any] | None:
+    """Train every model with every seed into `run_dir`; results on rank 0, None elsewhere.
+
+    With `resume`, finished (model, seed) runs are kept, an interrupted one continues from its
+    last checkpoint, the rest start."""
+    from cnnlab import checkpoints, dist
+    from cnnlab.models.registry import get_spec
+
+    for m in config.models:
+        get_spec(m)  # a misspelt name before any decoding
+        recipe_for(config, m)  # and a model without a lab recipe
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config.device)
+    info = dist.from_env()
+    if not info.is_main:
+        from cnnlab.progress import Reporter
+
+        reporter = Reporter(quiet=True)
+    data = load_data(config, reporter)  # before any file: bad data leaves no run behind
+    reporter.log(f"data: {data.describe()}")
+    if info.is_main and not resume:
+        run_dir.save_config(config)
+        run_dir.save_environment(seed=config.seed, device=str(device))
+    rows = []
+    for model_name in config.models:
+        for seed in range(config.seed, config.seed + config.seeds):
+            sub = RunDir(run_dir.path / f"{get_spec(model_name).name}-seed{seed}")
+            if resume and sub.file("results.json").is_file():
+                rows.append(sub.read_json("results.json"))
+                reporter.log(f"{sub.path.name}: finished earlier, kept")
+                continue
+            again = resume and checkpoints.exists(sub.path, "last")
+            if info.is_main:
+                sub.path.mkdir(parents=True, exist_ok=True)
+            dist.barrier()
+            rows.append(train_one(config, data, model_name, seed, sub, reporter, device,
+                                  resume=again))
+            r = rows[-1]
+            reporter.log(f"{sub.path.name}: test accuracy {100 * r['test_accuracy']:.2f}% "
+                         f"({r['tta']} TTA) in {r['train_seconds']:.0f} s of training")
+    if not info.is_main:
+        return None
+    macs = {}
+    for m in config.models:
+        recipe = recipe_for(config, m)
+        options = dict(recipe.model_options)
+        options.setdefault("num_classes", data.num_classes)
+        macs[m] = macs_of(m, options, tuple(data.image_shape))
+    results = {
+        "data": data.source, "n_train": len(data.train_y), "n_test": len(data.test_y),
+        "n_val": 0 if data.val_y is None else len(data.val_y), "classes": list(data.classes),
+        "world_size": info.world_size, "device": str(device),
+        "models": summarise(rows, macs), "runs": rows,
+    }
+    run_dir.save_results(results)
+    if config.report:
+        from cnnlab.report.train import write_report
+
+        write_report(run_dir.path)
+    results["run_dir"] = str(run_dir.path)
+    return results

@@ -1,0 +1,125 @@
+"""`cnnlab train` on a small stratified subset of the shared CIFAR-10 copy: results against an
+independent evaluation, exact resume after a real `kill -9`, and a real 2-process torchrun run
+that matches one process and resumes in one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.train import TrainConfig
+
+SMALL = ["--limit-per-class", "20", "--epochs", "2", "--recipe", "lab", "-m", "simple-cnn",
+         "--threads", "1", "--no-report"]
+
+
+@pytest.fixture
+def cifar(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    return shared_data("cifar10", "cifar10-jpg.zip")
+
+
+def cli(*args: str, env: dict | None = None, torchrun: int = 0):
+    cmd = [sys.executable, "-m", "cnnlab", "train", *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={torchrun}", "-m", "cnnlab", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((run / "last.json").read_text())
+    return load_file(run / meta["weights"])
+
+
+def test_lab_recipe_results_equal_an_independent_evaluation(cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(cifar), *SMALL, "--out", str(out), "-q"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    (m,) = res["models"]
+    assert m["model"] == "simple-cnn" and m["params"] == 2_122_186 and m["seeds"] == 1
+    assert res["n_train"] == 200 and res["n_test"] == 200
+    # Oracle: the saved weights in a fresh model, the lab's Normalize(0.5, 0.5), plain torch.
+    from cnnlab.data.cifar import load_cifar
+    from cnnlab.models.registry import create_model
+
+    data = load_cifar(cifar, limit_per_class=20)
+    model = create_model("simple-cnn", num_classes=10)
+    model.load_state_dict(weights(out / "simple-cnn-seed0"))
+    model.eval()
+    with torch.no_grad():
+        x = (data.test_x.float() / 255 - 0.5) / 0.5
+        acc = float((model(x).argmax(1) == data.test_y).float().mean())
+    assert res["runs"][0]["test_accuracy"] == pytest.approx(acc, abs=1e-6)
+    assert 100 * acc == pytest.approx(m["test_accuracy_mean"])
+    epochs = [r for r in map(json.loads, (out / "simple-cnn-seed0" / "metrics.jsonl")
+              .read_text().splitlines()) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and epochs[-1]["step"] == 2 * (200 // 32)
+
+
+def test_kill_9_then_resume_ends_as_an_uninterrupted_run(cifar, tmp_path):
+    env = {"CNNLAB_CACHE": os.environ["CNNLAB_CACHE"]}
+    assert cli(str(cifar), *SMALL, "--out", str(tmp_path / "a"), "-q", env=env).returncode == 0
+    crashed = cli(str(cifar), *SMALL, "--out", str(tmp_path / "b"), "-q",
+                  env={**env, "CNNLAB_CRASH_AT": "step-8"})  # mid-epoch 2 (6 steps/epoch)
+    assert crashed.returncode == -signal.SIGKILL
+    resumed = cli("--resume", str(tmp_path / "b"), "-q", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = weights(tmp_path / "a" / "simple-cnn-seed0")
+    b = weights(tmp_path / "b" / "simple-cnn-seed0")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((tmp_path / "a" / "results.json").read_text())["runs"][0]
+    rb = json.loads((tmp_path / "b" / "results.json").read_text())["runs"][0]
+    assert ra["test_accuracy"] == rb["test_accuracy"] and ra["steps"] == rb["steps"]
+
+
+@pytest.mark.dist
+def test_torchrun_two_processes_match_one_and_resume_in_one(cifar, tmp_path):
+    env = {"CNNLAB_CACHE": os.environ["CNNLAB_CACHE"]}
+    one = cli(str(cifar), *SMALL, "--out", str(tmp_path / "one"), "-q", env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    args = [a if a != "2" else "1" for a in SMALL]  # 1 epoch on 2 ranks, then 1 more in 1
+    two = cli(str(cifar), *args, "--out", str(tmp_path / "two"), "-q", env=env, torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())
+    cfg["epochs"] = 2
+    (tmp_path / "two" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "two" / "simple-cnn-seed0" / "results.json").unlink()
+    cont = cli("--resume", str(tmp_path / "two"), "-q", env=env)
+    assert cont.returncode == 0, cont.stderr[-2000:]
+    # Each rank takes half of every global batch of 32 and DDP averages the gradients: the same
+    # optimisation as one process, up to float summation order.
+    a = weights(tmp_path / "one" / "simple-cnn-seed0")
+    b = weights(tmp_path / "two" / "simple-cnn-seed0")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3), k
+
+
+def test_bad_input_is_one_line(tmp_path, capsys, cifar):
+    with pytest.raises(CnnlabError, match="lab trained only"):
+        from cnnlab.tasks.train import recipe_for
+
+        recipe_for(TrainConfig(data="x", models=("fast-cifar",), recipe="lab"), "fast-cifar")
+    with pytest.raises(CnnlabError, match="seeds"):
+        TrainConfig(data="x", seeds=0)
+    assert main(["train", str(tmp_path / "nope.zip"), "--out", str(tmp_path / "r")]) == 2
+    assert "data not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["train", str(cifar), "-m", "resnet19"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["train", str(cifar), "--limit-per-class", "5", "--out", str(tmp_path / "s"),
+                 "-q"]) == 2
+    assert "do not make one batch" in capsys.readouterr().err
