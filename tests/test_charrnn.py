@@ -37,9 +37,9 @@ def test_lab_completes_its_three_words_exactly(tmp_path):
     assert all(c.ended and c.probability > 0.9 for c in comps)
     assert info["step"] == 100 and info["mode"] == "words"
     for name in (
-        "model.safetensors",
-        "checkpoint.json",
-        "optimizer.pt",
+        "last.json",
+        "checkpoints/last-000001.safetensors",
+        "checkpoints/last-000001.state.pt",
         "metrics.jsonl",
         "results.json",
         "config.json",
