@@ -93,7 +93,8 @@ def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
 
     A `CnnlabError` on rank 0 is raised on every rank with the same message, so that all ranks
     stop at once (instead of waiting in the next collective until torchrun kills them) and the
-    command line prints it once, on rank 0.
+    command line prints it once, on rank 0. Any other exception (a bug) propagates on rank 0
+    with its traceback; the other ranks stop with a CnnlabError that says so (not printed).
     """
     if not info.enabled:
         return fn()
@@ -103,10 +104,15 @@ def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
             payload = [("ok", fn())]
         except CnnlabError as exc:
             payload = [("error", str(exc))]
+        except Exception as exc:
+            tdist.broadcast_object_list([("crash", f"{type(exc).__name__}: {exc}")], src=0)
+            raise
     tdist.broadcast_object_list(payload, src=0)
     kind, value = payload[0]
     if kind == "error":
         raise CnnlabError(value)
+    if kind == "crash":
+        raise CnnlabError(f"rank 0 failed ({value}); its traceback is in rank 0's output")
     return value
 
 
