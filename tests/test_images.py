@@ -243,6 +243,96 @@ def test_load_image_equals_torchvision_eval_transform(shared_data, preprocess):
         torch.testing.assert_close(ours, ref, rtol=0, atol=0)  # bit for bit
 
 
+def timm_reference(path: Path, p: Preprocess) -> torch.Tensor:
+    """The oracle for timm models: timm's own eval transform for this crop mode."""
+    from timm.data.transforms_factory import transforms_imagenet_eval
+
+    tf = transforms_imagenet_eval(
+        img_size=p.crop_size, crop_pct=p.crop_size / p.resize_size, crop_mode=p.crop_mode,
+        interpolation=p.interpolation, mean=p.mean, std=p.std,
+    )
+    with Image.open(path) as im:
+        return tf(im.convert("RGB"))
+
+
+def _crop_mode_cases():
+    # crop_pct 1.0 (timm's squash / border models) and 0.875; Lite-style [-1, 1] normalisation
+    # makes the border fill round(255 * 0.5) = 128, ImageNet's (124, 116, 104).
+    for mode in ("center", "squash", "border"):
+        yield Preprocess(224, 224, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), mode)
+        yield Preprocess(256, 224, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                         mode)
+
+
+@pytest.mark.parametrize("preprocess", list(_crop_mode_cases()),
+                         ids=lambda p: f"{p.crop_mode}-{p.interpolation}-{p.resize_size}")
+def test_crop_modes_equal_timms_eval_transform(tmp_path, shared_data, preprocess):
+    """Bit for bit against timm.data.transforms_imagenet_eval, on real photos (a portrait and a
+    landscape one) and on synthetic ones of extreme shapes, where squash and border differ most
+    from center (and border pads)."""
+    real = shared_data("imagenet-samples")
+    files = [real / LARGEST_SAMPLE, real / "n01440764_tench.JPEG"]
+    for size in ((300, 90), (90, 300), (500, 499)):
+        files.append(save(tmp_path / f"{size[0]}x{size[1]}.png", photo(size)))
+    for path in files:
+        ours = load_image(path, preprocess, draft=False)
+        ref = timm_reference(path, preprocess)
+        assert ours.shape == ref.shape == (3, 224, 224)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0, msg=lambda m, p=path: f"{p}: {m}")
+
+
+def test_crop_modes_differ_where_they_should(tmp_path):
+    """A wide picture: squash keeps its full width (squeezed), border pads top and bottom with
+    the mean colour, center cuts the sides off."""
+    path = save(tmp_path / "wide.png", photo((300, 100)))
+    base = dict(resize_size=32, crop_size=32, interpolation="bilinear",
+                mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0))
+    out = {m: load_image(path, Preprocess(**base, crop_mode=m), draft=False)
+           for m in ("center", "squash", "border")}
+    border = out["border"]
+    # Long side 300 -> 32, short 100 -> round(10.67) = 11 rows of picture, 21 of padding;
+    # padding is the mean colour, i.e. (128 / 255 - 0.5) / 1 after normalisation.
+    def is_fill(t):
+        return bool(((t - (128 / 255 - 0.5)).abs() < 1e-6).all())
+
+    assert is_fill(border[:, :10]) and is_fill(border[:, -11:])
+    assert not is_fill(border[:, 10:21])
+    # Red runs 0..255 left to right: squash and border see the whole width, center only the
+    # middle third.
+    red = {m: float(t[0, 16, 0] + 0.5) for m, t in out.items()}
+    assert red["squash"] < 0.05 and red["border"] < 0.05 and red["center"] > 0.25
+    with pytest.raises(ValueError, match="crop_mode"):
+        Preprocess(**base, crop_mode="stretch")
+
+
+def test_timm_crop_mode_is_read_from_its_pretrained_cfg():
+    import timm
+
+    from cnnlab.models.pretrained import preprocess_from_timm, timm_pretrained_spec
+
+    squash = timm_pretrained_spec("coat_lite_medium_384")
+    assert timm.models.get_pretrained_cfg("coat_lite_medium_384").crop_mode == "squash"
+    assert squash is not None and squash.preprocess.crop_mode == "squash"
+    assert squash.preprocess.resize_size == squash.preprocess.crop_size == 384  # crop_pct 1.0
+    assert timm_pretrained_spec("resnet18").preprocess.crop_mode == "center"
+    cfg = {"input_size": (3, 224, 224), "crop_pct": 1.0, "crop_mode": "border",
+           "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    assert preprocess_from_timm(cfg).crop_mode == "border"
+    assert preprocess_from_timm({**cfg, "crop_mode": None, "crop_pct": None}) == Preprocess(
+        256, 224, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "center")
+
+
+def test_draft_with_squash_and_border_keeps_both_sides_large_enough(tmp_path):
+    """Draft decoding in the other crop modes still only shrinks in the final resize."""
+    path = save(tmp_path / "big.jpg", photo((1600, 400)), quality=95)
+    for mode in ("squash", "border"):
+        p = Preprocess(100, 100, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), mode)
+        drafted = load_image(path, p, draft=True)
+        full = load_image(path, p, draft=False)
+        assert drafted.shape == full.shape == (3, 100, 100)
+        assert (drafted - full).abs().mean() < 0.05, mode
+
+
 def test_draft_decode_stays_close_and_only_for_large_jpegs(shared_data):
     """Draft decoding: JPEG's DCT-domain 1/2, 1/4, 1/8 scaling replaces the first part of the
     shrink, so pixels differ a little from a full decode (the DCT reduction is a box-like filter,
@@ -614,15 +704,25 @@ def test_dataset_items_are_indexed_and_never_raise(tmp_path):
     assert ds[1] == (None, 1, "empty file (0 bytes)")
 
 
+def _collate_and_report_sharing(batch):
+    """Runs in the DataLoader worker: was the batch *stacked* into shared memory there? (Once it
+    reaches the main process every tensor a worker sends is shared, so only the worker can
+    tell the branch was taken.)"""
+    images, _, _ = collate_images(batch, shape=(3, 32, 32))
+    return images, images.is_shared(), torch.utils.data.get_worker_info() is not None
+
+
 def test_collate_in_a_worker_stacks_into_shared_memory(tmp_path):
-    """The shared-memory path taken in DataLoader workers gives the same batches as the plain
-    in-process stack (its memory effect is measured in benchmarks/eval_memory.py)."""
+    """In a DataLoader worker, collate_images stacks straight into shared memory, and the batches
+    equal the plain in-process stack (its memory effect is measured in
+    benchmarks/eval_memory.py)."""
     items = [LabelledImage(save(tmp_path / f"{i}.png", photo()), "x") for i in range(4)]
     dataset = ImageDataset(items, SMALL)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
-                                         collate_fn=dataset.collate)
+                                         collate_fn=_collate_and_report_sharing)
     batches = list(loader)
     assert [tuple(b[0].shape) for b in batches] == [(2, 3, 32, 32)] * 2
+    assert [(shared, in_worker) for _, shared, in_worker in batches] == [(True, True)] * 2
     in_process = dataset.collate([dataset[0], dataset[1]])
     torch.testing.assert_close(batches[0][0], in_process[0], rtol=0, atol=0)
     assert not in_process[0].is_shared()  # outside a worker: ordinary memory

@@ -49,6 +49,9 @@ def from_env() -> DistInfo:
 def init(device: str = "auto") -> tuple[DistInfo, torch.device]:
     """Join the process group if launched by torchrun; returns (info, this rank's device)."""
     info = from_env()
+    if device == "cuda" and not torch.cuda.is_available():
+        # Asked for explicitly: running on the CPU instead would be silent and ~50x slower.
+        raise CnnlabError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     dev = torch.device(f"cuda:{info.local_rank}" if use_cuda else "cpu")
     if use_cuda:

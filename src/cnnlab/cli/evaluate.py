@@ -16,7 +16,9 @@ Labels (--labels auto picks the first that applies):
   filename  the file name itself: volcano.jpg, n01440764_tench.JPEG, great_white_shark_2.png
 A label is an ImageNet class name or synonym ("tench", "Tinca tinca"), or a WordNet id
 (n01440764). Labels that match no class, or several, are all reported before any model runs;
---skip-unknown scores the rest. --match prefix reproduces the old lab's `startswith` rule.
+--skip-unknown scores the rest. --match prefix scores as the old lab did: a prediction is
+right when its class line ("tench, Tinca tinca") starts with the label, case-sensitively, so
+"bee" accepts bee, bee eater, beer bottle and beer glass.
 
 Models: any number of -m (default: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2,
 whose weights ship as pip packages). torchvision models (alexnet, googlenet, resnet18, ...) and
@@ -65,7 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where labels come from (auto)")
     p.add_argument("--csv", metavar="FILE", help="CSV of 'file,label' rows")
     p.add_argument("--match", choices=["synonym", "prefix"],
-                   help="label matching rule: synonym (exact names, ids) or the lab's prefix rule")
+                   help="label matching rule: synonym (one exact class; default) or prefix (the "
+                   "lab's rule: every class whose line starts with the label is right)")
     p.add_argument("--skip-unknown", action="store_true", default=None,
                    help="skip images whose label matches no single class instead of failing")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images (by path)")

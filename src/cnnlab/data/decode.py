@@ -7,7 +7,10 @@ carries the good images and the reasons for the bad ones side by side.
 
 Decoding matches torchvision's / timm's eval transform (Resize(short side) with antialiasing,
 CenterCrop, ToTensor, Normalize) on a `convert("RGB")` image; `tests/test_images.py` proves it
-against torchvision itself.
+against torchvision itself. timm's other two crop modes (`Preprocess.crop_mode`) are matched too,
+proved against timm's own `transforms_imagenet_eval`: "squash" resizes both sides to
+resize_size (`Resize((s, s))`), "border" resizes the long side to resize_size and pads to the
+crop with the mean colour (`ResizeKeepRatio(longest=1)` + `CenterCropOrPad(fill=mean)`).
 """
 
 from __future__ import annotations
@@ -78,6 +81,18 @@ def _resized_size(width: int, height: int, short: int) -> tuple[int, int]:
     return int(short * width / height), short
 
 
+def _target_size(width: int, height: int, preprocess: Preprocess) -> tuple[int, int]:
+    """(width, height) after the resize step of `preprocess.crop_mode`."""
+    s = preprocess.resize_size
+    if preprocess.crop_mode == "squash":
+        return s, s  # torchvision Resize((s, s)): the aspect ratio is not kept
+    if preprocess.crop_mode == "border":
+        # timm ResizeKeepRatio(longest=1.0): ratio = max(h / s, w / s); round(side / ratio).
+        ratio = max(height / s, width / s)
+        return round(width / ratio), round(height / ratio)
+    return _resized_size(width, height, s)
+
+
 def _decode(path: Path, preprocess: Preprocess, draft: bool) -> Image.Image:
     """Open, decode and resize; Pillow errors propagate to `load_image` for classification."""
     with Image.open(path) as im:
@@ -90,9 +105,14 @@ def _decode(path: Path, preprocess: Preprocess, draft: bool) -> Image.Image:
             # slightly from a full decode (the DCT reduction is a box-like filter), the content
             # does not. Pillow only reduces by whole factors, so nothing happens below 2x.
             w, h = im.size
-            short, target = min(w, h), preprocess.resize_size
-            if short >= 2 * target:
-                im.draft(im.mode, (-(-w * target // short), -(-h * target // short)))
+            if preprocess.crop_mode == "center":
+                short, target = min(w, h), preprocess.resize_size
+                if short >= 2 * target:
+                    im.draft(im.mode, (-(-w * target // short), -(-h * target // short)))
+            else:
+                tw, th = _target_size(w, h, preprocess)
+                if w >= 2 * tw and h >= 2 * th:  # Pillow picks a scale with both sides >= these
+                    im.draft(im.mode, (tw, th))
         im.load()
         # Phones store portrait photos landscape plus an EXIF rotation; show the model the
         # upright picture, as every viewer does. A malformed EXIF block is ignored, not fatal:
@@ -104,20 +124,32 @@ def _decode(path: Path, preprocess: Preprocess, draft: bool) -> Image.Image:
         # A 1 x 100000 strip passes the pixel-count check but would resize to 256 x 25.6 M:
         # gigabytes for a picture no ImageNet model can read.
         raise BadImage(f"extreme aspect ratio ({rgb.size[0]} x {rgb.size[1]} pixels)")
-    size = _resized_size(*rgb.size, preprocess.resize_size)
+    size = _target_size(*rgb.size, preprocess)
     if size != rgb.size:
         # Pillow's resize filters always antialias when shrinking: torchvision antialias=True.
         rgb = rgb.resize(size, _INTERPOLATION[preprocess.interpolation])
     return rgb
 
 
-def _center_crop(arr: np.ndarray, crop: int) -> np.ndarray:
-    """torchvision's CenterCrop: offsets round((size - crop) / 2); zero padding (black, as
-    torchvision pads) when the resized image is smaller than the crop (resize_size < crop_size)."""
+def _pad_fill(preprocess: Preprocess) -> tuple[int, int, int]:
+    """Colour of the padding: black for center/squash (torchvision's CenterCrop pads zeros), the
+    mean colour for border (timm: fill = round(255 * mean), so padding normalises to ~0)."""
+    if preprocess.crop_mode == "border":
+        r, g, b = (round(255 * m) for m in preprocess.mean)
+        return r, g, b
+    return 0, 0, 0
+
+
+def _center_crop(arr: np.ndarray, crop: int, fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """torchvision's CenterCrop / timm's CenterCropOrPad: offsets round((size - crop) / 2);
+    padded with `fill` (left/top get the smaller half) when the resized image is smaller."""
     h, w = arr.shape[:2]
     if h < crop or w < crop:
         pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
-        arr = np.pad(arr, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
+        padded = np.empty((h + pad_h, w + pad_w, 3), dtype=arr.dtype)
+        padded[...] = np.asarray(fill, dtype=arr.dtype)
+        padded[pad_h // 2 : pad_h // 2 + h, pad_w // 2 : pad_w // 2 + w] = arr
+        arr = padded
         h, w = arr.shape[:2]
     top = round((h - crop) / 2.0)
     left = round((w - crop) / 2.0)
@@ -167,7 +199,8 @@ def load_image(path: Path, preprocess: Preprocess, draft: bool = True) -> torch.
         # struct.error, IndexError, EOFError, ...); all mean the same thing for this file.
         raise BadImage(f"corrupt image ({type(exc).__name__}: {exc})") from None
 
-    arr = _center_crop(np.asarray(rgb, dtype=np.uint8), preprocess.crop_size)
+    arr = _center_crop(np.asarray(rgb, dtype=np.uint8), preprocess.crop_size,
+                       _pad_fill(preprocess))
     return torch.from_numpy(_normalise(arr, preprocess.mean, preprocess.std))
 
 

@@ -162,14 +162,16 @@ def map_in_order(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
 
 
 def preprocess_from_timm(cfg: dict) -> Preprocess:
-    """timm's pretrained_cfg: resize = floor(crop / crop_pct), as timm's eval transform does."""
+    """timm's pretrained_cfg: resize = floor(crop / crop_pct) and its crop_mode (center, squash
+    or border), as timm's `transforms_imagenet_eval` does; None in the cfg means timm's default."""
     crop = int(cfg["input_size"][-1])
     return Preprocess(
-        resize_size=math.floor(crop / cfg.get("crop_pct", 0.875)),
+        resize_size=math.floor(crop / (cfg.get("crop_pct") or 0.875)),
         crop_size=crop,
-        interpolation=cfg.get("interpolation", "bilinear"),
+        interpolation=cfg.get("interpolation") or "bilinear",
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
+        crop_mode=cfg.get("crop_mode") or "center",
     )
 
 

@@ -2,9 +2,10 @@
 
 Reads only the run's artifacts (results.json, predictions.csv) and the photos they name. For
 every image that at least one model gets wrong (top-1), the report shows a thumbnail, the true
-label and each model's top-5 with probabilities. In report.html the thumbnails are base64 data
-URIs, so the file can be mailed or attached on its own; report.md links to thumbs/*.jpg in the
-run directory.
+label (under the prefix rule: every class it accepts) and each model's top-5 with
+probabilities. In report.html the thumbnails are base64 data URIs, so the file can be mailed or
+attached on its own; report.md links to thumbs/*.jpg in the run directory. File names and labels
+are the user's: both reports escape them (report/env.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.report.env import environment, trusted
 from cnnlab.runs import RunDir
 
 THUMB_SIZE = 160  # pixels, longest side: big enough to recognise the object, ~5-10 kB each
@@ -29,20 +31,38 @@ class Guess:
     probability: float  # 0..1
 
 
+@dataclass(frozen=True)
+class Accepted:
+    index: int
+    name: str
+
+
 @dataclass
 class ImageRow:
     file: str
     true_label: str
-    true_index: int
-    true_class: str
+    # The classes a right prediction may be: the one true class (synonym rule), or every class
+    # whose line starts with the label (the lab's prefix rule).
+    accepted: list[Accepted]
     # model name -> its top classes, most probable first
     guesses: dict[str, list[Guess]] = field(default_factory=dict)
     thumb_md: str | None = None  # relative path of the thumbnail file (report.md)
     thumb_uri: str | None = None  # data URI (report.html)
 
+    def accepts(self, class_index: int) -> bool:
+        return any(a.index == class_index for a in self.accepted)
+
     def correct(self, model: str) -> bool:
         g = self.guesses.get(model)
-        return bool(g) and g[0].class_index == self.true_index
+        return bool(g) and self.accepts(g[0].class_index)
+
+
+def _accepted(rec: dict[str, str]) -> list[Accepted]:
+    if rec.get("accepted") is not None:  # prefix rule: "309 92", "bee; bee eater"
+        indices = [int(i) for i in rec["accepted"].split()]
+        names = rec["accepted_classes"].split("; ")
+        return [Accepted(i, n) for i, n in zip(indices, names, strict=True)]
+    return [Accepted(int(rec["true_index"]), rec["true_class"])]
 
 
 def read_predictions(path: Path) -> list[ImageRow]:
@@ -52,9 +72,7 @@ def read_predictions(path: Path) -> list[ImageRow]:
         for rec in csv.DictReader(f):
             row = rows.get(rec["file"])
             if row is None:
-                row = rows[rec["file"]] = ImageRow(
-                    rec["file"], rec["true_label"], int(rec["true_index"]), rec["true_class"]
-                )
+                row = rows[rec["file"]] = ImageRow(rec["file"], rec["true_label"], _accepted(rec))
             guesses = row.guesses.setdefault(rec["model"], [])
             if len(guesses) < TOP_SHOWN:
                 guesses.append(
@@ -80,18 +98,6 @@ def thumbnail(path: Path, size: int = THUMB_SIZE) -> bytes | None:
         return None
 
 
-def _environment():
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-    return Environment(
-        loader=FileSystemLoader(Path(__file__).parent / "templates"),
-        autoescape=select_autoescape(["html"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
 def fmt_pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
@@ -113,15 +119,18 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         name = f"{n:05d}.jpg"
         (thumbs / name).write_bytes(data)
         row.thumb_md = f"thumbs/{name}"
-        row.thumb_uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+        row.thumb_uri = trusted(
+            "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+        )
     context = {
         "results": results,
         "models": models,
         "wrong": wrong,
         "n_images": len(images),
         "pct": fmt_pct,
+        "prefix": results.get("match") == "prefix",
     }
-    env = _environment()
+    env = environment()
     md = run.write_text("report.md", env.get_template("evaluate.md.j2").render(**context))
     html = run.write_text("report.html", env.get_template("evaluate.html.j2").render(**context))
     return md, html

@@ -7,8 +7,9 @@
 Steps, each of which fails early and in one line where the user can fix something:
 
 1. discover the labelled images (`data/folders.py`: class sub-folders, CSV or file names) and
-   resolve every distinct label to an ImageNet class (`data/imagenet.py`); all unresolved labels
-   are reported together before any model runs, unless `skip_unknown`;
+   resolve every distinct label to the ImageNet classes it accepts (`data/imagenet.py`: one class
+   by synonym, or every class whose line starts with it under the lab's prefix rule); all
+   unresolved labels are reported together before any model runs, unless `skip_unknown`;
 2. find every model's weights before running any model (a missing file is one line that says
    which file to put where);
 3. per model: stream the images through a `DataLoader` (worker processes decode, Pillow's draft
@@ -51,7 +52,9 @@ class EvaluateConfig:
     workers: int = 2  # DataLoader decoding processes; 0 decodes in the main process
     labels: str = "auto"  # where labels come from: auto, folders, csv, filename
     csv: str | None = None  # CSV file with columns file,label (labels="csv"/"auto")
-    match: str = "synonym"  # label -> class rule: synonym (default) or prefix (the lab's rule)
+    # label -> class rule: synonym (default: one exact class) or prefix (the lab's rule: every
+    # class whose line starts with the label is accepted)
+    match: str = "synonym"
     skip_unknown: bool = False  # score the images whose labels resolve, skip the others
     limit: int | None = None  # only the first N images (sorted by path), for quick looks
     draft: bool = True  # let Pillow decode large JPEGs at a reduced size (much faster)
@@ -98,8 +101,10 @@ class ModelPass:
     seconds: float  # wall time of the pass on this rank (decoding + inference)
 
 
-def _prepare_items(config: EvaluateConfig, classes) -> tuple[list, list[int], list[dict]]:
-    """Discovered images with resolvable labels, their class indices, and what was skipped."""
+def _prepare_items(
+    config: EvaluateConfig, classes
+) -> tuple[list, list[tuple[int, ...]], list[dict]]:
+    """Discovered images with resolvable labels, the classes each accepts, and what was skipped."""
     from cnnlab.data.folders import discover
     from cnnlab.data.imagenet import describe_problems, resolve_labels
 
@@ -120,18 +125,18 @@ def _prepare_items(config: EvaluateConfig, classes) -> tuple[list, list[int], li
     if problems and not config.skip_unknown:
         raise CnnlabError(describe_problems(problems, classes))
     problem_of = {p.label: p for p in problems}
-    kept, targets = [], []
+    kept, accepted = [], []
     for it in items:
         if it.label in resolved:
             kept.append(it)
-            targets.append(resolved[it.label])
+            accepted.append(resolved[it.label])
         else:
             p = problem_of[it.label]
             why = "is ambiguous" if p.ambiguous else "matches no ImageNet class"
             skipped.append({"file": str(it.path), "reason": f"label {it.label!r} {why}"})
     if not kept:
         raise CnnlabError(f"no image in {root} has a label that matches an ImageNet class")
-    return kept, targets, skipped
+    return kept, accepted, skipped
 
 
 def _run_model(
@@ -203,13 +208,14 @@ def _merge(passes: list[ModelPass]) -> ModelPass:
     )
 
 
-def _summarise(merged: ModelPass, targets: list[int], n_params: int, weights: Path,
+def _summarise(merged: ModelPass, accepted: list[tuple[int, ...]], n_params: int, weights: Path,
                preprocess) -> dict[str, Any]:
+    """Top-1 right when the top class is accepted, top-5 when any of the top 5 is (the lab's
+    loop; with the synonym rule each image accepts exactly one class)."""
     n = len(merged.indices)
-    top1_wrong = sum(c[0] != targets[i] for i, c in zip(merged.indices, merged.top_classes,
-                                                        strict=True))
-    top5_wrong = sum(targets[i] not in c[:5] for i, c in zip(merged.indices, merged.top_classes,
-                                                            strict=True))
+    pairs = list(zip(merged.indices, merged.top_classes, strict=True))
+    top1_wrong = sum(c[0] not in accepted[i] for i, c in pairs)
+    top5_wrong = sum(not any(k in accepted[i] for k in c[:5]) for i, c in pairs)
     return {
         "name": merged.name,
         "parameters": n_params,
@@ -226,18 +232,26 @@ def _summarise(merged: ModelPass, targets: list[int], n_params: int, weights: Pa
 
 
 def _predictions_csv(
-    items: list, root: Path, targets: list[int], passes: list[ModelPass], classes, top_k: int
+    items: list, root: Path, accepted: list[tuple[int, ...]], passes: list[ModelPass], classes,
+    top_k: int, prefix: bool,
 ) -> str:
+    """One row per image, model and rank. Under the prefix rule two more columns list the
+    classes each image accepts (`accepted`: indices separated by spaces; `accepted_classes`:
+    their names separated by '; '), and true_index / true_class are empty unless it is one."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "true_label", "true_index", "true_class", "model", "rank", "class_index",
-                "class", "probability"])
+                "class", "probability"] + (["accepted", "accepted_classes"] if prefix else []))
     for mp in passes:
         for i, cls, probs in zip(mp.indices, mp.top_classes, mp.top_probs, strict=True):
             rel = _relative(items[i].path, root)
+            one = accepted[i][0] if len(accepted[i]) == 1 else None
+            true = ["", ""] if one is None else [one, classes.names[one]]
+            extra = [" ".join(map(str, accepted[i])),
+                     "; ".join(classes.names[a] for a in accepted[i])] if prefix else []
             for r, (c, p) in enumerate(zip(cls[:top_k], probs[:top_k], strict=True), start=1):
-                w.writerow([rel, items[i].label, targets[i], classes.names[targets[i]], mp.name,
-                            r, c, classes.names[c], f"{p:.6f}"])
+                w.writerow([rel, items[i].label, *true, mp.name, r, c, classes.names[c],
+                            f"{p:.6f}", *extra])
     return buf.getvalue()
 
 
@@ -265,7 +279,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     # Rank 0 lists the folder and every rank shards its list: ranks listing on their own could
     # disagree (a file added meanwhile) and score images under another image's label. A user
     # error found here stops every rank at once, printed once.
-    items, targets, skipped = dist.broadcast_from_main(
+    items, accepted, skipped = dist.broadcast_from_main(
         lambda: _prepare_items(config, classes), info
     )
 
@@ -308,7 +322,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
             continue
         merged = _merge(gathered)
         merged_passes.append(merged)
-        summary = _summarise(merged, targets, n_params, wfile, preprocess)
+        summary = _summarise(merged, accepted, n_params, wfile, preprocess)
         summaries.append(summary)
         run_dir.append_metrics({k: v for k, v in summary.items() if k != "preprocess"})
     if not info.is_main:
@@ -326,15 +340,25 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
         "n_labelled": len(items),  # images whose labels resolved (decodable or not)
         "n_skipped": len(skipped),
         "top_k": config.top_k,
+        "match": config.match,
         "world_size": info.world_size,
         "device": str(device),
         "models": summaries,
         "skipped": [{**s, "file": _relative(s["file"], root)} for s in skipped],
     }
+    if config.match == "prefix":
+        # No single true class per image: each image's accepted classes, as the lab's rule
+        # counted them (class index and its line in the lab's class file).
+        results["images"] = [
+            {"file": _relative(it.path, root), "label": it.label,
+             "accepted": [{"index": a, "line": classes.lines[a]} for a in acc]}
+            for it, acc in zip(items, accepted, strict=True)
+        ]
     run_dir.save_results(results)
     run_dir.write_text(
         "predictions.csv",
-        _predictions_csv(items, root, targets, merged_passes, classes, config.top_k),
+        _predictions_csv(items, root, accepted, merged_passes, classes, config.top_k,
+                         prefix=config.match == "prefix"),
     )
     if all(s["n_images"] == 0 for s in summaries):
         example = next(iter(bad_reasons.values()), "no reason given")

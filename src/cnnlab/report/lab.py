@@ -1,0 +1,224 @@
+"""The `cnnlab lab` report: one section per step, rendered from the steps' run artifacts.
+
+Reads only `lab.json`, each step's `results.json` (and the files it names: plots, completions)
+and `lab_figures.yaml`, where the labs' own questions and figures are quoted with their source.
+No number here is typed by hand. Every section has the lab's question, the method in a few
+sentences, cnnlab's numbers and figures, and the lab's own figure beside them where one exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.runs import RunDir
+
+FIGURES = Path(__file__).with_name("lab_figures.yaml")
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+    numeric: tuple[int, ...] = ()  # column indices aligned right
+
+
+@dataclass
+class Figure:
+    path: str  # relative to the lab directory (report.md links it)
+    data_uri: str  # embedded in report.html
+    caption: str
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    status: str  # done / skipped / failed / not run
+    reason: str = ""
+    lab: str = ""
+    question: str = ""
+    method: str = ""
+    command: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    preformatted: list[str] = field(default_factory=list)  # text drawings
+    notes: list[str] = field(default_factory=list)
+
+
+def _n(v: int | float | None) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
+def _si(n: float) -> str:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3f} {prefix}"
+    return f"{n:.0f}"
+
+
+def figure(lab_dir: Path, rel: str, caption: str) -> Figure | None:
+    path = lab_dir / rel
+    if not path.is_file():
+        return None
+    mime = "image/svg+xml" if path.suffix == ".svg" else "image/png"
+    uri = f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return Figure(rel, uri, caption)
+
+
+# ------------------------------------------------------------------------- step sections
+
+
+def _concepts(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    m = r["models"][0]
+    rows = []
+    for layer in m.get("sharing", []):
+        conv, local, dense = layer["connectivity"]
+        shape = "x".join(map(str, layer["input_shape"])) + " -> " + "x".join(
+            map(str, layer["output_shape"]))
+        rows.append([layer["name"], shape, _n(conv["params"]), _n(local["params"]),
+                     _n(dense["params"]), f"{local['params_vs_conv']:,.0f}x",
+                     f"{dense['params_vs_conv']:,.0f}x"])
+    s.tables.append(Table(
+        ["layer", "input -> output", "convolution", "locally-connected", "dense", "local/conv",
+         "dense/conv"], rows,
+        f"{m['label']}: parameters of each conv layer with and without sharing and locality "
+        "(the same MACs for conv and locally-connected)", numeric=(2, 3, 4, 5, 6)))
+    s.tables.append(_block_shares(m))
+
+
+def _block_shares(m: dict) -> Table:
+    """Parameters and MACs per kind of layer: where a CNN's weights and arithmetic live."""
+    kinds: dict[str, list[int]] = {}
+    for layer in m["layers"]:
+        k = kinds.setdefault(layer["type"], [0, 0])
+        k[0] += layer["params"]
+        k[1] += layer["macs"]
+    total_p, total_m = max(m["total_params"], 1), max(m["macs"], 1)
+    rows = [[kind, _n(p), f"{100 * p / total_p:.1f}%", _si(macs), f"{100 * macs / total_m:.1f}%"]
+            for kind, (p, macs) in sorted(kinds.items(), key=lambda kv: -kv[1][0])
+            if p or macs]
+    return Table(["layer type", "parameters", "share", "MACs", "share"], rows,
+                 f"{m['label']}: the building blocks' shares of parameters and arithmetic",
+                 numeric=(1, 2, 3, 4))
+
+
+RESIDUAL_BLOCK = """\
+x ─┬─► conv 3x3 ─► BN ─► ReLU ─► conv 3x3 ─► BN ─► F(x) ─► (+) ─► ReLU ─► H(x) = F(x) + x
+   └──────────────────────── identity shortcut: x ────────────┘
+The gradient of H with respect to x is F'(x) + 1: the shortcut carries it back unattenuated."""
+
+
+def _alexnet(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    paper = r["models"][0]
+    s.tables.append(Table(
+        ["layer", "type", "output", "weights", "biases", "params", "MACs"],
+        [[la["name"], la["type"], "x".join(map(str, la["output_shape"])), _n(la["weights"]),
+          _n(la["biases"]), _n(la["params"]), _n(la["macs"])]
+         for la in paper["layers"] if la["params"] or la["type"].endswith("Pool2d")],
+        f"{paper['label']} (input {'x'.join(map(str, paper['input_shape']))}): layers with "
+        f"parameters; total {paper['total_params']:,}", numeric=(3, 4, 5, 6)))
+    s.tables.append(Table(
+        ["model", "depth", "block", "blocks per stage", "parameters", "MACs"],
+        [[m["label"], m["summary"]["depth"], m["summary"]["block"],
+          "-".join(map(str, m["summary"]["stages"])) or "-", _n(m["total_params"]),
+          _si(m["macs"])] for m in r["models"]],
+        "AlexNet as published, torchvision's AlexNet, and the ResNet family (depth counts the "
+        "weighted layers on the main path, He et al. 2015)", numeric=(1, 4, 5)))
+    s.preformatted.append(RESIDUAL_BLOCK)
+    s.notes.append(f"cnnlab: AlexNet (groups=1) has {paper['total_params']:,} parameters.")
+
+
+def _alexnet_groups(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    m = r["models"][0]
+    s.tables.append(Table(
+        ["layer", "output", "params", "MACs"],
+        [[la["name"], "x".join(map(str, la["output_shape"])), _n(la["params"]), _n(la["macs"])]
+         for la in m["layers"] if la["params"]],
+        f"{m['label']}: total {m['total_params']:,} parameters", numeric=(2, 3)))
+
+
+def _evaluate(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    s.tables.append(Table(
+        ["model", "parameters", "top-1 error", "top-5 error", "images/s", "scored"],
+        [[m["name"], _n(m["parameters"]), _pct(m["top1_error"]), _pct(m["top5_error"]),
+          f"{m['images_per_second'] or 0:.1f}", m["n_images"]] for m in r["models"]],
+        f"{r['n_labelled']} labelled photos; one photo is {100 / max(r['n_labelled'], 1):.1f} "
+        "points of error", numeric=(1, 2, 3, 4, 5)))
+    s.notes.append(f"Per-image predictions and the photos some model gets wrong: "
+                   f"{step_dir}/report.html")
+
+
+def _charrnn(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    comp_file = lab_dir / step_dir / "completions.json"
+    if comp_file.is_file():
+        comps = json.loads(comp_file.read_text(encoding="utf-8"))
+        s.tables.append(Table(
+            ["prefix", "completion", "probability"],
+            [[c["prefix"], c["completion"], f"{c['probability']:.4f}"] for c in comps],
+            f"greedy completions after {r['steps']} steps ({r['parameters']:,} parameters, "
+            f"{r['train_seconds']:.1f} s)", numeric=(2,)))
+        s.notes.append("cnnlab's completions of h g s e t: "
+                       + " ".join(c["completion"] for c in comps))
+    fig = figure(lab_dir, f"{step_dir}/loss_curve.png", "training loss")
+    if fig:
+        s.figures.append(fig)
+
+
+SECTION_BUILDERS: dict[str, Callable[[Section, dict, Path, str], None]] = {
+    "concepts": _concepts,
+    "alexnet": _alexnet,
+    "alexnet-groups": _alexnet_groups,
+    "evaluate": _evaluate,
+    "charrnn": _charrnn,
+}
+
+
+def build_sections(lab_dir: Path) -> tuple[list[Section], dict[str, Any]]:
+    lab = RunDir.open(lab_dir)
+    state = lab.read_json("lab.json")
+    quoted = yaml.safe_load(FIGURES.read_text(encoding="utf-8"))
+    sections = []
+    for name, rec in state["steps"].items():
+        q = quoted["steps"].get(name, {})
+        s = Section(name=name, title=rec.get("title", name), status=rec.get("status", "?"),
+                    reason=rec.get("reason", ""), lab=q.get("lab", ""),
+                    question=q.get("question", ""), method=q.get("method", ""),
+                    command=rec.get("command", ""))
+        s.lab_figures = q.get("figures", [])  # type: ignore[attr-defined]
+        results = lab_dir / rec.get("run_dir", name) / "results.json"
+        if s.status == "done" and results.is_file() and name in SECTION_BUILDERS:
+            r = json.loads(results.read_text(encoding="utf-8"))
+            SECTION_BUILDERS[name](s, r, lab_dir, rec.get("run_dir", name))
+        sections.append(s)
+    env = {}
+    if lab.file("environment.json").is_file():
+        env = lab.read_json("environment.json")
+    return sections, {"environment": env, "source": quoted.get("source", ""),
+                      "config": lab.read_json("config.json") if lab.file("config.json").is_file()
+                      else {}}
+
+
+def write_report(lab_dir: str | Path) -> tuple[Path, Path]:
+    from cnnlab.report.env import render
+
+    lab_dir = Path(lab_dir)
+    sections, extra = build_sections(lab_dir)
+    from cnnlab.report.env import trusted
+
+    context = {"sections": sections, "trusted": trusted, **extra}
+    run = RunDir(lab_dir)
+    md = run.write_text("report.md", render("lab.md.j2", **context))
+    html = run.write_text("report.html", render("lab.html.j2", **context))
+    return md, html

@@ -1,0 +1,281 @@
+"""`cnnlab lab`: both course labs end to end, each step a normal cnnlab run, one report.
+
+    cnnlab lab --data-root ../shared/data --out runs/lab          # full
+    cnnlab lab --quick                                             # minutes: CI runs this
+
+A step is one of cnnlab's own commands with a config built from the lab's options; it runs
+through the same `run(config, run_dir, reporter)` as on the command line, into `OUT/<step>/`.
+`lab` itself only composes: it never reaches into training code, and the report reads the
+steps' run artifacts (`report/lab.py`).
+
+State lives in `OUT/lab.json`, rewritten atomically after every change:
+- a step whose hash (its config, the fingerprint of its input files, cnnlab's version) matches a
+  finished step is not run again — `--force STEP` runs it anyway;
+- a step that was running when the lab was interrupted (Ctrl-C, kill -9, power cut) is re-run
+  from scratch into a clean directory; finished steps are kept;
+- a step whose data or weights are missing is `skipped` with its one-line reason, and the lab
+  goes on; a step that fails is `failed` with its error, and the lab goes on too. The exit status
+  tells: 0 all ran, 3 something was skipped, 1 something failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunDir, to_jsonable
+
+STATE = "lab.json"
+DEFAULT_DATA_ROOT = "../shared/data"  # beside a checkout; CNNLAB_DATA overrides
+
+
+def default_data_root() -> str:
+    return os.environ.get("CNNLAB_DATA", DEFAULT_DATA_ROOT)
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    data_root: str = field(default_factory=default_data_root)
+    quick: bool = False  # small subsets and few epochs: the whole lab in minutes (CI)
+    only: tuple[str, ...] = ()  # run only these steps (the others keep their earlier results)
+    skip: tuple[str, ...] = ()  # leave these steps out
+    force: tuple[str, ...] = ()  # run these even when their cached result is up to date
+    finetune_data: str | None = None  # transfer-learning photos (default: DATA/hymenoptera)
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in STEPS]
+        for flag in ("only", "skip", "force"):
+            for name in getattr(self, flag):
+                if name not in names:
+                    from cnnlab.errors import suggest
+
+                    raise CnnlabError(
+                        f"--{flag} {name!r}: no such step{suggest(name, names)}; "
+                        f"steps: {', '.join(names)}"
+                    )
+
+    def selected(self) -> list[Step]:
+        return [s for s in STEPS if (not self.only or s.name in self.only)
+                and s.name not in self.skip]
+
+
+class Skip(Exception):
+    """A step cannot run here (missing data or weights); the message says why, in one line."""
+
+
+@dataclass
+class Plan:
+    """What one step runs: a task's `run`, its config, and the inputs its hash covers."""
+
+    task: Callable[[Any, RunDir, Any], Any]
+    config: Any
+    command: str  # the cnnlab command line that runs the same thing on its own
+    inputs: list[Path] = field(default_factory=list)
+    # Run after the task, on its run directory (e.g. the char-RNN's completions of h g s e t);
+    # its output lands in the step's own directory, so the report reads it like any artifact.
+    after: Callable[[RunDir, Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    plan: Callable[[LabConfig], Plan]
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def _params_plan(command: str, **kw) -> Plan:
+    from cnnlab.tasks import params
+
+    return Plan(params.run, params.ParamsConfig(**kw), command)
+
+
+def plan_concepts(cfg: LabConfig) -> Plan:
+    # Lab A (1): what local connectivity and weight sharing buy, for every conv layer of the
+    # paper's AlexNet; and the building blocks' shares of parameters and MACs (from the layers).
+    return _params_plan("cnnlab params alexnet-paper --groups 2 --sharing",
+                        models=("alexnet-paper",), sharing=True, options={"groups": 2})
+
+
+def plan_alexnet(cfg: LabConfig) -> Plan:
+    # Lab A (2) and Lab B (2): AlexNet counted layer by layer (the lab's hand count is
+    # 62,378,344), torchvision's single-GPU variant beside it, and the ResNet family.
+    models = ("alexnet-paper", "alexnet", "resnet18", "resnet34", "resnet50", "resnet101",
+              "resnet152")
+    return _params_plan("cnnlab params " + " ".join(models), models=models)
+
+
+def plan_alexnet_groups(cfg: LabConfig) -> Plan:
+    return _params_plan("cnnlab params alexnet-paper --groups 2", models=("alexnet-paper",),
+                        options={"groups": 2})
+
+
+EXTRA_EVAL_MODELS = ("alexnet", "googlenet", "resnet18")  # the lab's trio, when weights exist
+
+
+def plan_evaluate(cfg: LabConfig) -> Plan:
+    from cnnlab.models.pretrained import locate, pretrained_spec_of
+    from cnnlab.models.registry import get_spec
+    from cnnlab.tasks import evaluate
+
+    photos = Path(cfg.data_root) / "imagenet-samples"
+    if not photos.is_dir():
+        raise Skip(f"no ImageNet sample photos at {photos} (set --data-root)")
+    models = list(evaluate.DEFAULT_MODELS)
+    models += [m for m in EXTRA_EVAL_MODELS
+               if locate(pretrained_spec_of(get_spec(m))).path is not None]
+    config = evaluate.EvaluateConfig(path=str(photos), models=tuple(models),
+                                     limit=50 if cfg.quick else None)
+    command = f"cnnlab evaluate {photos} " + " ".join(f"-m {m}" for m in models) + (
+        " --limit 50" if cfg.quick else "")
+    return Plan(evaluate.run, config, command, inputs=[photos])
+
+
+LAB_WORDS = ("hello", "green", "start")
+LAB_PREFIXES = ("h", "g", "s", "e", "t")
+
+
+def plan_charrnn(cfg: LabConfig) -> Plan:
+    from cnnlab.tasks import charrnn
+
+    def complete_prefixes(run_dir: RunDir, results: Any) -> None:
+        from cnnlab.models.char_rnn import Sampling, complete
+
+        model, vocab, _ = charrnn.load_checkpoint(run_dir.path)
+        comps = complete(model, vocab, list(LAB_PREFIXES), Sampling())
+        run_dir.write_json("completions.json", [
+            {"prefix": c.prefix, "completion": c.completion, "probability": c.probability}
+            for c in comps
+        ])
+
+    return Plan(charrnn.run, charrnn.TrainConfig(words=LAB_WORDS, seed=0),
+                "cnnlab charrnn train --words hello green start; "
+                "cnnlab charrnn complete RUN h g s e t", after=complete_prefixes)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("concepts", "Concepts in numbers: local connectivity and weight sharing", plan_concepts),
+    Step("alexnet", "AlexNet's parameters, and the ResNet family", plan_alexnet),
+    Step("alexnet-groups", "AlexNet as published, on two GPUs (groups=2)", plan_alexnet_groups),
+    Step("evaluate", "Pretrained CNNs on ImageNet photos", plan_evaluate),
+    Step("charrnn", "A character RNN learns hello, green, start", plan_charrnn),
+)
+
+
+# ------------------------------------------------------------------------------ machinery
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """Changes when any input file is added, removed, resized or touched (name, size, mtime):
+    cheap enough to run on every lab start, unlike hashing gigabytes of photos."""
+    h = hashlib.sha256()
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.relative_to(root) if p != root else p.name}\0{st.st_size}\0"
+                     f"{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def step_hash(plan: Plan) -> str:
+    import cnnlab
+
+    payload = json.dumps({"config": to_jsonable(plan.config), "task": plan.task.__module__,
+                          "inputs": fingerprint(plan.inputs), "cnnlab": cnnlab.__version__},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def load_state(run_dir: RunDir) -> dict[str, Any]:
+    if run_dir.file(STATE).is_file():
+        return run_dir.read_json(STATE)
+    return {"format": "cnnlab-lab/1", "steps": {}}
+
+
+def open_lab_dir(out: str | Path) -> RunDir:
+    """The lab's directory: new, or an earlier lab's (to continue it); anything else is refused."""
+    path = Path(out)
+    if path.exists() and any(path.iterdir()) and not (path / STATE).is_file():
+        raise CnnlabError(f"{path} holds files but is not a cnnlab lab directory (no {STATE}); "
+                          "choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    return RunDir(path)
+
+
+def run(config: LabConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
+    """Run the selected steps in order into `run_dir`; returns lab.json's contents."""
+    state = load_state(run_dir)
+    run_dir.save_config(config)
+    run_dir.save_environment()
+    steps = config.selected()
+    for k, step in enumerate(steps, start=1):
+        prefix = f"[lab {k}/{len(steps)}] {step.name}"
+        record = state["steps"].get(step.name, {})
+        try:
+            plan = step.plan(config)
+        except Skip as exc:
+            state["steps"][step.name] = {"status": "skipped", "reason": str(exc),
+                                         "title": step.title}
+            run_dir.write_json(STATE, state)
+            reporter.log(f"{prefix}: skipped — {exc}")
+            continue
+        digest = step_hash(plan)
+        step_dir = run_dir.path / step.name
+        if (record.get("status") == "done" and record.get("hash") == digest
+                and step.name not in config.force and step_dir.is_dir()):
+            reporter.log(f"{prefix}: up to date (ran {record.get('finished', '?')}), not re-run")
+            continue
+        if step_dir.exists():  # an interrupted or outdated run of this step: start it clean
+            shutil.rmtree(step_dir)
+        state["steps"][step.name] = {"status": "running", "hash": digest, "title": step.title,
+                                     "run_dir": step.name, "command": plan.command}
+        run_dir.write_json(STATE, state)
+        reporter.log(f"{prefix}: {step.title}")
+        start = time.monotonic()
+        sub = RunDir.create(step.name, out=step_dir)
+        try:
+            results = plan.task(plan.config, sub, reporter)
+            if plan.after is not None:
+                plan.after(sub, results)
+        except (CnnlabError, Skip) as exc:
+            status = "skipped" if isinstance(exc, Skip) else "failed"
+            state["steps"][step.name].update(status=status, reason=str(exc))
+            reporter.log(f"{prefix}: {status} — {exc}")
+        except Exception as exc:  # a bug in one step must not cost the others their results
+            state["steps"][step.name].update(
+                status="failed", reason=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(limit=8))
+            reporter.log(f"{prefix}: failed — {type(exc).__name__}: {exc}")
+        else:
+            state["steps"][step.name].update(
+                status="done", seconds=round(time.monotonic() - start, 1),
+                finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            reporter.log(f"{prefix}: done in {time.monotonic() - start:.0f} s")
+        run_dir.write_json(STATE, state)
+    if config.report:
+        from cnnlab.report.lab import write_report
+
+        write_report(run_dir.path)
+    return state
+
+
+def exit_status(state: dict[str, Any], config: LabConfig) -> int:
+    """0 when every selected step ran, 3 when one was skipped, 1 when one failed."""
+    statuses = [state["steps"].get(s.name, {}).get("status") for s in config.selected()]
+    if "failed" in statuses:
+        return 1
+    return 3 if "skipped" in statuses else 0

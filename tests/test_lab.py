@@ -1,0 +1,100 @@
+"""`cnnlab lab`: steps run as their commands would, cached by hash, resumed after an
+interruption, skipped with a reason when their data is missing; the report reads the runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.lab import LabConfig
+
+FAST = ["--only", "concepts", "alexnet-groups", "charrnn"]
+
+
+def state(out: Path) -> dict:
+    return json.loads((out / "lab.json").read_text())["steps"]
+
+
+def test_fast_steps_run_cache_and_force(tmp_path, capsys):
+    out = tmp_path / "lab"
+    assert main(["lab", "--out", str(out), "-q", *FAST]) == 0
+    first = state(out)
+    assert {k: v["status"] for k, v in first.items()} == {
+        "concepts": "done", "alexnet-groups": "done", "charrnn": "done"}
+    # Numbers in the report come from the runs: AlexNet groups=2 and the lab's completions.
+    groups = json.loads((out / "alexnet-groups" / "results.json").read_text())
+    md = (out / "report.md").read_text()
+    assert groups["models"][0]["total_params"] == 60_965_224 and "60,965,224" in md
+    comps = json.loads((out / "charrnn" / "completions.json").read_text())
+    assert [c["prefix"] for c in comps] == ["h", "g", "s", "e", "t"]
+    assert [c["completion"] for c in comps][:3] == ["hello", "green", "start"]
+    assert "hello green start" in md
+    assert (out / "report.html").read_text().count("<section") >= 3
+
+    marker = out / "charrnn" / "results.json"
+    mtime = marker.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["lab", "--out", str(out), *FAST]) == 0
+    assert "up to date" in capsys.readouterr().err
+    assert marker.stat().st_mtime_ns == mtime and state(out)["charrnn"] == first["charrnn"]
+
+    assert main(["lab", "--out", str(out), "-q", *FAST, "--force", "charrnn"]) == 0
+    assert state(out)["charrnn"]["finished"] >= first["charrnn"]["finished"]
+    assert marker.stat().st_mtime_ns != mtime
+
+
+def test_interrupted_step_is_run_again_from_a_clean_directory(tmp_path):
+    out = tmp_path / "lab"
+    assert main(["lab", "--out", str(out), "-q", "--only", "charrnn"]) == 0
+    st = json.loads((out / "lab.json").read_text())
+    st["steps"]["charrnn"]["status"] = "running"  # as a kill -9 mid-step leaves it
+    (out / "lab.json").write_text(json.dumps(st))
+    (out / "charrnn" / "leftover.tmp").write_text("half-written")
+    assert main(["lab", "--out", str(out), "-q", "--only", "charrnn"]) == 0
+    assert state(out)["charrnn"]["status"] == "done"
+    assert not (out / "charrnn" / "leftover.tmp").exists()
+
+
+def test_missing_data_skips_the_step_with_its_reason_and_exit_3(tmp_path, capsys):
+    out = tmp_path / "lab"
+    code = main(["lab", "--out", str(out), "-q", "--data-root", str(tmp_path / "nodata"),
+                 "--only", "evaluate", "alexnet-groups"])
+    assert code == 3
+    st = state(out)
+    assert st["evaluate"]["status"] == "skipped" and "nodata" in st["evaluate"]["reason"]
+    assert st["alexnet-groups"]["status"] == "done"
+    assert "skipped" in (out / "report.md").read_text()
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(CnnlabError, match=r"no such step.*did you mean: charrnn"):
+        LabConfig(only=("charnn",))
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "mine.txt").write_text("not a lab")
+    assert main(["lab", "--out", str(tmp_path / "x"), "--only", "charrnn"]) == 2
+    assert "not a cnnlab lab directory" in capsys.readouterr().err
+
+
+def test_report_renders_in_chromium_with_hostile_paths(tmp_path, chromium):
+    """Every section renders, every image loads, nothing runs, nothing leaves the page; a data
+    root whose name is markup shows as text in the skipped step's reason."""
+    from browser import open_page
+
+    hostile = tmp_path / '<img src=x onerror="document.title=1">'
+    out = tmp_path / "lab"
+    assert main(["lab", "--out", str(out), "-q", "--data-root", str(hostile),
+                 "--only", "concepts", "evaluate", "charrnn"]) == 3
+    page = open_page(out / "report.html", screenshot=tmp_path / "lab.png", evaluate={
+        "sections": "document.querySelectorAll('section').length",
+        "images": "[...document.images].map(i => i.complete && i.naturalWidth > 0)",
+    })
+    assert page.title == "cnnlab lab report"
+    assert page.console_errors == [] and page.external_requests == []
+    assert page.values["sections"] == 4  # three steps and the appendix
+    assert page.values["images"] and all(page.values["images"])  # the char-RNN's loss curve
+    assert 'onerror="document.title=1"' in page.text  # shown, not run
+    assert (tmp_path / "lab.png").stat().st_size > 10_000
