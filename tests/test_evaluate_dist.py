@@ -1,8 +1,9 @@
 """`cnnlab evaluate` under real torchrun (2 CPU processes, gloo).
 
 The ranks run `cnnlab` through a small launcher that can skew what one rank sees (its own folder
-listing) and stand in for the network (torch.hub's downloader), so the tests show that rank 0's
-listing and rank 0's download are the ones every rank uses.
+listing), stand in for the network (torch.hub's downloader), plant a bug on rank 0, and log how
+each rank came back. So the tests show that rank 0's listing and rank 0's download are the ones
+every rank uses, and that an error on rank 0 stops every rank by itself, reported once.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ if os.environ.get("SKEW_LISTING") and rank == 1:
         return dataclasses.replace(found, items=[it for it in found.items if it != first])
 
     folders.discover = discover
+if os.environ.get("BUG_ON_RANK_0") and rank == 0:
+    # A bug (not a user error) while rank 0 lists the folder.
+    import cnnlab.data.folders as folders
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in discover")
+
+    folders.discover = broken
 if os.environ.get("FAKE_DOWNLOAD"):
     # The network: record who downloads; copy a local file (atomically, as torch does) or fail.
     import torch.hub
@@ -68,15 +77,18 @@ if os.environ.get("LIBRARY_CALL"):
 else:
     from cnnlab.cli import main
 
-    code = main(sys.argv[1:])
-if os.environ.get("EXIT_LOG"):
-    # Which ranks got back from cnnlab by themselves, with what status. Rank 0 then lingers,
-    # because torchrun terminates the other ranks as soon as one exits with an error: a rank
-    # stuck in a collective would never write its line.
-    with open(os.environ["EXIT_LOG"], "a") as log:
-        log.write(f"{rank} {code}\\n")
-    if rank == 0:
-        time.sleep(5)
+    code = "exception"
+    try:
+        code = main(sys.argv[1:])
+    finally:
+        if os.environ.get("EXIT_LOG"):
+            # Which ranks got back from cnnlab by themselves, and how. Rank 0 then lingers,
+            # because torchrun terminates the other ranks as soon as one fails: a rank stuck
+            # in a collective would never write its line.
+            with open(os.environ["EXIT_LOG"], "a") as log:
+                log.write(f"{rank} {code}\\n")
+            if rank == 0:
+                time.sleep(5)
 sys.exit(code)
 '''
 
@@ -204,3 +216,19 @@ def test_a_user_error_stops_every_rank_at_once_with_one_line(case, tmp_path, sha
         assert (tmp_path / "downloads.log").read_text() == "0\n"
     if case == "refused --out":
         assert sorted(p.name for p in out.iterdir()) == ["results.json"]  # untouched
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_a_bug_on_rank_0_stops_the_other_rank_too(tmp_path, shared_data):
+    proc, _ = torchrun(
+        tmp_path,
+        ["evaluate", str(shared_data("imagenet-samples")), "--limit", "2", "--workers", "0",
+         "-q", "--out", str(tmp_path / "run")],
+        BUG_ON_RANK_0="1", EXIT_LOG=str(tmp_path / "exits.log"),
+    )
+    assert proc.returncode != 0
+    assert "RuntimeError: a bug in discover" in proc.stderr  # rank 0's traceback
+    assert error_lines(proc) == []  # not dressed up as a user error
+    # Rank 1 was not left waiting for rank 0's listing: it returned by itself (status 2).
+    assert sorted((tmp_path / "exits.log").read_text().splitlines()) == ["0 exception", "1 2"]

@@ -7,6 +7,8 @@ collective is a no-op. Backend: NCCL when each rank has a GPU, gloo on CPU.
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,10 @@ def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
         except CnnlabError as exc:
             payload = [("error", str(exc))]
         except Exception as exc:
+            # The traceback first: once the other ranks stop, torchrun terminates this one,
+            # possibly before the interpreter would have printed it.
+            traceback.print_exc()
+            sys.stderr.flush()
             tdist.broadcast_object_list([("crash", f"{type(exc).__name__}: {exc}")], src=0)
             raise
     tdist.broadcast_object_list(payload, src=0)
