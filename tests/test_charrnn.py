@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
@@ -37,9 +39,9 @@ def test_lab_completes_its_three_words_exactly(tmp_path):
     assert all(c.ended and c.probability > 0.9 for c in comps)
     assert info["step"] == 100 and info["mode"] == "words"
     for name in (
-        "model.safetensors",
-        "checkpoint.json",
-        "optimizer.pt",
+        "last.json",
+        "checkpoints/last-000001.safetensors",
+        "checkpoints/last-000001.state.pt",
         "metrics.jsonl",
         "results.json",
         "config.json",
@@ -233,6 +235,75 @@ def test_resume_mid_epoch_text_with_carried_state(tmp_path, monkeypatch):
     assert _steps_and_losses(tmp_path / "split") == _steps_and_losses(tmp_path / "straight")
     with pytest.raises(CnnlabError, match="larger --epochs"):
         train(charrnn.resume_config(tmp_path / "split", None, None), resume=tmp_path / "split")
+
+
+# ------------------------------------------------------------------------------ text windows
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    n=st.integers(2, 4000),
+    batch_size=st.integers(1, 48),
+    seq_len=st.integers(1, 160),
+    shift_fraction=st.floats(0, 1),
+)
+def test_text_windows_fit_every_shift(n, batch_size, seq_len, shift_fraction):
+    """Oracle: the text is arange(n), so every id is its own position. Every shift the layout
+    allows gives `n_steps` full windows inside the text, targets one character ahead, streams
+    that never share a character, and wastes less than one window per stream (plus one)."""
+    if n - 1 < batch_size * seq_len:  # not one window per stream, whatever the shift
+        with pytest.raises(CnnlabError, match="too short"):
+            textdata.text_layout(n, batch_size, seq_len)
+        return
+    layout = textdata.text_layout(n, batch_size, seq_len)
+    # The grid shifts by up to seq_len - 1 whenever the text has room for it.
+    assert layout.max_shift == (seq_len - 1 if n - seq_len >= batch_size * seq_len else 0)
+    shift = round(shift_fraction * layout.max_shift)
+    streams = textdata.text_streams(torch.arange(n), layout, shift)
+    windows = [textdata.stream_window(streams, k, seq_len) for k in range(layout.n_steps)]
+    assert all(x.shape == y.shape == (batch_size, seq_len) for x, y in windows)
+    x = torch.cat([w[0] for w in windows], dim=1)  # each stream's inputs, in reading order
+    y = torch.cat([w[1] for w in windows], dim=1)
+    assert torch.equal(y, x + 1)  # the target is the next character
+    starts = shift + layout.per_stream * torch.arange(batch_size)
+    assert torch.equal(x, starts[:, None] + torch.arange(layout.n_steps * seq_len))  # contiguous
+    assert layout.per_stream >= layout.n_steps * seq_len  # streams are disjoint
+    assert int(y.max()) <= n - 1  # all inside the text
+    unused = (n - 1) - batch_size * layout.n_steps * seq_len
+    assert 0 <= unused < (batch_size + 1) * seq_len
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 1500), batch_size=st.integers(1, 12), seq_len=st.integers(1, 40),
+       seed=st.integers(0, 2**16))
+def test_every_epoch_has_the_planned_number_of_steps(n, batch_size, seq_len, seed):
+    cfg = TrainConfig(text="-", batch_size=batch_size, seq_len=seq_len, seed=seed)
+    data = charrnn.Data("text", Vocab(("a",), False), "-", torch.arange(n), None)
+    try:
+        planned = charrnn.epoch_steps(data, cfg)
+    except CnnlabError:
+        assert n - 1 < batch_size * seq_len
+        return
+    for epoch in range(8):
+        batches = charrnn.epoch_batches(data, cfg, epoch)
+        assert len(batches) == planned
+        assert all(bx.shape == (batch_size, seq_len) for bx, _ in batches)
+
+
+def test_text_training_with_shifted_epochs_runs_to_the_end(tmp_path):
+    """The issue's case: 712 characters, batch 4 × 16, 4 epochs used to end in an IndexError
+    (steps counted on epoch 0, a shifted epoch had one window fewer)."""
+    text = ("It is a truth universally acknowledged, that a single man in possession "
+            "of a good fortune, must be in want of a wife. " * 7)[:712]
+    assert len(text) == 712
+    f = tmp_path / "t.txt"
+    f.write_text(text)
+    cfg = TrainConfig(text=str(f), batch_size=4, seq_len=16, epochs=4, hidden=16, layers=1,
+                      threads=1)
+    r = train(cfg, out=tmp_path / "run")
+    # 641 training characters (712 - int(71.2)); shifts up to 15 leave (641 - 1 - 15) // 4 = 156
+    # per stream: 156 // 16 = 9 windows, in every epoch.
+    assert r["steps"] == 4 * 9 and r["epochs"] == 4
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -16,16 +16,14 @@ any more are deleted after the switch; a crash before that leaves only litter, w
 save removes.
 
 Tests crash the process at the worst moments on purpose: with `CNNLAB_CRASH_AT=<point>` set, the
-process kills itself with SIGKILL at that point (see `crash_point`).
+process kills itself with SIGKILL at that point (`<point>#n`: its n-th visit; see `faults.py`).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,20 +31,11 @@ from typing import Any
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.faults import crash_point  # defined in faults (runs.py uses it too); importable here
 from cnnlab.runs import atomic_write_bytes, atomic_write_json
 
 FORMAT = "cnnlab-checkpoint/1"
 SUBDIR = "checkpoints"
-
-
-def crash_point(name: str) -> None:
-    """SIGKILL this process here when CNNLAB_CRASH_AT names this point (tests only).
-
-    SIGKILL, not an exception: nothing is flushed, no `finally` runs — the same as a power cut
-    or the OOM killer, which is what resume must survive.
-    """
-    if os.environ.get("CNNLAB_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -71,6 +60,9 @@ def save(
     """Write checkpoint `name` (e.g. "last", "best") atomically; returns the JSON's path."""
     from safetensors.torch import save as st_save
 
+    clash = {"format", "serial", "weights", "state"} & meta.keys()
+    if clash:  # they would overwrite the file names this JSON exists to record
+        raise ValueError(f"checkpoint meta may not use the reserved keys {sorted(clash)}")
     root = Path(run_dir)
     folder = root / SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +85,11 @@ def save(
     crash_point(f"{name}:json-written")
     keep = {weights_file, state_file}
     for p in folder.iterdir():
-        if _serial_of(p, name) is not None and f"{SUBDIR}/{p.name}" not in keep:
+        # Older pairs, a crashed save's pair, and a crashed save's temporary files (a kill
+        # during atomic_write_bytes leaves `.<name>-<serial>.<ext>.<random>.tmp`).
+        stale = _serial_of(p, name) is not None and f"{SUBDIR}/{p.name}" not in keep
+        temp = re.fullmatch(rf"\.{re.escape(name)}-\d+\.(safetensors|state\.pt)\..+\.tmp", p.name)
+        if stale or temp:
             p.unlink(missing_ok=True)
     return root / f"{name}.json"
 

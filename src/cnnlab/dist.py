@@ -7,6 +7,8 @@ collective is a no-op. Backend: NCCL when each rank has a GPU, gloo on CPU.
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +98,8 @@ def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
 
     A `CnnlabError` on rank 0 is raised on every rank with the same message, so that all ranks
     stop at once (instead of waiting in the next collective until torchrun kills them) and the
-    command line prints it once, on rank 0.
+    command line prints it once, on rank 0. Any other exception (a bug) propagates on rank 0
+    with its traceback; the other ranks stop with a CnnlabError that says so (not printed).
     """
     if not info.enabled:
         return fn()
@@ -106,10 +109,19 @@ def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
             payload = [("ok", fn())]
         except CnnlabError as exc:
             payload = [("error", str(exc))]
+        except Exception as exc:
+            # The traceback first: once the other ranks stop, torchrun terminates this one,
+            # possibly before the interpreter would have printed it.
+            traceback.print_exc()
+            sys.stderr.flush()
+            tdist.broadcast_object_list([("crash", f"{type(exc).__name__}: {exc}")], src=0)
+            raise
     tdist.broadcast_object_list(payload, src=0)
     kind, value = payload[0]
     if kind == "error":
         raise CnnlabError(value)
+    if kind == "crash":
+        raise CnnlabError(f"rank 0 failed ({value}); its traceback is in rank 0's output")
     return value
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.faults import crash_point
 
 DEFAULT_ROOT = Path("runs")
 
@@ -196,9 +197,16 @@ class RunDir:
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One JSON line, flushed and fsynced: a crash loses at most the line being written."""
-        line = json.dumps(to_jsonable(record), allow_nan=False) + "\n"
-        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(line)
+        data = (json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode("utf-8")
+        with open(self.file("metrics.jsonl"), "ab") as f:
+
+            def torn() -> None:  # what a crash mid-write leaves: half a line, on disk
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+
+            crash_point("metrics:mid-line", before=torn)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
 

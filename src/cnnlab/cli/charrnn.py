@@ -51,7 +51,7 @@ def _add_train(cmds) -> None:
         argument_default=argparse.SUPPRESS,
         description="Train a character model; the run directory gets config.json, "
         "metrics.jsonl, results.json, loss_curve.png and the checkpoint "
-        "(model.safetensors + checkpoint.json + optimizer.pt). Defaults marked 'mode' differ: "
+        "(last.json naming checkpoints/last-N.*). Defaults marked 'mode' differ: "
         "words: 100 epochs, lr 0.01, batch 32, 1×64; text: 10 epochs, lr 0.002, batch 64, 2×256.",
     )
     data = p.add_argument_group("data (exactly one of --words, --words-file, --text)")
@@ -107,6 +107,13 @@ def _add_train(cmds) -> None:
         help="stop cleanly after this much training (resumable)",
     )
     opt.add_argument(
+        "--save-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between checkpoints, taken at the next validation; 0 = every validation "
+        "(default: 60; a crash loses at most this much training, --resume continues)",
+    )
+    opt.add_argument(
         "--eval-every", type=int, help="steps between validations, 0 = every epoch (default: 0)"
     )
     opt.add_argument("--log-every", type=int, help="steps between metrics lines (default: 10)")
@@ -139,7 +146,7 @@ def _add_complete(cmds) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument(
-        "checkpoint", metavar="CHECKPOINT", help="run directory (or its checkpoint.json)"
+        "checkpoint", metavar="CHECKPOINT", help="run directory of charrnn train"
     )
     p.add_argument("prefixes", nargs="+", metavar="PREFIX")
     p.add_argument("--max-length", type=int, default=30, help="longest completion, in characters")
@@ -152,7 +159,7 @@ def _add_sample(cmds) -> None:
         "sample", help="write text (or words) from a checkpoint", formatter_class=HelpFormatter
     )
     p.add_argument(
-        "checkpoint", metavar="CHECKPOINT", help="run directory (or its checkpoint.json)"
+        "checkpoint", metavar="CHECKPOINT", help="run directory of charrnn train"
     )
     p.add_argument("--prompt", default="", help="text to start from")
     p.add_argument("--length", type=int, default=500, help="characters to generate (text)")
@@ -186,6 +193,7 @@ TRAIN_KEYS = [
     "weight_decay",
     "schedule",
     "time_limit",
+    "save_interval",
     "eval_every",
     "log_every",
     "seed",

@@ -206,23 +206,49 @@ def word_batches(
     return batches
 
 
-def text_streams(ids: torch.Tensor, batch_size: int, seq_len: int) -> tuple[torch.Tensor, int]:
-    """The id sequence cut into `batch_size` contiguous streams for truncated BPTT.
+@dataclass(frozen=True)
+class TextLayout:
+    """How a training text is cut into `batch_size` streams for truncated BPTT, the same for
+    every epoch whatever its shift of the window grid.
 
-    Returns (streams (B, n_steps * seq_len + 1), n_steps): row b continues where the previous
-    window of row b ended, so the hidden state carried between windows is the true state of the
-    text read so far (char-rnn's batching). The tail that does not fill a window is dropped.
+    Stream b of an epoch with shift s starts at character s + b * per_stream and is read in
+    `n_steps` windows of `seq_len` characters (plus one target character after the last):
+    the streams never overlap, and the last character read is at most
+    max_shift + batch_size * per_stream <= n_chars - 1, so every shift in [0, max_shift] gives
+    exactly `n_steps` windows — the steps per epoch.
     """
-    per_stream = (ids.numel() - 1) // batch_size
-    n_steps = per_stream // seq_len
-    if n_steps < 1:
-        raise CnnlabError(
-            f"the training text ({ids.numel()} characters) is too short for --batch-size "
-            f"{batch_size} × --seq-len {seq_len}; lower them"
-        )
-    used = n_steps * seq_len
-    rows = [ids[b * per_stream : b * per_stream + used + 1] for b in range(batch_size)]
-    return torch.stack(rows), n_steps
+
+    batch_size: int
+    seq_len: int
+    per_stream: int  # characters from the start of one stream to the start of the next
+    n_steps: int  # windows per stream: the training steps of every epoch
+    max_shift: int  # largest grid shift (seq_len - 1; 0 when the text is too short to shift)
+
+
+def text_layout(n_chars: int, batch_size: int, seq_len: int) -> TextLayout:
+    """The layout for `n_chars` training characters: shifts up to seq_len - 1 if the text still
+    gives every stream a window after reserving them, else no shift at all."""
+    for max_shift in (seq_len - 1, 0):
+        per_stream = (n_chars - 1 - max_shift) // batch_size
+        n_steps = per_stream // seq_len
+        if n_steps >= 1:
+            return TextLayout(batch_size, seq_len, per_stream, n_steps, max_shift)
+    raise CnnlabError(
+        f"the training text ({n_chars} characters) is too short for --batch-size "
+        f"{batch_size} × --seq-len {seq_len}; lower them"
+    )
+
+
+def text_streams(ids: torch.Tensor, layout: TextLayout, shift: int = 0) -> torch.Tensor:
+    """The id sequence cut into `layout.batch_size` contiguous streams for truncated BPTT,
+    (B, n_steps * seq_len + 1): row b continues where the previous window of row b ended, so the
+    hidden state carried between windows is the true state of the text read so far (char-rnn's
+    batching). The characters before `shift` and the tail that fills no window are unused."""
+    if not 0 <= shift <= layout.max_shift:
+        raise ValueError(f"shift {shift} outside [0, {layout.max_shift}]")
+    used = layout.n_steps * layout.seq_len
+    starts = [shift + b * layout.per_stream for b in range(layout.batch_size)]
+    return torch.stack([ids[s : s + used + 1] for s in starts])
 
 
 def stream_window(streams: torch.Tensor, step: int, seq_len: int):

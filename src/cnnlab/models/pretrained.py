@@ -100,7 +100,9 @@ def fetch(spec: PretrainedSpec, model_name: str, explicit: str | Path | None = N
             torch.hub.download_url_to_file(spec.url, str(target), progress=False)
             return target
         except Exception as exc:  # any network failure means the same thing to the user
-            target.unlink(missing_ok=True)
+            # No clean-up here: torch downloads to a temporary name and renames it into place
+            # only when complete (and removes it on failure), so `target`, if it exists, is
+            # another process's complete download.
             reason = f"download failed ({type(exc).__name__})"
     else:
         reason = "no download address"

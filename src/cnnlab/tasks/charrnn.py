@@ -11,15 +11,22 @@ Training is one loop over optimisation steps for both kinds of data:
   text   an epoch is the training text cut into `batch_size` streams read in `seq_len` windows,
          the hidden state carried from window to window and detached at the edge (truncated
          BPTT); each epoch shifts the window grid by a (seed, epoch)-random offset.
-Gradients are clipped to a global norm (`clip`). The batch order, the dropout RNG, the optimizer
-and the carried hidden state are all in the checkpoint, so `--resume` continues exactly where
-an uninterrupted run would be.
+Gradients are clipped to a global norm (`clip`). Every epoch has the same number of steps
+(text: `data.text.text_layout` reserves room for the largest shift).
 
-Checkpoint files in the run directory:
-  model.safetensors   the weights
-  checkpoint.json     model config, vocabulary, training config, step / epoch, losses
-  optimizer.pt        optimizer state, RNG state, carried hidden state (torch.save of tensors
-                      and plain containers only; loaded with weights_only=True)
+The checkpoint is one atomic unit (`cnnlab.checkpoints`, name "last"):
+  last.json                          model config, vocabulary, training config, step / epoch,
+                                     losses; written last, names the two files below
+  checkpoints/last-<n>.safetensors   the weights
+  checkpoints/last-<n>.state.pt      optimizer, RNG state, carried hidden state, the losses of the
+                                     metrics window not yet logged (tensors and plain containers;
+                                     loaded with weights_only=True)
+It is written every `save_interval` seconds (at a validation point) and at the end, so a
+`kill -9` loses at most that much training. `--resume` restores all of it — the batch order
+follows from (seed, epoch) — and cuts metrics.jsonl back to the checkpoint's step (the lines
+after it are logged again, a torn last line dropped): the resumed run's weights and metrics
+are those of an uninterrupted one. Runs written before last.json existed (model.safetensors +
+optimizer.pt + checkpoint.json in the run root) are still read.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from cnnlab import checkpoints
 from cnnlab.data import text as textdata
 from cnnlab.data.text import IGNORE, Vocab
 from cnnlab.errors import CnnlabError
@@ -54,7 +62,7 @@ WORD_DEFAULTS = {
     "threads": 1,
 }
 TEXT_DEFAULTS = {"epochs": 10, "lr": 0.002, "batch_size": 64, "hidden": 256, "layers": 2}
-SAVE_INTERVAL = 60.0  # seconds between checkpoints during training (plus one at the end)
+SAVE_INTERVAL = 60.0  # default seconds between checkpoints during training (plus one at the end)
 MAX_SHOWN_COMPLETIONS = 20  # word lists up to this size get their first letters completed
 
 
@@ -87,6 +95,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"  # or "cosine": lr decays to lr/10 over the planned steps
     time_limit: float | None = None  # seconds of training in this invocation, then stop cleanly
+    # Seconds between checkpoints, taken at the next validation (end of epoch / eval_every);
+    # 0 = at every one. A crash (kill -9) loses at most this much training; --resume continues.
+    save_interval: float = SAVE_INTERVAL
     eval_every: int = 0  # steps between validations (0 = at the end of every epoch)
     log_every: int = 10  # steps between training-loss lines in metrics.jsonl
     seed: int = 0
@@ -121,6 +132,8 @@ class TrainConfig:
             raise CnnlabError("--clip, --weight-decay and --eval-every must be >= 0")
         if self.log_every < 1:
             raise CnnlabError("--log-every must be at least 1")
+        if not self.save_interval >= 0:
+            raise CnnlabError(f"--save-interval must be >= 0 seconds, not {self.save_interval}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise CnnlabError("--time-limit must be positive (seconds)")
 
@@ -194,16 +207,20 @@ def epoch_batches(
     if data.mode == "words":
         x, y = data.train
         return textdata.word_batches(x, y, cfg.batch_size, cfg.seed, epoch)  # type: ignore[arg-type]
+    layout = textdata.text_layout(data.train.numel(), cfg.batch_size, cfg.seq_len)  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    # A new window grid every epoch, so no character is always the first of a window.
-    shift = int(torch.randint(0, cfg.seq_len, (1,), generator=g)) if epoch > 0 else 0
-    ids = (
-        data.train[shift:]
-        if data.train.numel() - shift > cfg.seq_len * cfg.batch_size
-        else data.train
-    )
-    streams, n_steps = textdata.text_streams(ids, cfg.batch_size, cfg.seq_len)  # type: ignore[arg-type]
-    return [textdata.stream_window(streams, k, cfg.seq_len) for k in range(n_steps)]
+    # A new window grid every epoch, so no character is always the first of a window; the
+    # layout gives every shift the same number of windows (= steps_per_epoch).
+    shift = int(torch.randint(0, layout.max_shift + 1, (1,), generator=g)) if epoch > 0 else 0
+    streams = textdata.text_streams(data.train, layout, shift)
+    return [textdata.stream_window(streams, k, cfg.seq_len) for k in range(layout.n_steps)]
+
+
+def epoch_steps(data: Data, cfg: TrainConfig) -> int:
+    """Optimisation steps in every epoch (the same for all epochs)."""
+    if data.mode == "words":
+        return math.ceil(data.train[0].shape[0] / cfg.batch_size)  # type: ignore[operator]
+    return textdata.text_layout(data.train.numel(), cfg.batch_size, cfg.seq_len).n_steps  # type: ignore[arg-type]
 
 
 def eval_pairs(data: Data, split: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,17 +306,53 @@ def _train_pairs(data: Data, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tens
 
 # ------------------------------------------------------------------------------------ checkpoints
 
+CHECKPOINT = "last"  # checkpoints.save name: last.json + checkpoints/last-<serial>.*
+KIND = "charrnn"  # in last.json, so that another command's checkpoint is refused by name
+# The layout before cnnlab.checkpoints (three files in the run root, not one atomic unit):
+# still read by complete / sample / --resume.
+LEGACY_JSON, LEGACY_WEIGHTS, LEGACY_STATE = "checkpoint.json", "model.safetensors", "optimizer.pt"
+
+
+def _is_legacy(d: Path) -> bool:
+    return (d / LEGACY_JSON).is_file() and (d / LEGACY_WEIGHTS).is_file()
+
+
+def _has_checkpoint(d: Path) -> bool:
+    return checkpoints.exists(d, CHECKPOINT) or _is_legacy(d)
+
 
 def _resolve_checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
-    if path.is_file() and path.name in ("checkpoint.json", "model.safetensors", "optimizer.pt"):
+    if path.is_file() and path.name in (f"{CHECKPOINT}.json", LEGACY_JSON, LEGACY_WEIGHTS):
         path = path.parent
-    if not (path / "checkpoint.json").is_file() or not (path / "model.safetensors").is_file():
+    if not _has_checkpoint(path):
         raise CnnlabError(
-            f"no charrnn checkpoint at {path} (expected checkpoint.json and model.safetensors "
-            "from `cnnlab charrnn train`)"
+            f"no charrnn checkpoint at {path} (expected the run directory of "
+            f"`cnnlab charrnn train`, which holds {CHECKPOINT}.json)"
         )
     return path
+
+
+def _read_checkpoint(d: Path, state: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
+    """(checkpoint JSON, weights, training state or None) of the run directory `d`."""
+    if checkpoints.exists(d, CHECKPOINT):
+        ck = checkpoints.load(d, CHECKPOINT, state=state)
+        if ck.meta.get("kind") != KIND:
+            raise CnnlabError(f"{d / (CHECKPOINT + '.json')} is not a charrnn checkpoint")
+        return ck.meta, ck.weights, ck.state
+    import json
+
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((d / LEGACY_JSON).read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != "cnnlab-charrnn/1":
+            raise ValueError(f"{LEGACY_JSON} is not a charrnn checkpoint")
+        weights = load_file(str(d / LEGACY_WEIGHTS))
+        extra = torch.load(d / LEGACY_STATE, weights_only=True) if state else None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CnnlabError(f"{d} does not hold a readable charrnn checkpoint: {exc}") from exc
+    return meta, weights, extra
 
 
 def save_checkpoint(
@@ -308,60 +361,47 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
     vocab: Vocab,
-    state: dict[str, Any],
+    progress: dict[str, Any],
     hidden: Hidden,
+    window_losses: list[float],
 ) -> None:
-    """Weights, then optimizer/RNG/hidden, then the JSON that points at them: a crash between
-    the writes leaves a JSON describing the previous (complete) step, never a torn file."""
-    import io
-
-    from safetensors.torch import save as st_save
-
-    from cnnlab.runs import atomic_write_bytes
-
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(run.file("model.safetensors"), st_save(weights))
+    """One atomic checkpoint (`cnnlab.checkpoints`): the weights, the training state needed to
+    continue bit for bit (optimizer, RNG, carried hidden state, the losses of the metrics
+    window not yet logged), and last.json naming them with the model, vocabulary and step."""
     if isinstance(hidden, tuple):
         hid = {"kind": "lstm", "h": hidden[0], "c": hidden[1]}
     else:
         hid = {"kind": "none" if hidden is None else "tensor", "h": hidden}
-    extra = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "hidden": hid}
-    buf = io.BytesIO()
-    torch.save(extra, buf)
-    atomic_write_bytes(run.file("optimizer.pt"), buf.getvalue())
-    run.write_json(
-        "checkpoint.json",
-        {
-            "format": "cnnlab-charrnn/1",
-            "model": dataclasses.asdict(model.cfg),
-            "vocab": vocab.to_json(),
-            "mode": cfg.mode,
-            "config": cfg,
-            **state,
-        },
-    )
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "hidden": hid,
+        "window_losses": list(window_losses),
+    }
+    meta = {
+        "kind": KIND,
+        "model": dataclasses.asdict(model.cfg),
+        "vocab": vocab.to_json(),
+        "mode": cfg.mode,
+        "config": cfg,
+        **progress,
+    }
+    checkpoints.save(run.path, CHECKPOINT, model.state_dict(), meta, state)
 
 
 def load_checkpoint(path: str | Path) -> tuple[CharRNN, Vocab, dict[str, Any]]:
-    """(model in eval mode, vocabulary, checkpoint.json contents) from a run dir or its files."""
-    import json
-
-    from safetensors.torch import load_file
-
+    """(model in eval mode, vocabulary, the checkpoint's JSON) from a run directory (or its
+    last.json)."""
     d = _resolve_checkpoint_dir(path)
+    info, weights, _ = _read_checkpoint(d, state=False)
     try:
-        info = json.loads((d / "checkpoint.json").read_text(encoding="utf-8"))
         vocab = Vocab.from_json(info["vocab"])
         model = CharRNN(CharRNNConfig(**info["model"]))
-        model.load_state_dict(load_file(d / "model.safetensors"))
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CnnlabError(f"{d} does not hold a readable charrnn checkpoint: {exc}") from exc
     model.eval()
     return model, vocab, info
-
-
-def _load_training_state(d: Path) -> dict[str, Any]:
-    return torch.load(d / "optimizer.pt", weights_only=True)
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -405,35 +445,47 @@ def run(
     torch.manual_seed(cfg.seed)
     model = CharRNN(cfg.model_config(len(vocab)))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(epoch_batches(data, cfg, 0))
+    steps_per_epoch = epoch_steps(data, cfg)
     total_steps = steps_per_epoch * cfg.epochs  # type: ignore[operator]
 
     step, train_seconds, best_val = 0, 0.0, None
     hidden: Hidden = None
+    window_losses: list[float] = []  # training losses since the last metrics line
+    last_train = None
+    val_loss = None
     run = run_dir
     if resume:
-        d = _resolve_checkpoint_dir(run.path)
-        model_loaded, saved_vocab, info = load_checkpoint(d)
-        if saved_vocab != vocab:
-            raise CnnlabError(
-                f"the data of {run} has changed since it was trained (its vocabulary differs); "
-                "start a new run instead of --resume"
-            )
-        model.load_state_dict(model_loaded.state_dict())
-        extra = _load_training_state(d)
-        optimizer.load_state_dict(extra["optimizer"])
-        torch.set_rng_state(extra["rng"])
-        hid = extra["hidden"]
-        hidden = (hid["h"], hid["c"]) if hid["kind"] == "lstm" else hid["h"]
-        step, train_seconds = int(info["step"]), float(info["train_seconds"])
-        best_val = info.get("best_val_loss")
-        if step >= total_steps:
-            raise CnnlabError(
-                f"{run} already trained {step} steps ({info['epoch']:.2f} epochs); "
-                f"give a larger --epochs to continue"
-            )
+        if _has_checkpoint(run.path):
+            info, weights, extra = _read_checkpoint(run.path, state=True)
+            if Vocab.from_json(info["vocab"]) != vocab:
+                raise CnnlabError(
+                    f"the data of {run} has changed since it was trained (its vocabulary "
+                    "differs); start a new run instead of --resume"
+                )
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(extra["optimizer"])
+            torch.set_rng_state(extra["rng"])
+            hid = extra["hidden"]
+            hidden = (hid["h"], hid["c"]) if hid["kind"] == "lstm" else hid["h"]
+            window_losses = list(extra.get("window_losses", []))
+            step, train_seconds = int(info["step"]), float(info["train_seconds"])
+            best_val, last_train = info.get("best_val_loss"), info.get("train_loss")
+            val_loss = info.get("val_loss")
+            if step >= total_steps:
+                raise CnnlabError(
+                    f"{run} already trained {step} steps ({info['epoch']:.2f} epochs); "
+                    f"give a larger --epochs to continue"
+                )
+        else:  # stopped (killed) before its first checkpoint: nothing to continue from
+            reporter.log(f"{run} has no checkpoint yet: training again from step 0")
+        # Lines logged after the checkpoint are logged again from here on; a crash may also
+        # have left half a line at the end.
+        dropped = run.truncate_metrics(lambda r: r.get("step", 0) <= step)
         run.save_config(cfg)
-        reporter.log(f"resuming {run} at step {step} (epoch {step / steps_per_epoch:.2f})")
+        reporter.log(
+            f"resuming {run} at step {step} (epoch {step / steps_per_epoch:.2f})"
+            + (f"; {dropped} metrics line(s) from after the checkpoint dropped" if dropped else "")
+        )
     else:
         run.save_config(cfg)
         run.save_environment(seed=cfg.seed, device="cpu")
@@ -456,9 +508,6 @@ def run(
     model.train()
     start_time = time.monotonic()
     stopped_early = False
-    window_losses: list[float] = []
-    last_train = None
-    val_loss = None
 
     def checkpoint_state() -> dict[str, Any]:
         return {
@@ -487,7 +536,15 @@ def run(
             bpc = textdata.bits(val_loss)
             reporter.log(f"step {step}: val loss {val_loss:.4f} nats/char ({bpc:.3f} bpc)")
 
-    last_save = time.monotonic()
+    last_save, saved_step = time.monotonic(), None
+
+    def save() -> None:
+        nonlocal last_save, saved_step
+        save_checkpoint(
+            run, model, optimizer, cfg, vocab, checkpoint_state(), hidden, window_losses
+        )
+        last_save, saved_step = time.monotonic(), step
+
     epoch = step // steps_per_epoch
     progress = reporter.track(
         range(step, total_steps), total=total_steps - step, description="training", unit="steps"
@@ -531,11 +588,10 @@ def run(
             if window_losses:
                 last_train = sum(window_losses) / len(window_losses)
             record_val()
-            # A checkpoint at most every SAVE_INTERVAL s: the lab's 100 one-batch epochs must
-            # not spend its seconds on fsyncs; a crash loses at most that much training.
-            if time.monotonic() - last_save >= SAVE_INTERVAL:
-                save_checkpoint(run, model, optimizer, cfg, vocab, checkpoint_state(), hidden)
-                last_save = time.monotonic()
+            # A checkpoint at most every save_interval s (60): the lab's 100 one-batch epochs
+            # must not spend its second on fsyncs; a crash loses at most that much training.
+            if time.monotonic() - last_save >= cfg.save_interval:
+                save()
         if end_of_epoch and step < total_steps:
             epoch += 1
             batches = epoch_batches(data, cfg, epoch)
@@ -548,7 +604,8 @@ def run(
         progress.close()
     if window_losses:
         last_train = sum(window_losses) / len(window_losses)
-    save_checkpoint(run, model, optimizer, cfg, vocab, checkpoint_state(), hidden)
+    if saved_step != step:
+        save()
     train_seconds += time.monotonic() - start_time
     results = _results(
         cfg,

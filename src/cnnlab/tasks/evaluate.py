@@ -271,22 +271,34 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     from cnnlab.models.pretrained import fetch, pretrained_spec_of
     from cnnlab.models.registry import count_parameters, create_pretrained, get_spec
 
-    info = dist.from_env()
+    # Joins the process group under torchrun: a no-op after the CLI's open_run, needed when a
+    # library caller hands `run` a directory of its own.
+    info, device = dist.init(config.device)
     specs = [get_spec(name) for name in config.models]  # a misspelt model name first
     classes = load_imagenet_classes()
-    items, accepted, skipped = _prepare_items(config, classes)
+    # Rank 0 lists the folder and every rank shards its list: ranks listing on their own could
+    # disagree (a file added meanwhile) and score images under another image's label. A user
+    # error found here stops every rank at once, printed once.
+    items, accepted, skipped = dist.broadcast_from_main(
+        lambda: _prepare_items(config, classes), info
+    )
 
     # Every model's weights are found before any model runs: a missing file costs no time.
-    weight_files = [
-        fetch(pretrained_spec_of(s), s.name, config.weights.get(name))
-        for s, name in zip(specs, config.models, strict=True)
-    ]
+    # Rank 0 finds or downloads them while the others wait, then all use its files.
+    def fetch_all() -> list[Path]:
+        return [
+            fetch(pretrained_spec_of(s), s.name, config.weights.get(name))
+            for s, name in zip(specs, config.models, strict=True)
+        ]
+
+    weight_files = dist.broadcast_from_main(fetch_all, info)
+    if any(not p.is_file() for p in weight_files):  # another machine, no shared file system
+        weight_files = fetch_all()  # the hub cache there; downloads are atomic (temp + rename)
 
     if not info.is_main:  # one progress display: rank 0's
         from cnnlab.progress import Reporter
 
         reporter = Reporter(quiet=True)
-    info, device = dist.init(config.device)
     if info.is_main:
         run_dir.save_config(config)
         run_dir.save_environment(device=str(device))
