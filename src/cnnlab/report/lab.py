@@ -177,11 +177,30 @@ def _charrnn(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
         s.figures.append(fig)
 
 
+def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    s.tables.append(Table(
+        ["model", "recipe", "test accuracy", "seeds", "parameters", "MACs", "epochs", "train s",
+         "images/s"],
+        [[m["model"], m["recipe"],
+          f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
+          _n(m["params"]), _si(m["macs"] or 0), m["epochs"], f"{m['train_seconds']:.0f}",
+          f"{m['images_per_second']:.0f}"] for m in r["models"]],
+        f"{r['n_train']:,} training and {r['n_test']:,} test images; the same recipe for every "
+        "model", numeric=(2, 3, 4, 5, 6, 7, 8)))
+    fig = figure(lab_dir, f"{step_dir}/curves.png", "train loss and test accuracy per epoch")
+    if fig:
+        s.figures.append(fig)
+    best = max(r["models"], key=lambda m: m["test_accuracy_mean"])
+    s.notes.append(f"cnnlab: best here {best['model']}, {best['test_accuracy_mean']:.1f}% test "
+                   f"accuracy in {best['train_seconds']:.0f} s of training.")
+
+
 SECTION_BUILDERS: dict[str, Callable[[Section, dict, Path, str], None]] = {
     "concepts": _concepts,
     "alexnet": _alexnet,
     "alexnet-groups": _alexnet_groups,
     "evaluate": _evaluate,
+    "train": _train,
     "charrnn": _charrnn,
 }
 

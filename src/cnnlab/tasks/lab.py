@@ -143,6 +143,25 @@ def plan_evaluate(cfg: LabConfig) -> Plan:
     return Plan(evaluate.run, config, command, inputs=[photos])
 
 
+TRAIN_MODELS = ("simple-cnn", "resnet18", "fast-cifar")  # the lab's two, and cnnlab's CPU net
+CIFAR_ZIP = ("cifar10", "cifar10-jpg.zip")
+
+
+def plan_train(cfg: LabConfig) -> Plan:
+    # Lab B (3), on equal terms: the lab's plain CNN, the lab's ResNet-18 and the fast net, each
+    # with the same (fast) recipe. --quick: 20 images per class, 1 epoch, batches of 100.
+    from cnnlab.tasks import train
+
+    data = Path(cfg.data_root).joinpath(*CIFAR_ZIP)
+    if not data.is_file():
+        raise Skip(f"no CIFAR-10 at {data} (set --data-root)")
+    quick = {"limit_per_class": 20, "epochs": 1, "batch_size": 100} if cfg.quick else {}
+    config = train.TrainConfig(data=str(data), models=TRAIN_MODELS, recipe="fast", **quick)
+    command = (f"cnnlab train {data} " + " ".join(f"-m {m}" for m in TRAIN_MODELS)
+               + (" --limit-per-class 20 --epochs 1 --batch-size 100" if cfg.quick else ""))
+    return Plan(train.run, config, command, inputs=[data])
+
+
 LAB_WORDS = ("hello", "green", "start")
 LAB_PREFIXES = ("h", "g", "s", "e", "t")
 
@@ -170,6 +189,7 @@ STEPS: tuple[Step, ...] = (
     Step("alexnet", "AlexNet's parameters, and the ResNet family", plan_alexnet),
     Step("alexnet-groups", "AlexNet as published, on two GPUs (groups=2)", plan_alexnet_groups),
     Step("evaluate", "Pretrained CNNs on ImageNet photos", plan_evaluate),
+    Step("train", "Plain CNN against ResNet on CIFAR-10", plan_train),
     Step("charrnn", "A character RNN learns hello, green, start", plan_charrnn),
 )
 
