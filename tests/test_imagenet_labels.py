@@ -7,6 +7,8 @@ the plain loop it was (`line.startswith(label)` over one line per class).
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from cnnlab.data.folders import discover
@@ -181,14 +183,19 @@ def test_resolve_labels_and_one_message_for_all_problems(classes):
     assert one.startswith("1 label matches no single")
 
 
-def _lab_accepts(classes, text):
-    """The lab's scoring test, literally: prediction j is right when classes[j].startswith(label),
-    over the lines of a class file built here from timm's metadata ("tench, Tinca tinca")."""
+@functools.cache
+def _lab_class_file() -> tuple[str, ...]:
+    """The lab's class file, built here from timm's metadata: one "tench, Tinca tinca" line per
+    class, in model output order."""
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo("imagenet-1k")
-    lines = [info.label_name_to_description(w) for w in info.label_names()]
-    return tuple(j for j, line in enumerate(lines) if line.startswith(text))
+    return tuple(info.label_name_to_description(w) for w in info.label_names())
+
+
+def _lab_accepts(classes, text):
+    """The lab's test, literally: prediction j is right when classes[j].startswith(label)."""
+    return tuple(j for j, line in enumerate(_lab_class_file()) if line.startswith(text))
 
 
 @pytest.mark.parametrize(
@@ -236,7 +243,8 @@ def test_prefix_rule_is_case_sensitive_and_needs_the_first_name(classes):
 
 def test_how_lenient_the_prefix_rule_is(classes):
     """The figures quoted in data/imagenet.py, README.md and BENCHMARKS.md, counted plainly."""
-    lines = classes.lines
+    lines = _lab_class_file()
+    assert lines == classes.lines
     is_prefix = [i for i, a in enumerate(lines)
                  if any(j != i and b.startswith(a) for j, b in enumerate(lines))]
     assert len(is_prefix) == 25  # class lines that are a prefix of another line
