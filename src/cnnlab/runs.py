@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,16 +200,35 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete record; a torn last line (a crash mid-write) is left out."""
+        return self._metric_lines()[0]
+
+    def _metric_lines(self) -> tuple[list[dict[str, Any]], bool]:
         path = self.file("metrics.jsonl")
         if not path.exists():
-            return []
+            return [], False
         records = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a torn last line from a crash: keep everything before it
-        return records
+                return records, True  # a torn last line from a crash: keep everything before it
+        return records, False
+
+    def truncate_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> int:
+        """Rewrite metrics.jsonl with only the records `keep` accepts, and without a torn last
+        line; returns how many records were dropped.
+
+        Resuming from a checkpoint calls this so that records logged after the checkpoint (which
+        the resumed run will log again) and half a line from a crash do not remain.
+        """
+        records, torn = self._metric_lines()
+        kept = [r for r in records if keep(r)]
+        if len(kept) == len(records) and not torn:
+            return 0
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+        atomic_write_text(self.file("metrics.jsonl"), text)
+        return len(records) - len(kept)
 
     def __str__(self) -> str:
         return str(self.path)

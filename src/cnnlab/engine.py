@@ -1,0 +1,382 @@
+"""The training engine: one epoch loop for every command that trains an image model.
+
+    result = fit(model, optimizer, batches, steps_per_epoch, FitConfig(epochs=30),
+                 run_dir, reporter, evaluate=validate, lr_schedule=warmup_cosine(...))
+
+What the caller provides, and what the engine owns:
+
+- the caller builds the model (already on its device), the optimiser, the data and the
+  validation function; `batches(epoch)` yields this rank's (x, y) batches of one epoch, in an
+  order fixed by (seed, epoch) — `epoch_generator` gives the generator — and the same number of
+  batches on every rank (`steps_per_epoch`);
+- the engine runs the epochs: learning-rate schedule per step, bf16 autocast when asked,
+  gradient clipping, a NaN/Inf guard, per-step hooks (EMA), train loss/accuracy all-reduced
+  over ranks, validation, `metrics.jsonl`, the `best` (by the monitored metric) and `last`
+  checkpoints (`checkpoints.py`: one atomic unit each), early stopping, a time limit, and exact
+  resume: weights, optimiser, RNG states (CPU, CUDA, Python, NumPy), counters and metrics are
+  restored from `last`, so a run stopped by `kill -9` and resumed ends as an uninterrupted run.
+- Under torchrun the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on GPU);
+  rank 0 alone writes files; every rank reads the checkpoint on resume. One code path: a single
+  process is a world of one.
+
+Checkpoints are written at the end of every `checkpoint_every` epochs, after validation, so a
+resumed run restarts at an epoch boundary with the RNG exactly where the original stood.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cnnlab import checkpoints, dist
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunDir
+
+PRECISIONS = ("fp32", "bf16")
+LAST, BEST = "last", "best"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How to run the loop; what to train lives with the caller."""
+
+    epochs: int
+    seed: int = 0
+    precision: str = "fp32"  # "bf16": autocast matmuls/convs to bfloat16 (see precision.py)
+    grad_clip: float = 0.0  # global gradient-norm clip; 0 = off
+    early_stopping: int = 0  # stop after this many epochs without improvement; 0 = off
+    monitor: str = "val_accuracy"  # key of evaluate()'s metrics that picks the best checkpoint
+    mode: str = "max"  # "max" or "min": which direction of `monitor` is better
+    time_limit: float | None = None  # seconds of training in this invocation, then stop cleanly
+    log_every: int = 50  # steps between train-loss lines in metrics.jsonl (and NaN checks)
+    checkpoint_every: int = 1  # epochs between `last` checkpoints (the final epoch always)
+    deterministic: bool = False  # torch.use_deterministic_algorithms; slower, bit-reproducible
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise CnnlabError(f"--epochs must be at least 1, not {self.epochs}")
+        if self.precision not in PRECISIONS:
+            raise CnnlabError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.mode not in ("max", "min"):
+            raise CnnlabError(f"monitor mode must be max or min, not {self.mode!r}")
+        if self.grad_clip < 0 or self.early_stopping < 0:
+            raise CnnlabError("--grad-clip and --early-stopping must be >= 0")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise CnnlabError("--time-limit must be positive (seconds)")
+        if self.log_every < 1 or self.checkpoint_every < 1:
+            raise CnnlabError("log_every and checkpoint_every must be at least 1")
+
+
+@dataclass
+class FitResult:
+    epochs_done: int  # completed epochs, over all invocations of a resumed run
+    steps: int
+    stopped: str  # "completed", "early-stopping" or "time-limit"
+    best_epoch: int | None
+    best_metric: float | None
+    train_seconds: float  # training + validation wall time, summed over invocations
+    last: dict[str, Any]  # the last epoch's metrics record
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator that fixes an epoch's shuffle and augmentation: a function of (seed, epoch)
+    only, so every rank draws the same permutation and a resumed run the same batches."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def shard_indices(n: int, generator: torch.Generator, info: dist.DistInfo,
+                  shuffle: bool = True) -> torch.Tensor:
+    """This rank's share of one epoch's permutation of range(n): every rank draws the same
+    permutation and takes every world_size-th index, the tail trimmed so that all ranks get the
+    same count (DDP needs equal step counts; at most world_size - 1 samples sit out an epoch,
+    different ones each epoch)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    per_rank = n // info.world_size
+    return order[info.rank :: info.world_size][:per_rank]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int = 0, final: float = 0.0
+                  ) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear warm-up from ~0 to 1, then a cosine to `final`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(total_steps - warmup_steps, 1)
+        frac = min((step - warmup_steps) / span, 1.0)
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return factor
+
+
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> int:
+    """Top-1 hits in a batch (targets as class indices, or soft/one-hot rows)."""
+    if target.ndim > 1:
+        target = target.argmax(dim=1)
+    return int((logits.argmax(dim=1) == target).sum())
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": repr(random.getstate()),  # repr/eval: weights_only loading takes no tuples
+        "numpy": {"key": torch.from_numpy(np_state[1].copy()), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(_tuples(ast.literal_eval(state["python"])))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy(), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def _autocast(precision: str, device: torch.device):
+    import contextlib
+
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    steps_per_epoch: int,
+    config: FitConfig,
+    run_dir: RunDir,
+    reporter,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
+    after_step: Callable[[nn.Module, int], None] | None = None,
+    extra_state: tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]
+    | None = None,
+    resume: bool = False,
+    device: torch.device | str | None = None,
+    label: str = "training",
+) -> FitResult:
+    """Train `model` for `config.epochs` epochs (continuing from the `last` checkpoint of
+    `run_dir` when `resume`); returns the summary. See the module docstring for the contract.
+
+    `evaluate(model)` runs on every rank with the bare (unwrapped) model in eval mode and must
+    return the same numbers everywhere. `lr_schedule(step)` multiplies each parameter group's
+    initial learning rate. `after_step(model, step)` runs after every optimiser step (EMA).
+    `extra_state` = (get, set) saves and restores a caller's own state (an EMA's weights) with
+    the `last` checkpoint.
+    """
+    info = dist.from_env()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    if steps_per_epoch < 1:
+        raise CnnlabError("no training batches: the training set is smaller than one batch")
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    bare = model
+    if info.enabled and not isinstance(model, nn.parallel.DistributedDataParallel):
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    epoch, step, train_seconds = 0, 0, 0.0
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs = 0
+    torch.manual_seed(config.seed)
+    if resume and checkpoints.exists(run_dir.path, LAST):
+        ck = checkpoints.load(run_dir.path, LAST)
+        bare.load_state_dict(ck.weights)
+        st = ck.state or {}
+        optimizer.load_state_dict(st["optimizer"])
+        _set_rng_state(st["rng"])
+        if extra_state is not None and "extra" in st:
+            extra_state[1](st["extra"])
+        epoch, step = int(ck.meta["epoch"]), int(ck.meta["step"])
+        train_seconds = float(ck.meta["train_seconds"])
+        best, best_epoch = ck.meta.get("best_metric"), ck.meta.get("best_epoch")
+        bad_epochs = int(ck.meta.get("bad_epochs", 0))
+        if info.is_main:
+            # Records after the checkpoint will be logged again; a torn line goes too.
+            run_dir.truncate_metrics(lambda r: r.get("step", 0) <= step)
+        reporter.log(f"{label}: resuming {run_dir} after epoch {epoch} (step {step})")
+        if epoch >= config.epochs:
+            raise CnnlabError(
+                f"{run_dir} already trained {epoch} epochs; give a larger --epochs to continue"
+            )
+    elif resume:
+        raise CnnlabError(f"nothing to resume in {run_dir}: it has no {LAST}.json checkpoint")
+
+    history = [r for r in run_dir.read_metrics() if r.get("kind") == "epoch"] if resume else []
+    total_steps = steps_per_epoch * config.epochs
+    start = time.monotonic()
+    stopped = "completed"
+    last_record: dict[str, Any] = history[-1] if history else {}
+    while epoch < config.epochs:
+        model.train()
+        loss_sum, correct, seen, window_loss, window_n = 0.0, 0, 0, 0.0, 0
+        lr = optimizer.param_groups[0]["lr"]
+        for x, y in reporter.track(batches(epoch), total=steps_per_epoch,
+                                   description=f"{label} epoch {epoch + 1}/{config.epochs}",
+                                   unit="steps"):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if lr_schedule is not None:
+                factor = lr_schedule(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+            lr = optimizer.param_groups[0]["lr"]
+            with _autocast(config.precision, device):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            checkpoints.crash_point(f"step-{step}")
+            if after_step is not None:
+                after_step(bare, step)
+            n = y.shape[0]
+            batch_loss = float(loss.detach()) * n
+            if not info.enabled:
+                # One process: stop at the first bad step. Under DDP the ranks must agree, so
+                # the check waits for the all-reduced epoch loss below.
+                _nan_guard(batch_loss, epoch, step, run_dir, label)
+            loss_sum += batch_loss
+            correct += accuracy_counts(logits.detach(), y)
+            seen += n
+            window_loss += batch_loss
+            window_n += n
+            if step % config.log_every == 0:
+                if info.is_main:
+                    run_dir.append_metrics({"kind": "step", "epoch": epoch + 1, "step": step,
+                                            "train_loss": window_loss / window_n, "lr": lr})
+                window_loss, window_n = 0.0, 0
+        totals = dist.all_reduce_sum(
+            torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
+        ).tolist()
+        train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
+        _nan_guard(train_loss, epoch, step, run_dir, label)
+        epoch += 1
+        metrics: dict[str, float] = {}
+        if evaluate is not None:
+            bare.eval()
+            with torch.no_grad(), _autocast(config.precision, device):
+                metrics = dict(evaluate(bare))
+            bare.train()
+        elapsed = train_seconds + time.monotonic() - start
+        record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": train_loss,
+                  "train_accuracy": train_acc, **metrics, "lr": lr, "elapsed_s": round(elapsed, 3)}
+        history.append(record)
+        last_record = record
+        improved = False
+        if config.monitor in metrics and math.isfinite(metrics[config.monitor]):
+            if _better(metrics[config.monitor], best, config.mode):
+                best, best_epoch, bad_epochs, improved = metrics[config.monitor], epoch, 0, True
+            else:
+                bad_epochs += 1
+        if info.is_main:
+            run_dir.append_metrics(record)
+            if improved:
+                checkpoints.save(run_dir.path, BEST, bare.state_dict(),
+                                 {"epoch": epoch, "step": step, config.monitor: best})
+        reporter.log(f"{label} epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}, "
+                     f"acc {100 * train_acc:.1f}%"
+                     + "".join(f", {k} {_fmt(v)}" for k, v in metrics.items())
+                     + f" ({elapsed:.0f} s)")
+        early = config.early_stopping and bad_epochs >= config.early_stopping
+        timed_out = _agree(config.time_limit is not None
+                           and time.monotonic() - start >= config.time_limit, device)
+        if early:
+            stopped = "early-stopping"
+        elif timed_out and epoch < config.epochs:
+            stopped = "time-limit"
+        final = epoch >= config.epochs or stopped != "completed"
+        if info.is_main and (final or epoch % config.checkpoint_every == 0):
+            state = {"optimizer": optimizer.state_dict(), "rng": _rng_state()}
+            if extra_state is not None:
+                state["extra"] = extra_state[0]()
+            checkpoints.save(
+                run_dir.path, LAST, bare.state_dict(),
+                {"epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+                 "total_steps": total_steps,
+                 "train_seconds": train_seconds + time.monotonic() - start,
+                 "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                 "monitor": config.monitor},
+                state,
+            )
+        checkpoints.crash_point(f"epoch-{epoch}:end")
+        if stopped != "completed":
+            reporter.log(f"{label}: stopped after epoch {epoch} ({stopped})")
+            break
+    train_seconds += time.monotonic() - start
+    return FitResult(epoch, step, stopped, best_epoch, best, train_seconds, last_record, history)
+
+
+def _agree(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is true on any (rank clocks differ; decisions must not)."""
+    return bool(dist.all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _nan_guard(loss: float, epoch: int, step: int, run_dir: RunDir, label: str) -> None:
+    """Stop on a NaN/Inf loss, pointing at the last good checkpoint (never overwritten by the
+    diverged weights: checkpoints are only written after this check passes)."""
+    if math.isfinite(loss):
+        return
+    where = (f"the last good checkpoint is {run_dir.path / (LAST + '.json')}"
+             if checkpoints.exists(run_dir.path, LAST) else "no checkpoint was written yet")
+    raise CnnlabError(
+        f"{label}: the loss became {loss} in epoch {epoch + 1} (by step {step}); training "
+        f"diverged, so it stopped; {where}. Try a lower learning rate, --grad-clip, or fp32"
+    )
+
+
+def load_weights(model: nn.Module, run_dir: str | Any, which: str = BEST) -> dict[str, Any]:
+    """Load the `best` (or `last`) weights of a run into `model`; returns the checkpoint JSON."""
+    path = getattr(run_dir, "path", run_dir)
+    ck = checkpoints.load(path, which, state=False)
+    model.load_state_dict(ck.weights)
+    return ck.meta
