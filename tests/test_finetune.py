@@ -131,6 +131,18 @@ def test_outputs_of_a_run(photos, tmp_path, weights):
     assert "data:image/png;base64," in html  # self-contained
 
 
+def test_report_escapes_class_and_file_names(tmp_path, weights):
+    evil = "<b>red|x*"
+    data = make_photos(tmp_path / "data", classes=(evil, "blue"))
+    (data / "test" / evil / "0.png").rename(data / "test" / evil / "<img src=x>.png")
+    train(data, tmp_path / "run", weights, report=True, epochs=1)
+    html = (tmp_path / "run" / "report.html").read_text()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "<b>red" not in html and "&lt;b&gt;red|x*" in html
+    assert "<img src=x>" not in html
+    assert r"\<b\>red\|x\*" in md and "<b>red" not in md
+
+
 def test_top_k_is_three_up_to_ten_classes_and_five_above():
     assert finetune.top_k_for(2, None) == 3 and finetune.top_k_for(10, None) == 3
     assert finetune.top_k_for(11, None) == 5 and finetune.top_k_for(11, 2) == 2

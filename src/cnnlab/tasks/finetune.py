@@ -611,8 +611,9 @@ def run_compare(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool 
     runs = {}
     for strategy in COMPARED:
         sub = RunDir(run_dir.path / strategy)
-        if sub.file("results.json").is_file():  # finished before an interruption
-            runs[strategy] = {**sub.read_json("results.json"), "run_dir": str(sub.path)}
+        done = sub.read_json("results.json") if sub.file("results.json").is_file() else None
+        if done is not None and done.get("stopped") != "time-limit":  # finished before
+            runs[strategy] = {**done, "run_dir": str(sub.path)}
             continue
         again = resume and sub.file("last.json").is_file()
         if info.is_main:
