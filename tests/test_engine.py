@@ -171,3 +171,18 @@ def test_bad_fit_config():
         FitConfig(epochs=0)
     with pytest.raises(CnnlabError, match="precision"):
         FitConfig(epochs=1, precision="fp8")
+
+
+def test_no_monitor_means_no_best_checkpoint(tmp_path):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def batches(epoch):
+        yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    res = fit(model, opt, batches, 1, FitConfig(epochs=2, monitor=None), RunDir(tmp_path),
+              Reporter(quiet=True), evaluate=lambda m: {"val_accuracy": 0.5})
+    assert res.best_epoch is None and not checkpoints.exists(tmp_path, "best")
+    assert checkpoints.exists(tmp_path, "last")
+    with pytest.raises(CnnlabError, match="early stopping needs"):
+        FitConfig(epochs=1, monitor=None, early_stopping=3)
