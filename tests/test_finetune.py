@@ -114,8 +114,7 @@ def test_outputs_of_a_run(photos, tmp_path, weights):
     run = tmp_path / "run"
     for name in ("config.json", "environment.json", "split.json", "metrics.jsonl",
                  "results.json", "predictions.csv", "model.safetensors", "model.json",
-                 "curves.png", "confusion.png", "report.md", "report.html", "best.json",
-                 "last.json"):
+                 "curves.png", "confusion.png", "report.md", "report.html", "last.json"):
         assert (run / name).is_file(), name
     assert (r["n_train"], r["n_val"], r["n_test"]) == (18, 6, 6)
     assert r["top_k"] == 3 and r["topk_error"] is None  # top-3 of 3 classes says nothing
@@ -129,6 +128,15 @@ def test_outputs_of_a_run(photos, tmp_path, weights):
     assert all("val_loss" in e and "train_accuracy" in e for e in epochs)
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html  # self-contained
+    assert r["selected"] == "last" and r["selected_epoch"] == 3 and not (run / "best.json").exists()
+
+
+def test_keep_best_keeps_the_epoch_with_the_lowest_validation_loss(photos, tmp_path, weights):
+    r = train(photos, tmp_path / "run", weights, epochs=4, keep="best", lr=0.05)
+    epochs = [e for e in epochs_of(tmp_path / "run") if e["kind"] == "epoch"]
+    best = min(epochs, key=lambda e: e["val_loss"])
+    assert r["selected"] == "best" and r["selected_epoch"] == best["epoch"]
+    assert r["val_loss"] == pytest.approx(best["val_loss"], abs=1e-6)  # its weights, re-scored
 
 
 def test_report_escapes_class_and_file_names(tmp_path, weights):
@@ -331,6 +339,8 @@ def test_predict_names_a_control_character_safely(tmp_path, capsys):
         ({"bn": "off"}, "--bn"),
         ({"top_k": 0}, "--top-k"),
         ({"precision": "fp16"}, "--precision"),
+        ({"keep": "first"}, "--keep"),
+        ({"early_stopping": 3}, "--early-stopping needs --keep best"),
     ],
 )
 def test_bad_settings(settings, message):
