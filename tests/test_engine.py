@@ -186,3 +186,18 @@ def test_max_steps_cuts_the_last_epoch_and_before_epoch_runs_each_epoch(tmp_path
               Reporter(quiet=True), before_epoch=lambda m, e: seen_epochs.append(e))
     assert res.steps == 10 and res.epochs_done == 3 and seen_epochs == [0, 1, 2]
     assert [r["step"] for r in res.history] == [4, 8, 10]
+
+
+def test_no_monitor_means_no_best_checkpoint(tmp_path):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def batches(epoch):
+        yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    res = fit(model, opt, batches, 1, FitConfig(epochs=2, monitor=None), RunDir(tmp_path),
+              Reporter(quiet=True), evaluate=lambda m: {"val_accuracy": 0.5})
+    assert res.best_epoch is None and not checkpoints.exists(tmp_path, "best")
+    assert checkpoints.exists(tmp_path, "last")
+    with pytest.raises(CnnlabError, match="early stopping needs"):
+        FitConfig(epochs=1, monitor=None, early_stopping=3)

@@ -205,7 +205,7 @@ def test_csv_paths_are_normalised(tmp_path):
         (lambda d: d / "missing", "folder not found"),
         (lambda d: d, "folder is empty"),
         (lambda d: (d / ".hidden").write_text("x") and d, "folder is empty"),
-        (lambda d: (d / "a.txt").write_text("x") and d, "no images to evaluate"),
+        (lambda d: (d / "a.txt").write_text("x") and d, "no usable images"),
         (lambda d: save(d / "x.png", photo()), "not a folder"),
     ],
 )

@@ -56,7 +56,9 @@ class FitConfig:
     precision: str = "fp32"  # "bf16": autocast matmuls/convs to bfloat16 (see precision.py)
     grad_clip: float = 0.0  # global gradient-norm clip; 0 = off
     early_stopping: int = 0  # stop after this many epochs without improvement; 0 = off
-    monitor: str = "val_accuracy"  # key of evaluate()'s metrics that picks the best checkpoint
+    # Key of evaluate()'s metrics that picks the best checkpoint; None: no `best` checkpoint and
+    # no early stopping (validation is still run and logged, e.g. for curves).
+    monitor: str | None = "val_accuracy"
     mode: str = "max"  # "max" or "min": which direction of `monitor` is better
     time_limit: float | None = None  # seconds of training in this invocation, then stop cleanly
     log_every: int = 50  # steps between train-loss lines in metrics.jsonl (and NaN checks)
@@ -71,6 +73,8 @@ class FitConfig:
             raise CnnlabError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.mode not in ("max", "min"):
             raise CnnlabError(f"monitor mode must be max or min, not {self.mode!r}")
+        if self.early_stopping and self.monitor is None:
+            raise CnnlabError("early stopping needs a monitored metric")
         if self.grad_clip < 0 or self.early_stopping < 0:
             raise CnnlabError("--grad-clip and --early-stopping must be >= 0")
         if self.time_limit is not None and self.time_limit <= 0:
@@ -326,7 +330,8 @@ def fit(
         history.append(record)
         last_record = record
         improved = False
-        if config.monitor in metrics and math.isfinite(metrics[config.monitor]):
+        if (config.monitor is not None and config.monitor in metrics
+                and math.isfinite(metrics[config.monitor])):
             if _better(metrics[config.monitor], best, config.mode):
                 best, best_epoch, bad_epochs, improved = metrics[config.monitor], epoch, 0, True
             else:

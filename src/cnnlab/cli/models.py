@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--source", choices=["cnnlab", "torchvision", "timm"], help="only this source")
-    p.add_argument("--pretrained", action="store_true", help="only models whose weights are here")
+    p.add_argument("--pretrained", action="store_true",
+                   help="only models whose ImageNet weights are here: the backbones `cnnlab "
+                   "finetune` and the models `cnnlab predict` can use")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
 

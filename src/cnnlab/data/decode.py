@@ -156,8 +156,10 @@ def _center_crop(arr: np.ndarray, crop: int, fill: tuple[int, int, int] = (0, 0,
     return arr[top : top + crop, left : left + crop]
 
 
-def load_image(path: Path, preprocess: Preprocess, draft: bool = True) -> torch.Tensor:
-    """Decode one image into a float32 (3, crop, crop) tensor, normalised; BadImage if unusable."""
+def decode_resized(path: Path, preprocess: Preprocess, draft: bool = True) -> Image.Image:
+    """Decode one image, upright RGB, its short side resized to `preprocess.resize_size`;
+    BadImage if unusable. The common first step of `load_image` and of training-time
+    augmentation (`data/augment.py`)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -199,8 +201,20 @@ def load_image(path: Path, preprocess: Preprocess, draft: bool = True) -> torch.
         # struct.error, IndexError, EOFError, ...); all mean the same thing for this file.
         raise BadImage(f"corrupt image ({type(exc).__name__}: {exc})") from None
 
+    return rgb
+
+
+def load_image(path: Path, preprocess: Preprocess, draft: bool = True) -> torch.Tensor:
+    """Decode one image into a float32 (3, crop, crop) tensor, normalised; BadImage if unusable."""
+    rgb = decode_resized(path, preprocess, draft)
     arr = _center_crop(np.asarray(rgb, dtype=np.uint8), preprocess.crop_size,
                        _pad_fill(preprocess))
+    return to_tensor(arr, preprocess)
+
+
+def to_tensor(arr: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
+    """HWC uint8 pixels -> the normalised CHW float32 tensor a model reads (ToTensor +
+    Normalize with the weights' mean and std)."""
     return torch.from_numpy(_normalise(arr, preprocess.mean, preprocess.std))
 
 

@@ -235,6 +235,6 @@ def discover(root: Path, labels: str = "auto", csv_path: Path | None = None) -> 
             first = found.skipped[0]
             detail = f"; {len(found.skipped)} file(s) skipped, e.g. {first.path}: {first.reason}"
         raise CnnlabError(
-            f"no images to evaluate in {root} (labels from {found.label_source}){detail}"
+            f"no usable images in {root} (labels from {found.label_source}){detail}"
         )
     return found

@@ -1,0 +1,190 @@
+"""`cnnlab finetune`: transfer a pretrained ImageNet CNN to your own labelled photos."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnlab.cli.common import add_output_options
+
+DESCRIPTION = """\
+Teach a pretrained ImageNet CNN your own classes: its last layer is replaced by a new one for
+your classes, trained on your photos, and scored on test photos that chose nothing.
+
+Data layouts (DATA is a folder):
+  DATA/train/<class>/*.jpg  DATA/val/<class>/*  DATA/test/<class>/*   (val may be valid/ or
+      validation/; val/ and test/ may also be flat, each file named after its class:
+      capacitor_12.jpg, mica_capacitor_3.jpg -- the longest class name followed by _ - space,
+      a digit or the end; mica_capacitor_3.jpg is never a capacitor)
+  DATA/<class>/*.jpg        one folder, split stratified by --split with --seed
+No val/: validation is carved off train/ (--val-fraction). No test/: val/ becomes the held-out
+test set and validation is carved off train/, because the validation set chooses the epoch kept
+and so cannot also measure the error. The split is saved as split.json in the run.
+
+Strategies:
+  freeze    only the new layer trains; the pretrained body is frozen (eval mode). Its features
+            are computed once, cached on disk ($CNNLAB_CACHE, default ~/.cache/cnnlab), and
+            each epoch then costs milliseconds; a re-run costs no backbone pass at all.
+  finetune  every layer trains, the body at a tenth of the head's learning rate; BatchNorm
+            statistics stay the ImageNet ones (--bn frozen) unless --bn train.
+  gradual   the head first, then the body unfrozen stage by stage from the top.
+--compare runs freeze and finetune on the same split and puts them side by side.
+
+Defaults (how they were chosen: BENCHMARKS.md, "finetune defaults"): AdamW, batch 32, label
+smoothing 0.1, weight decay 0.05, one warm-up epoch then a cosine to 0, and the last epoch's
+weights kept. freeze: lr 1e-3 (Adam's default, the lab's), 30 epochs, no augmentation;
+finetune: lr 1e-3 with the body at 1e-4, 15 epochs, random resized crop + flip; gradual: 20
+epochs. On hymenoptera and on 20- to 100-photo subsets of it, frozen-head accuracy moved by
+about one photo in 153 across lr 1e-3..1e-2 and 10..100 epochs, so the defaults need no tuning
+there; keeping the best validation epoch instead (--keep best) lost 0.6-1.3 points, because a
+few dozen validation photos rank epochs by noise. Not yet measured on thousands of photos.
+
+The run directory holds split.json, metrics.jsonl, checkpoints (best, last), results.json (test
+top-1 and top-k error: k = 3 for up to 10 classes, else 5; per-class accuracy), predictions.csv,
+model.safetensors + model.json (for `cnnlab predict`), curves.png, confusion.png, report.md and
+report.html (every misclassified test photo with its top-k).
+
+Examples:
+  cnnlab finetune photos/
+  cnnlab finetune photos/ --strategy finetune --epochs 20
+  cnnlab finetune photos/ --compare --out runs/lab
+  cnnlab finetune --resume runs/finetune/20250101-120000 --epochs 40
+"""
+
+# Flags that shape a run; --resume takes none of them except --epochs and --time-limit.
+RUN_KEYS = ("backbone", "weights", "strategy", "compare", "epochs", "batch_size", "optimizer",
+            "lr", "body_lr_ratio", "weight_decay", "momentum", "warmup_epochs",
+            "label_smoothing", "augment", "keep", "early_stopping", "bn", "split",
+            "val_fraction", "seed", "cache", "top_k", "workers", "draft", "precision",
+            "time_limit", "device", "report")
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected three numbers train,val,test such as 0.6,0.2,0.2, not {text!r}"
+        ) from None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="transfer a pretrained ImageNet CNN to your own labelled photos",
+        description=DESCRIPTION,
+        # Flags default to None so that a --config file's values are not overridden; the help
+        # texts state the real defaults.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("data", metavar="DATA", nargs="?", help="folder of labelled photos")
+    p.add_argument("-m", "--backbone", "--model", dest="backbone", metavar="BACKBONE",
+                   help="pretrained ImageNet model (efficientnet_lite0); `cnnlab models "
+                   "--pretrained` lists those whose weights are here")
+    p.add_argument("--weights", metavar="FILE", help="the backbone's ImageNet weights file")
+    p.add_argument("--strategy", choices=["freeze", "finetune", "gradual"],
+                   help="what trains (freeze)")
+    p.add_argument("--compare", action="store_true", default=None,
+                   help="run freeze and finetune on the same split, side by side")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="epochs (freeze 30, finetune 15, gradual 20)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="photos per step (32)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimiser (adamw)")
+    p.add_argument("--lr", type=float, help="head learning rate (adamw 1e-3, sgd 1e-2)")
+    p.add_argument("--body-lr-ratio", type=float, metavar="R",
+                   help="body learning rate = lr x R, finetune/gradual (0.1)")
+    p.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay (0.05)")
+    p.add_argument("--momentum", type=float, help="SGD momentum, Nesterov (0.9)")
+    p.add_argument("--warmup-epochs", type=float, metavar="E", help="linear warm-up (1)")
+    p.add_argument("--label-smoothing", type=float, metavar="S", help="(0.1)")
+    aug = p.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None,
+                     help="random resized crop + flip (default for finetune, gradual)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false",
+                     help="no augmentation (default for freeze: allows the feature cache)")
+    p.add_argument("--keep", choices=["last", "best"],
+                   help="weights kept: the last epoch's, or the epoch with the lowest "
+                   "validation loss (last)")
+    p.add_argument("--early-stopping", type=int, metavar="N",
+                   help="with --keep best: stop after N epochs without a lower validation "
+                   "loss; 0 = off (0)")
+    p.add_argument("--bn", choices=["frozen", "train"],
+                   help="BatchNorm of a training body: ImageNet statistics kept (frozen) or "
+                   "batch statistics (train) (frozen)")
+    p.add_argument("--split", type=_fractions, metavar="TRAIN,VAL,TEST",
+                   help="one-folder layout: shares of each class (0.6,0.2,0.2)")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help="share of train/ held out for validation when there is no val/ to "
+                   "use; 0 = no validation, the last epoch is kept (0.2)")
+    p.add_argument("--seed", type=int, help="split, shuffling and augmentation (0)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                   help="freeze: re-run the frozen body on every batch, as the lab did (slow)")
+    p.add_argument("--top-k", type=int, metavar="K", help="k of the top-k error (3 or 5)")
+    p.add_argument("--workers", type=int, metavar="N", help="decoding processes (2)")
+    p.add_argument("--no-draft", dest="draft", action="store_false", default=None,
+                   help="always decode JPEGs at full size")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="(fp32)")
+    p.add_argument("--time-limit", type=float, metavar="S",
+                   help="seconds of training, then stop cleanly (resume later)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (auto)")
+    p.add_argument("--no-report", dest="report", action="store_false", default=None,
+                   help="skip curves, confusion matrix and report.md / report.html")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue this run (its data, split and model) up to --epochs")
+    p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
+    add_output_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnnlab.config import resolve
+    from cnnlab.dist import open_run
+    from cnnlab.errors import CnnlabError
+    from cnnlab.progress import Reporter
+    from cnnlab.tasks import finetune, run_task
+
+    reporter = Reporter(quiet=args.quiet)
+    if args.resume:
+        given = [k for k in (*RUN_KEYS, "data", "config", "out") if getattr(args, k) is not None]
+        if set(given) - {"epochs", "time_limit"}:
+            raise CnnlabError(
+                "--resume continues a run with its own data, split and settings; give only "
+                "--epochs / --time-limit with it"
+            )
+        config = finetune.resume_config(args.resume, args.epochs, args.time_limit)
+        run_dir = open_run("finetune", None, resume=args.resume, device=config.device)
+        results = finetune.run(config, run_dir, reporter, resume=True)
+    else:
+        if args.data is None:
+            raise CnnlabError("give the DATA folder (or --resume RUN_DIR)")
+        cli = {k: getattr(args, k) for k in RUN_KEYS}
+        cli["data"] = args.data
+        config = resolve(finetune.FinetuneConfig, cli, args.config)
+        run_dir = open_run("finetune", args.out, device=config.device)
+        results = run_task(finetune.run, config, run_dir, reporter)
+    if results is None:  # a torchrun rank other than 0
+        return 0
+    print_results(results, reporter)
+    return 0
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
+def print_results(results: dict, reporter) -> None:
+    from cnnlab.tasks.finetune import compare_row
+
+    rows = results.get("rows") or [compare_row(results["settings"]["strategy"], results)]
+    k = rows[0]["top_k"]
+    reporter.table(
+        ["strategy", "epochs (kept)", "train acc", "val acc", "test top-1 err",
+         f"test top-{k} err", "time"],
+        [(r["strategy"], f"{r['epochs']} ({r['selected_epoch']})", _pct(r["train_accuracy"]),
+          _pct(r["val_accuracy"]), _pct(r["top1_error"]), _pct(r["topk_error"]),
+          f"{r['seconds']:.1f} s") for r in rows],
+        right_align=["epochs (kept)", "train acc", "val acc", "test top-1 err",
+                     f"test top-{k} err", "time"],
+    )
+    n_test = rows[0]["n_test"]
+    reporter.result(f"test: {n_test} photos that chose nothing; run directory: "
+                    f"{results['run_dir']}")

@@ -1,0 +1,197 @@
+"""Backbone features computed once and cached on disk: a frozen body is a fixed function.
+
+With the body frozen (in eval mode) and no augmentation, `body(image)` never changes, so training
+the head needs each photo's pooled feature vector once, not once per epoch: one pass over the
+photos, then every epoch is a few small matrix products, and a re-run reads the vectors back.
+
+Cache key (`feature_key`): backbone name + SHA-256 of the weights file + the preprocessing
+(resize, crop, interpolation, mean, std, JPEG draft decoding) + the extractor's version; one
+directory per key under `$CNNLAB_CACHE/features/` (default ~/.cache/cnnlab). Inside, photos are
+keyed by the SHA-256 of their bytes, so a renamed or moved photo is still found, an edited photo
+is recomputed, and photos that could not be decoded are remembered with their reason. Entries
+are "packs" (safetensors: one `features` matrix + the digests in its metadata), each written
+atomically by the run that computed them; concurrent runs write separate packs, never a torn one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab.data.preprocess import Preprocess
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import atomic_write_bytes, atomic_write_text
+
+EXTRACTOR_VERSION = 1  # bump when what `body(x)` means changes (head surgery, dtype)
+PACK_PREFIX = "pack-"
+
+
+def cache_root() -> Path:
+    """$CNNLAB_CACHE, else ~/.cache/cnnlab (XDG_CACHE_HOME respected)."""
+    if os.environ.get("CNNLAB_CACHE"):
+        return Path(os.environ["CNNLAB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cnnlab"
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def feature_key(backbone: str, weights_digest: str, preprocess: Preprocess, draft: bool) -> str:
+    """The cache key of one (backbone, weights, preprocessing) combination, hex."""
+    spec = {"backbone": backbone, "weights_sha256": weights_digest,
+            "preprocess": asdict(preprocess), "draft": draft, "extractor": EXTRACTOR_VERSION}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Features:
+    """Pooled features of some photos: `rows[i]` for `paths[i]`, photos that failed left out."""
+
+    paths: list[Path]
+    rows: torch.Tensor  # (n, D) float32
+    bad: dict[Path, str]  # undecodable photos and why
+    computed: int  # photos run through the body in this call (0: all from the cache)
+    seconds: float
+
+
+class FeatureCache:
+    """One key's directory of packs."""
+
+    def __init__(self, key: str, root: Path | None = None, describe: dict | None = None):
+        self.key = key
+        self.dir = (root or cache_root()) / "features" / key[:32]
+        self.describe = describe or {}
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Every cached vector (digest -> (D,) tensor) and every known-bad digest -> reason.
+        A pack that cannot be read (disk trouble, a different format) is ignored: the cache only
+        ever saves work, it never decides a result."""
+        from safetensors import safe_open
+
+        vectors: dict[str, torch.Tensor] = {}
+        bad: dict[str, str] = {}
+        if not self.dir.is_dir():
+            return vectors, bad
+        for pack in sorted(self.dir.glob(f"{PACK_PREFIX}*.safetensors")):
+            try:
+                with safe_open(str(pack), framework="pt") as f:
+                    meta = f.metadata() or {}
+                    digests = json.loads(meta.get("digests", "[]"))
+                    rows = f.get_tensor("features") if digests else None
+                    bad.update(json.loads(meta.get("bad", "{}")))
+            except Exception:
+                continue
+            if rows is not None and rows.shape[0] == len(digests):
+                vectors.update(zip(digests, rows, strict=True))
+        return vectors, bad
+
+    def save(self, vectors: dict[str, torch.Tensor], bad: dict[str, str]) -> Path | None:
+        """Write one new pack (atomically); nothing when there is nothing new."""
+        from safetensors.torch import save as st_save
+
+        if not vectors and not bad:
+            return None
+        digests = sorted(vectors)
+        rows = (torch.stack([vectors[d] for d in digests]).float().contiguous() if digests
+                else torch.zeros((0, 0)))
+        name = hashlib.sha256("".join(digests + sorted(bad)).encode()).hexdigest()[:24]
+        path = self.dir / f"{PACK_PREFIX}{name}.safetensors"
+        data = st_save({"features": rows}, metadata={"digests": json.dumps(digests),
+                                                     "bad": json.dumps(bad)})
+        atomic_write_bytes(path, data)
+        about = self.dir / "about.json"
+        if self.describe and not about.exists():
+            atomic_write_text(about, json.dumps({"key": self.key, **self.describe}, indent=2))
+        return path
+
+
+def compute_features(
+    body: nn.Module,
+    paths: Sequence[Path],
+    preprocess: Preprocess,
+    cache: FeatureCache | None,
+    reporter,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    draft: bool = True,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+    label: str = "features",
+) -> Features:
+    """`body(image)` for every photo, from the cache where it is there, one pass otherwise.
+
+    `body` must be a fixed function (eval mode, frozen weights): it is switched to eval mode
+    here. Photos that cannot be decoded are returned in `bad` with their reason (and cached as
+    bad), never raised.
+    """
+    from torch.utils.data import DataLoader
+
+    from cnnlab.data.batching import ImageDataset
+    from cnnlab.data.folders import LabelledImage
+
+    start = time.perf_counter()
+    paths = list(paths)
+    try:
+        digests = [file_digest(p) for p in paths]
+    except OSError as exc:
+        raise CnnlabError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    cached, cached_bad = cache.load() if cache is not None else ({}, {})
+    todo = sorted({d for d in digests if d not in cached and d not in cached_bad})
+    first_path = {}
+    for p, d in zip(paths, digests, strict=True):
+        first_path.setdefault(d, p)
+    new_vectors: dict[str, torch.Tensor] = {}
+    new_bad: dict[str, str] = {}
+    if todo:
+        device = torch.device(device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        body = body.eval().to(device=device, memory_format=memory_format)
+        dataset = ImageDataset([LabelledImage(first_path[d], "") for d in todo], preprocess,
+                               draft=draft)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=dataset.collate,
+                            prefetch_factor=2 if workers > 0 else None)
+        n_batches = (len(todo) + batch_size - 1) // batch_size
+        with torch.inference_mode():
+            for images, indices, failed in reporter.track(loader, total=n_batches,
+                                                          description=label, unit="batches"):
+                for i, reason in failed:
+                    new_bad[todo[i]] = reason
+                if len(indices) == 0:
+                    continue
+                x = images.to(device).contiguous(memory_format=memory_format)
+                out = body(x).float().cpu()
+                if out.ndim != 2:
+                    raise ValueError(f"body output {tuple(out.shape)} is not (batch, features)")
+                for i, row in zip(indices.tolist(), out, strict=True):
+                    new_vectors[todo[i]] = row.clone()
+        if cache is not None:
+            cache.save(new_vectors, new_bad)
+    vectors = {**cached, **new_vectors}
+    bad_reasons = {**cached_bad, **new_bad}
+    good_paths, rows, bad = [], [], {}
+    for p, d in zip(paths, digests, strict=True):
+        if d in bad_reasons:
+            bad[p] = bad_reasons[d]
+        else:
+            good_paths.append(p)
+            rows.append(vectors[d])
+    width = rows[0].shape[0] if rows else 0
+    matrix = torch.stack(rows) if rows else torch.zeros((0, width))
+    return Features(good_paths, matrix, bad, len(todo), time.perf_counter() - start)

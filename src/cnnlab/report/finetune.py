@@ -1,0 +1,130 @@
+"""The `cnnlab finetune` report: report.md and a self-contained report.html.
+
+Reads only the run's artifacts: results.json, metrics.jsonl (curves), predictions.csv (the
+confusion matrix and the misclassified test photos with their top-k) and the photos it names.
+Writes curves.png, confusion.png, thumbs/*.jpg (for report.md); report.html embeds the images
+as data URIs, so it can be mailed on its own. Every name a user chose (class names, file names)
+is escaped by the shared report environment (report/env.py): HTML and Markdown alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.report.curves import plot_confusion, plot_epoch_curves
+from cnnlab.report.evaluate import thumbnail
+from cnnlab.runs import RunDir
+
+MAX_SHOWN_WRONG = 200  # misclassified photos listed in full; the rest are counted
+
+
+@dataclass
+class Guess:
+    name: str
+    probability: float  # 0..1
+
+
+@dataclass
+class TestPhoto:
+    file: str
+    true_class: str
+    guesses: list[Guess] = field(default_factory=list)
+    thumb_md: str | None = None
+    thumb_uri: str | None = None
+
+    @property
+    def correct(self) -> bool:
+        return bool(self.guesses) and self.guesses[0].name == self.true_class
+
+
+def read_predictions(path: Path) -> list[TestPhoto]:
+    photos: dict[str, TestPhoto] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for rec in csv.DictReader(f):
+            photo = photos.setdefault(rec["file"], TestPhoto(rec["file"], rec["true_class"]))
+            photo.guesses.append(Guess(rec["class"], float(rec["probability"])))
+    return list(photos.values())
+
+
+def confusion(photos: list[TestPhoto], classes: list[str]) -> list[list[int]]:
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = [[0] * len(classes) for _ in classes]
+    for p in photos:
+        matrix[index[p.true_class]][index[p.guesses[0].name]] += 1
+    return matrix
+
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
+def _render(name: str, context: dict[str, Any]) -> str:
+    from cnnlab.report.env import render, trusted
+
+    return render(name, pct=pct, trusted=trusted, **context)
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def write_report(run_path: str | Path) -> tuple[Path, Path]:
+    """curves.png, confusion.png, report.md and report.html of one finetune run."""
+    run = RunDir.open(run_path)
+    results: dict[str, Any] = run.read_json("results.json")
+    records = run.read_metrics()
+    classes = results["classes"]
+    title = f"{results['backbone']}, {results['settings']['strategy']}"
+    curves = plot_epoch_curves(records, run.file("curves.png"), title=title,
+                               selected_epoch=results.get("selected_epoch"))
+    photos = read_predictions(run.file("predictions.csv"))
+    matrix = confusion(photos, classes)
+    conf = plot_confusion(matrix, classes, run.file("confusion.png"),
+                          title=f"test confusion matrix ({len(photos)} photos)")
+    wrong = [p for p in photos if not p.correct]
+    root = Path(results["data"])
+    for n, p in enumerate(wrong[:MAX_SHOWN_WRONG]):
+        data = thumbnail(root / p.file)
+        if data is None:
+            continue
+        run.file("thumbs").mkdir(exist_ok=True)
+        name = f"{n:05d}.jpg"
+        (run.file("thumbs") / name).write_bytes(data)
+        p.thumb_md = f"thumbs/{name}"
+        p.thumb_uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    context = {
+        "r": results,
+        "classes": classes,
+        "matrix": matrix,
+        "wrong": wrong[:MAX_SHOWN_WRONG],
+        "n_wrong": len(wrong),
+        "epochs": epochs,
+        "curves_png": curves.name,
+        "confusion_png": conf.name,
+        "curves_uri": _data_uri(curves),
+        "confusion_uri": _data_uri(conf),
+    }
+    md_path = run.write_text("report.md", _render("finetune.md.j2", context))
+    html_path = run.write_text("report.html", _render("finetune.html.j2", context))
+    return md_path, html_path
+
+
+def write_compare_report(run_path: str | Path) -> tuple[Path, Path]:
+    """report.md / report.html of `--compare`: the side-by-side table and both runs' curves."""
+    run = RunDir.open(run_path)
+    results = run.read_json("results.json")
+    curves = {}
+    for strategy, sub in results["runs"].items():
+        png = Path(sub) / "curves.png"
+        if png.is_file():
+            curves[strategy] = {"md": f"{strategy}/curves.png", "uri": _data_uri(png)}
+    context = {"r": results, "curves": curves}
+    md_path = run.write_text("report.md", _render("finetune_compare.md.j2", context))
+    html_path = run.write_text("report.html", _render("finetune_compare.html.j2", context))
+    return md_path, html_path

@@ -1,0 +1,693 @@
+"""`cnnlab finetune`: transfer an ImageNet CNN to your own labelled photos.
+
+    config = FinetuneConfig(data="photos/", strategy="freeze")
+    results = run(config, RunDir.create("finetune"), Reporter())
+    results = run(resume_config("runs/finetune/x"), RunDir.open("runs/finetune/x"), Reporter(),
+                  resume=True)                          # after a crash or to train longer
+
+Steps:
+1. the split (`data/splits.py`): train/val/test folders or one folder split stratified; saved
+   as split.json, which a resumed run reads back instead of looking at the folder again;
+2. the backbone with its ImageNet weights, then a new zero head for the classes
+   (`models/transfer.py`), set to the strategy: freeze, finetune or gradual;
+3. one pass over every photo before training: files that cannot be decoded are dropped there,
+   once (a batch never shrinks mid-epoch), and, when the body is frozen, each photo's features
+   are computed in that same pass and cached on disk (`models/features.py`), so that training
+   the head costs milliseconds per epoch and a re-run costs no backbone pass at all;
+4. training on the shared engine (`engine.fit`: schedule, checkpoints, resume, early stopping,
+   NaN guard, DDP); the last epoch's weights are kept (`keep="best"`: the epoch with the lowest
+   validation loss);
+5. the test photos, which chose nothing, scored once: top-1 and top-k error, per-class accuracy,
+   predictions.csv, model.safetensors + model.json for `cnnlab predict`, curves, confusion
+   matrix and the report.
+
+Defaults (how they were chosen: BENCHMARKS.md, "finetune defaults"): AdamW, batch 32, label
+smoothing 0.1, weight decay 0.05, one warm-up epoch then a cosine to 0, the last epoch kept.
+freeze: head lr 1e-3, 30 epochs, no augmentation (cached features); finetune: head lr 1e-3 and
+body lr 1e-4 (a tenth: the body is already good, and large steps wreck it -- the lab's run of
+every layer at Adam's default rate ended at 16% train accuracy), 15 epochs, augmentation on,
+BatchNorm frozen; gradual: as finetune, 20 epochs, the body unfrozen in up to 3 steps after the
+head alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnlab.data.splits import DEFAULT_FRACTIONS, DEFAULT_VAL_FRACTION
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunDir
+
+SCHEMA = "cnnlab.finetune/1"
+STRATEGIES = ("freeze", "finetune", "gradual")
+OPTIMIZERS = ("adamw", "sgd")
+BN_MODES = ("frozen", "train")
+KEEP = ("last", "best")
+DEFAULT_BACKBONE = "efficientnet_lite0"
+# Per strategy: (epochs, augmentation). freeze trains a linear head on fixed features: 30 epochs
+# of cached features cost well under a second; finetune moves 3-5 M weights per step.
+STRATEGY_DEFAULTS = {"freeze": (30, False), "finetune": (15, True), "gradual": (20, True)}
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}  # head learning rate
+COMPARED = ("freeze", "finetune")  # --compare: the lab's two experiments
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data: str  # folder: train/ (+ val/, test/) of class sub-folders, or class sub-folders
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None  # explicit ImageNet weights file of the backbone
+    strategy: str = "freeze"
+    compare: bool = False  # run freeze and finetune on the same split, side by side
+    epochs: int | None = None  # None: by strategy (STRATEGY_DEFAULTS)
+    batch_size: int = 32  # photos per step (global, over all torchrun ranks)
+    optimizer: str = "adamw"
+    lr: float | None = None  # head learning rate; None: DEFAULT_LR of the optimiser
+    body_lr_ratio: float = 0.1  # body learning rate = lr x this (finetune, gradual)
+    weight_decay: float = 0.05  # AdamW's decoupled decay (SGD: L2), weights only
+    momentum: float = 0.9  # SGD only
+    warmup_epochs: float = 1.0  # linear warm-up, then a cosine to 0
+    label_smoothing: float = 0.1
+    augment: bool | None = None  # random resized crop + flip; None: by strategy
+    # Which epoch's weights are kept: "last" (the end of the cosine schedule) or "best" (the
+    # lowest validation loss). On hymenoptera, "best" picked epochs 3-11 of 30 and lost 0.6-1.3
+    # points of test accuracy: 49 validation photos rank epochs by noise (BENCHMARKS.md).
+    keep: str = "last"
+    early_stopping: int = 0  # with keep="best": stop after N epochs without a better one
+    bn: str = "frozen"  # BatchNorm of a training body: frozen statistics, or "train"
+    split: tuple[float, float, float] = DEFAULT_FRACTIONS  # one-folder layout: train,val,test
+    val_fraction: float = DEFAULT_VAL_FRACTION  # of train/, when there is no val/ to use
+    seed: int = 0
+    # freeze: compute the frozen body's features once, cache them on disk, train the head on
+    # them. False re-runs the body on every batch of every epoch, as the lab did (slow).
+    cache: bool = True
+    top_k: int | None = None  # None: 3 for up to 10 classes, else 5 (as the lab argued)
+    workers: int = 2  # decoding processes
+    draft: bool = True  # JPEG draft decoding (see data/decode.py)
+    precision: str = "fp32"  # or bf16 (autocast)
+    time_limit: float | None = None  # seconds of training in this invocation
+    device: str = "auto"
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        from cnnlab.data.splits import check_fractions
+
+        if self.strategy not in STRATEGIES:
+            raise CnnlabError(f"--strategy must be one of {', '.join(STRATEGIES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise CnnlabError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.keep not in KEEP:
+            raise CnnlabError(f"--keep must be one of {', '.join(KEEP)}")
+        if self.early_stopping and self.keep != "best":
+            raise CnnlabError("--early-stopping needs --keep best (it stops at the best epoch)")
+        if self.bn not in BN_MODES:
+            raise CnnlabError(f"--bn must be one of {', '.join(BN_MODES)}")
+        object.__setattr__(self, "split", tuple(float(f) for f in self.split))
+        check_fractions(self.split, self.val_fraction)  # type: ignore[arg-type]
+        if self.epochs is not None and self.epochs < 1:
+            raise CnnlabError(f"--epochs must be at least 1, not {self.epochs}")
+        if self.batch_size < 2:
+            raise CnnlabError(f"--batch-size must be at least 2, not {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise CnnlabError(f"--lr must be positive, not {self.lr}")
+        if not self.body_lr_ratio > 0:
+            raise CnnlabError(f"--body-lr-ratio must be positive, not {self.body_lr_ratio}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.early_stopping < 0:
+            raise CnnlabError("--weight-decay, --warmup-epochs, --early-stopping must be >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise CnnlabError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
+        if self.top_k is not None and self.top_k < 1:
+            raise CnnlabError(f"--top-k must be at least 1, not {self.top_k}")
+        if self.workers < 0:
+            raise CnnlabError(f"--workers must be 0 or more, not {self.workers}")
+        if self.precision not in ("fp32", "bf16"):
+            raise CnnlabError("--precision must be fp32 or bf16")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise CnnlabError("--time-limit must be positive (seconds)")
+
+    # Resolved defaults: properties, so config.json keeps what the user asked for (None) and
+    # the run records the values it used (results.json "settings").
+    @property
+    def epochs_(self) -> int:
+        return self.epochs if self.epochs is not None else STRATEGY_DEFAULTS[self.strategy][0]
+
+    @property
+    def augment_(self) -> bool:
+        return self.augment if self.augment is not None else STRATEGY_DEFAULTS[self.strategy][1]
+
+    @property
+    def lr_(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def uses_features(self) -> bool:
+        """Whether the frozen body's features are computed once (val and test at least)."""
+        return self.strategy == "freeze" and self.cache
+
+    @property
+    def cached(self) -> bool:
+        """Whether the head trains on cached features (frozen body, no augmentation)."""
+        return self.uses_features and not self.augment_
+
+    def for_strategy(self, strategy: str) -> FinetuneConfig:
+        """This config for one strategy of --compare (its own epoch/augment defaults)."""
+        from dataclasses import replace
+
+        return replace(self, strategy=strategy, compare=False)
+
+
+def top_k_for(n_classes: int, asked: int | None) -> int:
+    """k of the top-k error: 3 for up to 10 classes, else 5 (the lab's reasoning: with few
+    classes, top-5 of 10 is half the classes and says little)."""
+    return asked if asked is not None else (3 if n_classes <= 10 else 5)
+
+
+# -------------------------------------------------------------------------------- data pass
+
+
+@dataclass
+class Prepared:
+    """Everything training needs, decided before the first step."""
+
+    split: Any  # DatasetSplit, bad files dropped
+    features: dict[str, Any] | None  # part -> (n, D) tensor, when the body is frozen
+    feature_info: dict[str, Any]
+    seconds: float
+
+
+def _unreadable(paths: list[Path], preprocess, config: FinetuneConfig, reporter) -> dict:
+    """Decode every photo once (no model): path -> reason for those that fail."""
+    from torch.utils.data import DataLoader
+
+    from cnnlab.data.batching import ImageDataset
+    from cnnlab.data.folders import LabelledImage
+
+    dataset = ImageDataset([LabelledImage(p, "") for p in paths], preprocess, draft=config.draft)
+    loader = DataLoader(dataset, batch_size=32, num_workers=config.workers,
+                        collate_fn=dataset.collate,
+                        prefetch_factor=2 if config.workers > 0 else None)
+    bad: dict[Path, str] = {}
+    for _images, _indices, failed in reporter.track(
+        loader, total=math.ceil(len(paths) / 32), description="checking photos", unit="batches"
+    ):
+        bad.update({paths[i]: reason for i, reason in failed})
+    return bad
+
+
+def _prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path, device,
+             reporter) -> Prepared:
+    """The one pass over the photos: drop bad files; features when the body is frozen."""
+    from cnnlab.models.features import FeatureCache, compute_features, feature_key, file_digest
+
+    start = time.perf_counter()
+    parts = ("train", "val", "test")
+    paths = [it.path for p in parts for it in split.part(p)]
+    info: dict[str, Any] = {"used": False}
+    features = None
+    if config.uses_features:
+        # The body is a fixed function: its features for val and test always, and for train when
+        # there is no augmentation, come from one pass (or the cache).
+        wanted = paths if config.cached else [it.path for p in ("val", "test")
+                                              for it in split.part(p)]
+        key = feature_key(config.backbone, file_digest(weights_file), preprocess, config.draft)
+        cache = FeatureCache(key, describe={"backbone": config.backbone,
+                                            "weights": str(weights_file),
+                                            "preprocess": preprocess.__dict__,
+                                            "draft": config.draft})
+        feats = compute_features(net.body, wanted, preprocess, cache, reporter,
+                                 batch_size=32, workers=config.workers, draft=config.draft,
+                                 device=device, label="features (one pass)")
+        info = {"used": True, "photos": len(wanted), "computed": feats.computed,
+                "from_cache": len(set(wanted)) - feats.computed,
+                "seconds": round(feats.seconds, 3), "dir": str(cache.dir)}
+        bad = dict(feats.bad)
+        if not config.cached:
+            bad.update(_unreadable([it.path for it in split.train], preprocess, config, reporter))
+        split = split.without(bad)
+        row = {p: i for i, p in enumerate(feats.paths)}
+        features = {p: feats.rows[[row[it.path] for it in split.part(p)]]
+                    for p in parts if p != "train" or config.cached}
+    else:
+        split = split.without(_unreadable(paths, preprocess, config, reporter))
+    return Prepared(split, features, info, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------- training
+
+
+def even_batches(indices, batch_size: int) -> list:
+    """`indices` cut into ceil(n / batch_size) nearly equal batches: never a batch of one
+    (unless batch_size is 1), and no photo dropped; 196 photos in batches of 32 -> 7 x 28."""
+    n = len(indices)
+    if n == 0:
+        return []
+    return list(indices.tensor_split(math.ceil(n / batch_size)))
+
+
+def _loss_fn(smoothing: float):
+    from torch.nn import functional as F
+
+    def loss(logits, target):
+        return F.cross_entropy(logits, target, label_smoothing=smoothing)
+
+    return loss
+
+
+def _optimizer(config: FinetuneConfig, groups):
+    import torch
+
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr_, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr_)
+
+
+def _logits_on_images(model, items, preprocess, config, device, batch_size: int = 32):
+    """Logits of `model` (eval mode) on photos, in order, through the evaluation transform."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cnnlab.data.batching import ImageDataset
+
+    dataset = ImageDataset(list(items), preprocess, draft=config.draft)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=config.workers,
+                        collate_fn=dataset.collate,
+                        prefetch_factor=2 if config.workers > 0 else None)
+    out = []
+    with torch.no_grad():
+        for images, _indices, failed in loader:
+            if failed:  # checked before training: a file changed on disk since
+                i, reason = failed[0]
+                raise CnnlabError(f"{items[i].path} became unreadable during the run ({reason})")
+            x = images.to(device).contiguous(memory_format=torch.channels_last)
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+class _Trainer:
+    """The pieces `engine.fit` calls back into, for one strategy."""
+
+    def __init__(self, config: FinetuneConfig, prepared: Prepared, net, preprocess, device,
+                 info):
+        import torch
+
+        self.config, self.prepared, self.net, self.preprocess = config, prepared, net, preprocess
+        self.device, self.info = device, info
+        split = prepared.split
+        self.targets = {p: torch.tensor(split.targets(p), dtype=torch.long)
+                        for p in ("train", "val", "test")}
+        self.model = net.head if config.cached else net
+        per_rank = max(config.batch_size // info.world_size, 1)
+        self.per_rank_batch = per_rank
+        n_rank = len(split.train) // info.world_size
+        self.steps_per_epoch = math.ceil(n_rank / per_rank) if n_rank else 0
+        self.phases = None
+        if config.strategy == "gradual":
+            from cnnlab.models.transfer import gradual_phases
+
+            self.phases = gradual_phases(len(net.stages), config.epochs_)
+        self.train_images = None
+        if not config.cached:
+            from cnnlab.data.augment import Augment, TrainImages
+
+            self.train_images = TrainImages(
+                [it.path for it in split.train], split.targets("train"), preprocess,
+                Augment() if config.augment_ else None, seed=config.seed, draft=config.draft,
+            )
+
+    def batches(self, epoch: int):
+        import torch
+        from torch.utils.data import DataLoader
+
+        from cnnlab.engine import epoch_generator, shard_indices
+
+        if self.phases is not None:
+            self.net.unfreeze(self.phases[min(epoch, len(self.phases) - 1)])
+        order = shard_indices(len(self.prepared.split.train),
+                              epoch_generator(self.config.seed, epoch), self.info)
+        chunks = even_batches(order, self.per_rank_batch)
+        if self.config.cached:
+            x, y = self.prepared.features["train"], self.targets["train"]
+            for b in chunks:
+                yield x[b], y[b]
+            return
+        self.train_images.epoch = epoch  # read by the workers this epoch's iterator forks
+        loader = DataLoader(self.train_images, batch_sampler=[b.tolist() for b in chunks],
+                            num_workers=self.config.workers,
+                            prefetch_factor=2 if self.config.workers > 0 else None)
+        for x, y in loader:
+            yield x.contiguous(memory_format=torch.channels_last), y
+
+    def logits(self, part: str):
+        """Logits of the current model on a part (eval mode), from features when there are."""
+        import torch
+
+        feats = (self.prepared.features or {}).get(part)
+        if feats is not None:
+            with torch.no_grad():
+                return self.net.head(feats.to(self.device)).float().cpu()
+        items = self.prepared.split.part(part)
+        return _logits_on_images(self.net, items, self.preprocess, self.config, self.device)
+
+    def evaluate(self, model) -> dict[str, float]:
+        from torch.nn import functional as F
+
+        if not self.prepared.split.val:
+            return {}
+        logits = self.logits("val")
+        y = self.targets["val"]
+        # The training loss (label smoothing included), so that the two curves compare like
+        # for like; the epoch kept is the one where it is lowest.
+        loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+        return {"val_loss": float(loss),
+                "val_accuracy": float((logits.argmax(1) == y).float().mean())}
+
+
+def _train(config: FinetuneConfig, trainer: _Trainer, run_dir: RunDir, reporter, resume: bool):
+    from cnnlab.engine import FitConfig, fit, warmup_cosine
+
+    net = trainer.net
+    groups = net.param_groups(config.lr_, config.lr_ * config.body_lr_ratio, config.weight_decay)
+    optimizer = _optimizer(config, groups)
+    total = trainer.steps_per_epoch * config.epochs_
+    schedule = warmup_cosine(total, round(config.warmup_epochs * trainer.steps_per_epoch))
+    fit_config = FitConfig(
+        epochs=config.epochs_, seed=config.seed, precision=config.precision,
+        early_stopping=config.early_stopping,
+        monitor="val_loss" if config.keep == "best" else None, mode="min",
+        time_limit=config.time_limit, log_every=max(1, min(50, trainer.steps_per_epoch)),
+    )
+    with _threads(1 if config.cached else None):
+        return fit(trainer.model, optimizer, trainer.batches, trainer.steps_per_epoch,
+                   fit_config, run_dir, reporter, loss_fn=_loss_fn(config.label_smoothing),
+                   evaluate=trainer.evaluate, lr_schedule=schedule, resume=resume,
+                   device=trainer.device, label=config.strategy)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op threads set to `n` inside the block (None: unchanged). Training a
+    linear head on cached features is a few tiny matrix products per step, where more threads
+    only add synchronisation: measured 2.8-3.5 ms per step on 1 thread, 47-82 ms on 2 on this
+    shared 2-core machine."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------- outputs
+
+
+def _scores(logits, targets, classes: tuple[str, ...], k: int) -> dict[str, Any]:
+    """Top-1 / top-k error (percent) and per-class accuracy of logits against targets."""
+    n = len(targets)
+    top = logits.topk(min(k, len(classes)), dim=1).indices
+    hit1 = top[:, 0] == targets
+    hitk = (top == targets[:, None]).any(dim=1)
+    per_class = []
+    for c, name in enumerate(classes):
+        mask = targets == c
+        m = int(mask.sum())
+        correct = int(hit1[mask].sum())
+        per_class.append({"class": name, "n": m, "correct": correct,
+                          "accuracy": 100.0 * correct / m if m else None})
+    return {
+        "n": n,
+        "top1_error": 100.0 * (1 - float(hit1.float().mean())) if n else None,
+        "top_k": k,
+        # top-k of k >= the number of classes is every class: always right, so not reported.
+        "topk_error": (100.0 * (1 - float(hitk.float().mean()))
+                       if n and k < len(classes) else None),
+        "per_class": per_class,
+    }
+
+
+def _predictions_csv(items, root: Path, targets, logits, classes, k: int) -> str:
+    import torch
+
+    probs = torch.softmax(logits, dim=1)
+    top_p, top_c = probs.topk(min(k, len(classes)), dim=1)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "true_class", "rank", "class", "probability", "correct"])
+    for it, t, cs, ps in zip(items, targets.tolist(), top_c.tolist(), top_p.tolist(),
+                             strict=True):
+        rel = _relative(it.path, root)
+        for r, (c, p) in enumerate(zip(cs, ps, strict=True), start=1):
+            w.writerow([rel, classes[t], r, classes[c], f"{p:.6f}", int(r == 1 and c == t)])
+    return buf.getvalue()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def export_model(run_dir: RunDir, net, config: FinetuneConfig, classes, preprocess,
+                 weights_file: Path, selected: str) -> Path:
+    """model.safetensors (the whole network: body + head) + model.json: what `cnnlab predict`
+    loads, self-contained (no ImageNet weights file needed to predict)."""
+    from safetensors.torch import save as st_save
+
+    from cnnlab.runs import atomic_write_bytes
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    atomic_write_bytes(run_dir.file("model.safetensors"), st_save(tensors))
+    run_dir.write_json("model.json", {
+        "format": "cnnlab-finetuned/1",
+        "backbone": config.backbone,
+        "classes": list(classes),
+        "preprocess": preprocess,
+        "strategy": config.strategy,
+        "top_k": top_k_for(len(classes), config.top_k),
+        "imagenet_weights": str(weights_file),
+        "checkpoint": selected,
+    })
+    return run_dir.file("model.safetensors")
+
+
+def _settings(config: FinetuneConfig, net) -> dict[str, Any]:
+    body_lr = config.lr_ * config.body_lr_ratio if config.strategy != "freeze" else None
+    return {
+        "strategy": config.strategy, "epochs": config.epochs_, "optimizer": config.optimizer,
+        "lr_head": config.lr_, "lr_body": body_lr, "batch_size": config.batch_size,
+        "weight_decay": config.weight_decay, "label_smoothing": config.label_smoothing,
+        "warmup_epochs": config.warmup_epochs, "augment": config.augment_,
+        "early_stopping": config.early_stopping, "seed": config.seed,
+        "feature_cache": config.cached and config.cache,
+        "batchnorm": _bn_words(config),
+        "model": net.describe(),
+    }
+
+
+def _bn_words(config: FinetuneConfig) -> str:
+    if config.strategy == "freeze":
+        return "frozen body in eval mode: ImageNet BatchNorm statistics, no dropout"
+    if config.bn == "frozen":
+        return ("BatchNorm layers kept in eval mode: ImageNet running statistics, scale and "
+                "shift trained")
+    return "BatchNorm in training mode: batch statistics, running statistics updated"
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+def _load_split(config: FinetuneConfig, run_dir: RunDir, resume: bool):
+    from cnnlab.data.splits import DatasetSplit, load_splits
+
+    if resume or run_dir.file("split.json").is_file():
+        return DatasetSplit.from_json(run_dir.read_json("split.json")), True
+    return load_splits(config.data, config.split, config.val_fraction, config.seed), False
+
+
+def run(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
+        ) -> dict[str, Any] | None:
+    """Train into `run_dir` (continue its `last` checkpoint when `resume`); results on rank 0."""
+    if config.compare:
+        return run_compare(config, run_dir, reporter, resume)
+    return _run_one(config, run_dir, reporter, resume, split_dir=run_dir)
+
+
+def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
+             split_dir: RunDir) -> dict[str, Any] | None:
+    import torch
+
+    from cnnlab import dist
+    from cnnlab.models.pretrained import fetch, pretrained_spec_of
+    from cnnlab.models.registry import create_pretrained, get_spec
+    from cnnlab.models.transfer import TransferModel
+
+    start = time.perf_counter()
+    info = dist.from_env()
+    spec = get_spec(config.backbone)  # a misspelt backbone first, before any work
+    weights_file = fetch(pretrained_spec_of(spec), spec.name, config.weights)
+    split, saved = _load_split(config, split_dir, resume)
+    if info.enabled and config.strategy == "gradual":
+        raise CnnlabError("--strategy gradual runs in one process (it changes which weights "
+                          "train between epochs, which DistributedDataParallel does not allow)")
+    if not info.is_main:
+        from cnnlab.progress import Reporter
+
+        reporter = Reporter(quiet=True)
+    info, device = dist.init(config.device)
+    if info.is_main and not resume:
+        run_dir.save_config(config)
+        run_dir.save_environment(seed=config.seed, device=str(device))
+    torch.manual_seed(config.seed)
+    model, preprocess, _ = create_pretrained(spec.name, weights_file)
+    net = TransferModel.from_pretrained(model, len(split.classes))
+    net.set_strategy(config.strategy, config.bn)
+    net = net.to(device=device, memory_format=torch.channels_last)
+    reporter.log(
+        f"finetune: {config.strategy} {spec.name} on {len(split.classes)} classes, "
+        f"{len(split.train)}/{len(split.val)}/{len(split.test)} train/val/test photos "
+        f"(test: {split.sources['test']}); {_bn_words(config)}"
+    )
+    prepared = dist.broadcast_from_main(
+        lambda: _prepare(config, split, net, preprocess, weights_file, device, reporter), info
+    ) if not saved or config.strategy == "freeze" else None
+    if prepared is None:  # a saved split is already clean: no decode check again
+        prepared = Prepared(split, None, {"used": False}, 0.0)
+    split = prepared.split
+    if info.is_main and not saved:
+        split_dir.write_json("split.json", split.to_json())
+
+    trainer = _Trainer(config, prepared, net, preprocess, device, info)
+    fit_result = _train(config, trainer, run_dir, reporter, resume)
+
+    from cnnlab import checkpoints
+    from cnnlab.engine import BEST, LAST, load_weights
+
+    selected = BEST if checkpoints.exists(run_dir.path, BEST) else LAST
+    load_weights(trainer.model, run_dir, selected)
+    net.eval()
+    if not info.is_main:
+        return None
+
+    k = top_k_for(len(split.classes), config.top_k)
+    test_logits = trainer.logits("test")
+    test_targets = trainer.targets["test"]
+    scores = _scores(test_logits, test_targets, split.classes, k)
+    val_metrics = trainer.evaluate(trainer.model)
+    best_record = next((r for r in fit_result.history if r["epoch"] == fit_result.best_epoch),
+                       fit_result.last)
+    export_model(run_dir, net, config, split.classes, preprocess, weights_file, selected)
+    run_dir.write_text("predictions.csv", _predictions_csv(
+        split.test, split.root, test_targets, test_logits, split.classes, max(k, 1)))
+    results = {
+        "schema": SCHEMA,
+        "data": str(split.root.resolve()),
+        "layout": split.layout,
+        "sources": split.sources,
+        "classes": list(split.classes),
+        "backbone": spec.name,
+        "weights": str(weights_file),
+        **split.counts(),
+        "n_skipped": len(split.skipped),
+        "settings": _settings(config, net),
+        "epochs_run": fit_result.epochs_done,
+        "stopped": fit_result.stopped,
+        "selected_epoch": fit_result.best_epoch if selected == BEST else fit_result.epochs_done,
+        "selected": selected,
+        "train_accuracy": (100.0 * best_record["train_accuracy"]
+                           if "train_accuracy" in best_record else None),
+        "val_accuracy": 100.0 * val_metrics["val_accuracy"] if val_metrics else None,
+        "val_loss": val_metrics.get("val_loss"),
+        "top1_error": scores["top1_error"],
+        "top_k": k,
+        "topk_error": scores["topk_error"],
+        "test_accuracy": 100.0 - scores["top1_error"],
+        "per_class_accuracy": scores["per_class"],
+        "feature_cache": prepared.feature_info,
+        "seconds": {"prepare": round(prepared.seconds, 3),
+                    "train": round(fit_result.train_seconds, 3),
+                    "total": round(time.perf_counter() - start, 3)},
+        "skipped": [{"file": s.path, "reason": s.reason} for s in split.skipped],
+        "device": str(device),
+        "world_size": info.world_size,
+    }
+    run_dir.save_results(results)
+    if config.report:
+        from cnnlab.report.finetune import write_report
+
+        write_report(run_dir.path)
+    results["run_dir"] = str(run_dir.path)
+    return results
+
+
+def run_compare(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
+                ) -> dict[str, Any] | None:
+    """freeze and finetune on one split, each into its own sub-directory, then one table."""
+    from cnnlab import dist
+
+    info = dist.from_env()
+    if info.is_main and not resume:
+        run_dir.save_config(config)
+    runs = {}
+    for strategy in COMPARED:
+        sub = RunDir(run_dir.path / strategy)
+        done = sub.read_json("results.json") if sub.file("results.json").is_file() else None
+        if done is not None and done.get("stopped") != "time-limit":  # finished before
+            runs[strategy] = {**done, "run_dir": str(sub.path)}
+            continue
+        again = resume and sub.file("last.json").is_file()
+        if info.is_main:
+            sub.path.mkdir(parents=True, exist_ok=True)
+            if not again:  # a start that died before its first checkpoint: start clean
+                sub.file("metrics.jsonl").unlink(missing_ok=True)
+        runs[strategy] = _run_one(config.for_strategy(strategy), sub, reporter, again,
+                                  split_dir=run_dir)
+    if not info.is_main:
+        return None
+    rows = [compare_row(s, r) for s, r in runs.items()]
+    results = {"schema": SCHEMA + "+compare", "data": runs["freeze"]["data"],
+               "backbone": runs["freeze"]["backbone"], "rows": rows,
+               "runs": {s: r["run_dir"] for s, r in runs.items()}}
+    run_dir.save_results(results)
+    if config.report:
+        from cnnlab.report.finetune import write_compare_report
+
+        write_compare_report(run_dir.path)
+    results["run_dir"] = str(run_dir.path)
+    return results
+
+
+def compare_row(strategy: str, r: dict[str, Any]) -> dict[str, Any]:
+    return {"strategy": strategy, "epochs": r["epochs_run"], "selected_epoch":
+            r["selected_epoch"], "train_accuracy": r["train_accuracy"],
+            "val_accuracy": r["val_accuracy"], "top1_error": r["top1_error"],
+            "top_k": r["top_k"], "topk_error": r["topk_error"],
+            "seconds": r["seconds"]["total"], "n_test": r["n_test"]}
+
+
+def resume_config(run_dir: str | Path, epochs: int | None = None,
+                  time_limit: float | None = None) -> FinetuneConfig:
+    """The config of an existing finetune run, with a new epoch total and/or time limit."""
+    from cnnlab.config import from_mapping
+
+    run = RunDir.open(run_dir)
+    if not run.file("config.json").is_file() or not run.file("split.json").is_file():
+        raise CnnlabError(f"{run} has no config.json / split.json: not a finetune run directory")
+    values = run.read_json("config.json")
+    values["split"] = tuple(values["split"])
+    if epochs is not None:
+        values["epochs"] = epochs
+    values["time_limit"] = time_limit
+    return from_mapping(FinetuneConfig, values)

@@ -1,0 +1,183 @@
+"""`cnnlab predict`: the top-k classes of photos, from a fine-tuned run or an ImageNet model.
+
+    predictor = load_predictor("runs/finetune/x")          # or "efficientnet_lite0"
+    for record in predict(PredictConfig("runs/finetune/x", ("photos/",)), Reporter()):
+        print(record)   # {"file": ..., "top": [{"class": ..., "probability": ...}, ...]}
+                        # or {"file": ..., "error": "truncated image (file ends early)"}
+
+A fine-tuned model is read from its run directory (model.json + model.safetensors, written by
+`cnnlab finetune`): architecture, weights, class names and preprocessing, with no need for the
+ImageNet weights file. Any other name is a registry model with its ImageNet weights and the 1000
+ImageNet classes. Folders are walked as `cnnlab evaluate` walks them (sorted, hidden files
+ignored, non-images skipped with a reason) and stream through a DataLoader: records come out
+batch by batch, and memory does not grow with the folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+
+FINETUNED_FORMAT = "cnnlab-finetuned/1"
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model: str  # a finetune run directory (or its model.json), or a pretrained model name
+    inputs: tuple[str, ...]  # image files and/or folders
+    top_k: int | None = None  # None: the run's k (3 or 5), or 5 for ImageNet models
+    weights: str | None = None  # explicit ImageNet weights file (pretrained models only)
+    batch_size: int = 16
+    workers: int = 2
+    draft: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise CnnlabError("give at least one IMAGE or DIR")
+        if self.top_k is not None and self.top_k < 1:
+            raise CnnlabError(f"--top-k must be at least 1, not {self.top_k}")
+        if self.batch_size < 1:
+            raise CnnlabError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.workers < 0:
+            raise CnnlabError(f"--workers must be 0 or more, not {self.workers}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
+
+
+@dataclass
+class Predictor:
+    model: Any  # nn.Module in eval mode
+    preprocess: Any  # data.preprocess.Preprocess
+    classes: tuple[str, ...]
+    source: str  # "finetuned <run>" or "imagenet <model>"
+    top_k: int
+
+
+def _finetuned_json(model: str) -> Path | None:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if (path / "model.json").is_file():
+            return path / "model.json"
+        subs = sorted(p.name for p in path.iterdir() if (p / "model.json").is_file())
+        hint = f" (did you mean {path / subs[0]}?)" if subs else ""
+        raise CnnlabError(f"{path} holds no model.json: not a finished finetune run{hint}")
+    if path.is_file() and path.name.endswith(".json"):
+        return path
+    return None
+
+
+def load_finetuned(meta_path: Path) -> Predictor:
+    """A fine-tuned model from model.json and the model.safetensors beside it."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from cnnlab.data.preprocess import Preprocess
+    from cnnlab.models.transfer import build_transfer
+
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CnnlabError(f"cannot read {meta_path}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FINETUNED_FORMAT:
+        raise CnnlabError(f"{meta_path} is not a cnnlab fine-tuned model ({FINETUNED_FORMAT})")
+    weights = meta_path.with_name("model.safetensors")
+    if not weights.is_file():
+        raise CnnlabError(f"{weights} is missing: the run did not finish")
+    classes = tuple(meta["classes"])
+    net = build_transfer(meta["backbone"], len(classes))
+    try:
+        net.load_state_dict(load_file(str(weights)))
+    except Exception as exc:
+        raise CnnlabError(f"{weights} does not fit {meta['backbone']}: {exc}") from None
+    pp = meta["preprocess"]
+    preprocess = Preprocess(int(pp["resize_size"]), int(pp["crop_size"]), pp["interpolation"],
+                            tuple(pp["mean"]), tuple(pp["std"]))
+    return Predictor(net.eval(), preprocess, classes, f"finetuned {meta_path.parent}",
+                     int(meta.get("top_k", 5)))
+
+
+def load_predictor(model: str, weights: str | None = None) -> Predictor:
+    meta = _finetuned_json(model)
+    if meta is not None:
+        if weights is not None:
+            raise CnnlabError("--weights is for ImageNet models; a fine-tuned run has its own")
+        return load_finetuned(meta)
+    if Path(model).expanduser().exists():
+        raise CnnlabError(f"{model} is neither a finetune run directory nor its model.json")
+    from cnnlab.data.imagenet import load_imagenet_classes
+    from cnnlab.models.registry import create_pretrained
+
+    net, preprocess, _ = create_pretrained(model, weights)
+    return Predictor(net, preprocess, tuple(load_imagenet_classes().names), f"imagenet {model}",
+                     5)
+
+
+def _expand(inputs: tuple[str, ...]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Image files in order: each file as given, each folder walked (sorted); what is skipped."""
+    from cnnlab.data.folders import IMAGE_EXTENSIONS, discover
+
+    files: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = discover(path, labels="filename")
+            files += [it.path for it in found.items]
+            skipped += [{"file": str(path / s.path), "error": s.reason} for s in found.skipped]
+        elif not path.exists():
+            skipped.append({"file": str(path), "error": "file not found"})
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            kind = f"'{path.suffix}'" if path.suffix else "no extension"
+            skipped.append({"file": str(path), "error": f"not an image file ({kind})"})
+        else:
+            files.append(path)
+    return files, skipped
+
+
+def predict(config: PredictConfig, reporter, predictor: Predictor | None = None
+            ) -> Iterator[dict[str, Any]]:
+    """One record per input image, in input order (skipped files first), as batches finish."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cnnlab.data.batching import ImageDataset
+    from cnnlab.data.folders import LabelledImage
+
+    files, skipped = _expand(config.inputs)
+    if not files and not skipped:
+        raise CnnlabError("no image files among the inputs")
+    predictor = predictor or load_predictor(config.model, config.weights)
+    yield from skipped
+    if not files:
+        return
+    k = min(config.top_k or predictor.top_k, len(predictor.classes))
+    use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
+    device = torch.device("cuda" if use_cuda else "cpu")
+    model = predictor.model.to(device=device, memory_format=torch.channels_last).eval()
+    dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
+                           draft=config.draft)
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
+                        collate_fn=dataset.collate,
+                        prefetch_factor=2 if config.workers > 0 else None)
+    n_batches = (len(files) + config.batch_size - 1) // config.batch_size
+    with torch.inference_mode():
+        for images, indices, bad in reporter.track(loader, total=n_batches,
+                                                   description="predict", unit="batches"):
+            out: dict[int, dict[str, Any]] = {i: {"file": str(files[i]), "error": reason}
+                                              for i, reason in bad}
+            if len(indices):
+                x = images.to(device).contiguous(memory_format=torch.channels_last)
+                probs = model(x).float().softmax(dim=1).cpu()
+                top_p, top_c = probs.topk(k, dim=1)
+                for i, cs, ps in zip(indices.tolist(), top_c.tolist(), top_p.tolist(),
+                                     strict=True):
+                    out[i] = {"file": str(files[i]), "top": [
+                        {"class": predictor.classes[c], "probability": p}
+                        for c, p in zip(cs, ps, strict=True)]}
+            yield from (out[i] for i in sorted(out))

@@ -1,0 +1,391 @@
+"""`cnnlab finetune` and `cnnlab predict` end to end.
+
+A tiny real backbone keeps these fast: timm's `test_efficientnet` (356 k parameters, BatchNorm,
+160-pixel input) with a seeded random "ImageNet" weights file, on generated photos of three
+colours. The hymenoptera test uses EfficientNet-Lite0 and its real weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from cnnlab.errors import CnnlabError
+from cnnlab.progress import Reporter
+from cnnlab.runs import RunDir
+from cnnlab.tasks import finetune
+from cnnlab.tasks.finetune import FinetuneConfig, even_batches
+
+BACKBONE = "timm/test_efficientnet"
+COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 180, 30)}
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    import timm
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "test_efficientnet.pth"
+    torch.save(timm.create_model("test_efficientnet").state_dict(), path)
+    return path
+
+
+def make_photos(root: Path, counts=(("train", 6), ("val", 2), ("test", 2)),
+                classes=tuple(COLOURS)) -> Path:
+    rng = np.random.default_rng(0)
+    for part, n in counts:
+        for c in classes:
+            rgb = COLOURS.get(c, (120, 120, 120))
+            for i in range(n):
+                arr = np.clip(np.array(rgb) + rng.normal(0, 40, (40, 48, 3)), 0, 255)
+                p = root / part / c / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr.astype(np.uint8)).save(p)
+    return root
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    return make_photos(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+
+
+def train(data: Path, out: Path, weights: Path, **kw) -> dict:
+    settings = {"backbone": BACKBONE, "weights": str(weights), "workers": 0, "epochs": 3,
+                "batch_size": 8, "report": False, **kw}
+    config = FinetuneConfig(data=str(data), **settings)
+    return finetune.run(config, RunDir.create("finetune", out), Reporter(quiet=True))
+
+
+def epochs_of(run: Path) -> list[dict]:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in recs]
+
+
+# ------------------------------------------------------------------------------ freeze paths
+
+
+def test_cached_and_uncached_freeze_train_the_same_head(photos, tmp_path, weights):
+    cached = train(photos, tmp_path / "a", weights, strategy="freeze", seed=3)
+    direct = train(photos, tmp_path / "b", weights, strategy="freeze", seed=3, cache=False)
+    assert cached["feature_cache"]["used"] and not direct["feature_cache"]["used"]
+    wa = load_file(str(tmp_path / "a" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert not torch.equal(wa["head.weight"], torch.zeros_like(wa["head.weight"]))
+    # Features computed in one pass vs by the body on every batch: equal up to float rounding.
+    assert torch.allclose(wa["head.weight"], wb["head.weight"], atol=1e-5)
+    assert torch.allclose(wa["head.bias"], wb["head.bias"], atol=1e-6)
+    for key in wa:  # and the body is the pretrained one, untouched, in both
+        if key.startswith("body."):
+            assert torch.equal(wa[key], wb[key]), key
+    assert cached["top1_error"] == direct["top1_error"]
+    train(photos, tmp_path / "c", weights, strategy="freeze", seed=4)
+    wc = load_file(str(tmp_path / "c" / "model.safetensors"))
+    assert not torch.allclose(wa["head.weight"], wc["head.weight"], atol=1e-5)  # seed matters
+
+
+def test_warm_cache_rerun_runs_no_backbone_pass(photos, tmp_path, weights):
+    first = train(photos, tmp_path / "a", weights)
+    second = train(photos, tmp_path / "b", weights)
+    assert first["feature_cache"]["computed"] == 30
+    assert second["feature_cache"]["computed"] == 0
+    assert second["feature_cache"]["from_cache"] == 30
+    assert second["top1_error"] == first["top1_error"]
+
+
+def test_outputs_of_a_run(photos, tmp_path, weights):
+    r = train(photos, tmp_path / "run", weights, report=True)
+    run = tmp_path / "run"
+    for name in ("config.json", "environment.json", "split.json", "metrics.jsonl",
+                 "results.json", "predictions.csv", "model.safetensors", "model.json",
+                 "curves.png", "confusion.png", "report.md", "report.html", "last.json"):
+        assert (run / name).is_file(), name
+    assert (r["n_train"], r["n_val"], r["n_test"]) == (18, 6, 6)
+    assert r["top_k"] == 3 and r["topk_error"] is None  # top-3 of 3 classes says nothing
+    assert [c["class"] for c in r["per_class_accuracy"]] == ["blue", "green", "red"]
+    assert sum(c["correct"] for c in r["per_class_accuracy"]) == round(
+        6 * (100 - r["top1_error"]) / 100)
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    assert len(rows) == 6 * 3
+    epochs = [e for e in epochs_of(run) if e["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert all("val_loss" in e and "train_accuracy" in e for e in epochs)
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64," in html  # self-contained
+    assert r["selected"] == "last" and r["selected_epoch"] == 3 and not (run / "best.json").exists()
+
+
+def test_keep_best_keeps_the_epoch_with_the_lowest_validation_loss(photos, tmp_path, weights):
+    r = train(photos, tmp_path / "run", weights, epochs=4, keep="best", lr=0.05)
+    epochs = [e for e in epochs_of(tmp_path / "run") if e["kind"] == "epoch"]
+    best = min(epochs, key=lambda e: e["val_loss"])
+    assert r["selected"] == "best" and r["selected_epoch"] == best["epoch"]
+    assert r["val_loss"] == pytest.approx(best["val_loss"], abs=1e-6)  # its weights, re-scored
+
+
+def test_report_escapes_class_and_file_names(tmp_path, weights):
+    evil = "<b>red|x*"
+    data = make_photos(tmp_path / "data", classes=(evil, "blue"))
+    (data / "test" / evil / "0.png").rename(data / "test" / evil / "<img src=x>.png")
+    train(data, tmp_path / "run", weights, report=True, epochs=1)
+    html = (tmp_path / "run" / "report.html").read_text()
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "<b>red" not in html and "&lt;b&gt;red|x*" in html
+    assert "<img src=x>" not in html
+    assert r"&lt;b&gt;red\|x\*" in md and "<b>red" not in md
+
+
+def test_top_k_is_three_up_to_ten_classes_and_five_above():
+    assert finetune.top_k_for(2, None) == 3 and finetune.top_k_for(10, None) == 3
+    assert finetune.top_k_for(11, None) == 5 and finetune.top_k_for(11, 2) == 2
+
+
+def test_topk_error_with_more_classes_than_k(tmp_path, weights):
+    names = ["red", "blue", "green", "grey"]
+    data = make_photos(tmp_path / "data", classes=tuple(names))
+    r = train(data, tmp_path / "run", weights, top_k=2)
+    assert r["top_k"] == 2 and r["topk_error"] is not None
+    assert r["topk_error"] <= r["top1_error"]
+
+
+def test_undecodable_photos_are_dropped_once_before_training(photos, tmp_path, weights):
+    (photos / "train" / "red" / "broken.png").write_bytes(b"\x89PNG truncated")
+    (photos / "test" / "blue" / "empty.jpg").write_bytes(b"")
+    (photos / "train" / "notes.txt").write_text("not a photo")
+    for strategy in ("freeze", "finetune"):
+        r = train(photos, tmp_path / strategy, weights, strategy=strategy, epochs=1)
+        assert (r["n_train"], r["n_test"]) == (18, 6)  # the bad ones are not counted
+        reasons = {s["file"]: s["reason"] for s in r["skipped"]}
+        assert "train/red/broken.png" in reasons and "test/blue/empty.jpg" in reasons
+        assert "empty file" in reasons["test/blue/empty.jpg"]
+        split = json.loads((tmp_path / strategy / "split.json").read_text())
+        assert "train/red/broken.png" not in [f for f, _ in split["train"]]
+
+
+def test_dropping_unreadable_photos_can_leave_a_class_too_small(tmp_path, weights):
+    data = make_photos(tmp_path / "data", counts=(("train", 2), ("test", 1)))
+    (data / "train" / "red" / "0.png").write_bytes(b"garbage")
+    with pytest.raises(CnnlabError, match=r"after dropping unreadable files.*'red' \(1\)"):
+        train(data, tmp_path / "run", weights, val_fraction=0)
+
+
+def test_even_batches_never_leave_a_batch_of_one():
+    for n in range(2, 80):
+        sizes = [len(b) for b in even_batches(torch.arange(n), 8)]
+        assert sum(sizes) == n and min(sizes) >= 2 and max(sizes) <= 8
+        assert max(sizes) - min(sizes) <= 1
+    assert [len(b) for b in even_batches(torch.arange(196), 32)] == [28] * 7
+
+
+# ---------------------------------------------------------------- finetune, gradual, compare
+
+
+def test_finetune_and_gradual_train_the_body(photos, tmp_path, weights):
+    pre = torch.load(weights, weights_only=True)
+    for strategy in ("finetune", "gradual"):
+        r = train(photos, tmp_path / strategy, weights, strategy=strategy, epochs=4,
+                  early_stopping=0)
+        w = load_file(str(tmp_path / strategy / "model.safetensors"))
+        changed = [k for k in pre if k.endswith("weight") and "classifier" not in k
+                   and not torch.equal(pre[k], w[f"body.{k}"])]
+        assert changed, strategy
+        assert r["settings"]["augment"] is True and r["settings"]["lr_body"] == pytest.approx(1e-4)
+        assert "eval mode" in r["settings"]["batchnorm"]
+        # BatchNorm statistics are the "ImageNet" ones still (--bn frozen).
+        assert torch.equal(w["body.bn1.running_mean"], pre["bn1.running_mean"])
+
+
+def test_compare_runs_both_strategies_on_one_split(photos, tmp_path, weights):
+    r = train(photos, tmp_path / "cmp", weights, compare=True, epochs=2, report=True)
+    assert [row["strategy"] for row in r["rows"]] == ["freeze", "finetune"]
+    assert (tmp_path / "cmp" / "split.json").is_file()
+    for s in ("freeze", "finetune"):
+        sub = json.loads((tmp_path / "cmp" / s / "results.json").read_text())
+        assert sub["settings"]["strategy"] == s and sub["n_test"] == 6
+    assert "freeze/report.html" in (tmp_path / "cmp" / "report.html").read_text()
+
+
+# -------------------------------------------------------------------------- kill -9, resume
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_resume_ends_as_an_uninterrupted_run(photos, tmp_path,
+                                                                       weights):
+    """finetune with augmentation (batch 4: 5 steps per epoch), killed by SIGKILL in the
+    middle of its second and last epoch, resumed: the same metrics, predictions and weights
+    as one run."""
+    common = ["finetune", str(photos), "-m", BACKBONE, "--weights", str(weights), "--strategy",
+              "finetune", "--epochs", "2", "--batch-size", "4", "--workers", "0", "-q",
+              "--no-report"]
+    straight = cli(*common, "--out", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    crashed = cli(*common, "--out", str(tmp_path / "b"), env={"CNNLAB_CRASH_AT": "step-7"})
+    assert crashed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b" / "results.json").exists()
+    resumed = cli("finetune", "--resume", str(tmp_path / "b"), "-q")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    for key in ("top1_error", "val_accuracy", "val_loss", "train_accuracy", "selected_epoch",
+                "per_class_accuracy", "epochs_run"):
+        assert a[key] == b[key], key
+    assert epochs_of(tmp_path / "a") == epochs_of(tmp_path / "b")
+    assert (tmp_path / "a" / "predictions.csv").read_text() == \
+        (tmp_path / "b" / "predictions.csv").read_text()
+    wa = load_file(str(tmp_path / "a" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def cli_main(*args: str) -> int:
+    from cnnlab.cli import main
+
+    return main(list(args))
+
+
+def test_resume_refuses_new_settings(tmp_path, capsys):
+    assert cli_main("finetune", "--resume", str(tmp_path), "--lr", "0.1") == 2
+    assert "give only --epochs / --time-limit" in capsys.readouterr().err
+    assert cli_main("finetune") == 2
+    assert "give the DATA folder" in capsys.readouterr().err
+    assert cli_main("finetune", "--resume", str(tmp_path)) == 2
+    assert "not a finetune run directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ predict
+
+
+def test_predict_on_the_checkpoint_reproduces_the_test_predictions(photos, tmp_path, weights):
+    from cnnlab.tasks.predict import PredictConfig, predict
+
+    train(photos, tmp_path / "run", weights, strategy="finetune", epochs=2)
+    rows = list(csv.DictReader((tmp_path / "run" / "predictions.csv").open()))
+    expected = {}
+    for row in rows:
+        expected.setdefault(row["file"], []).append((row["class"], float(row["probability"])))
+    (photos / "test" / "red" / "bad.jpg").write_bytes(b"nope")
+    records = list(predict(PredictConfig(str(tmp_path / "run"), (str(photos / "test"),),
+                                         workers=0), Reporter(quiet=True)))
+    errors = [r for r in records if "error" in r]
+    assert [Path(r["file"]).name for r in errors] == ["bad.jpg"]
+    got = {str(Path(r["file"]).relative_to(photos)): r["top"] for r in records if "top" in r}
+    assert got.keys() == expected.keys()
+    for f, top in got.items():
+        assert [g["class"] for g in top] == [c for c, _ in expected[f]]
+        assert [g["probability"] for g in top] == pytest.approx([p for _, p in expected[f]],
+                                                                abs=1e-5)
+
+
+def test_predict_cli_json_and_errors(photos, tmp_path, weights, capsys):
+    train(photos, tmp_path / "run", weights, epochs=1)
+    assert cli_main("predict", str(tmp_path / "run"), str(photos / "test" / "red" / "0.png"),
+                    "--json", "--workers", "0", "-q") == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["top"][0]["class"] in COLOURS and len(record["top"]) == 3
+    (tmp_path / "x.jpg").write_bytes(b"bad")
+    assert cli_main("predict", str(tmp_path / "run"), str(tmp_path / "x.jpg"), "-q",
+                    "--workers", "0") == 2
+    out = capsys.readouterr()
+    assert "skipped" in out.out and "no photo could be classified" in out.err
+    assert cli_main("predict", str(tmp_path), str(tmp_path / "x.jpg")) == 2
+    assert f"did you mean {tmp_path / 'run'}?" in capsys.readouterr().err
+    assert cli_main("predict", str(tmp_path / "x.jpg"), str(tmp_path / "x.jpg")) == 2
+    assert "neither a finetune run directory" in capsys.readouterr().err
+    assert cli_main("predict", "no_such_model", str(tmp_path / "x.jpg")) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_predict_names_a_control_character_safely(tmp_path, capsys):
+    from cnnlab.cli.predict import _safe
+
+    assert _safe("a\x1b[2Jb\r.jpg") == "a?[2Jb?.jpg"
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"strategy": "all"}, "--strategy"),
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 1}, "--batch-size must be at least 2"),
+        ({"lr": 0.0}, "--lr"),
+        ({"optimizer": "adam"}, "--optimizer"),
+        ({"label_smoothing": 1.0}, "--label-smoothing"),
+        ({"split": (0.5, 0.5, 0.5)}, "add up to 1"),
+        ({"val_fraction": 1.0}, "--val-fraction"),
+        ({"bn": "off"}, "--bn"),
+        ({"top_k": 0}, "--top-k"),
+        ({"precision": "fp16"}, "--precision"),
+        ({"keep": "first"}, "--keep"),
+        ({"early_stopping": 3}, "--early-stopping needs --keep best"),
+    ],
+)
+def test_bad_settings(settings, message):
+    with pytest.raises(CnnlabError, match=message):
+        FinetuneConfig(data="x", **settings)
+
+
+def test_bad_backbones(photos, tmp_path, capsys):
+    assert cli_main("finetune", str(photos), "-m", "resnet_18_typo", "--out",
+                    str(tmp_path / "r")) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing left behind
+    assert cli_main("finetune", str(photos), "-m", "alexnet-paper", "--out",
+                    str(tmp_path / "r")) == 2
+    assert "no pretrained ImageNet weights" in capsys.readouterr().err
+
+
+def test_bad_data_is_one_line(tmp_path, weights, capsys):
+    assert cli_main("finetune", str(tmp_path / "missing"), "-m", BACKBONE, "--weights",
+                    str(weights), "--out", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "folder not found" in err
+
+
+def test_help_is_instant_and_lists_the_strategies():
+    proc = subprocess.run([sys.executable, "-c", "import sys; from cnnlab.cli import main; "
+                           "main(['finetune', '--help'])"], capture_output=True, text=True,
+                          timeout=60)
+    assert "freeze" in proc.stdout and "gradual" in proc.stdout and "--compare" in proc.stdout
+    proc = subprocess.run([sys.executable, "-c", "import sys; from cnnlab.cli.finetune import "
+                           "add_parser; from cnnlab.cli.predict import add_parser as p; "
+                           "print('torch' in sys.modules)"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.slow
+def test_hymenoptera_freeze_with_lite0(shared_data, tmp_path):
+    """The real thing: EfficientNet-Lite0, frozen, on ants and bees. val/ is the held-out test
+    set (153 photos); PyTorch's tutorial reaches ~95% there by fine-tuning ResNet-18."""
+    data = shared_data("hymenoptera")
+    config = FinetuneConfig(data=str(data), epochs=10, report=False)
+    r = finetune.run(config, RunDir.create("finetune", tmp_path / "run"), Reporter(quiet=True))
+    assert (r["n_train"], r["n_val"], r["n_test"]) == (196, 49, 153)
+    assert r["test_accuracy"] >= 90.0
