@@ -16,6 +16,7 @@ Steps (in order):
   alexnet         AlexNet's parameters layer by layer; the ResNet family    (cnnlab params)
   alexnet-groups  AlexNet as published on two GPUs                          (cnnlab params)
   evaluate        pretrained CNNs on DATA/imagenet-samples                  (cnnlab evaluate)
+  finetune        freeze vs fine-tune a pretrained CNN on DATA/hymenoptera   (cnnlab finetune)
   train           plain CNN vs ResNet-18 vs fast net on CIFAR-10            (cnnlab train)
   charrnn         an RNN learns hello/green/start; completes h g s e t      (cnnlab charrnn)
 

@@ -177,6 +177,25 @@ def _charrnn(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
         s.figures.append(fig)
 
 
+def _finetune(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    rows = r["rows"]
+    s.tables.append(Table(
+        ["strategy", "epochs", "train accuracy", "validation accuracy", "test top-1 error",
+         "test top-k error", "seconds"],
+        [[row["strategy"], row["epochs"], _pct(row["train_accuracy"]),
+          _pct(row["val_accuracy"]), _pct(row["top1_error"]),
+          "-" if row["topk_error"] is None else f"{_pct(row['topk_error'])} (k={row['top_k']})",
+          f"{row['seconds']:.0f}"] for row in rows],
+        f"{r['backbone']} on {Path(r['data']).name}: both strategies on the same split; "
+        f"{rows[0]['n_test']} test photos (one is {100 / max(rows[0]['n_test'], 1):.1f} points)",
+        numeric=(1, 2, 3, 4, 5, 6)))
+    for row in rows:
+        fig = figure(lab_dir, f"{step_dir}/{row['strategy']}/curves.png",
+                     f"{row['strategy']}: loss and accuracy per epoch, train vs validation")
+        if fig:
+            s.figures.append(fig)
+
+
 def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     s.tables.append(Table(
         ["model", "recipe", "test accuracy", "seeds", "parameters", "MACs", "epochs", "train s",
@@ -200,6 +219,7 @@ SECTION_BUILDERS: dict[str, Callable[[Section, dict, Path, str], None]] = {
     "alexnet": _alexnet,
     "alexnet-groups": _alexnet_groups,
     "evaluate": _evaluate,
+    "finetune": _finetune,
     "train": _train,
     "charrnn": _charrnn,
 }

@@ -143,6 +143,20 @@ def plan_evaluate(cfg: LabConfig) -> Plan:
     return Plan(evaluate.run, config, command, inputs=[photos])
 
 
+def plan_finetune(cfg: LabConfig) -> Plan:
+    # Lab A (4): the lab's two experiments — every layer trained vs the body frozen — on one
+    # split of the user's photos (default: hymenoptera). --quick: 2 epochs each.
+    from cnnlab.tasks import finetune
+
+    data = Path(cfg.finetune_data) if cfg.finetune_data else Path(cfg.data_root) / "hymenoptera"
+    if not data.is_dir():
+        raise Skip(f"no transfer-learning photos at {data} (set --data-root or --finetune-data)")
+    quick = {"epochs": 2} if cfg.quick else {}
+    config = finetune.FinetuneConfig(data=str(data), compare=True, **quick)
+    command = f"cnnlab finetune {data} --compare" + (" --epochs 2" if cfg.quick else "")
+    return Plan(finetune.run, config, command, inputs=[data])
+
+
 TRAIN_MODELS = ("simple-cnn", "resnet18", "fast-cifar")  # the lab's two, and cnnlab's CPU net
 CIFAR_ZIP = ("cifar10", "cifar10-jpg.zip")
 
@@ -189,6 +203,7 @@ STEPS: tuple[Step, ...] = (
     Step("alexnet", "AlexNet's parameters, and the ResNet family", plan_alexnet),
     Step("alexnet-groups", "AlexNet as published, on two GPUs (groups=2)", plan_alexnet_groups),
     Step("evaluate", "Pretrained CNNs on ImageNet photos", plan_evaluate),
+    Step("finetune", "Transfer learning: freeze the body or fine-tune it all", plan_finetune),
     Step("train", "Plain CNN against ResNet on CIFAR-10", plan_train),
     Step("charrnn", "A character RNN learns hello, green, start", plan_charrnn),
 )
