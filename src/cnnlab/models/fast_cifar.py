@@ -168,6 +168,6 @@ register_model(
         builder=FastCifarNet,
         description="airbench-style CIFAR net (whitening conv, 3 conv groups) sized for a CPU",
         default_input=(3, 32, 32),
-        options={"num_classes": int, "activation": str},
+        options={"num_classes": int, "activation": str, "widths": tuple},
     )
 )
