@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models.fast_cifar import FastCifarNet, patches, whiten_init
+from cnnlab.models.fast_cifar import FastCifarNet, WhiteningConv, patches, whiten_init
 from cnnlab.models.registry import count_parameters, create_model, get_spec
 from cnnlab.models.resnet_cifar import PadShortcut
 
@@ -148,6 +148,17 @@ def test_fast_cifar_parameters_and_frozen_parts():
     assert torch.equal(w[:24, :, 1, 1], torch.eye(24)) and w[:24, :, 0, 0].abs().sum() == 0
     with pytest.raises(CnnlabError, match="widths"):
         FastCifarNet(widths=(8, 8))
+
+
+def test_whitening_conv_is_a_conv_with_its_bias_added_after():
+    torch.manual_seed(0)
+    ours, ref = WhiteningConv(3, 24, 2), nn.Conv2d(3, 24, 2)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(ours(x), ref(x), atol=1e-6)
+    ours(x).sum().backward()
+    ref(x).sum().backward()
+    assert torch.allclose(ours.bias.grad, ref.bias.grad)
 
 
 def test_whitening_init_whitens_the_patches():

@@ -20,11 +20,13 @@ under the user's cache folder (`$CNNLAB_CACHE`, else `$XDG_CACHE_HOME/cnnlab`, e
 `~/.cache/cnnlab`), in `cifar/<key>.safetensors`, written atomically. The key is a sha256 of
 the source's *content*, so an edited data set is decoded again and an unchanged one never is:
 
-- zip and official batches: sha256 of the files' bytes (63 MB zip: ~0.1 s, far less than a decode);
-- class folders: sha256 over the sorted (relative path, size, sha256 of the bytes) of every file.
-  Reading 60,000 small files costs ~1 s against ~10 s of decoding; a key from (size, mtime)
-  alone would be cheaper but is fooled by an edit that keeps the size within the file system's
-  mtime resolution, and changes on every copy; content cannot be fooled.
+- zip and official batches: sha256 of the files' bytes (the 63 MB zip: 0.04 s on an idle
+  machine, against ~11 s of decoding);
+- class folders: sha256 over the sorted (relative path, size, mtime in ns) of every entry.
+  Hashing the bytes of 60,000 small files instead took 13-16 s here (open + read + hash per
+  file, on a busy machine): as long as decoding them, on every warm load. The stat key misses
+  only an edit that keeps both the size and the nanosecond mtime (a deliberate `touch -r`);
+  a copy without `-p` gets new mtimes, which costs one extra decode, never a stale result.
 
 The key also covers the decoder version and `limit_per_class`, so a subset has its own cache file.
 
@@ -226,13 +228,35 @@ def source_key(path: Path, layout: str, limit_per_class: int | None) -> str:
             h.update(f"{f.name}\n".encode())
             _sha256_file(f, h)
     else:  # folders
-        for split in SPLITS:
-            for f in sorted((path / split).rglob("*")):
-                if f.is_file():
-                    rel = f.relative_to(path).as_posix()
-                    h.update(f"{rel}\0{f.stat().st_size}\0".encode())
-                    h.update(_sha256_file(f).digest())
+        for rel, size, mtime_ns in _folder_entries(path):
+            h.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def _folder_entries(root: Path) -> list[tuple[str, int, int]]:
+    """(posix path relative to root, size, mtime_ns) of every file under root/train and
+    root/test, plus the class folders themselves (size -1) so that an empty one is seen;
+    sorted. os.scandir: one stat per file, ~5x faster than Path.rglob + stat."""
+    out: list[tuple[str, int, int]] = []
+
+    def walk(folder: str, rel: str, depth: int) -> None:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                child = f"{rel}/{entry.name}"
+                if entry.is_dir():
+                    if depth == 1:
+                        out.append((child, -1, 0))
+                    walk(entry.path, child, depth + 1)
+                elif entry.is_file():
+                    st = entry.stat()
+                    out.append((child, st.st_size, st.st_mtime_ns))
+
+    for split in SPLITS:
+        if (root / split).is_dir():
+            walk(str(root / split), split, 1)
+    return sorted(out)
 
 
 def _save_cache(path: Path, data: CifarData) -> None:
@@ -567,8 +591,7 @@ def load_cifar(
                 raise CnnlabError(f"cannot read zip {where}: {exc}") from None
             chunk_fn = _zip_chunk
         else:
-            names = [f.relative_to(where).as_posix() for s in SPLITS
-                     for f in (where / s).rglob("*") if f.is_file() or f.parent.parent == where]
+            names = [rel for rel, _, _ in _folder_entries(where)]
             chunk_fn = _folder_chunk
         listing = _list_class_tree(names, str(where), limit_per_class)
         splits, skipped = _decode_listing(where, listing, chunk_fn, reporter, IMAGE_SIZE, workers)
