@@ -186,3 +186,30 @@ def test_max_steps_cuts_the_last_epoch_and_before_epoch_runs_each_epoch(tmp_path
               Reporter(quiet=True), before_epoch=lambda m, e: seen_epochs.append(e))
     assert res.steps == 10 and res.epochs_done == 3 and seen_epochs == [0, 1, 2]
     assert [r["step"] for r in res.history] == [4, 8, 10]
+
+
+def test_after_epoch_sees_each_record_and_its_exception_stops_after_the_checkpoint(tmp_path):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+
+    def batches(epoch):
+        for _ in range(3):
+            yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    class Stop(Exception):
+        pass
+
+    def after_epoch(m, record):
+        assert m is model and m.training  # the bare model, back in train mode
+        seen.append((record["epoch"], record["val_accuracy"]))
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(model, opt, batches, 3, FitConfig(epochs=5), RunDir(tmp_path), Reporter(quiet=True),
+            evaluate=lambda m: {"val_accuracy": 0.5}, after_epoch=after_epoch)
+    assert seen == [(1, 0.5), (2, 0.5)]
+    # The epoch that raised was logged and checkpointed first: the run resumes after it.
+    assert checkpoints.read_meta(tmp_path, "last")["epoch"] == 2
+    assert [r["epoch"] for r in RunDir(tmp_path).read_metrics() if r["kind"] == "epoch"] == [1, 2]
