@@ -17,7 +17,7 @@ from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 
 # Subcommand modules under cnnlab.cli, in the order `cnnlab --help` lists them.
-COMMANDS = ["models", "params", "evaluate", "charrnn", "train", "sweep", "lab"]
+COMMANDS = ["models", "params", "evaluate", "charrnn", "train", "sweep", "experiment", "lab"]
 
 
 def build_parser() -> argparse.ArgumentParser:
