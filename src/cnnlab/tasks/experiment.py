@@ -202,14 +202,18 @@ def conv_grad_norms(model, x, y) -> list[float]:
 
 
 def fixed_batch(data, recipe) -> tuple[Any, Any]:
-    """The first GRAD_BATCH training images (one of each class in turn is not needed: the
-    same images for every net is what matters), normalised as training normalises them."""
+    """GRAD_BATCH training images drawn at random with a fixed seed (the files are sorted by
+    class, so the first ones would all be one class), normalised as training normalises them:
+    the same batch for every net."""
+    import torch
+
     from cnnlab.data.tensor_batches import normalize
 
     mean, std = ((0.5,) * 3, (0.5,) * 3) if recipe.normalization == "half" else (data.mean,
                                                                                    data.std)
-    x = normalize(data.train_x[:GRAD_BATCH], mean, std, channels_last=False)
-    return x, data.train_y[:GRAD_BATCH]
+    idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(0))
+    idx = idx[:GRAD_BATCH]
+    return normalize(data.train_x[idx], mean, std, channels_last=False), data.train_y[idx]
 
 
 # ------------------------------------------------------------------------------- running
@@ -280,6 +284,10 @@ def objective(g: Grid, base, n_trials: int, budget: float | None, reporter):
             "metric_curve": [[rec["step"], rec["train_accuracy"], rec.get("test_accuracy")]
                              for rec in epochs],
         })
+        if g.name == "residual":  # the training loss of every logged window (4 per epoch)
+            attrs["metric_loss_curve"] = [[rec["step"], rec["train_loss"]]
+                                          for rec in sub.read_metrics()
+                                          if rec.get("kind") == "step"]
         return float(r["test_accuracy"]), attrs
 
     return run_trial
@@ -367,6 +375,7 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
             row["grad_init"] = first.get("metric_grad_init")
             row["grad_epoch1"] = first.get("metric_grad_epoch1")
             row["curve"] = first.get("metric_curve")
+            row["loss_curve"] = first.get("metric_loss_curve")
         table.append(row)
     done = [r for r in rows if r["state"] == "COMPLETE"]
     results = {
