@@ -17,6 +17,7 @@ Steps (in order):
   alexnet-groups  AlexNet as published on two GPUs                          (cnnlab params)
   evaluate        pretrained CNNs on DATA/imagenet-samples                  (cnnlab evaluate)
   charrnn         an RNN learns hello/green/start; completes h g s e t      (cnnlab charrnn)
+  experiments     Lab B's claims on depth and ResNet, with data             (cnnlab experiment)
 
 Re-running with the same --out continues the lab: a step whose settings and input files are
 unchanged is not run again (--force STEP runs it anyway), and a step that was interrupted is run

@@ -201,8 +201,8 @@ def conv_grad_norms(model, x, y) -> list[float]:
             if isinstance(mod, nn.Conv2d) and mod.weight.grad is not None]
 
 
-def fixed_batch(data, recipe) -> tuple[Any, Any]:
-    """GRAD_BATCH training images drawn at random with a fixed seed (the files are sorted by
+def fixed_batch(data, recipe, size: int = GRAD_BATCH) -> tuple[Any, Any]:
+    """`size` training images drawn at random with a fixed seed (the files are sorted by
     class, so the first ones would all be one class), normalised as training normalises them:
     the same batch for every net."""
     import torch
@@ -212,7 +212,7 @@ def fixed_batch(data, recipe) -> tuple[Any, Any]:
     mean, std = ((0.5,) * 3, (0.5,) * 3) if recipe.normalization == "half" else (data.mean,
                                                                                    data.std)
     idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(0))
-    idx = idx[:GRAD_BATCH]
+    idx = idx[:size]
     return normalize(data.train_x[idx], mean, std, channels_last=False), data.train_y[idx]
 
 
@@ -236,7 +236,8 @@ def base_train(config: ExperimentConfig, g: Grid):
     )
 
 
-def objective(g: Grid, base, n_trials: int, budget: float | None, reporter):
+def objective(g: Grid, base, n_trials: int, budget: float | None, reporter,
+              grad_batch: int = GRAD_BATCH):
     """The sweep machinery's objective for one grid trial: train, test once, and for the
     residual study the gradient norms at initialisation and after the first epoch."""
     from cnnlab.models.registry import create_model
@@ -261,7 +262,7 @@ def objective(g: Grid, base, n_trials: int, budget: float | None, reporter):
             data = train.load_data(cfg, reporter)
             model_name = cfg.models[0]
             recipe = train.recipe_for(cfg, model_name)
-            x, y = fixed_batch(data, recipe)
+            x, y = fixed_batch(data, recipe, grad_batch)
             torch.manual_seed(cfg.seed)  # as train_one does: the same initial weights
             init = create_model(model_name, num_classes=data.num_classes,
                                 **dict(recipe.model_options))
@@ -317,7 +318,9 @@ def run_one(name: str, config: ExperimentConfig, run_dir: RunDir, reporter) -> d
                  f"{base.epochs} epochs each"
                  + (f", {60 * config.budget / n_trials:.0f} s per trial at most"
                     if config.budget else ""))
-    sweep.run_study(study, url, run_dir, objective(g, base, n_trials, config.budget, reporter),
+    grad_batch = 32 if config.quick else GRAD_BATCH
+    sweep.run_study(study, url, run_dir,
+                    objective(g, base, n_trials, config.budget, reporter, grad_batch),
                     n_trials, reporter)
     rows = sweep.trial_rows(study)
     sweep.write_trials_csv(run_dir, rows)
@@ -440,30 +443,50 @@ def verdict(name: str, rows: list[dict[str, Any]]) -> str:
     return residual_verdict(rows)
 
 
+def _gradient_sentence(by: dict[str, dict[str, Any]], depth: int) -> str:
+    """What the gradient norms at initialisation say about "the derivative going to zero"."""
+    ratios = {}
+    for kind in ("plain", "resnet"):
+        g = by.get(f"{kind}{depth}", {}).get("grad_init")
+        if g:
+            ratios[kind] = g[0] / g[-1]
+    if "plain" not in ratios:
+        return ""
+
+    def trend(r: float) -> str:
+        return ("shrinks towards the input" if r < 0.1 else "grows towards the input"
+                if r > 10 else "stays within 10x from input to output")
+
+    text = (f" At initialisation the first conv layer of plain-{depth} gets "
+            f"{ratios['plain']:.3g}x the gradient norm of its last (it {trend(ratios['plain'])})")
+    if "resnet" in ratios:
+        text += f", ResNet-{depth}'s first {ratios['resnet']:.3g}x its last"
+    vanishing = ratios["plain"] < 0.1
+    return text + (": the derivative does go to zero in the plain net." if vanishing else
+                   ": in these BatchNorm nets the plain net's derivative does not go to zero, "
+                   "as He et al. (section 4.1) also argue; the shortcuts change the spread.")
+
+
 def residual_verdict(rows: list[dict[str, Any]]) -> str:
     by = {r["setting"]["model"]: r for r in rows if r["train_mean"] is not None}
     depths = sorted({int(m.removeprefix("plain").removeprefix("resnet")) for m in by})
-    grads = []
-    for m in (f"plain{depths[-1]}", f"resnet{depths[-1]}"):
-        g = by.get(m, {}).get("grad_init")
-        if g:
-            grads.append(f"{m}: first conv's gradient {g[0] / g[-1]:.2g}x the last's")
-    gtext = ("; at initialisation " + ", ".join(grads)) if grads else ""
+    if not depths:
+        return "Undecided here: no net finished."
+    grads = _gradient_sentence(by, depths[-1])
     if len(depths) < 2:
         errors = ", ".join(f"{m} train error {100 - r['train_mean']:.1f}%" for m, r in by.items())
-        return f"Undecided here: one depth only ({errors}){gtext}."
-
+        return f"Undecided here: one depth only ({errors}).{grads}"
     lo, hi = depths[0], depths[-1]
     err = {m: 100 - r["train_mean"] for m, r in by.items()}
     try:
         plain_worse = err[f"plain{hi}"] > err[f"plain{lo}"]
         res_better = err[f"resnet{hi}"] <= err[f"resnet{lo}"]
     except KeyError:
-        return "Undecided here: not every net finished."
+        return f"Undecided here: not every net finished.{grads}"
     return (f"{_held(plain_worse and res_better)} (Fig. 6: the deeper plain net trains worse, "
             f"the deeper ResNet better): training error plain-{lo} {err[f'plain{lo}']:.1f}% vs "
             f"plain-{hi} {err[f'plain{hi}']:.1f}%, ResNet-{lo} {err[f'resnet{lo}']:.1f}% vs "
-            f"ResNet-{hi} {err[f'resnet{hi}']:.1f}%{gtext}.")
+            f"ResNet-{hi} {err[f'resnet{hi}']:.1f}%.{grads}")
 
 
 # ------------------------------------------------------------------------------- the task
