@@ -126,7 +126,8 @@ def experiment_part(res: dict[str, Any], root: Path, prefix: str) -> Part:
                                       f"{g[-1]:.3g}", f"{g[0] / g[-1]:.3g}"])
         part.tables.append(Table(
             ["net", "when", "first conv", "middle conv", "last conv", "first / last"], grad_rows,
-            "gradient L2 norm of conv weights on one fixed batch of 128 training images",
+            f"gradient L2 norm of conv weights on one fixed batch of {res.get('grad_batch', 128)} "
+            "training images (the same for every net)",
             numeric=(2, 3, 4, 5)))
     fig = figure(root, f"{prefix}{res.get('plot', '')}", TITLES[name])
     if fig:

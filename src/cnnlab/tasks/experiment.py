@@ -388,6 +388,7 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
         "time_limit_per_trial": (60 * config.budget / max(1, len(rows)))
         if config.budget else None,
         "recipe": g.recipe, "rows": table, "n_train": n_train, "n_test": n_test,
+        "grad_batch": 32 if config.quick else GRAD_BATCH,
         "trials": len(rows), "completed": len(done),
     }
     results["verdict"] = verdict(g.name, table)

@@ -454,7 +454,10 @@ def _sampler(config: SweepConfig, worker: int, n_existing: int):
 
     # TPE proposes at random until it has a few trials to model; a third of a small sweep.
     startup = max(2, min(10, config.trials // 3))
-    return optuna.samplers.TPESampler(seed=derived_seed(config.seed, worker, n_existing),
+    # A storage of the user's may be shared by processes started alike on several machines:
+    # their host and pid keep them from proposing the same settings.
+    who = (socket.gethostname(), os.getpid()) if config.storage else ()
+    return optuna.samplers.TPESampler(seed=derived_seed(config.seed, worker, n_existing, *who),
                                       n_startup_trials=startup)
 
 
