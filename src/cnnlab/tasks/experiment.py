@@ -149,7 +149,8 @@ def grid(name: str, config: ExperimentConfig) -> Grid:
         depths = (1, 2, 4) if config.quick else tuple(range(1, 9))
         return Grid(name, "The more convolution layers, the better the performance; after about "
                     "3 or 4 layers the effect drops sharply.",
-                    [{"depth": d} for d in depths], lambda s: f"{s['depth']} layers",
+                    [{"depth": d} for d in depths],
+                    lambda s: f"{s['depth']} layer{'s' if s['depth'] > 1 else ''}",
                     PLAIN_RECIPE, extra={"width": DEPTH_WIDTH, "kernel": 3, "pool": 2,
                                          "pool_kind": "max"},
                     note=f"plain-cnn, width {DEPTH_WIDTH} doubling every second layer, 3x3 "
@@ -390,6 +391,8 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
         "recipe": g.recipe, "rows": table, "n_train": n_train, "n_test": n_test,
         "grad_batch": 32 if config.quick else GRAD_BATCH,
         "trials": len(rows), "completed": len(done),
+        # Wall time of every trial (training, evaluation, loading), over all invocations.
+        "trial_seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
     }
     results["verdict"] = verdict(g.name, table)
     return results
