@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="(128, He et al.'s)")
     p.add_argument("--full", action="store_true", default=None,
                    help="residual: depths 20, 32, 44, 56 (default 20 and 56)")
+    p.add_argument("--quick", action="store_true", default=None,
+                   help="minutes, not hours: 1 epoch; depth 1 2 4, kernels 3 5, pooling 2x2 "
+                        "and 4x4 max, residual 20 only (cnnlab lab --quick)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
@@ -58,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 KEYS = ("data", "data_root", "budget", "seeds", "limit_per_class", "epochs", "batch_size",
-        "full", "threads", "report")
+        "full", "quick", "threads", "report")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -100,9 +100,10 @@ def experiment_part(res: dict[str, Any], root: Path, prefix: str) -> Part:
     subset = (f"{_n(res['n_train'])} training and {_n(res['n_test'])} test images "
               f"({res['limit_per_class']} per class)" if res.get("n_train") else "a subset")
     part.paragraphs.append(
-        f"Setup: {res['note']}. {subset} of {Path(res['data']).name}; {res['epochs']:g} epochs, "
-        f"{res['seeds']} seed(s) per setting{budget}. Each trial is tested once after its last "
-        "epoch; nothing is selected on the test set.")
+        f"Setup: {res['note']}. {subset} of {Path(res['data']).name}; {res['epochs']:g} "
+        f"epoch{'s' if res['epochs'] != 1 else ''}, {res['seeds']} seed"
+        f"{'s' if res['seeds'] != 1 else ''} per setting{budget}. Each trial is tested once "
+        "after its last epoch; nothing is selected on the test set.")
     cut = [r["label"] for r in res["rows"] if "time-limit" in r["stopped"]]
     if cut:
         part.paragraphs.append(f"Stopped by the time limit before their epochs: "

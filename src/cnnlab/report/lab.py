@@ -182,7 +182,7 @@ def _experiments(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
 
     for name, res in r["experiments"].items():
         part = experiment_part(res, lab_dir, f"{step_dir}/{name}/")
-        s.notes.append(f"{part.title} {part.verdict}")
+        s.notes.append(f"{part.title} — {part.verdict}")
         for t in part.tables:
             s.tables.append(Table(t.columns, t.rows, f"{part.title}: {t.caption}", t.numeric))
         s.figures += [Figure(f.path, f.data_uri, f.caption) for f in part.figures]

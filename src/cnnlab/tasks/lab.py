@@ -177,7 +177,7 @@ def plan_experiments(cfg: LabConfig) -> Plan:
         config = experiment.ExperimentConfig(
             experiments=("depth", "residual"), data=str(data), quick=True, seeds=1,
             limit_per_class=10, batch_size=20)
-        flags = "--seeds 1 --limit-per-class 10 --batch-size 20 --epochs 1 (quick)"
+        flags = "--quick --seeds 1 --limit-per-class 10 --batch-size 20"
     else:
         config = experiment.ExperimentConfig(experiments=("depth", "residual"), data=str(data),
                                              seeds=2, budget=20)
