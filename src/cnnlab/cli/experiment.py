@@ -47,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-per-class", type=int, metavar="N",
                    help="train and test on the first N images of each class (200)")
     p.add_argument("--epochs", type=float, help="override each experiment's epochs")
-    p.add_argument("--batch-size", type=int, help="(128, He et al.'s)")
+    p.add_argument("--batch-size", type=int,
+                   help="(128, He et al.'s); the learning rate scales with it (lr x batch/128)")
     p.add_argument("--full", action="store_true", default=None,
                    help="residual: depths 20, 32, 44, 56 (default 20 and 56)")
     p.add_argument("--quick", action="store_true", default=None,

@@ -81,7 +81,8 @@ class ExperimentConfig:
     epochs: float | None = None  # default: each experiment's own (see EPOCHS)
     full: bool = False  # residual: 20, 32, 44, 56 (default: 20 and 56)
     quick: bool = False  # the lab's --quick: 1 epoch, fewer settings
-    batch_size: int | None = None  # default 128 (He et al.); smaller for tiny subsets
+    # Default 128 (He et al.); the learning rate scales with it (linear scaling rule).
+    batch_size: int | None = None
     threads: int | None = None
     report: bool = True
 
@@ -226,6 +227,9 @@ def base_train(config: ExperimentConfig, g: Grid):
     epochs = config.epochs or (1 if config.quick else EPOCHS[g.name])
     recipe = dict(g.recipe)
     if config.batch_size:
+        # The linear scaling rule (Goyal et al. 2017): the learning rate follows the batch size,
+        # so a smaller batch takes more, smaller steps over the same images.
+        recipe["lr"] = recipe["lr"] * config.batch_size / recipe["batch_size"]
         recipe["batch_size"] = config.batch_size
     return TrainConfig(
         data=str(config.data_path()), models=g.models[:1], recipe="fast", epochs=epochs,
