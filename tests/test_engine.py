@@ -201,3 +201,30 @@ def test_no_monitor_means_no_best_checkpoint(tmp_path):
     assert checkpoints.exists(tmp_path, "last")
     with pytest.raises(CnnlabError, match="early stopping needs"):
         FitConfig(epochs=1, monitor=None, early_stopping=3)
+
+
+def test_after_epoch_sees_each_record_and_its_exception_stops_after_the_checkpoint(tmp_path):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+
+    def batches(epoch):
+        for _ in range(3):
+            yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    class Stop(Exception):
+        pass
+
+    def after_epoch(m, record):
+        assert m is model and m.training  # the bare model, back in train mode
+        seen.append((record["epoch"], record["val_accuracy"]))
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(model, opt, batches, 3, FitConfig(epochs=5), RunDir(tmp_path), Reporter(quiet=True),
+            evaluate=lambda m: {"val_accuracy": 0.5}, after_epoch=after_epoch)
+    assert seen == [(1, 0.5), (2, 0.5)]
+    # The epoch that raised was logged and checkpointed first: the run resumes after it.
+    assert checkpoints.read_meta(tmp_path, "last")["epoch"] == 2
+    assert [r["epoch"] for r in RunDir(tmp_path).read_metrics() if r["kind"] == "epoch"] == [1, 2]

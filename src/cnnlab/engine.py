@@ -197,6 +197,7 @@ def fit(
     lr_schedule: Callable[[int], float] | None = None,
     after_step: Callable[[nn.Module, int], None] | None = None,
     before_epoch: Callable[[nn.Module, int], None] | None = None,
+    after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
     extra_state: tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]
     | None = None,
     resume: bool = False,
@@ -210,6 +211,11 @@ def fit(
     return the same numbers everywhere. `lr_schedule(step)` multiplies each parameter group's
     initial learning rate. `after_step(model, step)` runs after every optimiser step (EMA);
     `before_epoch(model, epoch)` before each epoch's first step (0-based epoch).
+    `after_epoch(model, record)` runs on every rank after each epoch's metrics record is
+    logged and its checkpoints are written, with the bare model and that record (1-based
+    "epoch", the metrics of `evaluate`); an exception it raises ends `fit` there, with the run
+    directory as consistent as after a finished epoch (a hyper-parameter search prunes a trial
+    this way, and a caller can measure the model between epochs).
     `extra_state` = (get, set) saves and restores a caller's own state (an EMA's weights) with
     the `last` checkpoint.
     """
@@ -367,6 +373,8 @@ def fit(
                 state,
             )
         checkpoints.crash_point(f"epoch-{epoch}:end")
+        if after_epoch is not None:
+            after_epoch(bare, record)
         if stopped != "completed":
             reporter.log(f"{label}: stopped after epoch {epoch} ({stopped})")
             break

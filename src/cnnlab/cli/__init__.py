@@ -17,7 +17,8 @@ from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 
 # Subcommand modules under cnnlab.cli, in the order `cnnlab --help` lists them.
-COMMANDS = ["models", "params", "evaluate", "finetune", "predict", "train", "charrnn", "lab"]
+COMMANDS = ["models", "params", "evaluate", "finetune", "predict", "train", "sweep",
+            "experiment", "charrnn", "lab"]
 
 
 def build_parser() -> argparse.ArgumentParser:

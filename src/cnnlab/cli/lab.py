@@ -19,6 +19,7 @@ Steps (in order):
   finetune        freeze vs fine-tune a pretrained CNN on DATA/hymenoptera   (cnnlab finetune)
   train           plain CNN vs ResNet-18 vs fast net on CIFAR-10            (cnnlab train)
   charrnn         an RNN learns hello/green/start; completes h g s e t      (cnnlab charrnn)
+  experiments     Lab B's claims on depth and ResNet, with data             (cnnlab experiment)
 
 Re-running with the same --out continues the lab: a step whose settings and input files are
 unchanged is not run again (--force STEP runs it anyway), and a step that was interrupted is run

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if results is None:
         return 0
     rows = [[m["model"], m["recipe"],
-             f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
+             "-" if m["test_accuracy_mean"] is None
+             else f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
              f"{m['params']:,}", f"{(m['macs'] or 0) / 1e6:.1f} M", m["epochs"],
              f"{m['train_seconds']:.0f}", f"{m['images_per_second']:.0f}", m["precision"]]
             for m in results["models"]]

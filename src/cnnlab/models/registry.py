@@ -53,6 +53,7 @@ _FAMILY_MODULES = (
     "cnnlab.models.alexnet_paper",
     "cnnlab.models.simple_cnn",
     "cnnlab.models.resnet_cifar",
+    "cnnlab.models.plain_cnn",
     "cnnlab.models.fast_cifar",
     "cnnlab.models.external",
 )

@@ -214,6 +214,19 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
                    f"accuracy in {best['train_seconds']:.0f} s of training.")
 
 
+def _experiments(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    from cnnlab.report.experiment import experiment_part
+
+    for name, res in r["experiments"].items():
+        part = experiment_part(res, lab_dir, f"{step_dir}/{name}/")
+        s.notes.append(f"{part.title} — {part.verdict}")
+        for t in part.tables:
+            s.tables.append(Table(t.columns, t.rows, f"{part.title}: {t.caption}", t.numeric))
+        s.figures += [Figure(f.path, f.data_uri, f.caption) for f in part.figures]
+        s.notes += part.paragraphs[1:2]  # the setup: subset, epochs, seeds, budget
+    s.notes.append(f"Per-trial runs and the full report: {step_dir}/report.html")
+
+
 SECTION_BUILDERS: dict[str, Callable[[Section, dict, Path, str], None]] = {
     "concepts": _concepts,
     "alexnet": _alexnet,
@@ -222,6 +235,7 @@ SECTION_BUILDERS: dict[str, Callable[[Section, dict, Path, str], None]] = {
     "finetune": _finetune,
     "train": _train,
     "charrnn": _charrnn,
+    "experiments": _experiments,
 }
 
 

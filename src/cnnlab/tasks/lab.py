@@ -198,6 +198,27 @@ def plan_charrnn(cfg: LabConfig) -> Plan:
                 "cnnlab charrnn complete RUN h g s e t", after=complete_prefixes)
 
 
+def plan_experiments(cfg: LabConfig) -> Plan:
+    # Lab B (1) and (2): "the more conv layers the better, flattening after 3-4" and "ResNet
+    # counters the derivative going to zero", checked with data (cnnlab experiment).
+    from cnnlab.tasks import experiment
+
+    data = Path(cfg.data_root) / experiment.DEFAULT_DATA
+    if not data.is_file():
+        raise Skip(f"no CIFAR-10 at {data} (set --data-root)")
+    if cfg.quick:  # seconds per trial: 10 images per class, 1 epoch, depths 1 2 4, the 20s
+        config = experiment.ExperimentConfig(
+            experiments=("depth", "residual"), data=str(data), quick=True, seeds=1,
+            limit_per_class=10, batch_size=20)
+        flags = "--quick --seeds 1 --limit-per-class 10 --batch-size 20"
+    else:
+        config = experiment.ExperimentConfig(experiments=("depth", "residual"), data=str(data),
+                                             seeds=2, budget=20)
+        flags = "--seeds 2 --budget 20"
+    return Plan(experiment.run, config, f"cnnlab experiment depth residual --data {data} {flags}",
+                inputs=[data])
+
+
 STEPS: tuple[Step, ...] = (
     Step("concepts", "Concepts in numbers: local connectivity and weight sharing", plan_concepts),
     Step("alexnet", "AlexNet's parameters, and the ResNet family", plan_alexnet),
@@ -206,6 +227,8 @@ STEPS: tuple[Step, ...] = (
     Step("finetune", "Transfer learning: freeze the body or fine-tune it all", plan_finetune),
     Step("train", "Plain CNN against ResNet on CIFAR-10", plan_train),
     Step("charrnn", "A character RNN learns hello, green, start", plan_charrnn),
+    Step("experiments", "Lab B's claims checked: depth, and residual connections",
+         plan_experiments),
 )
 
 

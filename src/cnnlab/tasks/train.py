@@ -19,7 +19,13 @@ images per step), rank 0 writes; the metrics are all-reduced by the engine.
 Accuracy is measured on the test set after the last epoch, once per (model, seed), with the
 recipe's test-time augmentation; per-epoch test accuracy (without TTA) is logged for the curves
 and never used to choose anything. `--val-fraction` carves a validation split from train, which
-then picks the `best` checkpoint.
+then picks the `best` checkpoint. With `test=False` (the trials of `cnnlab sweep`) the test set
+is never looked at: results hold validation accuracy only.
+
+`model_options` pass builder options to every model (`plain-cnn`'s depth, width, kernel, ...);
+`recipe_overrides` replace any field of the recipe (momentum, weight_decay, label_smoothing,
+schedule, augment, lookahead, ...; nested ones as mappings), so that a sweep or an experiment can
+set every training choice without a recipe of its own in `recipes.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +68,26 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False
     report: bool = True
+    # Builder options for every model, e.g. (("depth", 4), ("kernel", 5)) for plain-cnn.
+    model_options: tuple[tuple[str, Any], ...] = ()
+    # Any Recipe field, replaced after the recipe is chosen (see `apply_overrides`).
+    recipe_overrides: tuple[tuple[str, Any], ...] = ()
+    test: bool = True  # measure test accuracy; False: validation only (a sweep's trials)
 
     def __post_init__(self) -> None:
+        # From JSON (config.json of a resumed run) these arrive as lists of [key, value] lists.
+        object.__setattr__(self, "model_options", _pairs(self.model_options, "model_options"))
+        object.__setattr__(self, "recipe_overrides",
+                           _pairs(self.recipe_overrides, "recipe_overrides"))
+        bad = [k for k, _ in self.recipe_overrides if k not in OVERRIDABLE]
+        if bad:
+            from cnnlab.errors import suggest
+
+            raise CnnlabError(f"recipe_overrides: {bad[0]!r} is not a recipe setting"
+                              f"{suggest(bad[0], OVERRIDABLE)}")
+        if not self.test and not self.val_fraction:
+            raise CnnlabError("a run without the test set needs --val-fraction (else it "
+                              "measures nothing)")
         if not self.models:
             raise CnnlabError("no model given: pass -m MODEL")
         if len(set(self.models)) != len(self.models):
@@ -93,6 +118,49 @@ class TrainConfig:
             raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
 
 
+def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
+    """((key, value), ...) from a mapping, pairs, or JSON's lists of [key, value]."""
+    if isinstance(value, dict):
+        value = tuple(value.items())
+    try:
+        pairs = tuple((str(k), v) for k, v in value)
+    except (TypeError, ValueError):
+        raise CnnlabError(f"{what} must be a mapping of settings, not {value!r}") from None
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise CnnlabError(f"{what}: a setting is given twice")
+    return pairs
+
+
+# Recipe fields a config may replace (name and model are the recipe's identity, not settings).
+OVERRIDABLE = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+               "bias_lr_scale", "label_smoothing", "schedule", "augment", "normalization",
+               "lookahead", "tta", "precision", "whiten_images", "whiten_bias_epochs")
+
+
+def apply_overrides(recipe, overrides: tuple[tuple[str, Any], ...]):
+    """`recipe` with fields replaced; the nested ones (schedule, augment, lookahead) are given
+    as mappings of their own fields (lookahead: None switches it off). Values are checked by
+    the dataclasses themselves (a one-line CnnlabError)."""
+    from cnnlab import recipes
+    from cnnlab.data.tensor_batches import Augment
+
+    nested = {"schedule": recipes.Schedule, "augment": Augment, "lookahead": recipes.Lookahead}
+    values = {}
+    for key, value in overrides:
+        if key in nested and isinstance(value, dict):
+            names = {f.name for f in fields(nested[key])}
+            unknown = sorted(set(value) - names)
+            if unknown:
+                raise CnnlabError(f"recipe_overrides {key}: unknown setting {unknown[0]!r}; "
+                                  f"it has {', '.join(sorted(names))}")
+            value = nested[key](**value)
+        values[key] = value
+    try:
+        return replace(recipe, **values) if values else recipe
+    except TypeError as exc:
+        raise CnnlabError(f"recipe_overrides: {exc}") from None
+
+
 def recipe_for(config: TrainConfig, model: str):
     """The recipe one model trains with: the lab's own for that model, or the named recipe with
     this model in it; then the command line's overrides."""
@@ -111,6 +179,9 @@ def recipe_for(config: TrainConfig, model: str):
                                    ("lr", config.lr)) if v is not None}
     if config.precision != "auto":
         overrides["precision"] = config.precision
+    recipe = apply_overrides(recipe, config.recipe_overrides)
+    if config.model_options:
+        recipe = replace(recipe, model_options=(*recipe.model_options, *config.model_options))
     return replace(recipe, **overrides) if overrides else recipe
 
 
@@ -181,8 +252,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, devi
 
 
 def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: RunDir,
-              reporter, device: torch.device, resume: bool = False) -> dict[str, Any]:
-    """Train one model with one seed into `run_dir`; returns its results (also results.json)."""
+              reporter, device: torch.device, resume: bool = False,
+              after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None
+              ) -> dict[str, Any]:
+    """Train one model with one seed into `run_dir`; returns its results (also results.json).
+
+    `after_epoch(model, record)` is the engine's hook (`engine.fit`): it sees every epoch's
+    metrics (val_accuracy with a validation split) and may raise to stop, e.g. to prune."""
     from cnnlab import dist, recipes
     from cnnlab.data.tensor_batches import iter_batches, normalize, num_batches
     from cnnlab.engine import FitConfig, fit
@@ -223,8 +299,9 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         out = {}
-        acc, loss = accuracy(m, data.test_x, data.test_y, mean, std, device)
-        out.update(test_accuracy=acc, test_loss=loss)
+        if config.test:
+            acc, loss = accuracy(m, data.test_x, data.test_y, mean, std, device)
+            out.update(test_accuracy=acc, test_loss=loss)
         if data.val_x is not None:
             acc, loss = accuracy(m, data.val_x, data.val_y, mean, std, device)
             out.update(val_accuracy=acc, val_loss=loss)
@@ -260,24 +337,29 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     result = fit(model, optimizer, batches, steps_per_epoch, fit_cfg, run_dir, reporter,
                  loss_fn=loss_fn, evaluate=evaluate, lr_schedule=recipes.lr_lambda(
                      recipe.schedule, total_steps), after_step=after_step,
-                 before_epoch=before_epoch, extra_state=extra, resume=resume, device=device,
-                 label=f"{model_name} seed {seed}")
+                 before_epoch=before_epoch, after_epoch=after_epoch, extra_state=extra,
+                 resume=resume, device=device, label=f"{model_name} seed {seed}")
     start = time.monotonic()
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                        enabled=precision == "bf16"):
-        test_acc, test_loss = accuracy(model, data.test_x, data.test_y, mean, std, device,
-                                       tta=recipe.tta)
+    test_acc = test_loss = None
+    if config.test:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                            enabled=precision == "bf16"):
+            test_acc, test_loss = accuracy(model, data.test_x, data.test_y, mean, std, device,
+                                           tta=recipe.tta)
     eval_seconds = time.monotonic() - start
     images = result.steps * recipe.batch_size
     out = {
         "model": model_name, "seed": seed, "recipe": recipe.name,
         "test_accuracy": test_acc, "test_loss": test_loss, "tta": recipe.tta,
         "test_accuracy_no_tta": result.last.get("test_accuracy"),
+        "val_accuracy": result.last.get("val_accuracy"),
+        "best_val_accuracy": result.best_metric, "best_epoch": result.best_epoch,
         "epochs": result.epochs_done, "steps": result.steps, "stopped": result.stopped,
         "train_seconds": result.train_seconds, "eval_seconds": eval_seconds,
         "images_per_second": images / result.train_seconds if result.train_seconds else None,
         "params": count_parameters(model), "precision": precision,
-        "precision_reason": why, "n_train": n_train, "n_test": len(data.test_y),
+        "precision_reason": why, "n_train": n_train,
+        "n_test": len(data.test_y) if config.test else 0,
         "world_size": info.world_size,
     }
     if info.is_main:
@@ -291,17 +373,26 @@ def macs_of(model_name: str, options: dict[str, Any], shape: tuple[int, ...]) ->
     return profile_registered(model_name, shape, **options).macs
 
 
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """(mean, sample std; 0 for one value) in percent, or (None, None) when not measured."""
+    if not values or any(v is None for v in values):
+        return None, None
+    pct = [100 * v for v in values]
+    return statistics.fmean(pct), statistics.stdev(pct) if len(pct) > 1 else 0.0
+
+
 def summarise(rows: list[dict[str, Any]], macs: dict[str, int]) -> list[dict[str, Any]]:
-    """Per model: test accuracy mean ± std over seeds (sample std; 0 for one seed), params,
-    MACs, mean train seconds and images/s."""
+    """Per model: test (and validation) accuracy mean ± std over seeds (sample std; 0 for one
+    seed), params, MACs, mean train seconds and images/s."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        accs = [100 * r["test_accuracy"] for r in mine]
+        test_mean, test_std = _mean_std([r["test_accuracy"] for r in mine])
+        val_mean, val_std = _mean_std([r.get("val_accuracy") for r in mine])
         out.append({
             "model": model, "recipe": mine[0]["recipe"], "seeds": len(mine),
-            "test_accuracy_mean": statistics.fmean(accs),
-            "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "test_accuracy_mean": test_mean, "test_accuracy_std": test_std,
+            "val_accuracy_mean": val_mean, "val_accuracy_std": val_std,
             "params": mine[0]["params"], "macs": macs.get(model),
             "train_seconds": statistics.fmean(r["train_seconds"] for r in mine),
             "images_per_second": statistics.fmean(r["images_per_second"] or 0 for r in mine),
@@ -310,12 +401,13 @@ def summarise(rows: list[dict[str, Any]], macs: dict[str, int]) -> list[dict[str
     return out
 
 
-def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False
+def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
+        after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None
         ) -> dict[str, Any] | None:
     """Train every model with every seed into `run_dir`; results on rank 0, None elsewhere.
 
     With `resume`, finished (model, seed) runs are kept, an interrupted one continues from its
-    last checkpoint, the rest start."""
+    last checkpoint, the rest start. `after_epoch` goes to every `train_one`."""
     from cnnlab import checkpoints, dist
     from cnnlab.models.registry import get_spec
 
@@ -348,10 +440,13 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False
                 sub.path.mkdir(parents=True, exist_ok=True)
             dist.barrier()
             rows.append(train_one(config, data, model_name, seed, sub, reporter, device,
-                                  resume=again))
+                                  resume=again, after_epoch=after_epoch))
             r = rows[-1]
-            reporter.log(f"{sub.path.name}: test accuracy {100 * r['test_accuracy']:.2f}% "
-                         f"({r['tta']} TTA) in {r['train_seconds']:.0f} s of training")
+            which, acc = (("test", r["test_accuracy"]) if config.test
+                          else ("validation", r["val_accuracy"]))
+            reporter.log(f"{sub.path.name}: {which} accuracy {100 * (acc or 0):.2f}% "
+                         f"({r['tta'] if config.test else 'no'} TTA) in "
+                         f"{r['train_seconds']:.0f} s of training")
     if not info.is_main:
         return None
     macs = {}
@@ -367,7 +462,7 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False
         "models": summarise(rows, macs), "runs": rows,
     }
     run_dir.save_results(results)
-    if config.report:
+    if config.report and config.test:  # the report compares test accuracy
         from cnnlab.report.train import write_report
 
         write_report(run_dir.path)

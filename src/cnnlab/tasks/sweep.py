@@ -1,0 +1,712 @@
+"""`cnnlab sweep`: hyper-parameter search with Optuna, every trial a normal `cnnlab train` run.
+
+    config = SweepConfig(data="cifar10-jpg.zip", space=(("lr", {"low": 0.01, "high": 1,
+                         "log": True}), ("depth", [2, 4, 6])), train=(("models", ["plain-cnn"]),))
+    results = run(config, RunDir.create("sweep"), Reporter())
+
+The lab's "last way is to train and test many times to pick the best parameters", done so that
+the test set never picks anything:
+
+- The training set is split once (`val_fraction`, stratified, seeded) into train and validation
+  (`data/cifar.split_validation`); trials train on the first and are scored on the second.
+  They never look at the test set (`TrainConfig.test=False`).
+- Optuna's TPE sampler proposes each trial's settings from the search space; after every epoch
+  the trial reports its validation accuracy, and the pruner (median or Hyperband) may stop it.
+- At the end the best trial's settings are re-trained once on the whole training set
+  (train + validation) and tested once: the one test-set number of the sweep.
+
+Each trial is `tasks/train.run` into `RUN/trials/trial-NNNN/` (config.json, metrics.jsonl,
+checkpoints, results.json: `cnnlab train --resume` works on it).
+
+Storage: an Optuna RDB storage, SQLite in the run directory by default (`RUN/study.db`), or any
+URL (`--storage postgresql://...`) shared by several processes or machines. Trials are counted
+in the storage, so `--trials N` means N trials over every process and every resume:
+
+- A worker takes a trial under a lock (a file lock beside a SQLite database; other databases
+  rely on Optuna's atomic trial numbers, and a trial started past N in a race is failed as
+  "surplus" before it trains).
+- A trial whose process died (`kill -9`, a power cut) stays RUNNING in the storage. Every worker,
+  before it takes a trial, and `--resume`, look for RUNNING trials of this machine whose process
+  is gone (pid and start time recorded with the trial): such a trial is marked FAIL ("retried")
+  and its settings are queued again as a new trial, which re-trains it from the start. The
+  failed attempt no longer counts, the retry does: nothing is lost, nothing counted twice.
+  A trial of another machine is left to that machine (or to Optuna's heartbeat).
+
+`run_study` is the loop both `cnnlab sweep` and `cnnlab experiment` (a grid of queued trials)
+run through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnlab import checkpoints
+from cnnlab.errors import CnnlabError, suggest
+from cnnlab.runs import RunDir
+
+if TYPE_CHECKING:
+    import optuna
+
+    from cnnlab.tasks.train import TrainConfig
+
+PRUNERS = ("median", "hyperband", "none")
+STUDY_DB = "study.db"
+TRIALS_DIR = "trials"
+FINAL_DIR = "final"
+# TrainConfig settings a trial may not take from the search space or `train:` (the sweep owns
+# them: the data, the validation split, the test set and the report).
+OWNED = ("data", "val_fraction", "test", "report")
+
+
+# --------------------------------------------------------------------------- search space
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of the search space.
+
+    YAML forms: a list is a choice (`kernel: [3, 5, 7]`); a mapping with low/high is a range,
+    int when both ends are ints (`depth: {low: 1, high: 8}`), float otherwise, `log: true` for
+    a log scale, `step` for a grid (`lr: {low: 0.001, high: 1.0, log: true}`).
+    """
+
+    name: str
+    kind: str  # "int", "float" or "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    @classmethod
+    def parse(cls, name: str, spec: Any) -> Param:
+        if isinstance(spec, list | tuple):
+            if not spec:
+                raise CnnlabError(f"search space {name}: an empty list of choices")
+            return cls(name, "categorical", choices=tuple(spec))
+        if not isinstance(spec, dict) or "low" not in spec or "high" not in spec:
+            raise CnnlabError(f"search space {name}: give a list of choices or "
+                              f"{{low: ..., high: ...}}, not {spec!r}")
+        unknown = sorted(set(spec) - {"low", "high", "log", "step"})
+        if unknown:
+            raise CnnlabError(f"search space {name}: unknown key {unknown[0]!r} "
+                              "(low, high, log, step)")
+        low, high = spec["low"], spec["high"]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+            raise CnnlabError(f"search space {name}: low and high must be numbers")
+        if low >= high:
+            raise CnnlabError(f"search space {name}: low {low} must be below high {high}")
+        log = bool(spec.get("log", False))
+        if log and low <= 0:
+            raise CnnlabError(f"search space {name}: a log scale needs low > 0")
+        step = spec.get("step")
+        if log and step is not None:
+            raise CnnlabError(f"search space {name}: give log or step, not both")
+        kind = "int" if isinstance(low, int) and isinstance(high, int) and (
+            step is None or isinstance(step, int)) else "float"
+        return cls(name, kind, low=low, high=high, log=log, step=step)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high),
+                                     step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high),
+                                   step=self.step, log=self.log)
+
+
+def parse_space(space: Any) -> tuple[Param, ...]:
+    if isinstance(space, dict):
+        space = tuple(space.items())
+    params = tuple(Param.parse(str(k), v) for k, v in space)
+    if not params:
+        raise CnnlabError("the search space is empty: give `space:` with at least one setting")
+    return params
+
+
+def _pairs(value: Any, what: str) -> tuple[tuple[str, Any], ...]:
+    if isinstance(value, dict):
+        return tuple((str(k), v) for k, v in value.items())
+    try:
+        return tuple((str(k), v) for k, v in value)
+    except (TypeError, ValueError):
+        raise CnnlabError(f"{what} must be a mapping, not {value!r}") from None
+
+
+def train_fields() -> list[str]:
+    from cnnlab.tasks.train import TrainConfig
+
+    return [f.name for f in fields(TrainConfig)]
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """`base` with a trial's settings: `model` and cnnlab train's own settings directly, a
+    model's builder options into `model_options`, any recipe setting into `recipe_overrides`."""
+    from cnnlab.models.registry import get_spec
+    from cnnlab.tasks.train import OVERRIDABLE
+
+    direct, model_opts, recipe = {}, dict(base.model_options), dict(base.recipe_overrides)
+    models = base.models
+    if "model" in params:
+        models = (str(params["model"]),)
+    options = set.intersection(*(set(get_spec(m).options) for m in models))
+    names = train_fields()
+    for key, value in params.items():
+        if key == "model":
+            continue
+        if key in names and key not in OWNED and key not in ("models", "model_options",
+                                                               "recipe_overrides"):
+            direct[key] = value
+        elif key in options:
+            model_opts[key] = value
+        elif key in OVERRIDABLE:
+            recipe[key] = value
+        else:
+            raise CnnlabError(
+                f"search space: {key!r} is neither a `cnnlab train` setting, an option of "
+                f"{', '.join(models)}, nor a recipe setting"
+                f"{suggest(key, [*names, *options, *OVERRIDABLE])}")
+    return replace(base, models=models, model_options=tuple(model_opts.items()),
+                   recipe_overrides=tuple(recipe.items()), **direct)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    data: str  # as for cnnlab train: a CIFAR zip, class folders, the official batches
+    space: tuple[tuple[str, Any], ...]  # name -> list of choices or {low, high, log, step}
+    train: tuple[tuple[str, Any], ...] = ()  # fixed cnnlab train settings of every trial
+    trials: int = 20  # trials over all processes and resumes (finished or pruned)
+    budget: float | None = None  # minutes of search in this invocation; then no new trial
+    workers: int = 1  # processes on this machine sharing the study
+    storage: str | None = None  # Optuna RDB URL; default sqlite in the run directory
+    study: str = "cnnlab-sweep"  # study name in the storage (shared by every process)
+    pruner: str = "median"
+    val_fraction: float = 0.1  # share of train held out to score the trials
+    seed: int = 0  # sampler seed (each process and resume derives its own from it)
+    final: bool = True  # re-train the best settings on train + validation, test once
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "space", _pairs(self.space, "space"))
+        object.__setattr__(self, "train", _pairs(self.train, "train"))
+        parse_space(self.space)
+        if self.trials < 1:
+            raise CnnlabError(f"--trials must be at least 1, not {self.trials}")
+        if self.budget is not None and self.budget <= 0:
+            raise CnnlabError(f"--budget must be positive (minutes), not {self.budget}")
+        if self.workers < 1:
+            raise CnnlabError(f"--workers must be at least 1, not {self.workers}")
+        if self.pruner not in PRUNERS:
+            raise CnnlabError(f"pruner must be one of {', '.join(PRUNERS)}, not {self.pruner!r}")
+        if not 0 < self.val_fraction < 1:
+            raise CnnlabError(f"val_fraction must be in (0, 1): the trials are scored on a "
+                              f"validation split of train, never on test (not {self.val_fraction})")
+        owned = [k for k, _ in self.train if k in OWNED]
+        if owned:
+            raise CnnlabError(f"train: {owned[0]!r} is set by the sweep itself")
+
+    def base_train(self) -> TrainConfig:
+        """The TrainConfig every trial starts from (before its own settings)."""
+        from cnnlab.config import from_mapping
+        from cnnlab.tasks.train import TrainConfig
+
+        values = dict(self.train)
+        if isinstance(values.get("models"), list | str):
+            m = values["models"]
+            values["models"] = (m,) if isinstance(m, str) else tuple(m)
+        values.update(data=self.data, val_fraction=self.val_fraction, test=False, report=False)
+        return from_mapping(TrainConfig, values)
+
+
+def load_sweep_yaml(path: str | Path, overrides: dict[str, Any]) -> SweepConfig:
+    """A SweepConfig from a YAML file (top level: data, space, train, trials, budget, workers,
+    storage, study, pruner, val_fraction, seed, final), flags given on the command line on top."""
+    from cnnlab.config import from_mapping, load_yaml
+
+    values = load_yaml(path)
+    values.setdefault("study", Path(path).stem)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "data" in values:
+        # A relative data path in the file is relative to the file, not to where cnnlab runs.
+        data = Path(str(values["data"])).expanduser()
+        if not data.is_absolute() and not data.exists():
+            data = Path(path).parent / data
+        values["data"] = str(data)
+    return from_mapping(SweepConfig, values)
+
+
+# --------------------------------------------------------------------------- storage, lock
+
+
+def storage_url(config_storage: str | None, run_dir: RunDir) -> str:
+    return config_storage or f"sqlite:///{run_dir.path.resolve() / STUDY_DB}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Wait for another process's write instead of failing with "database is locked".
+        kwargs = {"connect_args": {"timeout": 120}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except (ImportError, ValueError) as exc:
+        raise CnnlabError(f"cannot open the study storage {url!r}: {exc}") from None
+    except Exception as exc:  # sqlalchemy's errors: a wrong URL, a server that is not there
+        raise CnnlabError(f"cannot open the study storage {url!r}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def study_lock(url: str) -> Iterator[None]:
+    """Exclusive among this machine's processes for a SQLite study (a lock file beside the
+    database); a no-op for server databases, whose trial numbers Optuna assigns atomically."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(url.removeprefix("sqlite:///") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _process_start(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "process_start": _process_start(os.getpid())}
+
+
+def _orphaned(t: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial of this machine whose process is gone (or is another process now)."""
+    a = t.user_attrs
+    if a.get("host") != socket.gethostname() or "pid" not in a:
+        return False
+    start = _process_start(int(a["pid"]))
+    return start is None or abs(start - float(a.get("process_start") or 0)) > 1.0
+
+
+def _takes_slot(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts towards --trials: every trial but a failed one that was retried
+    (its retry counts) or started past the count in a race."""
+    from optuna.trial import TrialState
+
+    return not (t.state == TrialState.FAIL
+                and (t.user_attrs.get("retried") or t.user_attrs.get("surplus")))
+
+
+def recover_orphans(study: optuna.Study, reporter) -> list[int]:
+    """Fail this machine's trials whose process died and queue their settings again (once).
+    Call under `study_lock`. Returns the numbers of the trials failed."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried_of = {t.user_attrs.get("retry_of") for t in trials}
+    failed = []
+    for t in trials:
+        if t.state != TrialState.RUNNING or not _orphaned(t):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "retried", True)
+        if t.number not in retried_of:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        with contextlib.suppress(Exception):  # finished meanwhile by someone else: fine
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        failed.append(t.number)
+        reporter.log(f"trial {t.number}: its process ({t.user_attrs.get('pid')}) is gone; "
+                     "failed and queued again")
+    return failed
+
+
+# --------------------------------------------------------------------------- the trial loop
+
+
+@dataclass
+class Trial:
+    """What an objective gets: the Optuna trial, its directory and its deadline."""
+
+    optuna_trial: optuna.Trial
+    run_dir: RunDir
+    deadline: float | None  # time.time() after which the trial should stop (the budget)
+
+
+Objective = Callable[[Trial], tuple[float, dict[str, Any]]]
+
+
+class Pruned(Exception):
+    """Raised by a trial that the pruner stopped; carries the trial's attributes."""
+
+    def __init__(self, attrs: dict[str, Any]):
+        super().__init__("pruned")
+        self.attrs = attrs
+
+
+def run_study(study: optuna.Study, url: str, run_dir: RunDir, objective: Objective,
+              n_trials: int, reporter, deadline: float | None = None) -> int:
+    """Take trials from `study` and run them until `n_trials` trials exist in it (over every
+    process), none is queued, or `deadline` (time.time()) passes. Returns how many ran here."""
+    from optuna.trial import TrialState
+
+    ran = 0
+    while deadline is None or time.time() < deadline:
+        with study_lock(url):
+            recover_orphans(study, reporter)
+            trials = study.get_trials(deepcopy=False)
+            used = sum(_takes_slot(t) for t in trials)
+            waiting = {t.number for t in trials if t.state == TrialState.WAITING}
+            if used >= n_trials and not waiting:
+                break
+            trial = study.ask()  # a queued trial first (a retry, a grid point), else a new one
+            for key, value in _owner().items():
+                trial.set_user_attr(key, value)
+        if trial.number not in waiting:
+            earlier = [t for t in study.get_trials(deepcopy=False)
+                       if t.number < trial.number and _takes_slot(t)]
+            if len(earlier) >= n_trials:  # started past the count in a race (server storage)
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+                break
+        folder = run_dir.path / TRIALS_DIR / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(folder.relative_to(run_dir.path)))
+        start = time.time()
+        try:
+            value, attrs = objective(Trial(trial, RunDir.create("trial", out=folder), deadline))
+        except Pruned as exc:
+            _set_attrs(trial, {**exc.attrs, "seconds": round(time.time() - start, 1)})
+            study.tell(trial, state=TrialState.PRUNED)
+            reporter.log(f"trial {trial.number}: pruned after epoch {exc.attrs.get('epochs')}")
+        except Exception as exc:  # one bad setting (or a bug in one trial) must not end it
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            reporter.log(f"trial {trial.number}: failed — {exc}")
+            if not isinstance(exc, CnnlabError):
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+        else:
+            _set_attrs(trial, {**attrs, "seconds": round(time.time() - start, 1)})
+            study.tell(trial, value)
+            reporter.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
+        ran += 1
+        checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
+    return ran
+
+
+def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+
+
+def make_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None,
+               pruner: optuna.pruners.BasePruner | None) -> optuna.Study:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    with study_lock(url):
+        return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                   pruner=pruner, direction="maximize", load_if_exists=True)
+
+
+def derived_seed(*parts: Any) -> int:
+    """A sampler seed from the sweep's seed and what makes this process different (its worker
+    index, the trials already in the study): reproducible, but two workers or a resume do not
+    propose the same settings again."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def _sampler(config: SweepConfig, worker: int, n_existing: int):
+    import optuna
+
+    # TPE proposes at random until it has a few trials to model; a third of a small sweep.
+    startup = max(2, min(10, config.trials // 3))
+    # A storage of the user's may be shared by processes started alike on several machines:
+    # their host and pid keep them from proposing the same settings.
+    who = (socket.gethostname(), os.getpid()) if config.storage else ()
+    return optuna.samplers.TPESampler(seed=derived_seed(config.seed, worker, n_existing, *who),
+                                      n_startup_trials=startup)
+
+
+def _pruner(config: SweepConfig, max_epochs: int):
+    import optuna
+
+    if config.pruner == "median":
+        # Compared from epoch 1 on with the median of earlier trials at the same epoch, once
+        # two trials have finished.
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs),
+                                              reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def _max_epochs(config: SweepConfig) -> int:
+    from cnnlab.tasks.train import recipe_for
+
+    base = config.base_train()
+    top = 1.0
+    for p in parse_space(config.space):
+        if p.name == "epochs":
+            top = max(top, float(p.high if p.kind != "categorical" else max(p.choices)))
+    for m in base.models:
+        top = max(top, recipe_for(base, m).epochs)
+    return math.ceil(top)
+
+
+def sweep_objective(config: SweepConfig, reporter) -> Objective:
+    """One trial: its settings from the space, `cnnlab train` into its directory on the
+    validation split, validation accuracy after every epoch to the pruner."""
+    import optuna
+
+    from cnnlab.tasks import train
+
+    params_space = parse_space(config.space)
+    base = config.base_train()
+
+    def objective(t: Trial) -> tuple[float, dict[str, Any]]:
+        params = {p.name: p.suggest(t.optuna_trial) for p in params_space}
+        cfg = trial_config(base, params)
+        if t.deadline is not None:
+            left = max(1.0, t.deadline - time.time())
+            cfg = replace(cfg, time_limit=min(cfg.time_limit or left, left))
+        epochs_seen: list[int] = []
+
+        def after_epoch(model, record: dict[str, Any]) -> None:
+            if record.get("val_accuracy") is None:
+                return
+            epochs_seen.append(record["epoch"])
+            t.optuna_trial.report(record["val_accuracy"], step=record["epoch"])
+            if t.optuna_trial.should_prune():
+                raise optuna.TrialPruned
+
+        try:
+            res = train.run(cfg, t.run_dir, reporter, after_epoch=after_epoch)
+        except optuna.TrialPruned:
+            raise Pruned({"epochs": epochs_seen[-1] if epochs_seen else 0,
+                          "stopped": "pruned"}) from None
+        r = res["runs"][0]
+        attrs = {"epochs": r["epochs"], "stopped": r["stopped"], "params_count": r["params"],
+                 "n_train": r["n_train"], "train_seconds": round(r["train_seconds"], 1)}
+        return float(r["val_accuracy"]), attrs
+
+    return objective
+
+
+def spawn_workers(run_dir: RunDir, n: int, quiet: bool) -> list[subprocess.Popen]:
+    """n more processes of this sweep on this machine (`cnnlab sweep --worker RUN`)."""
+    procs = []
+    for i in range(1, n + 1):
+        cmd = [sys.executable, "-m", "cnnlab", "sweep", "--worker", str(run_dir.path),
+               "--worker-index", str(i)]
+        if quiet:
+            cmd.append("-q")
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+    return procs
+
+
+def work(config: SweepConfig, run_dir: RunDir, reporter, worker: int = 0) -> int:
+    """One process's share of the trials (the main process and every `--worker`)."""
+    url = storage_url(config.storage, run_dir)
+    probe = make_study(url, config.study, None, None)
+    n_existing = len(probe.get_trials(deepcopy=False))
+    study = make_study(url, config.study, _sampler(config, worker, n_existing),
+                       _pruner(config, _max_epochs(config)))
+    deadline = time.time() + 60 * config.budget if config.budget else None
+    return run_study(study, url, run_dir, sweep_objective(config, reporter), config.trials,
+                     reporter, deadline)
+
+
+def run(config: SweepConfig, run_dir: RunDir, reporter, resume: bool = False,
+        quiet_workers: bool = False) -> dict[str, Any]:
+    """The whole sweep: trials (with `workers - 1` more processes), then the best re-trained on
+    train + validation and tested once, then trials.csv, plots, results.json and the report."""
+    base = config.base_train()
+    from cnnlab.models.registry import get_spec
+
+    for m in base.models:
+        get_spec(m)
+    trial_config(base, {p.name: _example(p) for p in parse_space(config.space)})  # names
+    if not resume:
+        run_dir.save_config(config)
+        run_dir.save_environment(seed=config.seed)
+    reporter.log(f"sweep: {config.trials} trials, storage {storage_url(config.storage, run_dir)}"
+                 f"{f', {config.workers} workers' if config.workers > 1 else ''}")
+    procs = spawn_workers(run_dir, config.workers - 1, quiet_workers)
+    try:
+        work(config, run_dir, reporter, worker=0)
+    finally:
+        for p in procs:
+            p.wait()
+    return finish(config, run_dir, reporter)
+
+
+def _example(p: Param) -> Any:
+    return p.choices[0] if p.kind == "categorical" else p.low
+
+
+def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
+    import optuna
+
+    from cnnlab.tasks import train
+
+    url = storage_url(config.storage, run_dir)
+    study = make_study(url, config.study, None, None)
+    rows = trial_rows(study)
+    write_trials_csv(run_dir, rows)
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    results: dict[str, Any] = {
+        "study": config.study, "storage": _redact(url), "data": config.data,
+        "val_fraction": config.val_fraction, "trials": rows,
+        "counts": {s: sum(r["state"] == s for r in rows)
+                   for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
+        "space": [vars(p) | {"choices": list(p.choices)} for p in parse_space(config.space)],
+        "best": None, "final": None, "importances": None,
+    }
+    if not done:
+        run_dir.save_results(results)
+        errors = [r["error"] for r in rows if r.get("error")]
+        raise CnnlabError("no trial finished" + (f"; the first error: {errors[0]}" if errors
+                                                 else ""))
+    best = study.best_trial
+    results["best"] = next(r for r in rows if r["number"] == best.number)
+    with contextlib.suppress(Exception):  # needs two finished trials with different settings
+        results["importances"] = dict(optuna.importance.get_param_importances(study))
+    if config.final:
+        cfg = replace(trial_config(config.base_train(), dict(best.params)), val_fraction=0.0,
+                      test=True, report=True, time_limit=None)
+        final_dir = run_dir.path / FINAL_DIR
+        if (final_dir / "results.json").is_file():
+            final = RunDir(final_dir).read_json("results.json")
+        else:
+            import shutil
+
+            if final_dir.exists():
+                shutil.rmtree(final_dir)  # an interrupted re-train: start it clean
+            reporter.log(f"re-training the best settings (trial {best.number}) on the whole "
+                         "training set, then testing once")
+            final = train.run(cfg, RunDir.create("final", out=final_dir), reporter)
+        r = final["runs"][0]
+        results["final"] = {"trial": best.number, "params": dict(best.params),
+                            "val_accuracy": best.value, "test_accuracy": r["test_accuracy"],
+                            "n_train": final["n_train"], "n_test": final["n_test"],
+                            "epochs": r["epochs"], "train_seconds": r["train_seconds"],
+                            "run_dir": FINAL_DIR}
+    plots = plot_study(study, run_dir)
+    results["plots"] = plots
+    run_dir.save_results(results)
+    if config.report:
+        from cnnlab.report.sweep import write_report
+
+        write_report(run_dir.path)
+    results["run_dir"] = str(run_dir.path)
+    return results
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password (results and reports are shared)."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial, in number order: settings, value, seconds, state and why."""
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        a = t.user_attrs
+        rows.append({
+            "number": t.number, "state": t.state.name, "params": dict(t.params),
+            "value": t.value, "pruned": t.state.name == "PRUNED",
+            "epochs": a.get("epochs"), "stopped": a.get("stopped"),
+            "seconds": a.get("seconds"), "params_count": a.get("params_count"),
+            "run_dir": a.get("run_dir"), "retry_of": a.get("retry_of"),
+            "retried": bool(a.get("retried")), "surplus": bool(a.get("surplus")),
+            "error": a.get("error"), "host": a.get("host"), "pid": a.get("pid"),
+            "intermediate": {int(k): v for k, v in t.intermediate_values.items()},
+            **{k: v for k, v in a.items() if k.startswith("metric_")},
+        })
+    return rows
+
+
+def write_trials_csv(run_dir: RunDir, rows: list[dict[str, Any]]) -> None:
+    names = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["trial", "state", *names, "value", "epochs", "seconds", "pruned", "stopped",
+                "retry_of", "note", "run_dir"])
+    for r in rows:
+        note = ("retried" if r["retried"] else "surplus" if r["surplus"] else r["error"] or "")
+        w.writerow([r["number"], r["state"], *[r["params"].get(n, "") for n in names],
+                    "" if r["value"] is None else f"{r['value']:.6f}", r["epochs"] or "",
+                    r["seconds"] or "", r["pruned"], r["stopped"] or "",
+                    "" if r["retry_of"] is None else r["retry_of"], note, r["run_dir"] or ""])
+    run_dir.write_text("trials.csv", buf.getvalue())
+
+
+def plot_study(study: optuna.Study, run_dir: RunDir) -> dict[str, str]:
+    """Optuna's matplotlib plots of the study: optimisation history, parameter importances and
+    parallel coordinates; {name: file} of those that could be drawn (importances need two
+    finished trials that differ)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+
+    out = {}
+    for name, fn in (("history", vis.plot_optimization_history),
+                     ("importances", vis.plot_param_importances),
+                     ("parallel", vis.plot_parallel_coordinate)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                ax = fn(study, target_name="validation accuracy")
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(8, 4.5)
+            fig.tight_layout()
+            path = run_dir.file(f"{name}.png")
+            tmp = path.with_name(f".{path.name}.tmp.png")
+            fig.savefig(tmp, format="png", dpi=90)
+            tmp.replace(path)
+            out[name] = path.name
+        except Exception:  # too few trials for this plot: it is left out
+            continue
+        finally:
+            plt.close("all")
+    return out

@@ -1,0 +1,169 @@
+"""`cnnlab sweep` on a tiny CIFAR-10 subset: three trials scored on validation only and the best
+tested once; two worker processes on one SQLite study record every trial exactly once; a real
+`kill -9` (mid-trial and between trials) then `--resume` loses and double-counts nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab.cli import main
+from cnnlab.runs import RunDir
+
+
+@pytest.fixture
+def tiny(shared_data, tmp_path, monkeypatch):
+    """A sweep config: 10 images per class (80 train + 20 validation), 2 epochs of 4 steps."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    cfg = {
+        "data": str(shared_data("cifar10", "cifar10-jpg.zip")),
+        "trials": 3, "pruner": "none", "val_fraction": 0.2,
+        "train": {"models": ["plain-cnn"], "recipe": "fast", "limit_per_class": 10,
+                  "epochs": 2, "batch_size": 20, "threads": 1,
+                  "model_options": {"width": 8},
+                  "recipe_overrides": {"lookahead": None, "tta": "none", "precision": "fp32"}},
+        "space": {"depth": [1, 2], "lr": {"low": 0.01, "high": 0.5, "log": True}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnlab", "sweep", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def study_trials(run: Path):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
+    return sorted(study.get_trials(), key=lambda t: t.number)
+
+
+def test_three_trials_on_validation_then_the_best_tested_once(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["sweep", str(tiny), "--out", str(out), "-q"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["counts"]["COMPLETE"] == 3 and len(res["trials"]) == 3
+    for t in res["trials"]:
+        trial = RunDir(out / t["run_dir"])
+        run = trial.read_json("results.json")["runs"][0]
+        assert run["n_train"] == 80 and run["test_accuracy"] is None  # never saw the test set
+        assert run["val_accuracy"] == pytest.approx(t["value"])
+        metrics = RunDir(out / t["run_dir"] / "plain-cnn-seed0").read_metrics()
+        assert not any("test_accuracy" in r for r in metrics)
+        epochs = [r for r in metrics if r["kind"] == "epoch"]
+        assert [r["epoch"] for r in epochs] == [1, 2] and all("val_accuracy" in r for r in epochs)
+        assert t["params"]["depth"] in (1, 2) and 0.01 <= t["params"]["lr"] <= 0.5
+    best = max(res["trials"], key=lambda t: t["value"])
+    final = res["final"]
+    assert final["trial"] == best["number"] and final["params"] == best["params"]
+    assert final["n_train"] == 100 and final["n_test"] == 100  # train + validation, then test
+    f = json.loads((out / "final" / "results.json").read_text())
+    assert f["runs"][0]["test_accuracy"] == final["test_accuracy"]
+    lines = (out / "trials.csv").read_text().splitlines()
+    assert lines[0].startswith("trial,state,depth,lr,value") and len(lines) == 4
+    assert {p for p in ("history.png", "parallel.png") if (out / p).is_file()} == {
+        "history.png", "parallel.png"}
+    md = (out / "report.md").read_text()
+    assert "tested once" in md and f"trial {best['number']}" in md
+    assert "run directory" in capsys.readouterr().out
+
+
+def test_two_processes_on_one_sqlite_study_record_every_trial_exactly_once(tiny, tmp_path):
+    """Two sweeps started together on one shared SQLite storage (as on two machines with one
+    database): each takes trials, every trial is recorded once, and --trials counts them all."""
+    db = tmp_path / "shared.db"
+    cmd = [sys.executable, "-m", "cnnlab", "sweep", str(tiny), "--storage", f"sqlite:///{db}",
+           "--trials", "6", "--no-final", "--no-report", "-q"]
+    procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / name)], stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, text=True) for name in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    assert [t.number for t in trials] == list(range(6))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    pids = {t.user_attrs["pid"] for t in trials}
+    assert pids == {p.pid for p in procs}  # both processes took trials
+    # Each trial's run directory exists once, in the directory of the process that ran it.
+    found = sorted((d.parent.parent.name, d.name) for d in tmp_path.glob("[ab]/trials/*"))
+    assert len(found) == 6 and len({name for _, name in found}) == 6
+    for t in trials:
+        owner = "a" if t.user_attrs["pid"] == procs[0].pid else "b"
+        run = json.loads((tmp_path / owner / t.user_attrs["run_dir"] / "results.json")
+                         .read_text())
+        assert run["runs"][0]["val_accuracy"] == pytest.approx(t.value)
+
+
+def test_workers_option_runs_more_processes_on_the_run_directorys_study(tiny, tmp_path):
+    out = tmp_path / "run"
+    proc = cli(str(tiny), "--trials", "4", "--workers", "2", "--no-final", "--no-report",
+               "--out", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_trials(out)
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 4
+    assert len(list((out / "trials").iterdir())) == 4
+
+
+@pytest.mark.parametrize("crash_at", ["step-3", "sweep:trial-1:told"])
+def test_kill_9_then_resume_loses_and_double_counts_nothing(tiny, tmp_path, crash_at):
+    """step-3: mid-epoch 1 of trial 0 (4 steps per epoch); sweep:trial-1:told: right after
+    trial 1 was recorded, before trial 2 starts."""
+    out = tmp_path / "run"
+    crashed = cli(str(tiny), "--no-final", "--no-report", "--out", str(out), "-q",
+                  env={"CNNLAB_CRASH_AT": crash_at})
+    assert crashed.returncode == -signal.SIGKILL
+    before = study_trials(out)
+    resumed = cli("--resume", str(out), "-q")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = study_trials(out)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+    if crash_at == "step-3":
+        assert [t.state.name for t in before] == ["RUNNING"]  # what kill -9 leaves behind
+        first, *rest = trials
+        assert first.state.name == "FAIL" and first.user_attrs["retried"]
+        retry = [t for t in rest if t.user_attrs.get("retry_of") == 0]
+        assert len(retry) == 1 and retry[0].params == first.params
+        assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in rest)
+    else:
+        assert [t.state.name for t in before] == ["COMPLETE", "COMPLETE"]
+        assert len(trials) == 3  # only trial 2 ran after the resume
+        assert [t.params for t in trials[:2]] == [t.params for t in before]
+    res = json.loads((out / "results.json").read_text())
+    assert res["counts"]["COMPLETE"] == 3
+
+
+def test_bad_configs_are_one_line_errors(tiny, tmp_path, capsys):
+    cfg = yaml.safe_load(tiny.read_text())
+    cfg["space"]["deptth"] = [1, 2]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "deptth" in err and "depth" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+    cfg["space"] = {"lr": {"low": 1, "high": 0.1}}
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert "below high" in capsys.readouterr().err
+    cfg["space"] = {"lr": [0.1]}
+    cfg["val_fraction"] = 0
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "c")]) == 2
+    assert "never on test" in capsys.readouterr().err
