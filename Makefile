@@ -16,17 +16,11 @@ $(BIN)/cnnlab: pyproject.toml
 
 install: $(BIN)/cnnlab
 
-# The lab: every command on real data, each into its own run directory under runs/lab/.
-# DATA is the shared data root (CIFAR-10, ImageNet samples, ...); override with DATA=/path.
-LAB := runs/lab/$(shell date +%Y%m%d-%H%M%S)
+# The lab: both course labs end to end (`cnnlab lab`), every step a cnnlab run under runs/lab/,
+# one report (runs/lab/report.html). Re-running continues: finished steps whose settings and
+# inputs are unchanged are kept. DATA is the shared data root; override with DATA=/path.
 lab: install
-	$(BIN)/cnnlab params alexnet-paper --out $(LAB)/params-alexnet
-	$(BIN)/cnnlab params alexnet-paper --groups 2 --sharing --summary --out $(LAB)/params-sharing
-	$(BIN)/cnnlab params resnet18 resnet34 resnet50 resnet101 resnet152 --summary --out $(LAB)/params-resnets
-	$(BIN)/cnnlab evaluate $(DATA)/imagenet-samples --out $(LAB)/evaluate
-	$(BIN)/cnnlab charrnn train --words hello green start --out $(LAB)/charrnn-words
-	$(BIN)/cnnlab charrnn complete $(LAB)/charrnn-words h g s e t
-	@echo "lab results: $(LAB) (evaluate report: $(LAB)/evaluate/report.html)"
+	$(BIN)/cnnlab lab --data-root $(DATA) --out runs/lab
 
 test: install
 	$(BIN)/ruff check .

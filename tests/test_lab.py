@@ -98,3 +98,31 @@ def test_report_renders_in_chromium_with_hostile_paths(tmp_path, chromium):
     assert page.values["images"] and all(page.values["images"])  # the char-RNN's loss curve
     assert 'onerror="document.title=1"' in page.text  # shown, not run
     assert (tmp_path / "lab.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_quick_lab_end_to_end_renders_every_section_in_chromium(shared_data, chromium, tmp_path,
+                                                               monkeypatch):
+    """The whole lab, as CI runs it: `cnnlab lab --quick` on the shared data, every step done,
+    and the report opened in headless Chromium: every section and image renders, no console
+    error, no request leaves the page; a screenshot is kept beside the test's output."""
+    from browser import open_page
+
+    from cnnlab.tasks.lab import STEPS
+
+    root = shared_data("imagenet-samples").parent
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "lab"
+    assert main(["lab", "--quick", "--data-root", str(root), "--out", str(out), "-q"]) == 0
+    st = state(out)
+    assert {name: rec["status"] for name, rec in st.items()} == {s.name: "done" for s in STEPS}
+    page = open_page(out / "report.html", screenshot=tmp_path / "lab-report.png", evaluate={
+        "sections": "[...document.querySelectorAll('section[id]')].map(s => s.id)",
+        "images": "[...document.images].map(i => i.complete && i.naturalWidth > 0)",
+    })
+    assert page.values["sections"] == [s.name for s in STEPS] + ["appendix"]
+    assert len(page.values["images"]) >= 5 and all(page.values["images"])
+    assert page.console_errors == [] and page.external_requests == []
+    # No number typed by hand: the report's AlexNet count is the run's.
+    alexnet = json.loads((out / "alexnet" / "results.json").read_text())["models"][0]
+    assert f"{alexnet['total_params']:,}" in page.text

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnlab",
         description=(
             "The classic CNN and RNN experiments, done properly: count a network's parameters, "
-            "score pretrained ImageNet CNNs on your photos, train character RNNs."
+            "score pretrained ImageNet CNNs on your photos, transfer-learn them onto your own, "
+            "train CNNs from scratch on CIFAR-10, test the labs' claims, train character RNNs; "
+            "`cnnlab lab` runs both course labs into one report."
         ),
         epilog="Run `cnnlab COMMAND --help` for a command's options.",
     )
