@@ -107,7 +107,6 @@ def test_quick_lab_end_to_end_renders_every_section_in_chromium(shared_data, chr
     and the report opened in headless Chromium: every section and image renders, no console
     error, no request leaves the page; a screenshot is kept beside the test's output."""
     from browser import open_page
-
     from cnnlab.tasks.lab import STEPS
 
     root = shared_data("imagenet-samples").parent
