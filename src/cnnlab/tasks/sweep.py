@@ -685,7 +685,6 @@ def plot_study(study: optuna.Study, run_dir: RunDir) -> dict[str, str]:
     """Optuna's matplotlib plots of the study: optimisation history, parameter importances and
     parallel coordinates; {name: file} of those that could be drawn (importances need two
     finished trials that differ)."""
-    import warnings
 
     import matplotlib
 
