@@ -83,13 +83,18 @@ def test_summary_and_verdicts_by_hand(tmp_path):
                                                   (4, "avg", 61))]
     assert experiment.verdict("pooling", pool_rows).startswith("Did not hold")
     res_rows = [{"label": m, "setting": {"model": m}, "test_mean": 50, "train_mean": t,
-                 "grad_init": g} for m, t, g in (("plain20", 60, [2.0, 1.0]),
-                                                 ("resnet20", 62, [1.0, 1.0]),
-                                                 ("plain56", 55, [0.01, 1.0]),
-                                                 ("resnet56", 66, [1.5, 1.0]))]
+                 "grad_init": g, "grad_epoch1": g1}
+                for m, t, g, g1 in (("plain20", 60, [2.0, 1.0], [1.0, 1.0]),
+                                    ("resnet20", 62, [1.0, 1.0], [1.0, 1.0]),
+                                    ("plain56", 55, [0.01, 1.0], [0.5, 0.01, 1.0]),
+                                    ("resnet56", 66, [1.5, 1.0], [0.5, 0.04, 1.0]))]
     text = experiment.verdict("residual", res_rows)
     assert text.startswith("Held here") and "plain-20 40.0% vs plain-56 45.0%" in text
-    assert "does go to zero" in text  # plain-56's first conv: 0.01x its last
+    assert "shrink towards the input (first conv 0.01x" in text
+    # After epoch 1 the smallest layer gradients: 0.01 (plain) vs 0.04 (ResNet), over 3x.
+    assert "smallest is 0.01 (conv 2 of 3), ResNet-56's 0.04" in text and "keep it up" in text
+    res_rows[3]["grad_epoch1"] = [0.5, 0.02, 1.0]
+    assert "no sign here" in experiment.verdict("residual", res_rows)
 
 
 def test_bad_experiment_names_are_one_line_errors(capsys, tmp_path):

@@ -167,3 +167,32 @@ def test_bad_configs_are_one_line_errors(tiny, tmp_path, capsys):
     bad.write_text(yaml.safe_dump(cfg))
     assert main(["sweep", str(bad), "--out", str(tmp_path / "c")]) == 2
     assert "never on test" in capsys.readouterr().err
+
+
+def test_report_escapes_what_the_user_named(tmp_path):
+    """Study names, data paths and categorical choices come from the user's YAML: the HTML
+    report escapes them and the Markdown report shows them as text, never as markup."""
+    from cnnlab.report.sweep import write_report
+
+    evil = "<img src=x onerror=alert(1)>|`[x](y)`"
+    trial = {"number": 0, "state": "COMPLETE", "params": {"model": evil}, "value": 0.5,
+             "pruned": False, "epochs": 1, "stopped": "completed", "seconds": 1.0,
+             "params_count": 1, "run_dir": "trials/trial-0000", "retry_of": None,
+             "retried": False, "surplus": False, "error": None, "host": "h", "pid": 1,
+             "intermediate": {}}
+    RunDir(tmp_path).save_results({
+        "study": evil, "storage": "sqlite:///x", "data": evil, "val_fraction": 0.1,
+        "trials": [trial], "counts": {"COMPLETE": 1, "PRUNED": 0, "FAIL": 0, "RUNNING": 0,
+                                      "WAITING": 0},
+        "space": [{"name": "model", "kind": "categorical", "low": None, "high": None,
+                   "log": False, "step": None, "choices": [evil]}],
+        "best": trial, "final": {"trial": 0, "params": {"model": evil}, "val_accuracy": 0.5,
+                                 "test_accuracy": 0.4, "n_train": 10, "n_test": 10,
+                                 "epochs": 1, "train_seconds": 1.0, "run_dir": "final"},
+        "importances": None, "plots": {}})
+    md_path, html_path = write_report(tmp_path)
+    html, md = html_path.read_text(), md_path.read_text()
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    from cnnlab.report.env import markdown_text
+
+    assert "<img" not in md and markdown_text(evil) in md and "\\|" in markdown_text(evil)

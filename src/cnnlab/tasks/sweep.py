@@ -48,6 +48,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -603,7 +604,10 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
                                                  else ""))
     best = study.best_trial
     results["best"] = next(r for r in rows if r["number"] == best.number)
-    with contextlib.suppress(Exception):  # needs two finished trials with different settings
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        # Needs two finished trials that differ; with few trials PED-ANOVA warns that its
+        # quantiles coincide (the importances are then equal, and shown as such).
+        warnings.simplefilter("ignore")
         results["importances"] = dict(optuna.importance.get_param_importances(study))
     if config.final:
         cfg = replace(trial_config(config.base_train(), dict(best.params)), val_fraction=0.0,
@@ -681,7 +685,6 @@ def plot_study(study: optuna.Study, run_dir: RunDir) -> dict[str, str]:
     """Optuna's matplotlib plots of the study: optimisation history, parameter importances and
     parallel coordinates; {name: file} of those that could be drawn (importances need two
     finished trials that differ)."""
-    import warnings
 
     import matplotlib
 
