@@ -256,6 +256,9 @@ def load_sweep_yaml(path: str | Path, overrides: dict[str, Any]) -> SweepConfig:
 # --------------------------------------------------------------------------- storage, lock
 
 
+RACE_RETRIES = 5  # attempts to open a new SQLite study that another worker is creating
+
+
 def storage_url(config_storage: str | None, run_dir: RunDir) -> str:
     return config_storage or f"sqlite:///{run_dir.path.resolve() / STUDY_DB}"
 
@@ -267,13 +270,21 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         # Wait for another process's write instead of failing with "database is locked".
         kwargs = {"connect_args": {"timeout": 120}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except (ImportError, ValueError) as exc:
-        raise CnnlabError(f"cannot open the study storage {url!r}: {exc}") from None
-    except Exception as exc:  # sqlalchemy's errors: a wrong URL, a server that is not there
-        raise CnnlabError(f"cannot open the study storage {url!r}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    # Two workers starting on a new database race to create its tables: the loser sees "table
+    # ... already exists" (seen in CI). The winner's tables are then there: try again.
+    for attempt in range(RACE_RETRIES):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (ImportError, ValueError) as exc:
+            raise CnnlabError(f"cannot open the study storage {url!r}: {exc}") from None
+        except Exception as exc:  # sqlalchemy's errors: a wrong URL, a server that is not there
+            racing = "already exists" in str(exc) or "UNIQUE constraint" in str(exc)
+            if racing and attempt + 1 < RACE_RETRIES:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise CnnlabError(f"cannot open the study storage {url!r}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
