@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, metavar="N", help="seeds per setting (2)")
     p.add_argument("--limit-per-class", type=int, metavar="N",
                    help="train and test on the first N images of each class (200)")
-    p.add_argument("--epochs", type=float, help="override each experiment's epochs")
+    p.add_argument("--epochs", type=float,
+                   help="epochs of every trial (depth, filters, pooling 4; residual 3)")
     p.add_argument("--batch-size", type=int,
                    help="(128, He et al.'s); the learning rate scales with it (lr x batch/128)")
     p.add_argument("--full", action="store_true", default=None,
