@@ -3,6 +3,10 @@
 On a terminal: rich progress bars and tables. Otherwise (CI logs, `> file`): a plain log line
 at most every `interval` seconds, so logs stay readable and small. `quiet` silences progress
 but never results or errors.
+
+Work made of steps (`cnnlab lab`) opens `Reporter.overall`: on a terminal one display holds
+the overall bar (step k of n) and, under it, whatever bars the current step opens; off a
+terminal every line the step logs starts with `[lab k/n step]`.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO, TypeVar
 
 from rich.console import Console
@@ -35,6 +40,8 @@ class Reporter:
     interval: float = 10.0  # seconds between plain log lines when not on a terminal
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+    prefix: str = ""  # put before every log line: the step this reporter works for
+    live: Progress | None = None  # a display shared with an enclosing `overall`, if any
 
     def __post_init__(self) -> None:
         # Off a terminal rich would assume 80 columns and wrap table cells; logs and files
@@ -49,8 +56,13 @@ class Reporter:
 
     def log(self, message: str) -> None:
         """A progress message (stderr); silenced by --quiet."""
-        if not self.quiet:
-            print(message, file=self.err, flush=True)
+        if self.quiet:
+            return
+        if self.live is not None:  # above the live bars, which stay at the bottom
+            self.live.console.print(self.prefix + message, markup=False, highlight=False,
+                                    soft_wrap=True)
+        else:
+            print(self.prefix + message, file=self.err, flush=True)
 
     def result(self, message: str = "") -> None:
         """A result line (stdout); never silenced."""
@@ -65,15 +77,17 @@ class Reporter:
         if self.quiet:
             yield from items
             return
+        if self.live is not None:  # a bar under the enclosing display's, gone when done
+            task = self.live.add_task(f"  {description}", total=total)
+            try:
+                for item in items:
+                    yield item
+                    self.live.advance(task)
+            finally:
+                self.live.remove_task(task)
+            return
         if self.interactive:
-            columns = [
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            ]
-            with Progress(*columns, console=self.err_console, transient=True) as bar:
+            with Progress(*_columns(), console=self.err_console, transient=True) as bar:
                 task = bar.add_task(description, total=total)
                 for item in items:
                     yield item
@@ -93,6 +107,18 @@ class Reporter:
         elapsed = time.monotonic() - start
         self.log(f"{description}: {done} {unit} in {elapsed:.1f} s")
 
+    @contextmanager
+    def overall(self, description: str, total: int) -> Iterator[Overall]:
+        """One display for work made of `total` steps; `Overall.step` gives each step its
+        reporter. On a terminal the display lasts as long as this context."""
+        if self.quiet or not self.interactive:
+            yield Overall(self, description, total, None, None)
+            return
+        with Progress(*_columns(), console=self.err_console) as bar:
+            task = bar.add_task(description, total=total)
+            yield Overall(self, description, total, bar, task)
+            bar.update(task, completed=total)
+
     def table(
         self,
         columns: Sequence[str],
@@ -109,3 +135,27 @@ class Reporter:
         for row in rows:
             table.add_row(*[str(v) for v in row])
         self.console.print(table)
+
+
+@dataclass
+class Overall:
+    """The display of `Reporter.overall`: `step(k, name)` moves it to step k (from 1) and
+    returns the reporter that step's own work reports through."""
+
+    parent: Reporter
+    description: str
+    total: int
+    bar: Progress | None
+    task: Any
+
+    def step(self, k: int, name: str) -> Reporter:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=k - 1,
+                            description=f"{self.description} {k}/{self.total}: {name}")
+        return replace(self.parent, prefix=f"[{self.description} {k}/{self.total} {name}] ",
+                       live=self.bar)
+
+
+def _columns() -> list[Any]:
+    return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn()]

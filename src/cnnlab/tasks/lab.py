@@ -274,56 +274,63 @@ def open_lab_dir(out: str | Path) -> RunDir:
     return RunDir(path)
 
 
+def _run_step(step: Step, config: LabConfig, run_dir: RunDir, state: dict[str, Any],
+              reporter) -> None:
+    """Runs one step into run_dir/<step> (or keeps it when up to date); records it in state.
+    `reporter` prefixes its lines with the step (see Reporter.overall)."""
+    record = state["steps"].get(step.name, {})
+    try:
+        plan = step.plan(config)
+    except Skip as exc:
+        state["steps"][step.name] = {"status": "skipped", "reason": str(exc),
+                                     "title": step.title}
+        run_dir.write_json(STATE, state)
+        reporter.log(f"skipped — {exc}")
+        return
+    digest = step_hash(plan)
+    step_dir = run_dir.path / step.name
+    if (record.get("status") == "done" and record.get("hash") == digest
+            and step.name not in config.force and step_dir.is_dir()):
+        reporter.log(f"up to date (ran {record.get('finished', '?')}), not re-run")
+        return
+    if step_dir.exists():  # an interrupted or outdated run of this step: start it clean
+        shutil.rmtree(step_dir)
+    state["steps"][step.name] = {"status": "running", "hash": digest, "title": step.title,
+                                 "run_dir": step.name, "command": plan.command}
+    run_dir.write_json(STATE, state)
+    reporter.log(step.title)
+    start = time.monotonic()
+    sub = RunDir.create(step.name, out=step_dir)
+    try:
+        results = plan.task(plan.config, sub, reporter)
+        if plan.after is not None:
+            plan.after(sub, results)
+    except (CnnlabError, Skip) as exc:
+        status = "skipped" if isinstance(exc, Skip) else "failed"
+        state["steps"][step.name].update(status=status, reason=str(exc))
+        reporter.log(f"{status} — {exc}")
+    except Exception as exc:  # a bug in one step must not cost the others their results
+        state["steps"][step.name].update(
+            status="failed", reason=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=8))
+        reporter.log(f"failed — {type(exc).__name__}: {exc}")
+    else:
+        state["steps"][step.name].update(
+            status="done", seconds=round(time.monotonic() - start, 1),
+            finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        reporter.log(f"done in {time.monotonic() - start:.0f} s")
+    run_dir.write_json(STATE, state)
+
+
 def run(config: LabConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
     """Run the selected steps in order into `run_dir`; returns lab.json's contents."""
     state = load_state(run_dir)
     run_dir.save_config(config)
     run_dir.save_environment()
     steps = config.selected()
-    for k, step in enumerate(steps, start=1):
-        prefix = f"[lab {k}/{len(steps)}] {step.name}"
-        record = state["steps"].get(step.name, {})
-        try:
-            plan = step.plan(config)
-        except Skip as exc:
-            state["steps"][step.name] = {"status": "skipped", "reason": str(exc),
-                                         "title": step.title}
-            run_dir.write_json(STATE, state)
-            reporter.log(f"{prefix}: skipped — {exc}")
-            continue
-        digest = step_hash(plan)
-        step_dir = run_dir.path / step.name
-        if (record.get("status") == "done" and record.get("hash") == digest
-                and step.name not in config.force and step_dir.is_dir()):
-            reporter.log(f"{prefix}: up to date (ran {record.get('finished', '?')}), not re-run")
-            continue
-        if step_dir.exists():  # an interrupted or outdated run of this step: start it clean
-            shutil.rmtree(step_dir)
-        state["steps"][step.name] = {"status": "running", "hash": digest, "title": step.title,
-                                     "run_dir": step.name, "command": plan.command}
-        run_dir.write_json(STATE, state)
-        reporter.log(f"{prefix}: {step.title}")
-        start = time.monotonic()
-        sub = RunDir.create(step.name, out=step_dir)
-        try:
-            results = plan.task(plan.config, sub, reporter)
-            if plan.after is not None:
-                plan.after(sub, results)
-        except (CnnlabError, Skip) as exc:
-            status = "skipped" if isinstance(exc, Skip) else "failed"
-            state["steps"][step.name].update(status=status, reason=str(exc))
-            reporter.log(f"{prefix}: {status} — {exc}")
-        except Exception as exc:  # a bug in one step must not cost the others their results
-            state["steps"][step.name].update(
-                status="failed", reason=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(limit=8))
-            reporter.log(f"{prefix}: failed — {type(exc).__name__}: {exc}")
-        else:
-            state["steps"][step.name].update(
-                status="done", seconds=round(time.monotonic() - start, 1),
-                finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-            reporter.log(f"{prefix}: done in {time.monotonic() - start:.0f} s")
-        run_dir.write_json(STATE, state)
+    with reporter.overall("lab", len(steps)) as display:
+        for k, step in enumerate(steps, start=1):
+            _run_step(step, config, run_dir, state, display.step(k, step.name))
     if config.report:
         from cnnlab.report.lab import write_report
 
