@@ -124,19 +124,26 @@ def run_cnnlab(args: list[str], out: Path) -> tuple[dict, float]:
     return json.loads((out / "results.json").read_text()), wall
 
 
-def time_to_accuracy(epochs: list[float], seeds: list[int], tmp: Path) -> list[dict]:
+def time_to_accuracy(epochs: list[float], seeds: list[int], precisions: list[str],
+                     extra: list[str], tmp: Path) -> list[dict]:
     rows = []
     for e in epochs:
-        for seed in seeds:
-            res, wall = run_cnnlab(["-m", "fast-cifar", "--epochs", f"{e:g}", "--seed",
-                                    str(seed)], tmp / f"fast-e{e:g}-s{seed}")
-            r = res["runs"][0]
-            rows.append({"recipe": f"fast {e:g} ep", "seed": seed, "train_s": r["train_seconds"],
-                         "wall_s": wall, "acc": r["test_accuracy"],
-                         "images": r["images_per_second"] * r["train_seconds"],
-                         "precision": r["precision"]})
-            print(rows[-1], f"load {os.getloadavg()[0]:.1f}", flush=True)
+        for precision in precisions:
+            for seed in seeds:
+                rows.append(one_fast_run(e, seed, precision, extra, tmp))
     return rows
+
+
+def one_fast_run(e: float, seed: int, precision: str, extra: list[str], tmp: Path) -> dict:
+    res, wall = run_cnnlab(["-m", "fast-cifar", "--epochs", f"{e:g}", "--seed", str(seed),
+                            "--precision", precision, *extra],
+                           tmp / f"fast-e{e:g}-{precision}-s{seed}")
+    r = res["runs"][0]
+    row = {"recipe": f"fast {e:g} ep {r['precision']}", "seed": seed, "train_s": r["train_seconds"],
+           "wall_s": wall, "acc": r["test_accuracy"],
+           "images": r["images_per_second"] * r["train_seconds"], "precision": r["precision"]}
+    print(row, f"load {os.getloadavg()[0]:.1f}", flush=True)
+    return row
 
 
 def equal_budget(models: list[str], budget_s: float, seeds: int, tmp: Path,
@@ -210,6 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", nargs="*", type=float, default=[10, 6, 1.5],
                     help="fast-recipe lengths to time (epochs; fractional allowed)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=R.PRECISIONS,
+                    help="run each fast length in each (bf16 vs fp32 for the same seed)")
+    ap.add_argument("--train-args", default="",
+                    help="more `cnnlab train` flags for the fast runs, e.g. '--eval-every 100'")
     ap.add_argument("--skip-lab", action="store_true")
     ap.add_argument("--lab-seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--budget", type=float, default=0,
@@ -243,12 +254,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(rows[-1], f"load {os.getloadavg()[0]:.1f}", flush=True)
         if args.epochs:
             load_cifar(ZIP)  # fill the decode cache once, so that every timed run starts warm
-            rows += time_to_accuracy(args.epochs, args.seeds, runs)
+            rows += time_to_accuracy(args.epochs, args.seeds, args.precisions,
+                                     args.train_args.split(), runs)
         budget = (equal_budget(args.budget_models, args.budget, args.budget_seeds, runs)
                   if args.budget else [])
-    print(f"\n{'recipe':14} {'seed':>4} {'train s':>8} {'wall s':>7} {'test acc':>8} {'img/s':>7}")
+    print(f"\n{'recipe':22} {'seed':>4} {'train s':>8} {'wall s':>7} {'test acc':>8} {'img/s':>7}")
     for r in rows:
-        print(f"{r['recipe']:14} {r['seed']:>4} {r['train_s']:>8.1f} {r['wall_s']:>7.1f} "
+        print(f"{r['recipe']:22} {r['seed']:>4} {r['train_s']:>8.1f} {r['wall_s']:>7.1f} "
               f"{100 * r['acc']:>7.2f}% {r['images'] / r['train_s']:>7.0f}")
     lab = [r for r in rows if r["recipe"] == "lab"]
     if lab:

@@ -160,3 +160,17 @@ def test_bad_schedules_are_refused():
         R.Schedule("linear", warmup=1.0)
     with pytest.raises(CnnlabError):
         R.Lookahead(every=0)
+
+
+def test_fast_recipe_on_a_net_without_batchnorm_takes_its_own_learning_rate():
+    from cnnlab.tasks.train import TrainConfig, has_normalization, recipe_for
+
+    # simple-cnn has no normalisation layer: lr 1.5 made its loss NaN by step 17 (measured).
+    assert not has_normalization("simple-cnn")
+    assert has_normalization("resnet18") and has_normalization("plain20")
+    cfg = TrainConfig(data="x", models=("simple-cnn", "resnet18"))
+    assert recipe_for(cfg, "simple-cnn").lr == R.FAST.lr_without_norm == 0.1
+    assert recipe_for(cfg, "resnet18").lr == R.FAST.lr == 1.5
+    assert recipe_for(cfg, "fast-cifar").lr == 1.5
+    # The command line still wins.
+    assert recipe_for(dataclasses.replace(cfg, lr=0.3), "simple-cnn").lr == 0.3

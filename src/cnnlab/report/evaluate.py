@@ -10,13 +10,13 @@ are the user's: both reports escape them (report/env.py).
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.report.blocks import data_uri
 from cnnlab.report.env import environment, trusted
 from cnnlab.runs import RunDir
 
@@ -119,9 +119,7 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         name = f"{n:05d}.jpg"
         (thumbs / name).write_bytes(data)
         row.thumb_md = f"thumbs/{name}"
-        row.thumb_uri = trusted(
-            "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
-        )
+        row.thumb_uri = trusted(data_uri(data, "image/jpeg"))
     context = {
         "results": results,
         "models": models,

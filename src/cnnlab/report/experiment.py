@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cnnlab.report.study import Part, Table, figure, write
+from cnnlab.report.blocks import Table, figure
+from cnnlab.report.study import Part, write
 from cnnlab.runs import RunDir
 
 TITLES = {"depth": "Depth: how many conv layers?", "filters": "Filter size: 3x3, 5x5 or 7x7?",

@@ -9,12 +9,12 @@ is escaped by the shared report environment (report/env.py): HTML and Markdown a
 
 from __future__ import annotations
 
-import base64
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.report.blocks import data_uri
 from cnnlab.report.curves import plot_confusion, plot_epoch_curves
 from cnnlab.report.evaluate import thumbnail
 from cnnlab.runs import RunDir
@@ -69,10 +69,6 @@ def _render(name: str, context: dict[str, Any]) -> str:
     return render(name, pct=pct, trusted=trusted, **context)
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 def write_report(run_path: str | Path) -> tuple[Path, Path]:
     """curves.png, confusion.png, report.md and report.html of one finetune run."""
     run = RunDir.open(run_path)
@@ -96,7 +92,7 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         name = f"{n:05d}.jpg"
         (run.file("thumbs") / name).write_bytes(data)
         p.thumb_md = f"thumbs/{name}"
-        p.thumb_uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+        p.thumb_uri = data_uri(data, "image/jpeg")
     epochs = [r for r in records if r.get("kind") == "epoch"]
     context = {
         "r": results,
@@ -107,8 +103,8 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         "epochs": epochs,
         "curves_png": curves.name,
         "confusion_png": conf.name,
-        "curves_uri": _data_uri(curves),
-        "confusion_uri": _data_uri(conf),
+        "curves_uri": data_uri(curves),
+        "confusion_uri": data_uri(conf),
     }
     md_path = run.write_text("report.md", _render("finetune.md.j2", context))
     html_path = run.write_text("report.html", _render("finetune.html.j2", context))
@@ -123,7 +119,7 @@ def write_compare_report(run_path: str | Path) -> tuple[Path, Path]:
     for strategy, sub in results["runs"].items():
         png = Path(sub) / "curves.png"
         if png.is_file():
-            curves[strategy] = {"md": f"{strategy}/curves.png", "uri": _data_uri(png)}
+            curves[strategy] = {"md": f"{strategy}/curves.png", "uri": data_uri(png)}
     context = {"r": results, "curves": curves}
     md_path = run.write_text("report.md", _render("finetune_compare.md.j2", context))
     html_path = run.write_text("report.html", _render("finetune_compare.html.j2", context))

@@ -8,7 +8,6 @@ sentences, cnnlab's numbers and figures, and the lab's own figure beside them wh
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,24 +16,10 @@ from typing import Any
 
 import yaml
 
+from cnnlab.report.blocks import Figure, Table, figure
 from cnnlab.runs import RunDir
 
 FIGURES = Path(__file__).with_name("lab_figures.yaml")
-
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list[Any]]
-    caption: str = ""
-    numeric: tuple[int, ...] = ()  # column indices aligned right
-
-
-@dataclass
-class Figure:
-    path: str  # relative to the lab directory (report.md links it)
-    data_uri: str  # embedded in report.html
-    caption: str
 
 
 @dataclass
@@ -67,15 +52,6 @@ def _si(n: float) -> str:
         if abs(n) >= factor:
             return f"{n / factor:.3f} {prefix}"
     return f"{n:.0f}"
-
-
-def figure(lab_dir: Path, rel: str, caption: str) -> Figure | None:
-    path = lab_dir / rel
-    if not path.is_file():
-        return None
-    mime = "image/svg+xml" if path.suffix == ".svg" else "image/png"
-    uri = f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-    return Figure(rel, uri, caption)
 
 
 # ------------------------------------------------------------------------- step sections

@@ -7,27 +7,12 @@ tasks wrote; nothing here reaches into training code.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.report.blocks import Figure, Table
 from cnnlab.runs import RunDir
-
-
-@dataclass
-class Table:
-    columns: list[str]
-    rows: list[list[Any]]
-    caption: str = ""
-    numeric: tuple[int, ...] = ()  # column indices aligned right
-
-
-@dataclass
-class Figure:
-    path: str  # relative to the report's directory (report.md links it)
-    data_uri: str  # embedded in report.html
-    caption: str
 
 
 @dataclass
@@ -37,14 +22,6 @@ class Part:
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     verdict: str = ""  # the one sentence that says whether the lab's claim held
-
-
-def figure(root: Path, rel: str, caption: str) -> Figure | None:
-    path = root / rel
-    if not path.is_file():
-        return None
-    uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-    return Figure(rel, uri, caption)
 
 
 def pct(v: float | None, digits: int = 2) -> str:

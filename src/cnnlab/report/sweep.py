@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cnnlab.report.study import Part, Table, figure, pct, write
+from cnnlab.report.blocks import Table, figure
+from cnnlab.report.study import Part, pct, write
 from cnnlab.runs import RunDir
 
 

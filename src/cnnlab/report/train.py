@@ -7,11 +7,11 @@ embedded in report.html and linked from report.md.
 
 from __future__ import annotations
 
-import base64
 import statistics
 from pathlib import Path
 from typing import Any
 
+from cnnlab.report.blocks import data_uri
 from cnnlab.runs import RunDir
 
 
@@ -80,8 +80,7 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
     png = plot_comparison(epoch_series(run, results), run.file("curves.png"),
                           title=f"{Path(results['data']).name}: {results['n_train']:,} train, "
                                 f"{results['n_test']:,} test images")
-    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
-    context = {"results": results, "curves_uri": uri, "curves_path": png.name}
+    context = {"results": results, "curves_uri": data_uri(png), "curves_path": png.name}
     md = run.write_text("report.md", render("train.md.j2", **context))
     html = run.write_text("report.html", render("train.html.j2", **context))
     return md, html

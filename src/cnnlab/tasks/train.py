@@ -188,10 +188,26 @@ def recipe_for(config: TrainConfig, model: str):
 def with_model(recipe, model: str):
     """A recipe written for one network applied to another: the same optimiser, schedule,
     augmentation, averaging and TTA; the first network's own parts (its whitening layer, its
-    builder options) are left out. This is how the lab's question is answered on equal terms."""
+    builder options) are left out, and a network without normalisation layers gets the
+    recipe's `lr_without_norm`. This is how the lab's question is answered on equal terms."""
     if recipe.model == model:
         return recipe
-    return replace(recipe, model=model, whiten_images=0, whiten_bias_epochs=0, model_options=())
+    lr = recipe.lr
+    if recipe.lr_without_norm is not None and not has_normalization(model):
+        lr = recipe.lr_without_norm
+    return replace(recipe, model=model, lr=lr, whiten_images=0, whiten_bias_epochs=0,
+                   model_options=())
+
+
+def has_normalization(model: str) -> bool:
+    """Whether the registered network has a BatchNorm/GroupNorm/LayerNorm-style layer (built
+    on the meta device: no memory, no weights)."""
+    from cnnlab.models.meta import build_on_meta
+    from cnnlab.models.registry import create_model
+
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    net = build_on_meta(lambda: create_model(model, num_classes=10))
+    return any(isinstance(m, norms) for m in net.modules())
 
 
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
