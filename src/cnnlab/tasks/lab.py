@@ -213,8 +213,8 @@ def plan_experiments(cfg: LabConfig) -> Plan:
         flags = "--quick --seeds 1 --limit-per-class 10 --batch-size 20"
     else:
         config = experiment.ExperimentConfig(experiments=("depth", "residual"), data=str(data),
-                                             seeds=2, budget=20)
-        flags = "--seeds 2 --budget 20"
+                                             seeds=2, budget=10)
+        flags = "--seeds 2 --budget 10"
     return Plan(experiment.run, config, f"cnnlab experiment depth residual --data {data} {flags}",
                 inputs=[data])
 
