@@ -162,7 +162,7 @@ def test_bad_schedules_are_refused():
         R.Lookahead(every=0)
 
 
-def test_fast_recipe_on_a_net_without_batchnorm_takes_its_own_learning_rate():
+def test_fast_recipe_carried_to_other_nets_takes_their_learning_rates():
     from cnnlab.tasks.train import TrainConfig, has_normalization, recipe_for
 
     # simple-cnn has no normalisation layer: lr 1.5 made its loss NaN by step 17 (measured).
@@ -170,7 +170,17 @@ def test_fast_recipe_on_a_net_without_batchnorm_takes_its_own_learning_rate():
     assert has_normalization("resnet18") and has_normalization("plain20")
     cfg = TrainConfig(data="x", models=("simple-cnn", "resnet18"))
     assert recipe_for(cfg, "simple-cnn").lr == R.FAST.lr_without_norm == 0.1
-    assert recipe_for(cfg, "resnet18").lr == R.FAST.lr == 1.5
-    assert recipe_for(cfg, "fast-cifar").lr == 1.5
+    assert recipe_for(cfg, "fast-cifar").lr == R.FAST.lr == 1.5
+    assert recipe_for(cfg, "fast-cifar").bias_lr_scale == 64
+    # Other BatchNorm nets: lr 1.5 with 64x BatchNorm biases left resnet18 at chance (measured).
+    assert recipe_for(cfg, "resnet18").lr == R.FAST.other_lr == 0.1
+    assert recipe_for(cfg, "resnet18").bias_lr_scale == 1.0
+    assert recipe_for(cfg, "resnet20").lr == 0.1
+    assert recipe_for(cfg, "simple-cnn").bias_lr_scale == 64  # no BatchNorm bias to scale
     # The command line still wins.
     assert recipe_for(dataclasses.replace(cfg, lr=0.3), "simple-cnn").lr == 0.3
+    assert recipe_for(dataclasses.replace(cfg, lr=0.3), "resnet18").lr == 0.3
+    overridden = dataclasses.replace(cfg, recipe_overrides=(("bias_lr_scale", 8.0),))
+    assert recipe_for(overridden, "resnet18").bias_lr_scale == 8.0
+    with pytest.raises(CnnlabError, match="other_lr"):
+        dataclasses.replace(R.FAST, other_lr=0.0)

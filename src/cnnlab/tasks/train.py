@@ -188,15 +188,18 @@ def recipe_for(config: TrainConfig, model: str):
 def with_model(recipe, model: str):
     """A recipe written for one network applied to another: the same optimiser, schedule,
     augmentation, averaging and TTA; the first network's own parts (its whitening layer, its
-    builder options) are left out, and a network without normalisation layers gets the
-    recipe's `lr_without_norm`. This is how the lab's question is answered on equal terms."""
+    builder options) are left out, and the learning rates become the recipe's `other_lr` and
+    `other_bias_lr_scale` (or `lr_without_norm` for a network without normalisation layers).
+    This is how the lab's question is answered on equal terms."""
     if recipe.model == model:
         return recipe
-    lr = recipe.lr
-    if recipe.lr_without_norm is not None and not has_normalization(model):
-        lr = recipe.lr_without_norm
-    return replace(recipe, model=model, lr=lr, whiten_images=0, whiten_bias_epochs=0,
-                   model_options=())
+    if not has_normalization(model):
+        lr, bias_scale = recipe.lr_without_norm or recipe.lr, recipe.bias_lr_scale
+    else:
+        lr = recipe.other_lr or recipe.lr
+        bias_scale = recipe.other_bias_lr_scale or recipe.bias_lr_scale
+    return replace(recipe, model=model, lr=lr, bias_lr_scale=bias_scale, whiten_images=0,
+                   whiten_bias_epochs=0, model_options=())
 
 
 def has_normalization(model: str) -> bool:
