@@ -159,7 +159,8 @@ def equal_budget(models: list[str], budget_s: float, seeds: int, tmp: Path,
         res, wall = run_cnnlab(["-m", model, "--epochs", f"{epochs:g}", "--seeds", str(seeds)],
                                tmp / f"budget-{model}")
         m = res["models"][0]
-        rows.append({"model": model, "epochs": epochs, "probe_img_s": rate, **m, "wall_s": wall})
+        # results.json's "epochs" is the count of epochs started (ceil); keep the fraction run.
+        rows.append({**m, "model": model, "epochs": epochs, "probe_img_s": rate, "wall_s": wall})
         print({k: v for k, v in rows[-1].items() if not isinstance(v, (list, dict))},
               f"load {os.getloadavg()[0]:.1f}", flush=True)
     return rows
@@ -280,8 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'model':12} {'epochs':>6} {'test acc':>16} {'params':>10} {'train s':>8} "
               f"{'img/s':>6}")
         for b in budget:
-            print(f"{b['model']:12} {b['epochs']:>6g} {100 * b['test_accuracy_mean']:>8.2f} ± "
-                  f"{100 * (b['test_accuracy_std'] or 0):.2f}% {b['params']:>10,} "
+            # results.json holds accuracies in percent already
+            print(f"{b['model']:12} {b['epochs']:>6g} {b['test_accuracy_mean']:>8.2f} ± "
+                  f"{b['test_accuracy_std'] or 0:.2f}% {b['params']:>10,} "
                   f"{b['train_seconds']:>8.1f} {b['images_per_second']:>6.0f}")
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "rows": rows, "budget": budget}, indent=1,
