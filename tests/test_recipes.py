@@ -184,3 +184,20 @@ def test_fast_recipe_carried_to_other_nets_takes_their_learning_rates():
     assert recipe_for(overridden, "resnet18").bias_lr_scale == 8.0
     with pytest.raises(CnnlabError, match="other_lr"):
         dataclasses.replace(R.FAST, other_lr=0.0)
+
+
+def test_the_small_fast_example_config_builds_the_measured_recipe():
+    from pathlib import Path
+
+    from cnnlab.config import from_mapping, load_yaml
+    from cnnlab.tasks.train import TrainConfig, recipe_for
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "train-fast-small.yaml"
+    cfg = from_mapping(TrainConfig, {**load_yaml(path), "data": "x"})
+    recipe = recipe_for(cfg, "fast-cifar")
+    assert (recipe.batch_size, recipe.lr) == (512, 0.75)
+    assert dict(recipe.model_options)["widths"] == [32, 64, 128]
+    from cnnlab.models.registry import create_model
+
+    net = create_model("fast-cifar", **dict(recipe.model_options))
+    assert sum(p.numel() for p in net.parameters()) == 295_096  # as measured in BENCHMARKS.md
