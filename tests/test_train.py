@@ -50,6 +50,7 @@ def test_lab_recipe_results_equal_an_independent_evaluation(cifar, tmp_path, cap
     res = json.loads((out / "results.json").read_text())
     (m,) = res["models"]
     assert m["model"] == "simple-cnn" and m["params"] == 2_122_186 and m["seeds"] == 1
+    assert (m["lr"], m["batch_size"]) == (1e-3, 32)  # the lab's Adam 1e-3, batch 32
     assert res["n_train"] == 200 and res["n_test"] == 200
     # Oracle: the saved weights in a fresh model, the lab's Normalize(0.5, 0.5), plain torch.
     from cnnlab.data.cifar import load_cifar

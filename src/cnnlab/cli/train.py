@@ -109,15 +109,15 @@ def run(args: argparse.Namespace) -> int:
         results = run_task(train.run, config, run_dir, reporter)
     if results is None:
         return 0
-    rows = [[m["model"], m["recipe"],
+    rows = [[m["model"], m["recipe"], "-" if m.get("lr") is None else f"{m['lr']:g}",
              "-" if m["test_accuracy_mean"] is None
              else f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
              f"{m['params']:,}", f"{(m['macs'] or 0) / 1e6:.1f} M", m["epochs"],
              f"{m['train_seconds']:.0f}", f"{m['images_per_second']:.0f}", m["precision"]]
             for m in results["models"]]
-    reporter.table(["model", "recipe", "test acc", "seeds", "params", "MACs", "epochs",
+    reporter.table(["model", "recipe", "lr", "test acc", "seeds", "params", "MACs", "epochs",
                     "train s", "img/s", "precision"], rows,
-                   right_align=["test acc", "seeds", "params", "MACs", "epochs", "train s",
+                   right_align=["lr", "test acc", "seeds", "params", "MACs", "epochs", "train s",
                                 "img/s"])
     reporter.result(f"run directory: {results['run_dir']}")
     return 0

@@ -174,14 +174,15 @@ def _finetune(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
 
 def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     s.tables.append(Table(
-        ["model", "recipe", "test accuracy", "seeds", "parameters", "MACs", "epochs", "train s",
-         "images/s"],
-        [[m["model"], m["recipe"],
+        ["model", "recipe", "lr", "test accuracy", "seeds", "parameters", "MACs", "epochs",
+         "train s", "images/s"],
+        [[m["model"], m["recipe"], "-" if m.get("lr") is None else f"{m['lr']:g}",
           f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
           _n(m["params"]), _si(m["macs"] or 0), m["epochs"], f"{m['train_seconds']:.0f}",
           f"{m['images_per_second']:.0f}"] for m in r["models"]],
         f"{r['n_train']:,} training and {r['n_test']:,} test images; the same recipe for every "
-        "model", numeric=(2, 3, 4, 5, 6, 7, 8)))
+        "model, its learning rate set by the kind of network (recipes.py)",
+        numeric=(2, 3, 4, 5, 6, 7, 8, 9)))
     fig = figure(lab_dir, f"{step_dir}/curves.png", "train loss and test accuracy per epoch")
     if fig:
         s.figures.append(fig)

@@ -369,6 +369,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     images = result.steps * recipe.batch_size
     out = {
         "model": model_name, "seed": seed, "recipe": recipe.name,
+        "lr": recipe.lr, "batch_size": recipe.batch_size,
         "test_accuracy": test_acc, "test_loss": test_loss, "tta": recipe.tta,
         "test_accuracy_no_tta": result.last.get("test_accuracy"),
         "val_accuracy": result.last.get("val_accuracy"),
@@ -410,6 +411,8 @@ def summarise(rows: list[dict[str, Any]], macs: dict[str, int]) -> list[dict[str
         val_mean, val_std = _mean_std([r.get("val_accuracy") for r in mine])
         out.append({
             "model": model, "recipe": mine[0]["recipe"], "seeds": len(mine),
+            # the learning rate differs between networks under one recipe (recipes.with_model)
+            "lr": mine[0].get("lr"), "batch_size": mine[0].get("batch_size"),
             "test_accuracy_mean": test_mean, "test_accuracy_std": test_std,
             "val_accuracy_mean": val_mean, "val_accuracy_std": val_std,
             "params": mine[0]["params"], "macs": macs.get(model),
