@@ -43,6 +43,10 @@ def _n(v: int | float | None) -> str:
     return "-" if not v else f"{v:,}"
 
 
+def _seconds(v: float) -> str:
+    return f"{v:.1f}" if v < 10 else f"{v:.0f}"
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
@@ -161,10 +165,20 @@ def _finetune(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
         [[row["strategy"], row["epochs"], _pct(row["train_accuracy"]),
           _pct(row["val_accuracy"]), _pct(row["top1_error"]),
           "-" if row["topk_error"] is None else f"{_pct(row['topk_error'])} (k={row['top_k']})",
-          f"{row['seconds']:.0f}"] for row in rows],
+          _seconds(row["seconds"])] for row in rows],
         f"{r['backbone']} on {Path(r['data']).name}: both strategies on the same split; "
         f"{rows[0]['n_test']} test photos (one is {100 / max(rows[0]['n_test'], 1):.1f} points)",
         numeric=(1, 2, 3, 4, 5, 6)))
+    for row in rows:
+        # A strategy's own results.json says whether its backbone features came from the cache
+        # (then its seconds leave out the backbone's pass over every photo).
+        sub = lab_dir / step_dir / row["strategy"] / "results.json"
+        cache = (json.loads(sub.read_text(encoding="utf-8")).get("feature_cache") or {}
+                 if sub.is_file() else {})
+        if cache.get("from_cache"):
+            s.notes.append(f"{row['strategy']}: the backbone's features of {cache['from_cache']} "
+                           "photos came from the feature cache of an earlier run, so its "
+                           "seconds are the head's training only.")
     for row in rows:
         fig = figure(lab_dir, f"{step_dir}/{row['strategy']}/curves.png",
                      f"{row['strategy']}: loss and accuracy per epoch, train vs validation")
