@@ -195,7 +195,8 @@ def test_the_small_fast_example_config_builds_the_measured_recipe():
     path = Path(__file__).resolve().parents[1] / "examples" / "train-fast-small.yaml"
     cfg = from_mapping(TrainConfig, {**load_yaml(path), "data": "x"})
     recipe = recipe_for(cfg, "fast-cifar")
-    assert (recipe.batch_size, recipe.lr) == (512, 0.75)
+    assert (recipe.batch_size, recipe.lr, recipe.tta) == (512, 0.75, "flip")
+    assert recipe.whiten_images == R.FAST.whiten_images  # the rest is the fast recipe
     assert dict(recipe.model_options)["widths"] == [32, 64, 128]
     from cnnlab.models.registry import create_model
 
