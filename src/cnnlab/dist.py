@@ -12,13 +12,14 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as tdist
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, RankFailed
 
 if TYPE_CHECKING:
     from cnnlab.runs import RunDir
@@ -68,9 +69,26 @@ def init(device: str = "auto") -> tuple[DistInfo, torch.device]:
     return info, dev
 
 
-def teardown() -> None:
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
+def teardown(wait_for_all: bool = True, timeout_s: float = 60.0) -> None:
+    """Leave the process group.
+
+    With `wait_for_all`, first wait (at most `timeout_s` on gloo) until every rank got here: a
+    rank that destroys its group while a peer still takes its last message (rank 1's share of a
+    gather to rank 0) can abort in gloo ("terminate called without an active exception",
+    SIGABRT; seen in about 1 of 8 two-rank `cnnlab evaluate` runs). A peer that is gone or
+    elsewhere only ends the wait.
+    """
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return
+    if wait_for_all:
+        try:
+            if tdist.get_backend() == "gloo":
+                tdist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+            else:
+                tdist.barrier()
+        except Exception:  # leaving anyway; the command's own outcome stands
+            pass
+    tdist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -126,7 +144,7 @@ def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
     if kind == "error":
         raise CnnlabError(value)
     if kind == "crash":
-        raise CnnlabError(f"rank 0 failed ({value}); its traceback is in rank 0's output")
+        raise RankFailed(f"rank 0 failed ({value}); its traceback is in rank 0's output")
     return value
 
 

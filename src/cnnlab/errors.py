@@ -15,6 +15,11 @@ class CnnlabError(Exception):
     """A mistake in the user's input, explained in one line."""
 
 
+class RankFailed(CnnlabError):
+    """Under torchrun: rank 0 failed with a bug, so this rank stops too. Rank 0 will not take
+    part in any collective again (not even leaving the process group together)."""
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' for the closest names, or '' when nothing is close."""
     choices = list(choices)

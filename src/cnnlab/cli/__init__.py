@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from cnnlab import __version__
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, RankFailed
 
 # Subcommand modules under cnnlab.cli, in the order `cnnlab --help` lists them.
 COMMANDS = ["models", "params", "evaluate", "finetune", "predict", "train", "sweep",
@@ -43,9 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Ranks that end normally, or with the same CnnlabError (broadcast_from_main), leave the
+    # process group together; after Ctrl-C or a bug (RankFailed: rank 0's) a peer may never
+    # arrive, so do not wait.
+    together = False
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        together = True
+        return code
     except CnnlabError as exc:
+        together = not isinstance(exc, RankFailed)
         # Under torchrun every rank raises the same error (dist.broadcast_from_main); one line
         # is enough, from rank 0.
         if os.environ.get("RANK", "0") == "0":
@@ -58,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "torch.distributed" in sys.modules:  # only a command that used torch can have a group
             from cnnlab import dist
 
-            dist.teardown()
+            dist.teardown(wait_for_all=together)
 
 
 if __name__ == "__main__":
