@@ -182,6 +182,14 @@ def test_sampling_is_reproducible_for_a_seed():
 # ------------------------------------------------------------------------------------- resume
 
 
+def resume_config(run, **changes) -> TrainConfig:
+    """What `charrnn train --resume RUN` continues with: the run's config, this session's time
+    limit (none) and the changes given."""
+    from cnnlab.config import from_run
+
+    return from_run(TrainConfig, run, "charrnn", {"time_limit": None, **changes})
+
+
 def _steps_and_losses(run_dir):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
@@ -201,7 +209,7 @@ def test_resume_continues_the_curve_exactly_words(tmp_path):
     }
     train(TrainConfig(**base), out=tmp_path / "straight")
     train(TrainConfig(**{**base, "epochs": 2}), out=tmp_path / "split")
-    cfg = charrnn.resume_config(tmp_path / "split", epochs=4, time_limit=None)
+    cfg = resume_config(tmp_path / "split", epochs=4)
     r = train(cfg, resume=tmp_path / "split")
     straight, resumed = (
         _steps_and_losses(tmp_path / "straight"),
@@ -231,10 +239,10 @@ def test_resume_mid_epoch_text_with_carried_state(tmp_path, monkeypatch):
     # A time limit reached at once stops cleanly after the first step, mid-epoch.
     first = train(TrainConfig(**{**base, "time_limit": 1e-9}), out=tmp_path / "split")
     assert first["steps"] == 1 and first["stopped_by_time_limit"]
-    train(charrnn.resume_config(tmp_path / "split", None, None), resume=tmp_path / "split")
+    train(resume_config(tmp_path / "split"), resume=tmp_path / "split")
     assert _steps_and_losses(tmp_path / "split") == _steps_and_losses(tmp_path / "straight")
     with pytest.raises(CnnlabError, match="larger --epochs"):
-        train(charrnn.resume_config(tmp_path / "split", None, None), resume=tmp_path / "split")
+        train(resume_config(tmp_path / "split"), resume=tmp_path / "split")
 
 
 # ------------------------------------------------------------------------------ text windows

@@ -266,11 +266,12 @@ def cli_main(*args: str) -> int:
 
 def test_resume_refuses_new_settings(tmp_path, capsys):
     assert cli_main("finetune", "--resume", str(tmp_path), "--lr", "0.1") == 2
-    assert "give only --epochs / --time-limit" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--lr cannot be given with it" in err and "only --epochs, --time-limit can" in err
     assert cli_main("finetune") == 2
     assert "give the DATA folder" in capsys.readouterr().err
     assert cli_main("finetune", "--resume", str(tmp_path)) == 2
-    assert "not a finetune run directory" in capsys.readouterr().err
+    assert "not a cnnlab finetune run" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ predict

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.common import HelpFormatter, add_output_options, add_quiet
+from cnnlab.cli.resume import add_resume_option, resume_config
 
 DESCRIPTION = """\
 Character-level RNN / GRU / LSTM.
@@ -119,11 +120,16 @@ def _add_train(cmds) -> None:
     opt.add_argument("--log-every", type=int, help="steps between metrics lines (default: 10)")
     opt.add_argument("--seed", type=int, help="initialisation / batch-order seed (default: 0)")
     opt.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    p.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue this run (its data and model) up to --epochs"
-    )
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     add_output_options(p)
+    # --time-limit is this session's training time: a resume does not inherit the last one.
+    add_resume_option(
+        p,
+        allowed=("epochs", "time_limit", "threads"),
+        per_invocation=("time_limit",),
+        metavar="RUN_DIR",
+        help="continue this run (its data and model) up to --epochs",
+    )
     p.set_defaults(run=run_train)
 
 
@@ -204,21 +210,12 @@ TRAIN_KEYS = [
 def run_train(args: argparse.Namespace) -> int:
     from cnnlab.config import resolve
     from cnnlab.dist import open_run
-    from cnnlab.errors import CnnlabError
     from cnnlab.progress import Reporter
     from cnnlab.tasks import charrnn, run_task
 
     reporter = Reporter(quiet=getattr(args, "quiet", False))
     if getattr(args, "resume", None):
-        given = [k for k in (*TRAIN_KEYS, "config", "out") if hasattr(args, k)]
-        if set(given) - {"epochs", "time_limit"}:
-            raise CnnlabError(
-                "--resume continues a run with its own data, model and directory; "
-                "give only --epochs / --time-limit with it"
-            )
-        cfg = charrnn.resume_config(
-            args.resume, getattr(args, "epochs", None), getattr(args, "time_limit", None)
-        )
+        cfg = resume_config(args, charrnn.TrainConfig, "charrnn")
         run_dir = open_run("charrnn", None, resume=args.resume)
         results = charrnn.run(cfg, run_dir, reporter, resume=True)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.common import add_output_options
+from cnnlab.cli.resume import add_resume_option, resume_config
 
 DESCRIPTION = """\
 Teach a pretrained ImageNet CNN your own classes: its last layer is replaced by a new one for
@@ -50,7 +51,7 @@ Examples:
   cnnlab finetune --resume runs/finetune/20250101-120000 --epochs 40
 """
 
-# Flags that shape a run; --resume takes none of them except --epochs and --time-limit.
+# Flags that shape a run (config fields of the same name).
 RUN_KEYS = ("backbone", "weights", "strategy", "compare", "epochs", "batch_size", "optimizer",
             "lr", "body_lr_ratio", "weight_decay", "momentum", "warmup_epochs",
             "label_smoothing", "augment", "keep", "early_stopping", "bn", "split",
@@ -128,10 +129,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (auto)")
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
                    help="skip curves, confusion matrix and report.md / report.html")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue this run (its data, split and model) up to --epochs")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     add_output_options(p)
+    # --time-limit is this session's training time: a resume does not inherit the last one.
+    add_resume_option(p, allowed=("epochs", "time_limit"), per_invocation=("time_limit",),
+                      metavar="RUN_DIR",
+                      help="continue this run (its data, split and model) up to --epochs")
     p.set_defaults(run=run)
 
 
@@ -144,13 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
     reporter = Reporter(quiet=args.quiet)
     if args.resume:
-        given = [k for k in (*RUN_KEYS, "data", "config", "out") if getattr(args, k) is not None]
-        if set(given) - {"epochs", "time_limit"}:
-            raise CnnlabError(
-                "--resume continues a run with its own data, split and settings; give only "
-                "--epochs / --time-limit with it"
-            )
-        config = finetune.resume_config(args.resume, args.epochs, args.time_limit)
+        config = resume_config(args, finetune.FinetuneConfig, "finetune")
         run_dir = open_run("finetune", None, resume=args.resume, device=config.device)
         results = finetune.run(config, run_dir, reporter, resume=True)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.common import add_output_options
+from cnnlab.cli.resume import add_resume_option, resume_config
 
 DESCRIPTION = """\
 Search a CNN's settings with Optuna (TPE sampler; median or Hyperband pruning on each epoch's
@@ -66,31 +67,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-final", dest="final", action="store_false", default=None,
                    help="do not re-train and test the best settings")
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted sweep")
     p.add_argument("--worker", metavar="RUN", help=argparse.SUPPRESS)
     p.add_argument("--worker-index", type=int, default=1, help=argparse.SUPPRESS)
     add_output_options(p)
+    # --trials counts over every resume, so more of them continue the search; the budget and
+    # the processes are this session's.
+    add_resume_option(p, allowed=("trials", "budget", "workers"),
+                      help="continue an interrupted sweep (or one that should run more trials)")
     p.set_defaults(run=run)
 
 
 FLAGS = ("trials", "budget", "workers", "storage", "study", "pruner", "seed", "final", "report")
 
 
-def _from_run(path: str, args: argparse.Namespace, keep: tuple[str, ...]):
-    from cnnlab.config import from_mapping
-    from cnnlab.errors import CnnlabError
-    from cnnlab.runs import RunDir
-    from cnnlab.tasks import sweep
-
-    run_dir = RunDir.open(path)
-    if not run_dir.file("config.json").is_file():
-        raise CnnlabError(f"{run_dir} has no config.json: not a cnnlab sweep run")
-    values = run_dir.read_json("config.json")
-    values.update({k: getattr(args, k) for k in keep if getattr(args, k) is not None})
-    return run_dir, from_mapping(sweep.SweepConfig, values)
-
-
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.config import from_run
     from cnnlab.errors import CnnlabError
     from cnnlab.progress import Reporter
     from cnnlab.runs import RunDir
@@ -98,15 +89,14 @@ def run(args: argparse.Namespace) -> int:
 
     reporter = Reporter(quiet=args.quiet)
     if args.worker:
-        run_dir, config = _from_run(args.worker, args, ())
-        sweep.work(config, run_dir, reporter, worker=args.worker_index)
+        # A process started by the sweep itself (spawn_workers): the run's config as saved.
+        config = from_run(sweep.SweepConfig, args.worker, "sweep")
+        sweep.work(config, RunDir.open(args.worker), reporter, worker=args.worker_index)
         return 0
     if args.resume:
-        if args.config or args.out:
-            raise CnnlabError("--resume continues a sweep with its own settings and directory; "
-                              "give no CONFIG or --out with it")
-        run_dir, config = _from_run(args.resume, args, ("trials", "budget", "workers"))
-        results = sweep.run(config, run_dir, reporter, resume=True, quiet_workers=args.quiet)
+        config = resume_config(args, sweep.SweepConfig, "sweep")
+        results = sweep.run(config, RunDir.open(args.resume), reporter, resume=True,
+                            quiet_workers=args.quiet)
     else:
         if not args.config:
             raise CnnlabError("give CONFIG.yaml (data, space, train settings), or --resume RUN")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.common import add_output_options
+from cnnlab.cli.resume import add_resume_option, resume_config
 
 DESCRIPTION = """\
 Train image classifiers from scratch and compare them: test accuracy (mean ± std over seeds),
@@ -72,15 +73,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(auto)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="bit-reproducible kernels (slower)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run directory")
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     add_output_options(p)
+    # Finished (model, seed) runs are kept on resume, so more --epochs would change nothing
+    # there and a different schedule mid-run elsewhere: only how long and on how many threads.
+    add_resume_option(p, allowed=("time_limit", "threads"),
+                      help="continue an interrupted run directory")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.config import from_mapping, resolve
+    from cnnlab.config import resolve
     from cnnlab.dist import open_run
     from cnnlab.errors import CnnlabError
     from cnnlab.progress import Reporter
@@ -88,15 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     reporter = Reporter(quiet=args.quiet)
     if args.resume:
-        if args.data or args.models or args.out or args.config:
-            raise CnnlabError("--resume continues a run with its own data, models and "
-                              "directory; give no DATA, -m, --out or --config with it")
+        config = resume_config(args, train.TrainConfig, "train")
         run_dir = open_run("train", None, resume=args.resume)
-        if not run_dir.file("config.json").is_file():
-            raise CnnlabError(f"{run_dir} has no config.json: not a cnnlab train run")
-        values = run_dir.read_json("config.json")
-        values["models"] = tuple(values["models"])
-        config = from_mapping(train.TrainConfig, values)
         results = train.run(config, run_dir, reporter, resume=True)
     else:
         if not args.data:

@@ -437,7 +437,7 @@ def run(
     """Train (or continue) a character model; returns results (also saved as results.json).
 
     With `resume`, `run_dir` is an existing run and `cfg` its own config with only `epochs` /
-    `time_limit` changed (`resume_config` builds it); the run continues in that directory."""
+    `time_limit` changed (`config.from_run` builds it); the run continues in that directory."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_data(cfg)
@@ -682,19 +682,3 @@ def _results(
         res["completions"] = {c.prefix: [c.completion, c.probability] for c in comps}
         model.train()
     return res
-
-
-def resume_config(run_dir: str | Path, epochs: int | None, time_limit: float | None) -> TrainConfig:
-    """The config of an existing run, with a new epoch total and/or time limit."""
-    from cnnlab.config import from_mapping
-
-    run = RunDir.open(run_dir)
-    if not run.file("config.json").is_file():
-        raise CnnlabError(f"{run} has no config.json: not a charrnn run directory")
-    values = run.read_json("config.json")
-    if values.get("words") is not None:
-        values["words"] = tuple(values["words"])
-    if epochs is not None:
-        values["epochs"] = epochs
-    values["time_limit"] = time_limit
-    return from_mapping(TrainConfig, values)

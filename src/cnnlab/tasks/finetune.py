@@ -2,8 +2,9 @@
 
     config = FinetuneConfig(data="photos/", strategy="freeze")
     results = run(config, RunDir.create("finetune"), Reporter())
-    results = run(resume_config("runs/finetune/x"), RunDir.open("runs/finetune/x"), Reporter(),
-                  resume=True)                          # after a crash or to train longer
+    # after a crash, or to train longer (`config.from_run` reads the run's config.json):
+    config = from_run(FinetuneConfig, "runs/finetune/x", "finetune", {"epochs": 40})
+    results = run(config, RunDir.open("runs/finetune/x"), Reporter(), resume=True)
 
 Steps:
 1. the split (`data/splits.py`): train/val/test folders or one folder split stratified; saved
@@ -512,6 +513,8 @@ def _bn_words(config: FinetuneConfig) -> str:
 def _load_split(config: FinetuneConfig, run_dir: RunDir, resume: bool):
     from cnnlab.data.splits import DatasetSplit, load_splits
 
+    if resume and not run_dir.file("split.json").is_file():
+        raise CnnlabError(f"{run_dir} has no split.json: not a finetune run directory")
     if resume or run_dir.file("split.json").is_file():
         return DatasetSplit.from_json(run_dir.read_json("split.json")), True
     return load_splits(config.data, config.split, config.val_fraction, config.seed), False
@@ -675,19 +678,3 @@ def compare_row(strategy: str, r: dict[str, Any]) -> dict[str, Any]:
             "val_accuracy": r["val_accuracy"], "top1_error": r["top1_error"],
             "top_k": r["top_k"], "topk_error": r["topk_error"],
             "seconds": r["seconds"]["total"], "n_test": r["n_test"]}
-
-
-def resume_config(run_dir: str | Path, epochs: int | None = None,
-                  time_limit: float | None = None) -> FinetuneConfig:
-    """The config of an existing finetune run, with a new epoch total and/or time limit."""
-    from cnnlab.config import from_mapping
-
-    run = RunDir.open(run_dir)
-    if not run.file("config.json").is_file() or not run.file("split.json").is_file():
-        raise CnnlabError(f"{run} has no config.json / split.json: not a finetune run directory")
-    values = run.read_json("config.json")
-    values["split"] = tuple(values["split"])
-    if epochs is not None:
-        values["epochs"] = epochs
-    values["time_limit"] = time_limit
-    return from_mapping(FinetuneConfig, values)
