@@ -196,3 +196,59 @@ def test_report_escapes_what_the_user_named(tmp_path):
     from cnnlab.report.env import markdown_text
 
     assert "<img" not in md and markdown_text(evil) in md and "\\|" in markdown_text(evil)
+
+
+def test_resume_whose_new_best_beats_the_old_re_trains_and_tests_the_new_best(tiny, tmp_path):
+    """`--resume RUN --trials N` after the final re-train: when a new trial beats the old best,
+    final/ is re-trained with the new best's settings and its test accuracy reported, never the
+    old best's test number under the new best's settings."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    out = tmp_path / "run"
+    assert main(["sweep", str(tiny), "--trials", "1", "--no-report", "--out", str(out),
+                 "-q"]) == 0
+    first = json.loads((out / "results.json").read_text())["final"]
+    # A second trial that beats the first (validation accuracy 1.0) with the other depth, as a
+    # resumed sweep's new trial would: added to the study directly, so that it surely wins.
+    depth = 2 if first["params"]["depth"] == 1 else 1
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    study.add_trial(optuna.trial.create_trial(
+        params={"depth": depth, "lr": 0.1}, value=1.0,
+        distributions={"depth": CategoricalDistribution([1, 2]),
+                       "lr": FloatDistribution(0.01, 0.5, log=True)}))
+    assert main(["sweep", "--resume", str(out), "--trials", "2", "-q"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    final = res["final"]
+    assert final["trial"] == 1 and final["params"] == {"depth": depth, "lr": 0.1}
+    trained = json.loads((out / "final" / "config.json").read_text())
+    assert dict(trained["model_options"])["depth"] == depth and trained["lr"] == 0.1
+    tested = json.loads((out / "final" / "results.json").read_text())["runs"][0]
+    assert final["test_accuracy"] == tested["test_accuracy"]
+    # Resumed again with nothing new: the re-train of the same best is reused, not repeated.
+    stamp = (out / "final" / "results.json").stat().st_mtime_ns
+    assert main(["sweep", "--resume", str(out), "-q"]) == 0
+    assert (out / "final" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_a_trial_failing_with_a_bug_is_one_line_with_the_traceback_in_its_directory(
+        tiny, tmp_path, monkeypatch, capsys):
+    from cnnlab.tasks import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside training broke\nsecond line of the message")
+
+    monkeypatch.setattr(train, "run", broken)
+    out = tmp_path / "run"
+    assert main(["sweep", str(tiny), "--trials", "1", "--no-report", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "second line" not in err
+    trial = out / "trials" / "trial-0000"
+    failed = [line for line in err.splitlines() if "trial 0: failed" in line]
+    assert len(failed) == 1 and "RuntimeError: something inside training broke" in failed[0]
+    assert str(trial / "traceback.txt") in failed[0]
+    assert err.strip().splitlines()[-1] == (
+        "cnnlab sweep: error: no trial finished; the first error: RuntimeError: something "
+        "inside training broke")
+    kept = (trial / "traceback.txt").read_text()
+    assert kept.startswith("Traceback") and "in broken" in kept and "second line" in kept

@@ -420,11 +420,7 @@ def run_study(study: optuna.Study, url: str, run_dir: RunDir, objective: Objecti
         except Exception as exc:  # one bad setting (or a bug in one trial) must not end it
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
             study.tell(trial, state=TrialState.FAIL)
-            reporter.log(f"trial {trial.number}: failed — {exc}")
-            if not isinstance(exc, CnnlabError):
-                import traceback
-
-                traceback.print_exc(file=sys.stderr)
+            reporter.log(f"trial {trial.number}: failed — {_failure(exc, folder)}")
         else:
             _set_attrs(trial, {**attrs, "seconds": round(time.time() - start, 1)})
             study.tell(trial, value)
@@ -432,6 +428,21 @@ def run_study(study: optuna.Study, url: str, run_dir: RunDir, objective: Objecti
         ran += 1
         checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
     return ran
+
+
+def _failure(exc: Exception, folder: Path) -> str:
+    """One line on why a trial failed. A user's mistake (CnnlabError) says it all; anything
+    else is a bug whose traceback a maintainer needs: it goes to the trial's traceback.txt, not
+    to the terminal, where it would bury the other trials' progress."""
+    if isinstance(exc, CnnlabError):
+        return str(exc)
+    import traceback
+
+    path = folder / "traceback.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    RunDir(folder).write_text(path.name, "".join(traceback.format_exception(exc)))
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first} (a bug in cnnlab? traceback in {path})"
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -572,8 +583,10 @@ def run(config: SweepConfig, run_dir: RunDir, reporter, resume: bool = False,
     for m in base.models:
         get_spec(m)
     trial_config(base, {p.name: _example(p) for p in parse_space(config.space)})  # names
+    # Saved on resume too: the worker processes read the settings from config.json, and a
+    # resume may have raised --trials.
+    run_dir.save_config(config)
     if not resume:
-        run_dir.save_config(config)
         run_dir.save_environment(seed=config.seed)
     reporter.log(f"sweep: {config.trials} trials, storage {storage_url(config.storage, run_dir)}"
                  f"{f', {config.workers} workers' if config.workers > 1 else ''}")
@@ -610,7 +623,8 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
     }
     if not done:
         run_dir.save_results(results)
-        errors = [r["error"] for r in rows if r.get("error")]
+        # The first line only: an exception's message may run over many.
+        errors = [r["error"].splitlines()[0] for r in rows if r.get("error")]
         raise CnnlabError("no trial finished" + (f"; the first error: {errors[0]}" if errors
                                                  else ""))
     best = study.best_trial
@@ -624,13 +638,15 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
         cfg = replace(trial_config(config.base_train(), dict(best.params)), val_fraction=0.0,
                       test=True, report=True, time_limit=None)
         final_dir = run_dir.path / FINAL_DIR
-        if (final_dir / "results.json").is_file():
+        if _trained_with(RunDir(final_dir), cfg):
             final = RunDir(final_dir).read_json("results.json")
         else:
             import shutil
 
             if final_dir.exists():
-                shutil.rmtree(final_dir)  # an interrupted re-train: start it clean
+                # An interrupted re-train, or one of settings that are no longer the best (a
+                # resume ran more trials): start it clean.
+                shutil.rmtree(final_dir)
             reporter.log(f"re-training the best settings (trial {best.number}) on the whole "
                          "training set, then testing once")
             final = train.run(cfg, RunDir.create("final", out=final_dir), reporter)
@@ -649,6 +665,22 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
         write_report(run_dir.path)
     results["run_dir"] = str(run_dir.path)
     return results
+
+
+def _trained_with(final: RunDir, cfg: TrainConfig) -> bool:
+    """Whether `final` holds a finished re-train of exactly `cfg` (compared as JSON, the form
+    config.json keeps it in)."""
+    import json
+
+    from cnnlab.runs import to_jsonable
+
+    if not (final.file("results.json").is_file() and final.file("config.json").is_file()):
+        return False
+    try:
+        saved = final.read_json("config.json")
+    except (OSError, ValueError):
+        return False  # a damaged file: re-train rather than trust it
+    return saved == json.loads(json.dumps(to_jsonable(cfg)))
 
 
 def _redact(url: str) -> str:
