@@ -378,6 +378,24 @@ def test_help_is_instant_and_lists_the_strategies():
     assert proc.stdout.strip() == "False"
 
 
+def test_help_says_validation_chooses_the_epoch_only_with_keep_best(capsys, monkeypatch):
+    """The default keeps the last epoch (test_outputs_of_a_run): no sentence of the help may say
+    that validation chooses the epoch kept without saying it is --keep best that does."""
+    import re
+
+    from cnnlab.cli import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    sentences = re.split(r"(?<=[.;:])\s", text)
+    choosing = [s for s in sentences if re.search(r"choos\w* the epoch|picks? the (best|epoch)",
+                                                  s)]
+    assert choosing and all("--keep best" in s for s in choosing), choosing
+    assert re.search(r"--keep \{last,best\}.*lowest validation loss \(last\)", text)
+
+
 # ----------------------------------------------------------------------------- real data
 
 

@@ -18,8 +18,9 @@ Data layouts (DATA is a folder):
       a digit or the end; mica_capacitor_3.jpg is never a capacitor)
   DATA/<class>/*.jpg        one folder, split stratified by --split with --seed
 No val/: validation is carved off train/ (--val-fraction). No test/: val/ becomes the held-out
-test set and validation is carved off train/, because the validation set chooses the epoch kept
-and so cannot also measure the error. The split is saved as split.json in the run.
+test set and validation is carved off train/, so that the photos scored at the end chose
+nothing: validation draws the curves and, with --keep best, chooses the epoch kept (by default
+the last epoch is kept). The split is saved as split.json in the run.
 
 Strategies:
   freeze    only the new layer trains; the pretrained body is frozen (eval mode). Its features
@@ -115,7 +116,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="one-folder layout: shares of each class (0.6,0.2,0.2)")
     p.add_argument("--val-fraction", type=float, metavar="F",
                    help="share of train/ held out for validation when there is no val/ to "
-                   "use; 0 = no validation, the last epoch is kept (0.2)")
+                   "use; 0 = no validation split (0.2)")
     p.add_argument("--seed", type=int, help="split, shuffling and augmentation (0)")
     p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
                    help="freeze: re-run the frozen body on every batch, as the lab did (slow)")
