@@ -37,10 +37,10 @@ def cli(*args: str, env: dict | None = None, torchrun: int = 0):
                           env={**os.environ, **(env or {})})
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
+def weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    meta = json.loads((run / "last.json").read_text())
+    meta = json.loads((run / f"{which}.json").read_text())
     return load_file(run / meta["weights"])
 
 
@@ -68,6 +68,35 @@ def test_lab_recipe_results_equal_an_independent_evaluation(cifar, tmp_path, cap
     epochs = [r for r in map(json.loads, (out / "simple-cnn-seed0" / "metrics.jsonl")
               .read_text().splitlines()) if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and epochs[-1]["step"] == 2 * (200 // 32)
+
+
+def test_val_fraction_tests_the_epoch_of_the_best_validation_accuracy(cifar, tmp_path):
+    """--val-fraction: validation picks the weights (the `best` checkpoint), the test set only
+    measures them, as the help says."""
+    out = tmp_path / "run"
+    args = [a if a != "2" else "5" for a in SMALL]  # 5 epochs
+    assert main(["train", str(cifar), *args, "--lr", "0.003", "--val-fraction", "0.5",
+                 "--out", str(out), "-q"]) == 0
+    r = json.loads((out / "results.json").read_text())["runs"][0]
+    epochs = [e for e in map(json.loads, (out / "simple-cnn-seed0" / "metrics.jsonl")
+              .read_text().splitlines()) if e["kind"] == "epoch"]
+    best = max(epochs, key=lambda e: e["val_accuracy"])  # the first of equals, as the engine
+    # These settings were chosen so that the last epoch is not the best: else this proves nothing.
+    assert best["epoch"] < 5
+    assert (r["tested_epoch"], r["tested_checkpoint"]) == (best["epoch"], "best")
+    assert r["val_accuracy"] == best["val_accuracy"] == r["best_val_accuracy"]
+    # Oracle: the best checkpoint's weights in a fresh model, plain torch, the lab's Normalize.
+    from cnnlab.data.cifar import load_cifar
+    from cnnlab.models.registry import create_model
+
+    data = load_cifar(cifar, limit_per_class=20)
+    model = create_model("simple-cnn", num_classes=10)
+    model.load_state_dict(weights(out / "simple-cnn-seed0", "best"))
+    model.eval()
+    with torch.no_grad():
+        x = (data.test_x.float() / 255 - 0.5) / 0.5
+        acc = float((model(x).argmax(1) == data.test_y).float().mean())
+    assert r["test_accuracy"] == pytest.approx(acc, abs=1e-6)
 
 
 def test_kill_9_then_resume_ends_as_an_uninterrupted_run(cifar, tmp_path):

@@ -64,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-per-class", type=int, metavar="N",
                    help="only the first N images of each class (train and test): quick runs")
     p.add_argument("--val-fraction", type=float, metavar="F",
-                   help="hold out this share of train as validation; picks the best checkpoint")
+                   help="hold out this share of train as validation; the epoch of the best "
+                   "validation accuracy is the one tested (results.json: tested_epoch)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="per (model, seed): stop after the epoch that passes it")
     p.add_argument("--eval-every", type=int, metavar="N",

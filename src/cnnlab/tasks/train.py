@@ -16,11 +16,13 @@ batched and augmented as whole tensors (`data/tensor_batches.py`): no DataLoader
 Python. Under torchrun each rank trains on its share of every epoch (batch_size / world_size
 images per step), rank 0 writes; the metrics are all-reduced by the engine.
 
-Accuracy is measured on the test set after the last epoch, once per (model, seed), with the
-recipe's test-time augmentation; per-epoch test accuracy (without TTA) is logged for the curves
-and never used to choose anything. `--val-fraction` carves a validation split from train, which
-then picks the `best` checkpoint. With `test=False` (the trials of `cnnlab sweep`) the test set
-is never looked at: results hold validation accuracy only.
+Accuracy is measured on the test set once per (model, seed), after training, with the recipe's
+test-time augmentation; per-epoch test accuracy (without TTA) is logged for the curves and never
+used to choose anything. The weights tested are the last epoch's or, with `--val-fraction` (a
+validation split carved from train), the `best` checkpoint: the epoch of the highest validation
+accuracy, so that validation picks the weights and the test set only measures them
+(results.json: tested_epoch, tested_checkpoint). With `test=False` (the trials of `cnnlab
+sweep`) the test set is never looked at: results hold validation accuracy only.
 
 `model_options` pass builder options to every model (`plain-cnn`'s depth, width, kernel, ...);
 `recipe_overrides` replace any field of the recipe (momentum, weight_decay, label_smoothing,
@@ -61,7 +63,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # fp32, bf16, or auto: bf16 where the CPU/GPU does it natively
     limit_per_class: int | None = None  # train and test on the first N images of each class
-    val_fraction: float = 0.0  # share of train held out as validation (picks `best`)
+    val_fraction: float = 0.0  # share of train held out as validation (its best epoch is tested)
     time_limit: float | None = None  # seconds per (model, seed); stops after the epoch that ends
     eval_every: int = 1  # epochs between the test-accuracy points of the curves
     threads: int | None = None  # torch CPU threads (default: torch's, i.e. the cores)
@@ -358,6 +360,14 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
                      recipe.schedule, total_steps), after_step=after_step,
                  before_epoch=before_epoch, after_epoch=after_epoch, extra_state=extra,
                  resume=resume, device=device, label=f"{model_name} seed {seed}")
+    tested, which = _tested_checkpoint(config, data, result)
+    if tested != result.epochs_done:
+        from cnnlab.engine import BEST, load_weights
+
+        # Rank 0 wrote `best` at least one epoch (and so one all-reduce) ago: every rank reads
+        # the whole file.
+        load_weights(model, run_dir, BEST)
+    record = next((r for r in result.history if r.get("epoch") == tested), result.last)
     start = time.monotonic()
     test_acc = test_loss = None
     if config.test:
@@ -371,8 +381,10 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
         "model": model_name, "seed": seed, "recipe": recipe.name,
         "lr": recipe.lr, "batch_size": recipe.batch_size,
         "test_accuracy": test_acc, "test_loss": test_loss, "tta": recipe.tta,
-        "test_accuracy_no_tta": result.last.get("test_accuracy"),
-        "val_accuracy": result.last.get("val_accuracy"),
+        "tested_epoch": tested if config.test else None,
+        "tested_checkpoint": which if config.test else None,
+        "test_accuracy_no_tta": record.get("test_accuracy"),
+        "val_accuracy": record.get("val_accuracy"),
         "best_val_accuracy": result.best_metric, "best_epoch": result.best_epoch,
         "epochs": result.epochs_done, "steps": result.steps, "stopped": result.stopped,
         "train_seconds": result.train_seconds, "eval_seconds": eval_seconds,
@@ -385,6 +397,15 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     if info.is_main:
         run_dir.save_results(out)
     return out
+
+
+def _tested_checkpoint(config: TrainConfig, data, result) -> tuple[int, str]:
+    """(epoch, "best" | "last"): the weights the test set measures. With a validation split,
+    the epoch of the highest validation accuracy (the engine's `best` checkpoint, which may be
+    the last epoch too); else the last."""
+    if config.test and data.val_x is not None and result.best_epoch is not None:
+        return int(result.best_epoch), "best"
+    return result.epochs_done, "last"
 
 
 def macs_of(model_name: str, options: dict[str, Any], shape: tuple[int, ...]) -> int:
