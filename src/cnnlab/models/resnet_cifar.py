@@ -5,7 +5,9 @@ He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
 (two 3x3 convs each) with 16, 32 and 64 filters on 32x32, 16x16 and 8x8 maps, the first conv
 of stages 2 and 3 with stride 2; global average pooling, a 10-way FC layer. 6n + 2 weighted
 layers: `resnet20/32/44/56` are n = 3, 5, 7, 9 (0.27 M and 0.85 M parameters for 20 and 56,
-Table 6). BatchNorm after every conv, ReLU after the addition.
+Table 6). BatchNorm after every conv, ReLU after the addition. `width=w` scales the three stages
+to w, 2w, 4w filters (default 16, the paper's; `cnnlab experiment residual` uses narrower nets
+to afford more iterations on a CPU).
 
 Shortcuts: the paper's CIFAR nets use **option A** (section 3.3): identity shortcuts, and where
 the shape changes, the input subsampled by 2 and padded with zero channels, so that every
@@ -80,24 +82,29 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """He et al. 2016's CIFAR network: 6n + 2 layers; shortcut "A", "B" or None (plain)."""
 
-    def __init__(self, n: int, num_classes: int = 10, shortcut: str | None = "A"):
+    def __init__(self, n: int, num_classes: int = 10, shortcut: str | None = "A",
+                 width: int = WIDTHS[0]):
         super().__init__()
         if n < 1:
             raise CnnlabError(f"blocks per stage must be >= 1, got {n}")
+        if width < 1:
+            raise CnnlabError(f"width must be at least 1 channel, got {width}")
+        # The paper's 16-32-64 filters scale together: width w gives w, 2w, 4w.
+        widths = tuple(width * WIDTHS[i] // WIDTHS[0] for i in range(len(WIDTHS)))
         if shortcut not in ("A", "B", None):
             raise CnnlabError(f"shortcut must be 'A' (zero-padding identity) or 'B' (projection), "
                               f"got {shortcut!r}")
-        self.conv1 = nn.Conv2d(3, WIDTHS[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         stages = []
-        c_in = WIDTHS[0]
-        for i, width in enumerate(WIDTHS):
-            blocks = [BasicBlock(c_in if j == 0 else width, width,
+        c_in = widths[0]
+        for i, c_out in enumerate(widths):
+            blocks = [BasicBlock(c_in if j == 0 else c_out, c_out,
                                  2 if (i > 0 and j == 0) else 1, shortcut) for j in range(n)]
             stages.append(nn.Sequential(*blocks))
-            c_in = width
+            c_in = c_out
         self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(WIDTHS[-1], num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # He et al. 2015 ("Delving deep into rectifiers") init, as the paper says (4.2).
@@ -110,12 +117,13 @@ class CifarResNet(nn.Module):
         return self.fc(x)
 
 
-def cifar_resnet(depth: int, num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
-    return CifarResNet(DEPTHS[depth], num_classes=num_classes, shortcut=shortcut)
+def cifar_resnet(depth: int, num_classes: int = 10, shortcut: str = "A",
+                 width: int = WIDTHS[0]) -> CifarResNet:
+    return CifarResNet(DEPTHS[depth], num_classes=num_classes, shortcut=shortcut, width=width)
 
 
-def cifar_plain(depth: int, num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(DEPTHS[depth], num_classes=num_classes, shortcut=None)
+def cifar_plain(depth: int, num_classes: int = 10, width: int = WIDTHS[0]) -> CifarResNet:
+    return CifarResNet(DEPTHS[depth], num_classes=num_classes, shortcut=None, width=width)
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:
@@ -141,7 +149,7 @@ for _depth in (20, 32, 44, 56):
             description=f"He et al. 2016 CIFAR ResNet-{_depth} (16-32-64, option A shortcuts)",
             default_input=(3, 32, 32),
             published_params=_PUBLISHED.get(_depth),
-            options={"num_classes": int, "shortcut": str},
+            options={"num_classes": int, "shortcut": str, "width": int},
         )
     )
     register_model(
@@ -152,7 +160,7 @@ for _depth in (20, 32, 44, 56):
             description=f"He et al. 2016 CIFAR plain-{_depth}: resnet{_depth} without shortcuts",
             default_input=(3, 32, 32),
             published_params=_PUBLISHED.get(_depth),
-            options={"num_classes": int},
+            options={"num_classes": int, "width": int},
         )
     )
 

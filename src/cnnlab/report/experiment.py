@@ -1,8 +1,11 @@
-"""The `cnnlab experiment` report and plots: per experiment the lab's claim, a table, a plot and
-the one-sentence verdict; read from each experiment's results.json."""
+"""The `cnnlab experiment` report and plots: per experiment the lab's claim, the design in one
+line, a table with 95% intervals over seeds, a figure, and the verdict with its numbers; read
+from each experiment's results.json."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,18 @@ TITLES = {"depth": "Depth: how many conv layers?", "filters": "Filter size: 3x3,
           "residual": "Residual connections: plain nets against ResNets"}
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    return "-" if mean is None else f"{mean:.2f} ± {std:.2f}%"
+def interval(mean: float | None, ci: float | None, digits: int = 1) -> str:
+    """'61.2 ± 0.8%' with the 95% interval's half-width; one seed: '61.2%', no ±."""
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}%" if ci is None else f"{mean:.{digits}f} ± {ci:.{digits}f}%"
+
+
+def verdict_text(v: dict[str, Any] | str) -> str:
+    """'Held: <sentence>' from a saved verdict."""
+    if isinstance(v, str):  # a run written before verdicts had a status
+        return v
+    return f"{v['status'].capitalize()}: {v['sentence']}"
 
 
 def _n(v: Any) -> str:
@@ -28,6 +41,17 @@ def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(tmp, format="png", dpi=90)
     tmp.replace(path)
+
+
+def _band(ax, xs, runs: list[list[float]], color: str, label: str, style: str = "-") -> None:
+    """The mean over seeds as a line, their range as a band."""
+    n = min(len(r) for r in runs)
+    cols = [[r[i] for r in runs] for i in range(n)]
+    ax.plot(xs[:n], [statistics.fmean(c) for c in cols], style, color=color, linewidth=1.6,
+            label=label)
+    if len(runs) > 1:
+        ax.fill_between(xs[:n], [min(c) for c in cols], [max(c) for c in cols], color=color,
+                        alpha=0.18, linewidth=0)
 
 
 def plot_experiment(results: dict[str, Any], folder: Path) -> str:
@@ -44,27 +68,31 @@ def plot_experiment(results: dict[str, Any], folder: Path) -> str:
         fig, (ax_err, ax_grad) = plt.subplots(1, 2, figsize=(11, 4.2))
         for i, r in enumerate(rows):
             color = f"C{i}"
-            curve = r.get("curve") or []
-            steps = [c[0] for c in curve]
-            ax_err.plot(steps, [100 * (1 - c[1]) for c in curve], "--", color=color,
-                        linewidth=1, label=f"{r['label']} train")
-            if any(c[2] is not None for c in curve):
-                ax_err.plot([c[0] for c in curve if c[2] is not None],
-                            [100 * (1 - c[2]) for c in curve if c[2] is not None], "o-",
-                            color=color, linewidth=2, markersize=3, label=f"{r['label']} test")
-            for key, style in (("grad_init", "-"), ("grad_epoch1", ":")):
-                g = r.get(key)
-                when = "init" if key == "grad_init" else "epoch 1"
-                if g:
-                    ax_grad.plot(range(1, len(g) + 1), g, style, color=color,
-                                 label=f"{r['label']} {when}")
+            style = "--" if r["setting"]["model"].startswith("plain") else "-"
+            curves = [c for c in r.get("curves") or [] if c]
+            if curves:
+                steps = [p[0] for p in curves[0]]
+                _band(ax_err, steps, [[100 * (1 - p[1]) for p in c if p[1] is not None]
+                                      for c in curves], color, r["label"], style)
+            for key, marker in (("grad_init", "o"), ("grad_epoch1", "s")):
+                norms = [g for g in r.get(key) or [] if g]
+                if norms:
+                    n = min(map(len, norms))
+                    logs = [[math.log10(g[j]) for g in norms] for j in range(n)]
+                    ax_grad.plot(range(1, n + 1), [10 ** statistics.fmean(v) for v in logs],
+                                 style, color=color, marker=marker, markersize=2.5,
+                                 linewidth=1, alpha=1 if key == "grad_epoch1" else 0.45,
+                                 label=f"{r['label']} "
+                                       f"{'init' if key == 'grad_init' else 'epoch 1'}")
         ax_err.set_xlabel("iterations")
-        ax_err.set_ylabel("error (%)")
-        ax_err.set_title("training error (dashed), test error (solid)")
+        ax_err.set_ylabel("training error (%)")
+        ax_err.set_title("training error: mean over seeds, band = their range\n"
+                         "dashed: plain, solid: ResNet", fontsize=10)
         ax_grad.set_xlabel("conv layer (input side → output side)")
-        ax_grad.set_ylabel("gradient L2 norm")
+        ax_grad.set_ylabel("gradient L2 norm (geometric mean over seeds)")
         ax_grad.set_yscale("log")
-        ax_grad.set_title("per-layer gradient norm, one fixed batch")
+        ax_grad.set_title("per-layer gradient norm, one fixed batch\nfaint: at initialisation, "
+                          "dark: after epoch 1", fontsize=10)
         for ax in (ax_err, ax_grad):
             ax.grid(alpha=0.3)
             if ax.lines:
@@ -73,13 +101,15 @@ def plot_experiment(results: dict[str, Any], folder: Path) -> str:
         fig, ax = plt.subplots(figsize=(7, 4))
         labels = [r["label"] for r in rows]
         xs = list(range(len(rows)))
-        ax.errorbar(xs, [r["test_mean"] for r in rows], yerr=[r["test_std"] for r in rows],
+        ax.errorbar(xs, [r["test_mean"] for r in rows], yerr=[r["test_ci"] or 0 for r in rows],
                     fmt="o-" if name == "depth" else "o", capsize=4, label="test")
+        for i, r in enumerate(rows):  # every seed, so that the spread is visible
+            ax.plot([i] * len(r["test"]), r["test"], ".", color="C0", alpha=0.35)
         if all(r["train_mean"] is not None for r in rows):
             ax.plot(xs, [r["train_mean"] for r in rows], "s--" if name == "depth" else "s",
-                    alpha=0.6, label="train (last epoch, with augmentation)")
+                    alpha=0.6, label="train (fixed sample, no augmentation)")
         ax.set_xticks(xs, labels, rotation=20 if name != "depth" else 0)
-        ax.set_ylabel("accuracy (%), mean ± std over seeds")
+        ax.set_ylabel("accuracy (%), mean and 95% CI over seeds")
         ax.set_title(TITLES[name])
         ax.grid(alpha=0.3)
         ax.legend()
@@ -90,51 +120,104 @@ def plot_experiment(results: dict[str, Any], folder: Path) -> str:
     return path.name
 
 
+def design_line(res: dict[str, Any]) -> str:
+    """The design in one line: nets, data, length, seeds, budget."""
+    if res.get("limit_per_class"):
+        data = (f"the first {res['limit_per_class']} images per class of train and test "
+                f"({_n(res.get('n_train'))} and {_n(res.get('n_test'))})")
+    else:
+        data = (f"{_n(res.get('n_train'))} training images ({res.get('train_per_class')} per "
+                f"class, a fixed random sample) and all {_n(res.get('n_test'))} test images")
+    size = res.get("image_size") or 32
+    budget = (f"; --budget {res['budget_minutes']:g} min buys seeds beyond "
+              f"{res.get('min_seeds', 3)}" if res.get("budget_minutes") else "")
+    return (f"Design: {res['note']}; {data} of {Path(res['data']).name} at {size}x{size}; "
+            f"{res['epochs']:g} epoch{'s' if res['epochs'] != 1 else ''} at batch "
+            f"{res.get('batch_size', '-')}, one-cycle learning rate; {res['seeds']} seed"
+            f"{'s' if res['seeds'] != 1 else ''} per setting{budget}. Each trial is tested once "
+            "after its last step; nothing is selected on the test set.")
+
+
+def _learning(r: dict[str, Any]) -> str:
+    shares = [s for s in r.get("plateau_share") or [] if s is not None]
+    mark = f"{r['still_learning']} of {r['seeds']}" if r.get("still_learning") else "no"
+    if not shares:
+        return mark
+    return f"{mark} ({statistics.median(shares):.2f})"
+
+
 def experiment_part(res: dict[str, Any], root: Path, prefix: str) -> Part:
     """One experiment as a report part; `prefix` is its folder relative to `root`."""
     name = res["experiment"]
-    part = Part(TITLES[name], verdict=res["verdict"])
+    part = Part(TITLES[name], verdict=verdict_text(res["verdict"]))
     part.paragraphs.append(f"The lab's claim: \u201c{res['claim']}\u201d")
-    budget = (f"; at most {res['time_limit_per_trial']:.0f} s of training per trial "
-              f"(--budget {res['budget_minutes']:g} min over {res['trials']} trials)"
-              if res.get("time_limit_per_trial") else "")
-    subset = (f"{_n(res['n_train'])} training and {_n(res['n_test'])} test images "
-              f"({res['limit_per_class']} per class)" if res.get("n_train") else "a subset")
-    part.paragraphs.append(
-        f"Setup: {res['note']}. {subset} of {Path(res['data']).name}; {res['epochs']:g} "
-        f"epoch{'s' if res['epochs'] != 1 else ''}, {res['seeds']} seed"
-        f"{'s' if res['seeds'] != 1 else ''} per setting{budget}. Each trial is tested once "
-        "after its last epoch; nothing is selected on the test set.")
-    cut = [r["label"] for r in res["rows"] if "time-limit" in r["stopped"]]
-    if cut:
-        part.paragraphs.append(f"Stopped by the time limit before their epochs: "
-                               f"{', '.join(cut)}.")
-    rows = [[r["label"], _pm(r["test_mean"], r["test_std"]), _pm(r["train_mean"], r["train_std"]),
-             r["seeds"], _n(r["params"]), "-" if r["macs"] is None else f"{r['macs'] / 1e6:.1f} M",
-             ", ".join(map(str, sorted(set(r["steps"])))) or "-",
+    part.paragraphs.append(design_line(res))
+    if res.get("scaled"):
+        part.paragraphs.append(f"Scaled down: {res['scaled']}.")
+    if name == "residual" and res.get("gradients"):
+        part.paragraphs.append(f"The gradient part: {verdict_text(res['gradients'])}")
+    excluded = res.get("excluded") or []
+    if excluded:
+        part.paragraphs.append(f"Left out of the comparison (cut short by the budget): "
+                               f"{'; '.join(excluded)}.")
+    rule = res.get("plateau_rule") or {}
+    rows = [[r["label"], interval(r["test_mean"], r.get("test_ci")),
+             interval(r["train_mean"], r.get("train_ci")), r["seeds"], _learning(r),
+             _n(r["params"]), "-" if r["macs"] is None else f"{r['macs'] / 1e6:.1f} M",
+             ", ".join(map(str, r["steps"])) or "-",
              "-" if r["seconds"] is None else f"{r['seconds']:.0f}"] for r in res["rows"]]
     part.tables.append(Table(
-        ["setting", "test accuracy", "train accuracy", "seeds", "parameters", "MACs",
-         "iterations", "train s"], rows,
-        "mean ± sample std over seeds; train accuracy: the last epoch's, on augmented batches",
-        numeric=(1, 2, 3, 4, 5, 6, 7)))
+        ["setting", "test accuracy", "train accuracy", "seeds", "still learning", "parameters",
+         "MACs", "iterations", "train s"], rows,
+        "mean ± half-width of the 95% confidence interval over seeds (t distribution; no ± for "
+        f"one seed); train accuracy: on {res.get('train_eval', 1000):,} training images without "
+        "augmentation, after the last step; still learning: trials whose training loss fell by "
+        f"more than {rule.get('share', 0.15):.0%} of its total drop in the last quarter of the "
+        "steps, or whose train accuracy was within "
+        f"{100 * rule.get('chance_margin', 0.1):.0f} points of chance (the median share in "
+        "brackets)",
+        numeric=(1, 2, 3, 5, 6, 7, 8)))
+    if name == "depth":
+        part.tables.append(_depth_gains(res))
     if name == "residual":
-        grad_rows = []
-        for r in res["rows"]:
-            for key, when in (("grad_init", "initialisation"), ("grad_epoch1", "after epoch 1")):
-                g = r.get(key)
-                if g:
-                    grad_rows.append([r["label"], when, f"{g[0]:.3g}", f"{g[len(g) // 2]:.3g}",
-                                      f"{g[-1]:.3g}", f"{g[0] / g[-1]:.3g}"])
-        part.tables.append(Table(
-            ["net", "when", "first conv", "middle conv", "last conv", "first / last"], grad_rows,
-            f"gradient L2 norm of conv weights on one fixed batch of {res.get('grad_batch', 128)} "
-            "training images (the same for every net)",
-            numeric=(2, 3, 4, 5)))
+        part.tables.append(_gradient_table(res))
     fig = figure(root, f"{prefix}{res.get('plot', '')}", TITLES[name])
     if fig:
         part.figures.append(fig)
     return part
+
+
+def _depth_gains(res: dict[str, Any]) -> Table:
+    rows = [[f"{g['from']} → {g['to']}"] + (["-", "-", "-"] if "per_layer" not in g else [
+        f"{g['per_layer']:+.2f}", f"{g['low']:+.2f} to {g['high']:+.2f}",
+        {1: "gain", -1: "loss", 0: "within the noise"}[g["sign"]]])
+        for g in res.get("gains") or []]
+    return Table(["layers", "test accuracy gain per added layer (points)", "95% CI", "reading"],
+                 rows, "Welch intervals over seeds of the difference between neighbouring "
+                 "depths, divided by the layers added", numeric=(1, 2))
+
+
+def _gradient_table(res: dict[str, Any]) -> Table:
+    rows = []
+    for r in res["rows"]:
+        for key, when in (("grad_init", "initialisation"), ("grad_epoch1", "after epoch 1")):
+            norms = [g for g in r.get(key) or [] if g]
+            if not norms:
+                continue
+
+            def stat(values: list[float]) -> str:
+                gm = 10 ** statistics.fmean(math.log10(v) for v in values)
+                return (f"{gm:.3g}" if len(values) < 2
+                        else f"{gm:.3g} ({min(values):.3g}–{max(values):.3g})")
+
+            rows.append([r["label"], when, stat([g[0] for g in norms]),
+                         stat([g[len(g) // 2] for g in norms]), stat([g[-1] for g in norms]),
+                         stat([min(g) for g in norms]), len(norms)])
+    return Table(["net", "when", "first conv", "middle conv", "last conv", "smallest layer",
+                  "seeds"], rows,
+                 f"gradient L2 norm of conv weights on one fixed batch of "
+                 f"{res.get('grad_batch', 128)} training images (the same for every net): "
+                 "geometric mean over seeds, their range in brackets", numeric=(2, 3, 4, 5, 6))
 
 
 def write_report(run_path: str | Path) -> tuple[Path, Path]:
@@ -144,5 +227,7 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
     parts = [experiment_part(res, run.path, f"{name}/")
              for name, res in results["experiments"].items()]
     intro = ["Lab B's claims about choosing a CNN's parameters and about ResNet, each checked "
-             "by a small grid of cnnlab train runs (cnnlab experiment)."]
+             "by a grid of cnnlab train runs over several seeds (cnnlab experiment). A verdict "
+             "says \u201cheld\u201d or \u201cdid not hold\u201d only when the 95% interval of "
+             "the difference it rests on excludes zero; otherwise \u201cundecided\u201d."]
     return write(run.path, "cnnlab experiment", intro, parts, env)

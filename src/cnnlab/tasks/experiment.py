@@ -1,36 +1,57 @@
-"""`cnnlab experiment depth|filters|pooling|residual`: the lab's claims about choosing a CNN's
-parameters and about ResNet, each checked by a small grid of `cnnlab train` runs.
+"""`cnnlab experiment depth|filters|pooling|residual`: Lab B's claims about choosing a CNN's
+parameters and about ResNet, each checked by a grid of `cnnlab train` runs, with verdicts that
+respect the noise between seeds.
 
-    config = ExperimentConfig(experiments=("depth", "residual"), budget=10)
+    config = ExperimentConfig(experiments=("depth", "residual"))
     results = run(config, RunDir.create("experiment"), Reporter())
 
 Every experiment is a grid of trials queued in an Optuna study (`tasks/sweep.run_study`: the
 same storage, orphan recovery and `--resume` as `cnnlab sweep`), one trial per (setting, seed),
 each a normal `cnnlab train` run in `RUN/<experiment>/trials/trial-NNNN/`. Nothing is selected:
-every trial is tested once on the test subset after its last epoch, and the table gives the
-mean ± sample std over seeds.
+every trial is tested once, on the whole CIFAR-10 test set, after its last step.
+
+Runs that can decide. Each experiment has a `Design` (below): image size, training images, epochs,
+batch and recipe, chosen so that its nets train to the end of a one-cycle schedule (warm-up,
+then the learning rate down to zero) within the lab's minutes on a 2-core CPU. What was scaled
+down, and why, is in each design's `scaled` sentence, which the report prints. Every trial
+records whether it had stopped learning: the share of its training-loss drop that came in the
+last quarter of its steps (`plateau_share`), and its accuracy on a fixed sample of training
+images; a trial still learning (or barely above chance) is marked, and a verdict that rests on
+one says "too short to decide".
+
+Seeds and budget. Seeds run in rounds: seed 0 of every setting of every experiment, then seed
+1, ...; at least `seeds` (3) rounds. With `--budget MINUTES` the rounds go on while the next one
+fits in what is left (up to `max_seeds`): more minutes give more seeds, i.e. tighter intervals,
+never different nets. A trial the budget cuts short is excluded from the comparison and named.
+
+Verdicts come from `analysis/stats.py`: each claim is one or more contrasts of the settings' mean
+accuracies with 95% Welch intervals over seeds; "held" / "did not hold" only when the intervals
+exclude zero, else "undecided"; one seed gives no verdict; a grid that cannot refute the claim
+gives "not tested"; `--quick` gives "too short to decide".
 
 - depth: `plain-cnn` with 1..8 conv layers (width 16 doubling every second layer, 2x2 max-pool
-  after every second layer; see models/plain_cnn.py), equal epochs. Does the gain flatten after
-  3-4 layers?
-- filters: 3x3, 5x5 and 7x7 kernels at an equal *parameter* budget: 4 layers, width 32 for 3x3,
-  and for 5x5 and 7x7 the width whose parameter count is closest to the 3x3 net's. The MACs
-  then match too within a few percent (every conv keeps its map size), shown in the table.
-- pooling: 2x2 against 4x4, max against average, in the 4-layer width-32 net.
-- residual: plain-20/56 against ResNet-20/56 (He et al. 2016, option A shortcuts; 32 and 44 with
-  `--full`), He et al.'s recipe (SGD 0.1, momentum 0.9, weight decay 1e-4, batch 128, crop +
-  flip), the constant learning rate of Fig. 6 before its first drop. Training error and test
-  error per epoch; per-layer gradient L2 norms of every conv weight on one fixed batch of 128
-  training images, at initialisation and after the first epoch.
-
-Budgets: equal epochs for every trial of an experiment; `--budget MINUTES` is split equally over
-an experiment's trials as each one's time limit (a trial stops after the epoch that passes it,
-and the table says so).
+  after every second layer; models/plain_cnn.py). Claim: accuracy rises with depth, and the
+  gain per added layer drops after 3-4 layers. Contrasts: acc(4) - acc(1) > 0, and the gain per
+  layer from 1 to 4 minus the gain per layer from 4 to the deepest > 0.
+- filters: 3x3, 5x5 and 7x7 kernels at an equal *parameter* budget (4 layers; the 5x5 and 7x7
+  nets get the width whose parameter count is closest to the 3x3 net's). Claim: "usually 3x3
+  or 5x5": held when 3x3 or 5x5 beats 7x7, did not hold when 7x7 beats both.
+- pooling: 2x2 against 4x4, max and average, 4 layers, on 32x32 inputs (small, so the claim
+  expects 2x2). Contrast: the best 2x2 minus the best 4x4 > 0.
+- residual: plain-20/56 against ResNet-20/56 (He et al. 2016, option A shortcuts; 32 and 44
+  with `--full`), narrower (8-16-32 filters) on 16x16 images. Training error on a fixed sample
+  of training images, measured every epoch (the curves of Fig. 6), and per-layer gradient norms
+  of every conv weight on one fixed batch at initialisation and after the first epoch, for
+  every seed. Contrasts: err(plain-56) - err(plain-20) > 0 (degradation), err(plain-56) -
+  err(ResNet-56) > 0 (the shortcuts), and err(ResNet-56) - err(ResNet-20) not above zero.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -38,11 +59,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cnnlab.analysis import stats
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import RunDir
 
 EXPERIMENTS = ("depth", "filters", "pooling", "residual")
 DEFAULT_DATA = "cifar10/cifar10-jpg.zip"  # under the data root
+DEFAULT_DATA_ROOT = "../shared/data"  # beside a checkout; CNNLAB_DATA overrides
+
+
+def default_data_root() -> str:
+    return os.environ.get("CNNLAB_DATA", DEFAULT_DATA_ROOT)
+
 
 # The plain-cnn studies' recipe, written out in full so that tuning the `fast` recipe elsewhere
 # does not move these results: SGD with Nesterov momentum, a linear warm-up over the first 20%
@@ -56,33 +84,82 @@ PLAIN_RECIPE = {
     "normalization": "dataset", "lookahead": None, "tta": "none", "precision": "auto",
     "batch_size": 128, "whiten_images": 0, "whiten_bias_epochs": 0.0,
 }
-# He et al. 2016, section 4.2: SGD lr 0.1, momentum 0.9, weight decay 1e-4, mini-batch 128,
-# 4-pixel zero padding + random 32x32 crop + horizontal flip; lr constant until 32k iterations.
-HE_RECIPE = {
-    "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
-    "bias_lr_scale": 1.0, "label_smoothing": 0.0, "schedule": {"kind": "constant"},
-    "augment": {"crop_pad": 4, "pad_mode": "zeros", "flip": "random"},
+# He et al. 2016, section 4.2: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 at batch 128 (here
+# 0.05 at batch 64, the linear scaling rule: twice the iterations for the same images, which is
+# what a deep plain net needs), zero-padded translations + flips (their 4 pixels on 32x32 are
+# 2 on 16x16). Their constant learning rate is replaced by the same one-cycle schedule as the
+# plain studies: measured here, lr 0.1 from the first step left plain-56 at chance after 390
+# steps (He et al. warm up their 110-layer net for the same reason), and a schedule that ends
+# at zero lets the final training error be read on settled weights.
+RESIDUAL_RECIPE = {
+    "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
+    "bias_lr_scale": 1.0, "label_smoothing": 0.0,
+    "schedule": {"kind": "linear", "warmup": 0.2, "start": 0.1, "end": 0.0},
+    "augment": {"crop_pad": 2, "pad_mode": "zeros", "flip": "random"},
     "normalization": "dataset", "lookahead": None, "tta": "none", "precision": "auto",
-    "batch_size": 128, "whiten_images": 0, "whiten_bias_epochs": 0.0,
+    "batch_size": 64, "whiten_images": 0, "whiten_bias_epochs": 0.0,
 }
 DEPTH_WIDTH = 16  # plain-cnn width for the depth study (16 .. 128 channels at depth 8)
-GRID_WIDTH = 32  # the 3x3 reference width of the filters and pooling studies
+GRID_WIDTH = 16  # the 3x3 reference width of the filters and pooling studies
+RESIDUAL_WIDTH = 8  # He et al.'s 16-32-64 filters halved: 8-16-32
 GRAD_BATCH = 128  # images in the fixed batch of the gradient norms
+TRAIN_EVAL = 1000  # training images (100 per class) whose accuracy is the "training error"
+# A trial "had stopped learning" when less than this share of its training-loss drop came in
+# its last quarter of steps. With a schedule that anneals to zero some drop always comes last;
+# the nets of the default designs end at 0.02-0.10, a net stopped halfway at 0.25-0.40.
+PLATEAU_SHARE = 0.15
+CHANCE_MARGIN = 0.10  # ... and its training accuracy is at least 10 points above chance
+
+
+@dataclass(frozen=True)
+class Design:
+    """How every trial of one experiment is trained (the same for every setting and seed)."""
+
+    image_size: int  # pixels; CIFAR's own 32, or 16 (area-averaged) where resolution is not
+    # the question
+    train_per_class: int  # training images per class (a fixed random sample); test: all 10,000
+    epochs: float
+    recipe: dict[str, Any]
+    curve_every: int = 10_000  # epochs between curve points (test and training error)
+    scaled: str = ""  # what was scaled down, and why: printed by the report
+
+
+DESIGNS = {
+    "depth": Design(16, 500, 10, PLAIN_RECIPE, scaled=(
+        "images shrunk to 16x16 and 500 training images per class (5,000), 10 epochs (390 "
+        "steps): eight depths x 3 seeds reach the end of their schedule in about 2 minutes on "
+        "2 cores. The question is how accuracy changes with depth, not CIFAR-10's record")),
+    "filters": Design(32, 500, 6, PLAIN_RECIPE, scaled=(
+        "32x32 images (a kernel's size only means something against the image's), 500 "
+        "training images per class, 6 epochs (234 steps), width 16 instead of 32")),
+    "pooling": Design(32, 500, 6, PLAIN_RECIPE, scaled=(
+        "32x32 images (the claim is about the input's size), 500 training images per class, "
+        "6 epochs (234 steps), width 16 instead of 32")),
+    "residual": Design(16, 250, 10, RESIDUAL_RECIPE, curve_every=1, scaled=(
+        "16x16 images, 250 training images per class, 10 epochs at batch 64 (390 steps), and "
+        "8-16-32 filters instead of 16-32-64: a 56-layer net costs 2-3x a 20-layer one per "
+        "step, and He et al.'s 64,000 steps would take a day here. The claim is about "
+        "training error against depth with and without shortcuts, which these keep")),
+}
+# --quick (CI, the lab's --quick): seconds per trial, for the tables and the plumbing only.
+QUICK = Design(16, 10, 1, {**PLAIN_RECIPE, "batch_size": 20}, curve_every=1,
+               scaled="--quick: 10 images per class, 1 epoch: too short to decide anything")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     experiments: tuple[str, ...] = EXPERIMENTS
     data: str | None = None  # default: DATA_ROOT/cifar10/cifar10-jpg.zip
-    data_root: str = "../shared/data"
-    budget: float | None = None  # minutes per experiment, split equally over its trials
-    seeds: int = 2  # seeds 0 .. seeds-1 per setting
-    limit_per_class: int | None = 200  # train and test on the first N images of each class
-    epochs: float | None = None  # default: each experiment's own (see EPOCHS)
+    data_root: str = field(default_factory=default_data_root)
+    seeds: int = 3  # at least this many seeds (0 .. seeds-1) per setting
+    budget: float | None = None  # minutes for everything: more seed rounds while they fit
+    max_seeds: int = 10  # the most rounds a budget may buy
+    # Train and test on the first N images of each class of each split, instead of the
+    # design's sample of train and the whole test set (tests, --quick).
+    limit_per_class: int | None = None
+    epochs: float | None = None  # override every design's epochs (a longer or shorter study)
     full: bool = False  # residual: 20, 32, 44, 56 (default: 20 and 56)
-    quick: bool = False  # the lab's --quick: 1 epoch, fewer settings
-    # Default 128 (He et al.); the learning rate scales with it (linear scaling rule).
-    batch_size: int | None = None
+    quick: bool = False  # the lab's --quick: 1 epoch, fewer settings, no verdicts
     threads: int | None = None
     report: bool = True
 
@@ -102,18 +179,22 @@ class ExperimentConfig:
             raise CnnlabError(f"--budget must be positive (minutes), not {self.budget}")
         if self.seeds < 1:
             raise CnnlabError(f"--seeds must be at least 1, not {self.seeds}")
+        if self.max_seeds < self.seeds:
+            raise CnnlabError(f"--max-seeds ({self.max_seeds}) must be at least --seeds "
+                              f"({self.seeds})")
         if self.epochs is not None and self.epochs <= 0:
             raise CnnlabError(f"--epochs must be positive, not {self.epochs}")
         if self.limit_per_class is not None and self.limit_per_class < 2:
             raise CnnlabError("--limit-per-class must be at least 2")
-        if self.batch_size is not None and self.batch_size < 2:
-            raise CnnlabError(f"--batch-size must be at least 2, not {self.batch_size}")
 
     def data_path(self) -> Path:
         return Path(self.data) if self.data else Path(self.data_root) / DEFAULT_DATA
 
-
-EPOCHS = {"depth": 4, "filters": 4, "pooling": 4, "residual": 3}
+    def design(self, name: str) -> Design:
+        d = QUICK if self.quick else DESIGNS[name]
+        if self.quick and name in ("filters", "pooling"):
+            d = replace(d, image_size=32)
+        return replace(d, epochs=self.epochs) if self.epochs else d
 
 
 # ------------------------------------------------------------------------------- the grids
@@ -127,7 +208,6 @@ class Grid:
     question: str
     settings: list[dict[str, Any]]  # trial params except the seed
     label: Callable[[dict[str, Any]], str]
-    recipe: dict[str, Any]
     models: tuple[str, ...] = ("plain-cnn",)
     extra: dict[str, Any] = field(default_factory=dict)  # fixed model options
     note: str = ""
@@ -152,8 +232,7 @@ def grid(name: str, config: ExperimentConfig) -> Grid:
                     "3 or 4 layers the effect drops sharply.",
                     [{"depth": d} for d in depths],
                     lambda s: f"{s['depth']} layer{'s' if s['depth'] > 1 else ''}",
-                    PLAIN_RECIPE, extra={"width": DEPTH_WIDTH, "kernel": 3, "pool": 2,
-                                         "pool_kind": "max"},
+                    extra={"width": DEPTH_WIDTH, "kernel": 3, "pool": 2, "pool_kind": "max"},
                     note=f"plain-cnn, width {DEPTH_WIDTH} doubling every second layer, 3x3 "
                          "kernels, 2x2 max-pooling after every second layer, global average "
                          "pooling and one linear layer")
@@ -161,7 +240,7 @@ def grid(name: str, config: ExperimentConfig) -> Grid:
         kernels = (3, 5) if config.quick else (3, 5, 7)
         settings = [{"kernel": k, "width": equal_param_width(k, GRID_WIDTH)} for k in kernels]
         return Grid(name, "Filters are usually 5x5 or 3x3.", settings,
-                    lambda s: f"{s['kernel']}x{s['kernel']}, width {s['width']}", PLAIN_RECIPE,
+                    lambda s: f"{s['kernel']}x{s['kernel']}, width {s['width']}",
                     extra={"depth": 4, "pool": 2, "pool_kind": "max"},
                     note="plain-cnn, 4 layers, at an equal parameter budget: the width of the "
                          "5x5 and 7x7 nets is chosen so that their parameter count is closest "
@@ -171,7 +250,7 @@ def grid(name: str, config: ExperimentConfig) -> Grid:
             (2, "max"), (2, "avg"), (4, "max"), (4, "avg"))
         return Grid(name, "Pooling is usually 2x2, or 4x4 for large inputs.",
                     [{"pool": p, "pool_kind": k} for p, k in pools],
-                    lambda s: f"{s['pool']}x{s['pool']} {s['pool_kind']}", PLAIN_RECIPE,
+                    lambda s: f"{s['pool']}x{s['pool']} {s['pool_kind']}",
                     extra={"depth": 4, "width": GRID_WIDTH, "kernel": 3},
                     note=f"plain-cnn, 4 layers, width {GRID_WIDTH}, 3x3 kernels; one pooling "
                          "after layer 2 (32x32 inputs: 2x2 leaves 16x16 maps, 4x4 leaves 8x8)")
@@ -179,9 +258,9 @@ def grid(name: str, config: ExperimentConfig) -> Grid:
     models = [f"{kind}{d}" for d in depths for kind in ("plain", "resnet")]
     return Grid(name, "ResNet adds the input to the block's output, H(x) = F(x) + x, which "
                 "counters the derivative going to zero.", [{"model": m} for m in models],
-                lambda s: s["model"], HE_RECIPE, models=tuple(models),
-                note="He et al. 2016 CIFAR nets (16-32-64 filters, option A shortcuts), their "
-                     "recipe with the constant learning rate of Fig. 6 before its first drop")
+                lambda s: s["model"], models=tuple(models), extra={"width": RESIDUAL_WIDTH},
+                note=f"He et al. 2016 CIFAR nets ({RESIDUAL_WIDTH}-{2 * RESIDUAL_WIDTH}-"
+                     f"{4 * RESIDUAL_WIDTH} filters, option A shortcuts, BatchNorm)")
 
 
 # ------------------------------------------------------------------------------- gradients
@@ -218,139 +297,199 @@ def fixed_batch(data, recipe, size: int = GRAD_BATCH) -> tuple[Any, Any]:
     return normalize(data.train_x[idx], mean, std, channels_last=False), data.train_y[idx]
 
 
+# ------------------------------------------------------------------------------- convergence
+
+
+def plateau_share(losses: list[float]) -> float | None:
+    """The share of a run's training-loss drop that came in its last quarter of steps: (mean
+    loss of the third quarter - mean of the last quarter) / (first logged loss - mean of the
+    last quarter). Near 0: the loss had flattened; large: it was still falling. None when too
+    few points were logged or the loss never fell."""
+    n = len(losses)
+    if n < 8:
+        return None
+    third = statistics.fmean(losses[n // 2: 3 * n // 4])
+    last = statistics.fmean(losses[3 * n // 4:])
+    total = losses[0] - last
+    if total <= 0:
+        return None
+    return (third - last) / total
+
+
+def still_learning(share: float | None, train_accuracy: float | None, classes: int) -> bool:
+    """Whether a trial had not finished learning: its loss still falling at the end
+    (PLATEAU_SHARE), or its training accuracy barely above chance (a net that never started
+    also has a flat loss)."""
+    if share is None or share > PLATEAU_SHARE:
+        return True
+    return train_accuracy is not None and train_accuracy < 1 / classes + CHANCE_MARGIN
+
+
 # ------------------------------------------------------------------------------- running
 
 
 def base_train(config: ExperimentConfig, g: Grid):
     from cnnlab.tasks.train import TrainConfig
 
-    epochs = config.epochs or (1 if config.quick else EPOCHS[g.name])
-    recipe = dict(g.recipe)
-    if config.batch_size:
-        # The linear scaling rule (Goyal et al. 2017): the learning rate follows the batch size,
-        # so a smaller batch takes more, smaller steps over the same images.
-        recipe["lr"] = recipe["lr"] * config.batch_size / recipe["batch_size"]
-        recipe["batch_size"] = config.batch_size
+    d = config.design(g.name)
+    limited = config.limit_per_class is not None
     return TrainConfig(
-        data=str(config.data_path()), models=g.models[:1], recipe="fast", epochs=epochs,
-        limit_per_class=config.limit_per_class, threads=config.threads, report=False,
+        data=str(config.data_path()), models=g.models[:1], recipe="fast", epochs=d.epochs,
+        limit_per_class=config.limit_per_class,
+        train_per_class=None if limited or config.quick else d.train_per_class,
+        image_size=d.image_size, train_eval=TRAIN_EVAL, threads=config.threads, report=False,
         model_options=tuple(g.extra.items()),
-        recipe_overrides=tuple((k, v) for k, v in recipe.items() if k != "epochs"),
-        # Per-epoch test accuracy only where the curves are shown (residual): it costs time.
-        eval_every=1 if g.name == "residual" else 10_000,
+        recipe_overrides=tuple((k, v) for k, v in d.recipe.items() if k != "epochs"),
+        eval_every=d.curve_every,
     )
 
 
-def objective(g: Grid, base, n_trials: int, budget: float | None, reporter,
+class DataCache:
+    """The trials' data set, loaded (and subsampled, shrunk) once per process for all of an
+    experiment's trials instead of once per trial."""
+
+    def __init__(self, reporter):
+        self.reporter = reporter
+        self._data: dict[tuple, Any] = {}
+
+    def get(self, cfg):
+        from cnnlab.tasks import train
+
+        key = (cfg.data, cfg.limit_per_class, cfg.train_per_class, cfg.image_size)
+        if key not in self._data:
+            self._data[key] = train.load_data(cfg, self.reporter)
+        return self._data[key]
+
+
+def objective(g: Grid, base, reporter, data: DataCache, time_left: Callable[[], float | None],
               grad_batch: int = GRAD_BATCH):
-    """The sweep machinery's objective for one grid trial: train, test once, and for the
-    residual study the gradient norms at initialisation and after the first epoch."""
-    from cnnlab.models.registry import create_model
+    """The sweep machinery's objective for one grid trial: train, test once; for the residual
+    study also the gradient norms at initialisation and after the first epoch."""
     from cnnlab.tasks import sweep, train
 
     def run_trial(t: sweep.Trial) -> tuple[float, dict[str, Any]]:
-        import torch
-
         params = {}
         for key in (*g.settings[0], "seed"):
-            choices = sorted({s[key] for s in g.settings}) if key != "seed" else None
             if key == "seed":
                 params[key] = t.optuna_trial.suggest_int("seed", 0, 10_000)
             else:
+                choices = sorted({s[key] for s in g.settings})
                 params[key] = t.optuna_trial.suggest_categorical(key, choices)
         cfg = sweep.trial_config(base, params)
-        if budget is not None:
-            cfg = replace(cfg, time_limit=60 * budget / n_trials)
+        left = time_left()
+        if left is not None:
+            cfg = replace(cfg, time_limit=max(1.0, left))
         attrs: dict[str, Any] = {}
-        after_epoch = None
+        at_start = after_epoch = None
+        trial_data = data.get(cfg)
         if g.name == "residual":
-            data = train.load_data(cfg, reporter)
-            model_name = cfg.models[0]
-            recipe = train.recipe_for(cfg, model_name)
-            x, y = fixed_batch(data, recipe, grad_batch)
-            torch.manual_seed(cfg.seed)  # as train_one does: the same initial weights
-            init = create_model(model_name, num_classes=data.num_classes,
-                                **dict(recipe.model_options))
-            attrs["metric_grad_init"] = conv_grad_norms(init, x, y)
+            x, y = fixed_batch(trial_data, train.recipe_for(cfg, cfg.models[0]), grad_batch)
+
+            def at_start(model) -> None:  # the very net training starts from
+                attrs["metric_grad_init"] = conv_grad_norms(model, x, y)
 
             def after_epoch(model, record: dict[str, Any]) -> None:
                 if record["epoch"] == 1:
                     attrs["metric_grad_epoch1"] = conv_grad_norms(model, x, y)
 
-        res = train.run(cfg, t.run_dir, reporter, after_epoch=after_epoch)
+        res = train.run(cfg, t.run_dir, reporter, after_epoch=after_epoch, at_start=at_start,
+                        data=trial_data)
         r = res["runs"][0]
         sub = RunDir(t.run_dir.path / f"{r['model']}-seed{r['seed']}")
-        epochs = [rec for rec in sub.read_metrics() if rec.get("kind") == "epoch"]
+        metrics = sub.read_metrics()
+        epochs = [rec for rec in metrics if rec.get("kind") == "epoch"]
+        losses = [rec["train_loss"] for rec in metrics if rec.get("kind") == "step"]
+        share = plateau_share(losses)
         attrs.update({
             "epochs": r["epochs"], "stopped": r["stopped"], "params_count": r["params"],
             "metric_macs": res["models"][0]["macs"], "metric_steps": r["steps"],
             "metric_test_accuracy": r["test_accuracy"],
-            "metric_train_accuracy": epochs[-1]["train_accuracy"] if epochs else None,
+            "metric_train_accuracy": r.get("train_eval_accuracy"),
+            "metric_plateau_share": share,
+            "metric_still_learning": still_learning(share, r.get("train_eval_accuracy"),
+                                                    len(trial_data.classes)),
             "metric_train_seconds": round(r["train_seconds"], 1),
-            "metric_curve": [[rec["step"], rec["train_accuracy"], rec.get("test_accuracy")]
-                             for rec in epochs],
+            # [step, training accuracy (fixed sample, no augmentation), test accuracy]
+            "metric_curve": [[rec["step"], rec.get("train_eval_accuracy"),
+                              rec.get("test_accuracy")] for rec in epochs],
         })
         if g.name == "residual":  # the training loss of every logged window (4 per epoch)
-            attrs["metric_loss_curve"] = [[rec["step"], rec["train_loss"]]
-                                          for rec in sub.read_metrics()
+            attrs["metric_loss_curve"] = [[rec["step"], rec["train_loss"]] for rec in metrics
                                           if rec.get("kind") == "step"]
         return float(r["test_accuracy"]), attrs
 
     return run_trial
 
 
-def run_one(name: str, config: ExperimentConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
-    """One experiment into `run_dir` (its study, trials, results.json and plot)."""
-    from cnnlab.tasks import sweep
+class Study:
+    """One experiment's study in RUN/<name>/: its grid, queue and trials."""
 
-    g = grid(name, config)
-    base = base_train(config, g)
-    url = sweep.storage_url(None, run_dir)
-    import optuna
+    def __init__(self, name: str, config: ExperimentConfig, run_dir: RunDir, reporter,
+                 data: DataCache, time_left: Callable[[], float | None]):
+        import optuna
 
-    study = sweep.make_study(url, f"experiment-{name}", optuna.samplers.RandomSampler(seed=0),
-                             optuna.pruners.NopPruner())
-    n_trials = len(g.settings) * config.seeds
-    with sweep.study_lock(url):
-        if not study.get_trials(deepcopy=False):  # a new study: queue the whole grid
-            for seed in range(config.seeds):
-                for s in g.settings:
-                    study.enqueue_trial({**s, "seed": seed})
-    if not run_dir.file("config.json").is_file():
-        run_dir.save_config({"experiment": name, "config": config, "train": base,
-                             "settings": g.settings})
-    reporter.log(f"experiment {name}: {len(g.settings)} settings x {config.seeds} seeds, "
-                 f"{base.epochs} epochs each"
-                 + (f", {60 * config.budget / n_trials:.0f} s per trial at most"
-                    if config.budget else ""))
-    grad_batch = 32 if config.quick else GRAD_BATCH
-    sweep.run_study(study, url, run_dir,
-                    objective(g, base, n_trials, config.budget, reporter, grad_batch),
-                    n_trials, reporter)
-    rows = sweep.trial_rows(study)
-    sweep.write_trials_csv(run_dir, rows)
-    if not any(r["state"] == "COMPLETE" for r in rows):
-        errors = [r["error"] for r in rows if r.get("error")]
-        raise CnnlabError(f"experiment {name}: no trial finished"
-                          + (f"; the first error: {errors[0]}" if errors else ""))
-    results = summarise(g, config, base, rows, run_dir)
-    from cnnlab.report.experiment import plot_experiment
+        from cnnlab.tasks import sweep
 
-    results["plot"] = plot_experiment(results, run_dir.path)
-    run_dir.save_results(results)
-    return results
+        self.name, self.config, self.run_dir, self.reporter = name, config, run_dir, reporter
+        self.grid = grid(name, config)
+        self.base = base_train(config, self.grid)
+        self.url = sweep.storage_url(None, run_dir)
+        self.study = sweep.make_study(self.url, f"experiment-{name}",
+                                      optuna.samplers.RandomSampler(seed=0),
+                                      optuna.pruners.NopPruner())
+        self.objective = objective(self.grid, self.base, reporter, data, time_left,
+                                   32 if config.quick else GRAD_BATCH)
+        self.round_seconds: list[float] = []
+        if not run_dir.file("config.json").is_file():
+            run_dir.save_config({"experiment": name, "config": config, "train": self.base,
+                                 "design": config.design(name), "settings": self.grid.settings})
+
+    def run_round(self, seed: int) -> None:
+        """Every setting with `seed` (queued once; a resumed run finds them queued or done)."""
+        from cnnlab.tasks import sweep
+
+        with sweep.study_lock(self.url):
+            seeds = {t.params.get("seed", t.system_attrs.get("fixed_params", {}).get("seed"))
+                     for t in self.study.get_trials(deepcopy=False)}
+            if seed not in seeds:
+                for s in self.grid.settings:
+                    self.study.enqueue_trial({**s, "seed": seed})
+        t0 = time.monotonic()
+        sweep.run_study(self.study, self.url, self.run_dir, self.objective,
+                        len(self.grid.settings) * (seed + 1), self.reporter)
+        self.round_seconds.append(time.monotonic() - t0)
+
+    def summarise(self) -> dict[str, Any]:
+        from cnnlab.report.experiment import plot_experiment
+        from cnnlab.tasks import sweep
+
+        rows = sweep.trial_rows(self.study)
+        sweep.write_trials_csv(self.run_dir, rows)
+        if not any(r["state"] == "COMPLETE" for r in rows):
+            errors = [r["error"] for r in rows if r.get("error")]
+            raise CnnlabError(f"experiment {self.name}: no trial finished"
+                              + (f"; the first error: {errors[0]}" if errors else ""))
+        results = summarise(self.grid, self.config, self.base, rows, self.run_dir)
+        results["plot"] = plot_experiment(results, self.run_dir.path)
+        self.run_dir.save_results(results)
+        return results
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def _ci(values: list[float]) -> dict[str, float | None]:
+    """mean, sample std and the 95% interval's half-width; no std and no interval for one."""
     if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        return {"mean": None, "std": None, "ci": None}
+    iv = stats.mean_interval(values)
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None,
+            "ci": None if iv is None else (iv.high - iv.low) / 2}
 
 
 def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]],
               run_dir: RunDir) -> dict[str, Any]:
-    """One row per setting: test and train accuracy mean ± std over its seeds (percent), and
-    the verdict on the lab's claim."""
+    """One row per setting: test and training accuracy over its seeds (percent; mean, sample
+    std, 95% interval), convergence, and the verdict on the lab's claim. Trials cut short by
+    the budget are left out of the rows and named."""
     n_train = n_test = None
     for r in rows:
         f = run_dir.path / (r["run_dir"] or "-") / "results.json"
@@ -358,150 +497,257 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
             first = RunDir(f.parent).read_json("results.json")
             n_train, n_test = first["n_train"], first["n_test"]
             break
-    table = []
+    table, excluded = [], []
     for s in g.settings:
-        mine = [r for r in rows if r["state"] == "COMPLETE"
+        done = [r for r in rows if r["state"] == "COMPLETE"
                 and all(r["params"].get(k) == v for k, v in s.items())]
+        cut = [r for r in done if r.get("stopped") != "completed"]
+        excluded += [f"{g.label(s)} seed {r['params']['seed']} (stopped by the "
+                     f"{r.get('stopped') or 'budget'} after {r.get('metric_steps')} steps)"
+                     for r in cut]
+        mine = sorted((r for r in done if r not in cut), key=lambda r: r["params"]["seed"])
         test = [100 * r["metric_test_accuracy"] for r in mine]
         trn = [100 * r["metric_train_accuracy"] for r in mine
                if r.get("metric_train_accuracy") is not None]
-        tm, ts = _mean_std(test)
-        rm, rs = _mean_std(trn)
+        t, tr = _ci(test), _ci(trn)
         row = {"setting": s, "label": g.label(s), "seeds": len(mine),
-               "test_mean": tm, "test_std": ts, "train_mean": rm, "train_std": rs,
+               "seed_ids": [r["params"]["seed"] for r in mine],
+               "test": test, "train": trn,
+               "test_mean": t["mean"], "test_std": t["std"], "test_ci": t["ci"],
+               "train_mean": tr["mean"], "train_std": tr["std"], "train_ci": tr["ci"],
+               "plateau_share": [r.get("metric_plateau_share") for r in mine],
+               "still_learning": sum(bool(r.get("metric_still_learning")) for r in mine),
                "params": mine[0]["params_count"] if mine else None,
                "macs": mine[0].get("metric_macs") if mine else None,
-               "epochs": [r["epochs"] for r in mine],
-               "steps": [r.get("metric_steps") for r in mine],
-               "stopped": sorted({r["stopped"] for r in mine}),
+               "steps": sorted({r.get("metric_steps") for r in mine}),
                "seconds": statistics.fmean(r["metric_train_seconds"] for r in mine)
                if mine else None,
+               "cut": len(cut),
                "failed": sum(r["state"] == "FAIL" and not r["retried"] for r in rows
                              if all(r["params"].get(k) == v for k, v in s.items()))}
         if g.name == "residual" and mine:
-            first = min(mine, key=lambda r: r["params"]["seed"])
-            row["grad_init"] = first.get("metric_grad_init")
-            row["grad_epoch1"] = first.get("metric_grad_epoch1")
-            row["curve"] = first.get("metric_curve")
-            row["loss_curve"] = first.get("metric_loss_curve")
+            for key in ("grad_init", "grad_epoch1"):
+                row[key] = [r.get(f"metric_{key}") for r in mine]
+            row["curves"] = [r.get("metric_curve") for r in mine]
+            row["loss_curves"] = [r.get("metric_loss_curve") for r in mine]
         table.append(row)
     done = [r for r in rows if r["state"] == "COMPLETE"]
+    design = config.design(g.name)
     results = {
-        "experiment": g.name, "claim": g.question, "note": g.note,
-        "data": base.data, "limit_per_class": base.limit_per_class, "epochs": base.epochs,
-        "seeds": config.seeds, "budget_minutes": config.budget,
-        "time_limit_per_trial": (60 * config.budget / max(1, len(rows)))
-        if config.budget else None,
-        "recipe": g.recipe, "rows": table, "n_train": n_train, "n_test": n_test,
-        "grad_batch": 32 if config.quick else GRAD_BATCH,
-        "trials": len(rows), "completed": len(done),
+        "experiment": g.name, "claim": g.question, "note": g.note, "scaled": design.scaled,
+        "data": base.data, "limit_per_class": base.limit_per_class,
+        "train_per_class": base.train_per_class, "image_size": base.image_size,
+        "epochs": base.epochs, "batch_size": design.recipe["batch_size"],
+        "seeds": max((r["seeds"] for r in table), default=0), "min_seeds": config.seeds,
+        "budget_minutes": config.budget, "quick": config.quick,
+        "recipe": design.recipe, "rows": table, "n_train": n_train, "n_test": n_test,
+        "grad_batch": 32 if config.quick else GRAD_BATCH, "train_eval": TRAIN_EVAL,
+        "plateau_rule": {"share": PLATEAU_SHARE, "chance_margin": CHANCE_MARGIN},
+        "trials": len(rows), "completed": len(done), "excluded": excluded,
         # Wall time of every trial (training, evaluation, loading), over all invocations.
         "trial_seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
     }
-    results["verdict"] = verdict(g.name, table)
+    v = verdict(g.name, table, quick=config.quick, excluded=excluded)
+    results["verdict"] = v.as_dict()
+    if g.name == "residual":
+        results["gradients"] = gradient_verdict(table).as_dict()
+    if g.name == "depth":
+        results["gains"] = depth_gains(table)
     return results
+
+
+def depth_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The test-accuracy gain of each added layer between neighbouring depths, with its 95%
+    interval (the claim is about where the gain flattens)."""
+    by = {r["setting"]["depth"]: r for r in rows}
+    out = []
+    for a, b in itertools.pairwise(sorted(by)):
+        iv = stats.difference(by[b]["test"], by[a]["test"])
+        k = b - a
+        out.append({"from": a, "to": b} | ({} if iv is None else {
+            "per_layer": iv.estimate / k, "low": iv.low / k, "high": iv.high / k,
+            "sign": iv.sign()}))
+    return out
 
 
 # ------------------------------------------------------------------------------- verdicts
 
 
-def _held(ok: bool | None) -> str:
-    return "Held here" if ok else "Did not hold here" if ok is not None else "Undecided here"
+def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
+    return {r["setting"][key]: r for r in rows}
 
 
-def verdict(name: str, rows: list[dict[str, Any]]) -> str:
-    """One sentence on whether the lab's claim held, from the table's numbers (the rule is in
-    the sentence)."""
-    acc = {r["label"]: r["test_mean"] for r in rows if r["test_mean"] is not None}
-    if len(acc) < 2:
-        return "Undecided here: fewer than two settings finished."
+def _pct(r: dict[str, Any], which: str = "test") -> str:
+    m = r[f"{which}_mean"]
+    return "-" if m is None else f"{m:.1f}%"
+
+
+def verdict(name: str, rows: list[dict[str, Any]], quick: bool = False,
+            excluded: list[str] | None = None) -> stats.Verdict:
+    """The lab's claim against these rows, by the rule of `analysis/stats.py`."""
+    excluded = list(excluded or [])
+    gate = _gate(name, rows, quick)
+    if gate is not None:
+        return stats.Verdict(gate[0], gate[1], excluded=excluded)
+    claim = CLAIMS[name](rows)
+    if claim is None:
+        return stats.Verdict(stats.NO_VERDICT, "the settings the claim compares did not all "
+                             "finish with two or more seeds.", excluded=excluded)
+    status, sentence, intervals, involved = claim
+    learning = [r["label"] for r in rows if r["label"] in involved and r["still_learning"]]
+    if learning and status != stats.UNDECIDED:
+        sentence = (f"{', '.join(learning)} had not stopped learning at the end of "
+                    f"{'its' if len(learning) == 1 else 'their'} runs (marked in the table), so "
+                    f"the comparison may still change; the intervals would read \u201c{status}"
+                    f"\u201d: {sentence}")
+        status = stats.TOO_SHORT
+    return stats.Verdict(status, sentence, intervals, excluded)
+
+
+def _gate(name: str, rows: list[dict[str, Any]], quick: bool) -> tuple[str, str] | None:
+    """A status that comes before any statistics: the grid cannot refute the claim (not
+    tested), --quick (too short), fewer than two seeds (no verdict)."""
+    if name == "filters" and not any(r["setting"]["kernel"] not in (3, 5) for r in rows):
+        return (stats.NOT_TESTED, "every kernel run is 3x3 or 5x5, so nothing here could "
+                "refute \u201cusually 3x3 or 5x5\u201d (the full grid adds 7x7).")
     if name == "depth":
-        by_depth = {r["setting"]["depth"]: r["test_mean"] for r in rows
-                    if r["test_mean"] is not None}
-        if 1 not in by_depth or 4 not in by_depth or not any(d > 4 for d in by_depth):
-            depths = sorted(by_depth)
-            return (f"Undecided here: the claim needs depths 1, 4 and beyond; ran "
-                    f"{', '.join(map(str, depths))} (test accuracy "
-                    + ", ".join(f"{by_depth[d]:.1f}%" for d in depths) + ").")
-        early = by_depth[4] - by_depth[1]
-        best_deep = max(v for d, v in by_depth.items() if d > 4)
-        late = best_deep - by_depth[4]
-        rising = early > 0
-        flat = late < 0.25 * early if rising else None
-        return (f"{_held(rising and flat)}: from 1 to 4 layers test accuracy rose "
-                f"{early:+.1f} points, from 4 layers to the best deeper net {late:+.1f} "
-                "(the claim holds when layers 1-4 gain and the deeper nets add less than a "
-                "quarter of that).")
-    if name == "filters":
-        best = max(rows, key=lambda r: r["test_mean"] if r["test_mean"] is not None else -1)
-        k = best["setting"]["kernel"]
-        return (f"{_held(k in (3, 5))}: at an equal parameter budget the best kernel was "
-                f"{k}x{k} ({best['test_mean']:.1f}%); "
-                + ", ".join(f"{r['label']}: {r['test_mean']:.1f}%" for r in rows
-                            if r["test_mean"] is not None) + ".")
-    if name == "pooling":
-        two = max((r["test_mean"] for r in rows if r["setting"]["pool"] == 2
-                   and r["test_mean"] is not None), default=None)
-        four = max((r["test_mean"] for r in rows if r["setting"]["pool"] == 4
-                    and r["test_mean"] is not None), default=None)
-        if two is None or four is None:
-            return "Undecided here: 2x2 and 4x4 did not both finish."
-        return (f"{_held(two > four)}: on 32x32 inputs (small, so the claim expects 2x2) the "
-                f"best 2x2 pooling reached {two:.1f}%, the best 4x4 {four:.1f}%.")
-    return residual_verdict(rows)
+        depths = {r["setting"]["depth"] for r in rows}
+        if not {1, 4} <= depths or not any(d > 4 for d in depths):
+            return (stats.NOT_TESTED, "the claim is about 1 to 4 layers against deeper nets; "
+                    f"depths run: {', '.join(map(str, sorted(depths)))}.")
+    if name == "pooling" and len({r["setting"]["pool"] for r in rows}) < 2:
+        return (stats.NOT_TESTED, "only one pooling size was run.")
+    if name == "residual" and len({_depth(r) for r in rows}) < 2:
+        return (stats.NOT_TESTED, "one depth only: degradation needs a shallower and a deeper "
+                "net.")
+    if quick:
+        return (stats.TOO_SHORT, "--quick trains each net for seconds on a few images; the "
+                "table shows the plumbing, not an answer.")
+    if max((r["seeds"] for r in rows), default=0) < 2:
+        return (stats.NO_VERDICT, "one seed per setting gives no interval, so no verdict.")
+    return None
 
 
-def _gradient_sentence(by: dict[str, dict[str, Any]], depth: int) -> str:
-    """What the per-layer gradient norms say about "the derivative going to zero": their trend
-    from output to input at initialisation, and the smallest layer's after the first epoch,
-    plain against residual (the rule is in the sentence)."""
-    plain, res = by.get(f"plain{depth}", {}), by.get(f"resnet{depth}", {})
-    g0 = plain.get("grad_init")
-    if not g0:
-        return ""
-    ratio = g0[0] / g0[-1]
-    trend = ("shrink towards the input" if ratio < 0.1 else "grow towards the input"
-             if ratio > 10 else "stay within 10x from input to output")
-    text = (f" At initialisation plain-{depth}'s gradient norms {trend} (first conv "
-            f"{ratio:.3g}x the last's")
-    if res.get("grad_init"):
-        text += f"; ResNet-{depth}: {res['grad_init'][0] / res['grad_init'][-1]:.3g}x"
-    text += ")"
-    g1, r1 = plain.get("grad_epoch1"), res.get("grad_epoch1")
-    if not g1 or not r1:
-        return text + "."
-    low_p, low_r = min(g1), min(r1)
-    text += (f"; after the first epoch plain-{depth}'s smallest is {low_p:.2g} (conv "
-             f"{g1.index(low_p) + 1} of {len(g1)}), ResNet-{depth}'s {low_r:.2g}")
-    if low_p * 3 < low_r:
-        return text + (": the plain net's derivative does shrink in its inner layers, and the "
-                       "shortcuts keep it up (held: the smallest is over 3x lower without them).")
-    return text + (": no sign here of the plain net's derivative going to zero that the "
-                   "shortcuts prevent (the rule: its smallest under a third of the ResNet's).")
+def _depth_claim(rows):
+    by = _by([r for r in rows if r["seeds"] >= 2], "depth")
+    deeper = [d for d in by if d > 4]
+    if 1 not in by or 4 not in by or not deeper:
+        return None
+    deep = max(deeper)
+    a1, a4, ad = by[1]["test"], by[4]["test"], by[deep]["test"]
+    gain = stats.difference(a4, a1)
+    # per-layer gain 1->4 minus per-layer gain 4->deep: (a4-a1)/3 - (ad-a4)/(deep-4)
+    w = 1 / (deep - 4)
+    drop = stats.contrast([a1, a4, ad], [-1 / 3, 1 / 3 + w, -w])
+    late = stats.contrast([a4, ad], [-w, w])
+    status = stats.judge([gain, drop])
+    sentence = (f"from 1 to 4 layers test accuracy changed {gain.text()}, i.e. "
+                f"{gain.estimate / 3:+.2f} points per layer; from 4 to {deep} layers "
+                f"{late.estimate:+.2f} points per layer ({late.text(' points per layer', 2)}); "
+                f"the per-layer gain fell by {drop.text(' points', 2)}. The claim needs both "
+                "the rise and the fall of the gain to lie outside the noise.")
+    return status, sentence, {"gain_1_to_4": gain, "gain_per_layer_drop": drop,
+                              f"gain_per_layer_4_to_{deep}": late}, \
+        [by[d]["label"] for d in (1, 4, deep)]
 
 
-def residual_verdict(rows: list[dict[str, Any]]) -> str:
-    by = {r["setting"]["model"]: r for r in rows if r["train_mean"] is not None}
-    depths = sorted({int(m.removeprefix("plain").removeprefix("resnet")) for m in by})
-    if not depths:
-        return "Undecided here: no net finished."
-    grads = _gradient_sentence(by, depths[-1])
-    if len(depths) < 2:
-        errors = ", ".join(f"{m} train error {100 - r['train_mean']:.1f}%" for m, r in by.items())
-        return f"Undecided here: one depth only ({errors}).{grads}"
+def _filters_claim(rows):
+    by = _by([r for r in rows if r["seeds"] >= 2], "kernel")
+    if 7 not in by or not {3, 5} & set(by):
+        return None
+    gaps = {k: stats.difference(by[k]["test"], by[7]["test"]) for k in (3, 5) if k in by}
+    signs = [g.sign() for g in gaps.values()]
+    if any(s > 0 for s in signs):
+        status = stats.HELD
+    elif all(s < 0 for s in signs):
+        status = stats.NOT_HELD
+    else:
+        status = stats.UNDECIDED
+    sentence = ("at an equal parameter budget, " + "; ".join(
+        f"{k}x{k} minus 7x7: {g.text()}" for k, g in gaps.items())
+        + " (held when 3x3 or 5x5 beats 7x7 outside the noise, did not hold when 7x7 beats "
+        "both).")
+    return status, sentence, {f"{k}x{k}_minus_7x7": g for k, g in gaps.items()}, \
+        [r["label"] for r in by.values()]
+
+
+def _pooling_claim(rows):
+    ok = [r for r in rows if r["seeds"] >= 2]
+    two = [r for r in ok if r["setting"]["pool"] == 2]
+    four = [r for r in ok if r["setting"]["pool"] == 4]
+    if not two or not four:
+        return None
+    b2 = max(two, key=lambda r: r["test_mean"])
+    b4 = max(four, key=lambda r: r["test_mean"])
+    gap = stats.difference(b2["test"], b4["test"])
+    sentence = (f"on 32x32 inputs (small, so the claim expects 2x2) the best 2x2 pooling "
+                f"({b2['label']}, {_pct(b2)}) minus the best 4x4 ({b4['label']}, {_pct(b4)}): "
+                f"{gap.text()}. Large inputs, where the claim suggests 4x4, are not tested.")
+    return stats.judge([gap]), sentence, {"best_2x2_minus_best_4x4": gap}, \
+        [b2["label"], b4["label"]]
+
+
+def _depth(r: dict[str, Any]) -> int:
+    return int(r["setting"]["model"].removeprefix("plain").removeprefix("resnet"))
+
+
+def _residual_claim(rows):
+    by = {r["setting"]["model"]: r for r in rows if r["seeds"] >= 2}
+    depths = sorted({_depth(r) for r in rows})
     lo, hi = depths[0], depths[-1]
-    err = {m: 100 - r["train_mean"] for m, r in by.items()}
-    try:
-        plain_worse = err[f"plain{hi}"] > err[f"plain{lo}"]
-        res_better = err[f"resnet{hi}"] <= err[f"resnet{lo}"]
-    except KeyError:
-        return f"Undecided here: not every net finished.{grads}"
-    p_lo, p_hi, r_lo, r_hi = (err[f"plain{lo}"], err[f"plain{hi}"], err[f"resnet{lo}"],
-                              err[f"resnet{hi}"])
-    return (f"{_held(plain_worse and res_better)} for Fig. 6's trend (the deeper plain net "
-            f"trains worse, the deeper ResNet better): training error plain-{lo} {p_lo:.1f}% "
-            f"vs plain-{hi} {p_hi:.1f}%, ResNet-{lo} {r_lo:.1f}% vs ResNet-{hi} {r_hi:.1f}%."
-            f"{grads}")
+    names = [f"plain{lo}", f"plain{hi}", f"resnet{lo}", f"resnet{hi}"]
+    if any(n not in by or len(by[n]["train"]) < 2 for n in names):
+        return None
+    err = {n: [100 - a for a in by[n]["train"]] for n in names}
+    degradation = stats.difference(err[f"plain{hi}"], err[f"plain{lo}"])
+    shortcuts = stats.difference(err[f"plain{hi}"], err[f"resnet{hi}"])
+    res_deeper = stats.difference(err[f"resnet{lo}"], err[f"resnet{hi}"])  # > 0: deeper better
+    # Fig. 6's two panels: the deeper plain net trains worse (degradation) and the ResNet of
+    # that depth trains better than it; the deeper ResNet must not train worse than the
+    # shallower one (He et al.: it trains better; a tie does not refute it here).
+    status = stats.judge([degradation, shortcuts])
+    if status != stats.NOT_HELD and res_deeper.sign() < 0:
+        status = stats.NOT_HELD
+    sentence = (f"training error (on {TRAIN_EVAL:,} training images, without augmentation) of "
+                f"plain-{hi} minus plain-{lo}: {degradation.text()}; plain-{hi} minus "
+                f"ResNet-{hi}: {shortcuts.text()}; ResNet-{lo} minus ResNet-{hi}: "
+                f"{res_deeper.text()}. Held when the deeper plain net trains worse, its ResNet "
+                "better, and the deeper ResNet not worse than the shallower.")
+    return status, sentence, {"degradation": degradation, "shortcuts": shortcuts,
+                              "resnet_deeper_gain": res_deeper}, [by[n]["label"] for n in names]
+
+
+CLAIMS = {"depth": _depth_claim, "filters": _filters_claim, "pooling": _pooling_claim,
+          "residual": _residual_claim}
+
+
+def gradient_verdict(rows: list[dict[str, Any]]) -> stats.Verdict:
+    """"The derivative going to zero", over every seed: the smallest per-layer gradient norm
+    after the first epoch, plain against ResNet at the deepest depth, compared on a log10
+    scale (norms spread over orders of magnitude); held when the plain net's is lower outside
+    the noise."""
+    depths = sorted({_depth(r) for r in rows})
+    hi = depths[-1] if depths else None
+    by = {r["setting"]["model"]: r for r in rows}
+    plain, res = by.get(f"plain{hi}"), by.get(f"resnet{hi}")
+
+    def lows(r) -> list[float]:
+        return [math.log10(min(g)) for g in (r or {}).get("grad_epoch1") or [] if g]
+
+    p, q = lows(plain), lows(res)
+    if len(p) < 2 or len(q) < 2:
+        return stats.Verdict(stats.NO_VERDICT, "the gradient norms need two or more seeds of "
+                             f"plain-{hi} and ResNet-{hi}.")
+    gap = stats.difference(q, p)  # log10(ResNet's smallest) - log10(plain's smallest)
+    init = [g[0] / g[-1] for g in plain.get("grad_init") or [] if g]
+    sentence = (f"after the first epoch the smallest per-layer gradient norm of ResNet-{hi} is "
+                f"{10 ** gap.estimate:.3g}x plain-{hi}'s (95% CI {10 ** gap.low:.3g}x to "
+                f"{10 ** gap.high:.3g}x over {len(p)} seeds; held when above 1x outside the "
+                "noise)")
+    if init:
+        sentence += (f"; at initialisation plain-{hi}'s first conv gets {min(init):.3g}x to "
+                     f"{max(init):.3g}x its last conv's gradient")
+    return stats.Verdict(stats.judge([gap]), sentence + ".", {"log10_resnet_over_plain": gap})
 
 
 # ------------------------------------------------------------------------------- the task
@@ -509,7 +755,8 @@ def residual_verdict(rows: list[dict[str, Any]]) -> str:
 
 def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = False
         ) -> dict[str, Any]:
-    """Every named experiment into RUN/<name>/, then RUN/results.json and the report."""
+    """Every named experiment into RUN/<name>/, seed round after seed round, then
+    RUN/results.json and the report."""
     from cnnlab.data.cifar import detect_layout
 
     detect_layout(config.data_path())  # a missing data set before any file
@@ -520,16 +767,47 @@ def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = Fals
     if not resume:
         run_dir.save_config(config)
         run_dir.save_environment()
-    out: dict[str, Any] = {"experiments": {}}
     start = time.monotonic()
+    deadline = None if config.budget is None else start + 60 * config.budget
+
+    def time_left() -> float | None:
+        return None if deadline is None else deadline - time.monotonic()
+
+    data = DataCache(reporter)
+    studies = {}
     for name in config.experiments:
         sub = RunDir(run_dir.path / name)
         sub.path.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        res = run_one(name, config, sub, reporter)
-        res["seconds"] = round(time.monotonic() - t0, 1)
+        studies[name] = Study(name, config, sub, reporter, data, time_left)
+    total = sum(len(s.grid.settings) for s in studies.values())
+    reporter.log(f"experiments {', '.join(config.experiments)}: {total} nets x "
+                 f"{config.seeds} seeds"
+                 + (f", more seeds while they fit in {config.budget:g} minutes"
+                    if config.budget else ""))
+    last_round = config.max_seeds if config.budget else config.seeds
+    for seed in range(last_round):
+        ran = False
+        for name, study in studies.items():
+            left = time_left()
+            if left is not None and left <= 0:
+                break
+            extra = seed >= config.seeds and study.round_seconds
+            if extra and (left is None or statistics.fmean(study.round_seconds) > left):
+                continue  # an extra round that would not fit
+            reporter.log(f"experiment {name}: seed {seed} of every setting")
+            study.run_round(seed)
+            ran = True
+        if not ran:
+            break
+    if time_left() is not None and time_left() <= 0:
+        reporter.log(f"the budget of {config.budget:g} minutes is spent")
+    out: dict[str, Any] = {"experiments": {}}
+    for name, study in studies.items():
+        res = study.summarise()
+        res["seconds"] = round(sum(study.round_seconds), 1)
+        study.run_dir.save_results(res)
         out["experiments"][name] = res
-        reporter.log(f"experiment {name}: {res['verdict']}")
+        reporter.log(f"experiment {name}: {stats.Verdict(**_plain(res['verdict'])).text}")
     out["seconds"] = round(time.monotonic() - start, 1)
     run_dir.save_results(out)
     if config.report:
@@ -539,3 +817,7 @@ def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = Fals
     out["run_dir"] = str(run_dir.path)
     return out
 
+
+def _plain(v: dict[str, Any]) -> dict[str, Any]:
+    """A saved verdict's status and sentence (its intervals stay as saved)."""
+    return {"status": v["status"], "sentence": v["sentence"]}

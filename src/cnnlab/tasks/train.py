@@ -63,6 +63,14 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # fp32, bf16, or auto: bf16 where the CPU/GPU does it natively
     limit_per_class: int | None = None  # train and test on the first N images of each class
+    # Train on a seeded random N images of each class of train; the test set stays whole (a
+    # small training set, measured on every test image: the tightest accuracy per second).
+    train_per_class: int | None = None
+    image_size: int | None = None  # shrink every image to S x S first (area averaging)
+    # At every evaluation, accuracy and loss on this many training images (a fixed stratified
+    # sample, no augmentation, eval mode): the training error of He et al.'s Fig. 6, measured
+    # cleanly rather than as the running accuracy of augmented batches. 0 = off.
+    train_eval: int = 0
     val_fraction: float = 0.0  # share of train held out as validation (its best epoch is tested)
     time_limit: float | None = None  # seconds per (model, seed); stops after the epoch that ends
     eval_every: int = 1  # epochs between the test-accuracy points of the curves
@@ -112,6 +120,12 @@ class TrainConfig:
             raise CnnlabError("--precision must be fp32, bf16 or auto")
         if self.limit_per_class is not None and self.limit_per_class < 2:
             raise CnnlabError("--limit-per-class must be at least 2")
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise CnnlabError(f"train_per_class must be at least 1, not {self.train_per_class}")
+        if self.image_size is not None and self.image_size < 4:
+            raise CnnlabError(f"image_size must be at least 4 pixels, not {self.image_size}")
+        if self.train_eval < 0:
+            raise CnnlabError(f"train_eval must be >= 0 images, not {self.train_eval}")
         if not 0 <= self.val_fraction < 1:
             raise CnnlabError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
         if self.time_limit is not None and self.time_limit <= 0:
@@ -241,7 +255,7 @@ def _device(requested: str) -> torch.device:
 
 def load_data(config: TrainConfig, reporter):
     from cnnlab import dist
-    from cnnlab.data.cifar import load_cifar_once, split_validation
+    from cnnlab.data.cifar import downscale, load_cifar_once, split_validation, subset
 
     path = Path(config.data).expanduser()
     if not path.exists():
@@ -249,6 +263,11 @@ def load_data(config: TrainConfig, reporter):
                           "cifar-10-batches-py folder)")
     data = load_cifar_once(path, dist.from_env(), limit_per_class=config.limit_per_class,
                            reporter=reporter)
+    if config.train_per_class:
+        # Seed 0 whatever the run's seed: every seed and setting of a study sees the same images.
+        data = subset(data, per_class=config.train_per_class, seed=0, test_too=False)
+    if config.image_size:
+        data = downscale(data, config.image_size)
     if config.val_fraction:
         data = split_validation(data, fraction=config.val_fraction, seed=config.seed)
     return data
@@ -274,12 +293,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, devi
 
 def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: RunDir,
               reporter, device: torch.device, resume: bool = False,
-              after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None
-              ) -> dict[str, Any]:
+              after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+              at_start: Callable[[nn.Module], None] | None = None) -> dict[str, Any]:
     """Train one model with one seed into `run_dir`; returns its results (also results.json).
 
     `after_epoch(model, record)` is the engine's hook (`engine.fit`): it sees every epoch's
-    metrics (val_accuracy with a validation split) and may raise to stop, e.g. to prune."""
+    metrics (val_accuracy with a validation split) and may raise to stop, e.g. to prune.
+    `at_start(model)` sees the model as built and initialised, before the first step of a new
+    run (not on resume): e.g. to measure its gradients at initialisation."""
     from cnnlab import dist, recipes
     from cnnlab.data.tensor_batches import iter_batches, normalize, num_batches
     from cnnlab.engine import FitConfig, fit
@@ -304,6 +325,8 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
                                         channels_last=False))
     memory_format = torch.channels_last
     model = model.to(device=device, memory_format=memory_format)
+    if at_start is not None and not resume:
+        at_start(model)
     optimizer = recipes.make_optimizer(recipe, model)
     n_train = len(data.train_y)
     steps_per_epoch = num_batches(n_train, per_rank, info.world_size)
@@ -318,8 +341,21 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
                             augment=augment, mean=mean, std=std, rank=info.rank,
                             world_size=info.world_size)
 
+    train_eval_idx = None
+    if config.train_eval:
+        from cnnlab.data.cifar import stratified_indices
+
+        per_class = max(1, config.train_eval // data.num_classes)
+        counts = torch.bincount(data.train_y)
+        train_eval_idx = stratified_indices(
+            data.train_y, per_class=min(per_class, int(counts[counts > 0].min())), seed=0)
+
     def evaluate(m: nn.Module) -> dict[str, float]:
         out = {}
+        if train_eval_idx is not None:
+            acc, loss = accuracy(m, data.train_x[train_eval_idx], data.train_y[train_eval_idx],
+                                 mean, std, device)
+            out.update(train_eval_accuracy=acc, train_eval_loss=loss)
         if config.test:
             acc, loss = accuracy(m, data.test_x, data.test_y, mean, std, device)
             out.update(test_accuracy=acc, test_loss=loss)
@@ -385,6 +421,8 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
         "tested_checkpoint": which if config.test else None,
         "test_accuracy_no_tta": record.get("test_accuracy"),
         "val_accuracy": record.get("val_accuracy"),
+        "train_eval_accuracy": record.get("train_eval_accuracy"),
+        "train_eval_loss": record.get("train_eval_loss"),
         "best_val_accuracy": result.best_metric, "best_epoch": result.best_epoch,
         "epochs": result.epochs_done, "steps": result.steps, "stopped": result.stopped,
         "train_seconds": result.train_seconds, "eval_seconds": eval_seconds,
@@ -445,12 +483,15 @@ def summarise(rows: list[dict[str, Any]], macs: dict[str, int]) -> list[dict[str
 
 
 def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
-        after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None
+        after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+        at_start: Callable[[nn.Module], None] | None = None, data=None
         ) -> dict[str, Any] | None:
     """Train every model with every seed into `run_dir`; results on rank 0, None elsewhere.
 
     With `resume`, finished (model, seed) runs are kept, an interrupted one continues from its
-    last checkpoint, the rest start. `after_epoch` goes to every `train_one`."""
+    last checkpoint, the rest start. `after_epoch` and `at_start` go to every `train_one`.
+    `data`: the data set as `load_data(config)` gives it, when the caller has it already (the
+    trials of `cnnlab experiment` share one); else it is loaded here."""
     from cnnlab import checkpoints, dist
     from cnnlab.models.registry import get_spec
 
@@ -465,7 +506,8 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
         from cnnlab.progress import Reporter
 
         reporter = Reporter(quiet=True)
-    data = load_data(config, reporter)  # before any file: bad data leaves no run behind
+    if data is None:
+        data = load_data(config, reporter)  # before any file: bad data leaves no run behind
     reporter.log(f"data: {data.describe()}")
     if info.is_main and not resume:
         run_dir.save_config(config)
@@ -483,7 +525,7 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
                 sub.path.mkdir(parents=True, exist_ok=True)
             dist.barrier()
             rows.append(train_one(config, data, model_name, seed, sub, reporter, device,
-                                  resume=again, after_epoch=after_epoch))
+                                  resume=again, after_epoch=after_epoch, at_start=at_start))
             r = rows[-1]
             which, acc = (("test", r["test_accuracy"]) if config.test
                           else ("validation", r["val_accuracy"]))
