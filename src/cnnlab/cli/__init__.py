@@ -18,7 +18,7 @@ from cnnlab import __version__
 from cnnlab.errors import CnnlabError, RankFailed
 
 # Subcommand modules under cnnlab.cli, in the order `cnnlab --help` lists them.
-COMMANDS = ["models", "params", "evaluate", "finetune", "predict", "train", "sweep",
+COMMANDS = ["models", "params", "evaluate", "finetune", "predict", "explain", "train", "sweep",
             "experiment", "charrnn", "lab"]
 
 

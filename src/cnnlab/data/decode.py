@@ -204,12 +204,18 @@ def decode_resized(path: Path, preprocess: Preprocess, draft: bool = True) -> Im
     return rgb
 
 
+def load_pixels(path: Path, preprocess: Preprocess, draft: bool = True) -> np.ndarray:
+    """The model's view of one image as HWC uint8 pixels: decoded, resized and cropped, not yet
+    normalised (what `load_image` feeds the model, and what a class-activation map is drawn
+    on); BadImage if unusable."""
+    rgb = decode_resized(path, preprocess, draft)
+    return _center_crop(np.asarray(rgb, dtype=np.uint8), preprocess.crop_size,
+                        _pad_fill(preprocess))
+
+
 def load_image(path: Path, preprocess: Preprocess, draft: bool = True) -> torch.Tensor:
     """Decode one image into a float32 (3, crop, crop) tensor, normalised; BadImage if unusable."""
-    rgb = decode_resized(path, preprocess, draft)
-    arr = _center_crop(np.asarray(rgb, dtype=np.uint8), preprocess.crop_size,
-                       _pad_fill(preprocess))
-    return to_tensor(arr, preprocess)
+    return to_tensor(load_pixels(path, preprocess, draft), preprocess)
 
 
 def to_tensor(arr: np.ndarray, preprocess: Preprocess) -> torch.Tensor:

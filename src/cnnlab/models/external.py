@@ -31,6 +31,33 @@ _TORCHVISION_DEFAULTS: dict[str, dict] = {
 }
 
 
+# The last convolutional stage of each torchvision CNN family, by name prefix (ModelSpec.cam_layer):
+# the stage's own output, before the global pooling. AlexNet and VGG: the last ReLU, before the
+# final max-pool, so the map keeps its 13x13 / 14x14 resolution. Transformers (vit, swin, maxvit)
+# have no such stage; a CAM on their tokens needs a reshape this table does not describe.
+_CAM_LAYERS = {
+    "alexnet": "features.-2",
+    "vgg": "features.-2",
+    "resnet": "layer4",
+    "resnext": "layer4",
+    "wide_resnet": "layer4",
+    "googlenet": "inception5b",
+    "inception_v3": "Mixed_7c",
+    "densenet": "features",
+    "mobilenet": "features.-1",
+    "efficientnet": "features.-1",
+    "convnext": "features.-1",
+    "mnasnet": "layers",
+    "regnet": "trunk_output",
+    "shufflenet": "conv5",
+    "squeezenet": "features",
+}
+
+
+def _cam_layer(name: str) -> str | None:
+    return next((path for prefix, path in _CAM_LAYERS.items() if name.startswith(prefix)), None)
+
+
 def _torchvision_builder(name: str, **kwargs):
     return tvm.get_model(name, weights=None, **{**_TORCHVISION_DEFAULTS.get(name, {}), **kwargs})
 
@@ -53,6 +80,7 @@ def _register_torchvision() -> None:
                 pretrained=pretrained,
                 published_params=weights.meta.get("num_params"),
                 options={"num_classes": int, **extra},
+                cam_layer=_cam_layer(name),
             )
         )
 
@@ -86,6 +114,9 @@ def _register_efficientnet_lite() -> None:
                     convert=map_in_order,
                 ),
                 options={"num_classes": int},
+                # timm's EfficientNet: conv_head (320 -> 1280 channels, 1x1) then bn2, a
+                # BatchNorm with the ReLU6 inside it; bn2's output is what the pooling reads.
+                cam_layer="bn2",
             )
         )
 

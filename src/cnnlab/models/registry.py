@@ -42,6 +42,11 @@ class ModelSpec:
     published_params: int | None = None
     # Keyword arguments the builder accepts from the command line (e.g. alexnet-paper's groups).
     options: dict[str, Any] = field(default_factory=dict)
+    # The module whose output is the last convolutional stage: where `cnnlab explain` takes its
+    # class-activation maps. A dotted path in which a negative number counts children from the
+    # end ("features.-2": the last but one child of `features`), so one entry fits a whole
+    # family whose depth varies (vgg11 ... vgg19). None: analysis/explanations.py finds one.
+    cam_layer: str | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -56,6 +56,7 @@ class Predictor:
     classes: tuple[str, ...]
     source: str  # "finetuned <run>" or "imagenet <model>"
     top_k: int
+    arch: str = ""  # the registry name of the architecture (a finetune run's backbone)
 
 
 def _finetuned_json(model: str) -> Path | None:
@@ -99,7 +100,7 @@ def load_finetuned(meta_path: Path) -> Predictor:
     preprocess = Preprocess(int(pp["resize_size"]), int(pp["crop_size"]), pp["interpolation"],
                             tuple(pp["mean"]), tuple(pp["std"]))
     return Predictor(net.eval(), preprocess, classes, f"finetuned {meta_path.parent}",
-                     int(meta.get("top_k", 5)))
+                     int(meta.get("top_k", 5)), meta["backbone"])
 
 
 def load_predictor(model: str, weights: str | None = None) -> Predictor:
@@ -115,10 +116,10 @@ def load_predictor(model: str, weights: str | None = None) -> Predictor:
 
     net, preprocess, _ = create_pretrained(model, weights)
     return Predictor(net, preprocess, tuple(load_imagenet_classes().names), f"imagenet {model}",
-                     5)
+                     5, model)
 
 
-def _expand(inputs: tuple[str, ...]) -> tuple[list[Path], list[dict[str, str]]]:
+def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[dict[str, str]]]:
     """Image files in order: each file as given, each folder walked (sorted); what is skipped."""
     from cnnlab.data.folders import IMAGE_EXTENSIONS, discover
 
@@ -149,7 +150,7 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
 
-    files, skipped = _expand(config.inputs)
+    files, skipped = expand_inputs(config.inputs)
     if not files and not skipped:
         raise CnnlabError("no image files among the inputs")
     predictor = predictor or load_predictor(config.model, config.weights)
