@@ -19,6 +19,8 @@ examples:
   cnnlab params --layer "conv 3x224x224 -> 96 k11 s4 p2"
                                                    one conv vs locally-connected vs dense layer
   cnnlab params alexnet-paper --sharing            the same comparison for every conv layer
+  cnnlab params --sharing --demo photo.jpg         shift the photo: conv maps shift with it,
+                                                   locally-connected and dense maps do not
   cnnlab params timm/convnext_tiny --input 3x288x288 --json
 
 layer syntax: conv CxHxW -> COUT kK [sS] [pP] [gG]  (kernel, stride, padding, groups)
@@ -41,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--layer", metavar="SPEC", help="compare one conv layer, e.g. "
                    "'conv 3x224x224 -> 96 k11 s4 p2'")
+    p.add_argument("--demo", metavar="IMAGE", help="shift this photo by a few pixels and "
+                   "measure whose maps shift with it: conv vs locally-connected vs dense "
+                   "(shift_demo.png)")
     p.add_argument("--groups", type=int, help="alexnet-paper: 1 (all-to-all) or 2 (two GPUs)")
     p.add_argument("--json", action="store_true", help="print the JSON result instead of tables")
     add_output_options(p)
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         sharing=args.sharing,
         layer=args.layer,
         options=options,
+        demo=args.demo,
     )
     reporter = Reporter(quiet=args.quiet)
     run_dir = open_run("params", args.out)

@@ -141,6 +141,22 @@ def render_sharing(m: dict[str, Any], reporter: Reporter) -> None:
     reporter.result()
 
 
+def render_shift(demo: dict[str, Any], reporter: Reporter) -> None:
+    dy, dx = demo["shift"]
+    reporter.table(
+        ["layer type", "difference after shifting back", "largest difference",
+         "difference without shifting back"],
+        [(r["kind"], f"{r['difference']:.2e}", f"{r['max_difference']:.2e}",
+          f"{r['unaligned']:.2f}") for r in demo["layers"]],
+        title=f"shift the photo {dy} px down and {dx} px right: whose maps shift with it? "
+        f"({demo['size']}x{demo['size']} grey, {demo['kernel']}x{demo['kernel']} windows, "
+        f"{demo['margin']} px border left out; differences relative to the maps' mean size)",
+        right_align=["difference after shifting back", "largest difference",
+                     "difference without shifting back"],
+    )
+    reporter.result()
+
+
 def render(result: dict[str, Any], summary: bool, reporter: Reporter) -> None:
     models = result["models"]
     if summary and models:
@@ -155,4 +171,6 @@ def render(result: dict[str, Any], summary: bool, reporter: Reporter) -> None:
         render_comparison(
             f"{layer['spec']}: output {shape(layer['output_shape'])}", layer, reporter
         )
+    if "shift_demo" in result:
+        render_shift(result["shift_demo"], reporter)
     reporter.result(f"({result['convention']})")

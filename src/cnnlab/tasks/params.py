@@ -8,12 +8,16 @@ The result is one JSON-able dict with a stable, documented schema (README, "JSON
                  "layers": [{"name", "type", "output_shape", "kernel", "stride", "weights",
                              "biases", "params", "macs"}],
                  "sharing": [...] (with --sharing)}],
-     "layer": {...} (with --layer)}
+     "layer": {...} (with --layer),
+     "shift_demo": {"image", "size", "kernel", "channels", "shift", "margin", "figure",
+                    "layers": [{"kind", "difference", "max_difference", "unaligned"}]}
+                   (with --demo IMAGE; analysis/shift.py)}
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cnnlab.analysis.family import summarize
@@ -42,10 +46,11 @@ class ParamsConfig:
     sharing: bool = False  # conv vs locally-connected vs dense for every conv layer
     layer: str | None = None  # a single layer to compare, e.g. "conv 3x224x224 -> 96 k11 s4 p2"
     options: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {"groups": 2}
+    demo: str | None = None  # a photo for the shift demonstration (analysis/shift.py)
 
     def __post_init__(self) -> None:
-        if not self.models and self.layer is None:
-            raise CnnlabError("give at least one MODEL, or --layer SPEC")
+        if not self.models and self.layer is None and self.demo is None:
+            raise CnnlabError("give at least one MODEL, --layer SPEC or --demo IMAGE")
         if self.depth is not None and self.depth < 0:
             raise CnnlabError("--depth must be 0 or more")
         if self.input is not None:
@@ -142,9 +147,38 @@ def run_params(config: ParamsConfig) -> dict[str, Any]:
     return result
 
 
+def shift_demonstration(image: str, figure: Path) -> dict[str, Any]:
+    """Conv vs locally-connected vs dense on a photo and its shifted copy (analysis/shift.py):
+    the numbers, and the figure written to `figure`."""
+    import numpy as np
+
+    from cnnlab.analysis.shift import ShiftSetup, plot, shift_demo
+    from cnnlab.data.decode import BadImage, load_pixels
+    from cnnlab.data.preprocess import Preprocess
+
+    setup = ShiftSetup()
+    side = setup.size + max(abs(s) for s in setup.shift)
+    grey_scale = Preprocess(side, side, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    try:
+        pixels = load_pixels(Path(image).expanduser(), grey_scale)
+    except BadImage as exc:
+        raise CnnlabError(f"--demo {image}: {exc}") from None
+    # ITU-R BT.601 luma: one grey channel keeps the dense layer at 2304 x 4608 weights.
+    grey = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255
+    results, maps, (original, moved) = shift_demo(grey, setup)
+    plot(original, moved, results, maps, setup, figure)
+    return {
+        "image": image, "size": setup.size, "kernel": setup.kernel, "channels": setup.channels,
+        "shift": list(setup.shift), "margin": setup.margin, "figure": figure.name,
+        "layers": [asdict(r) for r in results],
+    }
+
+
 def run(config: ParamsConfig, run_dir: RunDir, reporter: Reporter | None = None) -> dict[str, Any]:
     """The task signature: profile the models and save config, environment and results."""
     result = run_params(config)
+    if config.demo is not None:
+        result["shift_demo"] = shift_demonstration(config.demo, run_dir.file("shift_demo.png"))
     run_dir.save_config(config)
     run_dir.save_environment()
     run_dir.save_results(result)
