@@ -97,6 +97,12 @@ def _read(path: Path, preprocess, draft: bool):
     return pixels, to_tensor(pixels, preprocess)[None]
 
 
+def _nothing_explained(skipped: list[dict[str, str]]) -> CnnlabError:
+    reasons = "; ".join(f"{s['file']}: {s['error']}" for s in skipped[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return CnnlabError(f"no photo could be explained ({len(skipped)} skipped: {reasons}{more})")
+
+
 def explain_photos(config: ExplainConfig, run_dir, reporter) -> dict[str, Any]:
     """CAMs of each photo's top-k classes: PNGs under cams/, and their records."""
     import pytorch_grad_cam  # noqa: F401  (imported here: its ~2 s are not the first photo's)
@@ -115,6 +121,8 @@ def explain_photos(config: ExplainConfig, run_dir, reporter) -> dict[str, Any]:
     files, skipped = expand_inputs(config.inputs)
     if not files and not skipped:
         raise CnnlabError("no image files among the inputs")
+    if not files:  # before loading any model
+        raise _nothing_explained(skipped)
     predictor = load_predictor(config.model, config.weights)
     layer = target_layer(predictor, config.layer)
     device = _device(config.device)
@@ -155,8 +163,7 @@ def explain_photos(config: ExplainConfig, run_dir, reporter) -> dict[str, Any]:
                         "probability": p, "cam": name})
         photos.append({"file": str(path), "seconds": time.perf_counter() - start, "top": top})
     if not photos:
-        reasons = "; ".join(f"{s['file']}: {s['error']}" for s in skipped[:3])
-        raise CnnlabError(f"no photo could be explained ({len(skipped)} skipped: {reasons})")
+        raise _nothing_explained(skipped)
     return {
         "model": config.model,
         "source": predictor.source,
