@@ -32,7 +32,11 @@ def test_fast_steps_run_cache_and_force(tmp_path, capsys):
     comps = json.loads((out / "charrnn" / "completions.json").read_text())
     assert [c["prefix"] for c in comps] == ["h", "g", "s", "e", "t"]
     assert [c["completion"] for c in comps][:3] == ["hello", "green", "start"]
-    assert "hello green start" in md
+    # cnnlab's own cells, not the lab's quoted "hello green start": each completion's row with
+    # the probability the run measured, and the groups=2 count in the alexnet-groups table.
+    for c in comps:
+        assert f"| {c['prefix']} | {c['completion']} | {c['probability']:.4f} |" in md
+    assert "cnnlab's completions of h g s e t: " + " ".join(c["completion"] for c in comps) in md
     assert (out / "report.html").read_text().count("<section") >= 3
 
     marker = out / "charrnn" / "results.json"
@@ -45,6 +49,28 @@ def test_fast_steps_run_cache_and_force(tmp_path, capsys):
     assert main(["lab", "--out", str(out), "-q", *FAST, "--force", "charrnn"]) == 0
     assert state(out)["charrnn"]["finished"] >= first["charrnn"]["finished"]
     assert marker.stat().st_mtime_ns != mtime
+
+
+def test_the_report_follows_the_runs_results(tmp_path):
+    """Change a finished step's results.json and render again: the report shows the new
+    numbers, so none of them can be typed into a template."""
+    from cnnlab.report.lab import write_report
+
+    out = tmp_path / "lab"
+    assert main(["lab", "--out", str(out), "-q", "--only", "alexnet-groups", "charrnn"]) == 0
+    groups_file = out / "alexnet-groups" / "results.json"
+    groups = json.loads(groups_file.read_text())
+    assert "60,965,224" in (out / "report.md").read_text()
+    groups["models"][0]["total_params"] = 12_345_678
+    groups_file.write_text(json.dumps(groups))
+    comps_file = out / "charrnn" / "completions.json"
+    comps = json.loads(comps_file.read_text())
+    comps[0].update(completion="hxyzzy", probability=0.1234)
+    comps_file.write_text(json.dumps(comps))
+    write_report(out)
+    md = (out / "report.md").read_text()
+    assert "12,345,678" in md and "60,965,224" not in md
+    assert "| h | hxyzzy | 0.1234 |" in md
 
 
 def test_interrupted_step_is_run_again_from_a_clean_directory(tmp_path):

@@ -58,8 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train and test on the first N images of each class of each split "
                         "(default: each design's training sample and the whole test set)")
     p.add_argument("--epochs", type=float,
-                   help="epochs of every trial (default: each design's: depth 10, filters 6, "
-                        "pooling 6, residual 10)")
+                   help="epochs of every trial (default: each design's: depth 10, filters 5, "
+                        "pooling 5, residual 10)")
     p.add_argument("--full", action="store_true", default=None,
                    help="residual: depths 20, 32, 44, 56 (default 20 and 56)")
     p.add_argument("--quick", action="store_true", default=None,

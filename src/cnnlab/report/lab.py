@@ -36,6 +36,9 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     preformatted: list[str] = field(default_factory=list)  # text drawings
     notes: list[str] = field(default_factory=list)
+    # Sub-sections, one per question the step answers (the experiments' claims): each with its
+    # verdict, sentences, tables and figures (report/study.py's Part).
+    parts: list[Any] = field(default_factory=list)
 
 
 def _n(v: int | float | None) -> str:
@@ -209,12 +212,7 @@ def _experiments(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     from cnnlab.report.experiment import experiment_part
 
     for name, res in r["experiments"].items():
-        part = experiment_part(res, lab_dir, f"{step_dir}/{name}/")
-        s.notes.append(f"{part.title} — {part.verdict}")
-        for t in part.tables:
-            s.tables.append(Table(t.columns, t.rows, f"{part.title}: {t.caption}", t.numeric))
-        s.figures += [Figure(f.path, f.data_uri, f.caption) for f in part.figures]
-        s.notes += part.paragraphs[1:2]  # the setup: subset, epochs, seeds, budget
+        s.parts.append(experiment_part(res, lab_dir, f"{step_dir}/{name}/"))
     s.notes.append(f"Per-trial runs and the full report: {step_dir}/report.html")
 
 

@@ -71,6 +71,11 @@ class TrainConfig:
     # sample, no augmentation, eval mode): the training error of He et al.'s Fig. 6, measured
     # cleanly rather than as the running accuracy of augmented batches. 0 = off.
     train_eval: int = 0
+    # Measure the test set at every evaluation (the per-epoch test curve); False: only once,
+    # after the last step (the number results.json reports), so a study that needs only
+    # training curves does not pay a test pass per epoch (10,000 images: more than an epoch
+    # of a small training set costs).
+    test_curve: bool = True
     val_fraction: float = 0.0  # share of train held out as validation (its best epoch is tested)
     time_limit: float | None = None  # seconds per (model, seed); stops after the epoch that ends
     eval_every: int = 1  # epochs between the test-accuracy points of the curves
@@ -356,7 +361,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
             acc, loss = accuracy(m, data.train_x[train_eval_idx], data.train_y[train_eval_idx],
                                  mean, std, device)
             out.update(train_eval_accuracy=acc, train_eval_loss=loss)
-        if config.test:
+        if config.test and config.test_curve:
             acc, loss = accuracy(m, data.test_x, data.test_y, mean, std, device)
             out.update(test_accuracy=acc, test_loss=loss)
         if data.val_x is not None:
