@@ -119,3 +119,24 @@ def test_lab_quick_experiments_step_and_its_report_section(shared_data, tmp_path
     # The cnnlab cells themselves: each depth's test accuracy as the run measured it.
     for r in depth["rows"]:
         assert f"| {r['label']} | {r['test_mean']:.1f}% |" in md
+
+
+def test_resume_with_more_seeds_adds_seed_rounds_and_refuses_other_flags(shared_data, tmp_path,
+                                                                         monkeypatch, capsys):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data = shared_data("cifar10", "cifar10-jpg.zip")
+    out = tmp_path / "run"
+    assert main(["experiment", "pooling", "--quick", "--seeds", "1", "--limit-per-class", "10",
+                 "--data", str(data), "--out", str(out), "-q", "--no-report"]) == 0
+    first = json.loads((out / "results.json").read_text())["experiments"]["pooling"]
+    assert [r["seeds"] for r in first["rows"]] == [1, 1]
+    assert main(["experiment", "--resume", str(out), "--seeds", "2", "-q"]) == 0
+    again = json.loads((out / "results.json").read_text())["experiments"]["pooling"]
+    assert [r["seeds"] for r in again["rows"]] == [2, 2] and again["trials"] == 4
+    # Seed 0 was kept, not trained again: the same accuracy, and seed 1 is new.
+    assert [r["test"][0] for r in again["rows"]] == [r["test"][0] for r in first["rows"]]
+    assert [r["seed_ids"] for r in again["rows"]] == [[0, 1], [0, 1]]
+    capsys.readouterr()
+    assert main(["experiment", "--resume", str(out), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs" in err and len(err.strip().splitlines()) == 1

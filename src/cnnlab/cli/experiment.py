@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="check the lab's claims on depth, filters, pooling, "
                        "ResNet", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+    p.add_argument("experiments", nargs="*", default=[], metavar="EXPERIMENT",
                    help="depth, filters, pooling, residual (one or more)")
     p.add_argument("--data", metavar="DATA",
                    help="CIFAR-style zip or folder (default: DATA_ROOT/cifar10/cifar10-jpg.zip)")

@@ -644,9 +644,9 @@ def _depth_claim(rows):
     status = stats.judge([gain, drop])
     sentence = (f"from 1 to 4 layers test accuracy changed {gain.text()}, i.e. "
                 f"{gain.estimate / 3:+.2f} points per layer; from 4 to {deep} layers "
-                f"{late.estimate:+.2f} points per layer ({late.text(' points per layer', 2)}); "
-                f"the per-layer gain fell by {drop.text(' points', 2)}. The claim needs both "
-                "the rise and the fall of the gain to lie outside the noise.")
+                f"{late.text(' points per layer', 2)}; the gain per layer fell by "
+                f"{drop.text(' points', 2)}. Held when both the rise and the fall of the gain "
+                "lie outside the noise.")
     return status, sentence, {"gain_1_to_4": gain, "gain_per_layer_drop": drop,
                               f"gain_per_layer_4_to_{deep}": late}, \
         [by[d]["label"] for d in (1, 4, deep)]
@@ -710,10 +710,11 @@ def _residual_claim(rows):
     if status != stats.NOT_HELD and res_deeper.sign() < 0:
         status = stats.NOT_HELD
     sentence = (f"training error (on {TRAIN_EVAL:,} training images, without augmentation) of "
-                f"plain-{hi} minus plain-{lo}: {degradation.text()}; plain-{hi} minus "
-                f"ResNet-{hi}: {shortcuts.text()}; ResNet-{lo} minus ResNet-{hi}: "
-                f"{res_deeper.text()}. Held when the deeper plain net trains worse, its ResNet "
-                "better, and the deeper ResNet not worse than the shallower.")
+                f"plain-{hi} minus plain-{lo}: {degradation.text()} (degradation); plain-{hi} "
+                f"minus ResNet-{hi}: {shortcuts.text()} (the shortcuts); ResNet-{lo} minus "
+                f"ResNet-{hi}: {res_deeper.text()} (positive: the deeper ResNet trains better). "
+                "Held when the deeper plain net trains worse, the ResNet of its depth better, "
+                "and the deeper ResNet not worse than the shallower.")
     return status, sentence, {"degradation": degradation, "shortcuts": shortcuts,
                               "resnet_deeper_gain": res_deeper}, [by[n]["label"] for n in names]
 
