@@ -151,3 +151,22 @@ def test_quick_lab_end_to_end_renders_every_section_in_chromium(shared_data, chr
     # No number typed by hand: the report's AlexNet count is the run's.
     alexnet = json.loads((out / "alexnet" / "results.json").read_text())["models"][0]
     assert f"{alexnet['total_params']:,}" in page.text
+
+
+def test_concepts_step_shows_weight_sharing_on_a_photo(shared_data, tmp_path):
+    """Lab A's first question answered with a picture: the concepts step shifts a sample photo;
+    the report's table holds the run's own numbers (conv ~0 after shifting back, the others
+    not) and the figure."""
+    root = shared_data("imagenet-samples").parent
+    out = tmp_path / "lab"
+    assert main(["lab", "--only", "concepts", "--data-root", str(root), "--out", str(out),
+                 "-q"]) == 0
+    demo = json.loads((out / "concepts" / "results.json").read_text())["shift_demo"]
+    by = {d["kind"]: d for d in demo["layers"]}
+    assert by["convolution"]["difference"] < 1e-5
+    assert by["locally-connected"]["difference"] > 0.3 and by["dense"]["difference"] > 0.3
+    md = (out / "report.md").read_text()
+    for d in demo["layers"]:
+        assert (f"| {d['kind']} | {d['unaligned']:.3g} | {d['difference']:.2g} | "
+                f"{d['max_difference']:.2g} |") in md
+    assert "(concepts/shift_demo.png)" in md and (out / "concepts" / "shift_demo.png").is_file()

@@ -80,6 +80,21 @@ def _concepts(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
         f"{m['label']}: parameters of each conv layer with and without sharing and locality "
         "(the same MACs for conv and locally-connected)", numeric=(2, 3, 4, 5, 6)))
     s.tables.append(_block_shares(m))
+    demo = r.get("shift_demo")
+    if demo:
+        dy, dx = demo["shift"]
+        s.tables.append(Table(
+            ["layer", "maps moved by the shift", "after shifting back", "largest difference"],
+            [[d["kind"], f"{d['unaligned']:.3g}", f"{d['difference']:.2g}",
+              f"{d['max_difference']:.2g}"] for d in demo["layers"]],
+            f"the photo shifted {dy} pixels down and {dx} right; mean |difference| of the "
+            f"{demo['channels']} maps of a {demo['kernel']}x{demo['kernel']} layer, relative to "
+            f"the maps' mean size, at least {demo['margin']} pixels from the borders: only the "
+            "convolution's maps come back unchanged (weight sharing)", numeric=(1, 2, 3)))
+        fig = figure(lab_dir, f"{step_dir}/{demo['figure']}",
+                     "conv, locally-connected and dense maps of a photo and of its shifted copy")
+        if fig:
+            s.figures.append(fig)
 
 
 def _block_shares(m: dict) -> Table:

@@ -801,6 +801,15 @@ def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = Fals
             ran = True
         if not ran:
             break
+        if seed == 0:  # the first round is the estimate of every later one
+            one = sum(st.round_seconds[0] for st in studies.values() if st.round_seconds)
+            need = one * (config.seeds - 1)
+            left = time_left()
+            reporter.log(f"one seed of every net took {one:.0f} s: {config.seeds} seeds take "
+                         f"about {(one + need) / 60:.1f} minutes here"
+                         + (f"; the budget leaves {max(0.0, left) / 60:.1f} for "
+                            f"{need / 60:.1f}, so the last trials will be cut and left out"
+                            if left is not None and need > left else ""))
     if time_left() is not None and time_left() <= 0:
         reporter.log(f"the budget of {config.budget:g} minutes is spent")
     out: dict[str, Any] = {"experiments": {}}
