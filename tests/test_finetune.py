@@ -1,4 +1,5 @@
-"""`cnnlab finetune` and `cnnlab predict` end to end.
+"""`cnnlab finetune` and `cnnlab predict` end to end; the few-shot defaults (Wilson
+intervals, the L-BFGS head with its cross-validated L2, `--model auto`).
 
 A tiny real backbone keeps these fast: timm's `test_efficientnet` (356 k parameters, BatchNorm,
 160-pixel input) with a seeded random "ImageNet" weights file, on generated photos of three
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,7 +23,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from cnnlab.analysis.binomial import error_interval, wilson
 from cnnlab.errors import CnnlabError
+from cnnlab.models import head_fit
 from cnnlab.progress import Reporter
 from cnnlab.runs import RunDir
 from cnnlab.tasks import finetune
@@ -342,6 +346,11 @@ def test_predict_names_a_control_character_safely(tmp_path, capsys):
         ({"precision": "fp16"}, "--precision"),
         ({"keep": "first"}, "--keep"),
         ({"early_stopping": 3}, "--early-stopping needs --keep best"),
+        ({"head_fit": "sgd"}, "--head-fit must be one of lbfgs, epochs"),
+        ({"head_fit": "lbfgs", "strategy": "finetune"}, "--head-fit lbfgs needs --strategy"),
+        ({"head_fit": "lbfgs", "augment": True}, "--head-fit lbfgs needs"),
+        ({"head_fit": "lbfgs", "cache": False}, "--head-fit lbfgs needs"),
+        ({"head_fit": "lbfgs", "epochs": 5}, "--epochs and --lr apply to --head-fit epochs"),
     ],
 )
 def test_bad_settings(settings, message):
@@ -404,7 +413,286 @@ def test_hymenoptera_freeze_with_lite0(shared_data, tmp_path):
     """The real thing: EfficientNet-Lite0, frozen, on ants and bees. val/ is the held-out test
     set (153 photos); PyTorch's tutorial reaches ~95% there by fine-tuning ResNet-18."""
     data = shared_data("hymenoptera")
-    config = FinetuneConfig(data=str(data), epochs=10, report=False)
+    config = FinetuneConfig(data=str(data), backbone="efficientnet_lite0", epochs=10,
+                            report=False)
     r = finetune.run(config, RunDir.create("finetune", tmp_path / "run"), Reporter(quiet=True))
     assert (r["n_train"], r["n_val"], r["n_test"]) == (196, 49, 153)
     assert r["test_accuracy"] >= 90.0
+
+
+@pytest.mark.slow
+def test_hymenoptera_default_head_fit_with_lite0(shared_data, tmp_path):
+    """The default head (L-BFGS, cross-validated L2) on Lite0 features keeps >= 94% there."""
+    data = shared_data("hymenoptera")
+    config = FinetuneConfig(data=str(data), backbone="efficientnet_lite0", report=False)
+    r = finetune.run(config, RunDir.create("finetune", tmp_path / "run"), Reporter(quiet=True))
+    assert r["settings"]["head_fit"] == "lbfgs" and r["head_fit"]["photos"] == 196 + 49
+    assert r["test_accuracy"] >= 94.0
+
+
+# ------------------------------------------------------------------------- Wilson interval
+
+
+def test_wilson_interval_of_5_wrong_in_24_by_hand():
+    # Wilson (1927): (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), by hand with
+    # p = 5/24 = 0.208333, z = 1.959964, z^2 = 3.841459: denominator 1.160061, centre
+    # (0.208333 + 0.080030) / 1.160061 = 0.248576, half-width 1.959964 * sqrt(0.006872 +
+    # 0.001667) / 1.160061 = 0.156128, so 0.092448 to 0.404704.
+    low, high = wilson(5, 24)
+    assert low == pytest.approx(0.092448, abs=2e-6)
+    assert high == pytest.approx(0.404705, abs=2e-6)
+    assert wilson(0, 24)[0] == 0.0 and wilson(24, 24)[1] == 1.0  # never outside [0, 1]
+    assert wilson(0, 24)[1] == pytest.approx(3.841459 / (24 + 3.841459), abs=1e-6)
+    e = error_interval(5, 24)
+    assert (e["wrong"], e["n"]) == (5, 24) and e["error"] == pytest.approx(100 * 5 / 24)
+    assert e["low"] == pytest.approx(9.2448, abs=1e-3) and e["high"] == pytest.approx(40.4705,
+                                                                                      abs=1e-3)
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+
+
+def test_interval_in_results_table_and_reports(photos, tmp_path, weights):
+    from cnnlab.cli.finetune import _with_interval
+
+    r = train_default(photos, tmp_path / "run", weights, report=True)
+    wrong = round(r["n_test"] * r["top1_error"] / 100)
+    expected = error_interval(wrong, r["n_test"])
+    assert r["top1_interval"] == pytest.approx(expected)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["top1_interval"]["method"] == "wilson"
+    assert _with_interval(20.833, error_interval(5, 24)) == "20.8% (9.2-40.5)"
+    cell = f"{expected['low']:.1f}-{expected['high']:.1f}%"
+    assert f"95% CI {cell}" in (tmp_path / "run" / "report.md").read_text()
+    assert f"95% CI {cell}" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_compare_rows_carry_the_interval(photos, tmp_path, weights):
+    r = train_default(photos, tmp_path / "cmp", weights, compare=True, epochs=None,
+                      report=True)
+    freeze, tuned = r["rows"]
+    assert freeze["head_fit"] == "lbfgs" and tuned["head_fit"] == "epochs"
+    for row in r["rows"]:
+        assert row["top1_interval"]["n"] == 6 and row["top1_interval"]["low"] <= row[
+            "top1_error"] <= row["top1_interval"]["high"]
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    i = r["rows"][1]["top1_interval"]
+    assert f"({i['low']:.1f}-{i['high']:.1f})" in md and "L-BFGS" in md
+
+
+# ------------------------------------------------------------------------------- head fit
+
+
+def _toy(n=60, d=12, c=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % c
+    x = torch.randn(n, d, generator=g)
+    x[:, :c] += 1.5 * torch.eye(c)[y]  # overlapping classes: a finite optimum at any l2
+    return x, y
+
+
+@pytest.mark.parametrize("l2", [1e-3, 3e-2, 0.3])
+def test_head_fit_reaches_the_loss_of_scikit_learn(l2):
+    """The same objective, solved by scikit-learn's lbfgs LogisticRegression with
+    C = 1 / (l2 * n): our full-batch L-BFGS reaches its loss within 1e-7."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _toy()
+    n = len(y)
+    ours = head_fit.fit_linear(x, y, 3, l2, standardize=False)
+    sk = LogisticRegression(C=1 / (l2 * n), tol=1e-12, max_iter=100_000).fit(
+        x.double().numpy(), y.numpy())
+    theirs = float(head_fit.objective(torch.tensor(sk.coef_), torch.tensor(sk.intercept_),
+                                      x.double(), y, l2))
+    assert ours.loss == pytest.approx(theirs, abs=1e-7)
+    assert ours.loss <= theirs + 1e-9
+    # The tolerance is meaningful: a few iterations short of convergence misses it.
+    early = head_fit.fit_linear(x, y, 3, l2, standardize=False, max_iter=3)
+    assert early.loss > theirs + 1e-4
+
+
+def test_standardised_fit_maps_back_to_raw_features():
+    """Fitted on standardised features, the head returned works on raw ones: its logits on raw
+    x equal the standardised problem's, and that problem's loss matches scikit-learn's."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _toy()
+    x = x * torch.linspace(0.1, 50, x.shape[1]) + 7  # badly scaled, shifted features
+    l2 = 1e-2
+    head = head_fit.fit_linear(x, y, 3, l2)
+    xd = x.double()
+    xs = (xd - xd.mean(0)) / xd.std(0, correction=0)
+    sk = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-12, max_iter=100_000).fit(
+        xs.numpy(), y.numpy())
+    theirs = float(head_fit.objective(torch.tensor(sk.coef_), torch.tensor(sk.intercept_),
+                                      xs, y, l2))
+    assert head.loss == pytest.approx(theirs, abs=1e-7)
+    sk_logits = torch.tensor(sk.decision_function(xs.numpy()))
+    assert torch.allclose(head.logits(x), sk_logits, atol=1e-4)
+
+
+def test_stratified_folds_keep_every_class_in_every_training_fold():
+    y = torch.tensor([0] * 3 + [1] * 8 + [2] * 5)
+    k = head_fit.n_folds(y)
+    assert k == 3  # the smallest class has 3 photos
+    folds = head_fit.stratified_folds(y, k, seed=0)
+    sizes = torch.bincount(folds)
+    assert sizes.max() - sizes.min() <= 1
+    for f in range(k):
+        assert set(y[folds != f].tolist()) == {0, 1, 2}
+    assert head_fit.n_folds(torch.tensor([0, 0, 1])) == 0  # one photo of a class: no CV
+
+
+def test_cross_validation_prefers_a_strong_l2_on_noise_and_a_weak_one_on_signal():
+    """Noise: nothing to learn, the strongest L2 (weights near 0) predicts best. Signal that
+    only a large weight can reach (the class is the small difference of two large, correlated
+    features): the weakest L2 wins, and held-out accuracy is high. A CV that ignored its
+    scores, or scored the training rows, would pick the same L2 for both."""
+    g = torch.Generator().manual_seed(1)
+    n = 60
+    y = torch.arange(n) % 2
+    noise = torch.randn(n, 200, generator=g)
+    base, diff = 3 * torch.randn(n, generator=g), torch.randn(n, generator=g)
+    signal = torch.cat([torch.stack([base + diff, base - diff], 1),
+                        torch.randn(n, 3, generator=g)], 1)
+    on_noise = head_fit.select_and_fit(noise, y, 2)
+    on_signal = head_fit.select_and_fit(signal, (diff > 0).long(), 2)
+    assert on_noise.l2 == max(head_fit.L2_GRID) and on_noise.best["cv_accuracy"] < 70
+    assert on_signal.l2 == min(head_fit.L2_GRID) and on_signal.best["cv_accuracy"] >= 85
+
+
+def test_cross_validation_never_sees_test_photos_and_the_refit_precedes_the_test(
+        photos, tmp_path, weights, monkeypatch):
+    """Spies on the solver and on the test measurement: cross-validation gets exactly the
+    train + validation features, no test photo's; the last fit is the refit on all of them,
+    and it happens before the single test measurement."""
+    from cnnlab.models.backbone_choice import frozen_features
+
+    events: list[tuple] = []
+    real_cv, real_fit, real_scores = (head_fit.cross_validate, head_fit.fit_linear,
+                                      finetune._scores)
+
+    def cv(x, y, *a, **kw):
+        events.append(("cv", x.clone()))
+        return real_cv(x, y, *a, **kw)
+
+    def fit(x, y, *a, **kw):
+        events.append(("fit", x.clone()))
+        return real_fit(x, y, *a, **kw)
+
+    def scores(logits, *a, **kw):
+        events.append(("test", len(logits)))
+        return real_scores(logits, *a, **kw)
+
+    monkeypatch.setattr(head_fit, "cross_validate", cv)
+    monkeypatch.setattr(head_fit, "fit_linear", fit)
+    monkeypatch.setattr(finetune, "_scores", scores)
+    r = train_default(photos, tmp_path / "run", weights)
+    assert r["head_fit"]["method"] == "lbfgs" and r["head_fit"]["parts"] == ["train", "val"]
+
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    root = photos.resolve()
+    paths = {part: [root / f for f, _ in split[part]] for part in ("train", "val", "test")}
+    assert not set(paths["test"]) & (set(paths["train"]) | set(paths["val"]))
+    feats = {part: frozen_features(BACKBONE, weights, paths[part], Reporter(quiet=True),
+                                   device="cpu", workers=0, draft=True).rows.double()
+             for part in paths}
+    seen = torch.cat([feats["train"], feats["val"]])
+    (_, cv_x), = [e for e in events if e[0] == "cv"]
+    assert torch.allclose(cv_x.double(), seen, atol=1e-6)
+    for row in feats["test"]:  # no test photo's features anywhere in the cross-validation
+        assert not (cv_x.double() - row).abs().max(1).values.lt(1e-6).any()
+    kinds = [e[0] for e in events]
+    assert kinds.count("test") == 1 and kinds[-1] == "test"
+    refit = events[-2]
+    assert refit[0] == "fit" and torch.allclose(refit[1].double(), seen, atol=1e-6)
+    assert all(len(e[1]) < len(seen) for e in events[1:-2])  # the CV fits: folds only
+
+
+def test_default_head_fit_resolution():
+    assert FinetuneConfig(data="x").head_fit == "lbfgs"
+    assert FinetuneConfig(data="x", epochs=30).head_fit == "epochs"  # as before
+    assert FinetuneConfig(data="x", lr=1e-2).head_fit == "epochs"
+    assert FinetuneConfig(data="x", augment=True).head_fit == "epochs"
+    assert FinetuneConfig(data="x", strategy="finetune").head_fit == "epochs"
+    tuned = FinetuneConfig(data="x", compare=True).for_strategy("finetune")
+    assert tuned.head_fit == "epochs"
+
+
+def test_fitted_head_run_outputs(photos, tmp_path, weights):
+    r = train_default(photos, tmp_path / "run", weights, report=True)
+    run = tmp_path / "run"
+    assert r["epochs_run"] == 0 and r["stopped"] == "converged" and r["selected"] == "fit"
+    assert r["val_accuracy"] is None  # validation photos were fitted on
+    assert r["settings"]["optimizer"] == "lbfgs" and r["settings"]["lr_head"] is None
+    assert r["head_fit"]["l2"] in head_fit.L2_GRID and len(r["head_fit"]["cv"]) == len(
+        head_fit.L2_GRID)
+    assert r["top1_error"] == 0.0  # three colours: separable
+    for name in ("model.safetensors", "predictions.csv", "report.md", "report.html"):
+        assert (run / name).is_file(), name
+    assert not (run / "curves.png").exists() and not (run / "last.json").exists()
+    assert "cross-validation" in (run / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------- --model auto
+
+WORSE = "timm/test_resnet"
+
+
+@pytest.fixture(scope="module")
+def useless_weights(tmp_path_factory):
+    """test_resnet with every weight and BatchNorm statistic zero: it maps every photo to the
+    same feature vector, so no head on it can beat chance."""
+    import timm
+
+    model = timm.create_model("test_resnet")
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    path = tmp_path_factory.mktemp("weights") / "test_resnet_zero.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_model_auto_picks_the_backbone_with_the_best_cross_validation(
+        photos, tmp_path, weights, useless_weights, monkeypatch):
+    from cnnlab.models import backbone_choice
+
+    # The useless backbone first: a choice by list order would take it.
+    monkeypatch.setattr(backbone_choice, "available_backbones",
+                        lambda: [(WORSE, useless_weights), (BACKBONE, weights)])
+    r = train_default(photos, tmp_path / "run", weights=None, backbone="auto", report=True)
+    rows = {row["backbone"]: row for row in r["backbone_choice"]}
+    assert r["backbone"] == BACKBONE and rows[BACKBONE]["chosen"] and not rows[WORSE]["chosen"]
+    assert rows[WORSE]["cv_log_loss"] == pytest.approx(math.log(3), abs=0.05)  # chance
+    assert rows[BACKBONE]["cv_log_loss"] < 0.5 * rows[WORSE]["cv_log_loss"]
+    assert all(row["photos"] == r["n_train"] + r["n_val"] for row in rows.values())  # no test
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["backbone"] == BACKBONE  # a resume uses the chosen one
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "--model auto" in html and WORSE in html and "<b>chosen</b>" in html
+    # Reversed order, same choice.
+    monkeypatch.setattr(backbone_choice, "available_backbones",
+                        lambda: [(BACKBONE, weights), (WORSE, useless_weights)])
+    again = train_default(photos, tmp_path / "run2", weights=None, backbone="auto")
+    assert again["backbone"] == BACKBONE
+
+
+def test_default_backbone_is_auto_only_with_several_here(photos, tmp_path, monkeypatch):
+    from cnnlab.models import backbone_choice
+
+    monkeypatch.setattr(backbone_choice, "available_backbones", lambda: [("efficientnet_lite0",
+                                                                          None)])
+    config = finetune.resolve_backbone(FinetuneConfig(data=str(photos)),
+                                       RunDir.create("finetune", tmp_path / "a"),
+                                       Reporter(quiet=True))
+    assert config.backbone == finetune.DEFAULT_BACKBONE
+    with pytest.raises(CnnlabError, match="--weights belongs to one backbone"):
+        finetune.resolve_backbone(FinetuneConfig(data=str(photos), backbone="auto",
+                                                 weights="w.pth"),
+                                  RunDir.create("finetune", tmp_path / "b"), Reporter(quiet=True))
+
+
+def train_default(data, out, weights, **kw) -> dict:
+    """A run with the new defaults (no --epochs): the L-BFGS head."""
+    settings = {"backbone": BACKBONE, "weights": str(weights) if weights else None,
+                "workers": 0, "report": False, **kw}
+    config = FinetuneConfig(data=str(data), **settings)
+    return finetune.run(config, RunDir.create("finetune", out), Reporter(quiet=True))

@@ -22,23 +22,36 @@ test set and validation is carved off train/, so that the photos scored at the e
 nothing: validation draws the curves and, with --keep best, chooses the epoch kept (by default
 the last epoch is kept). The split is saved as split.json in the run.
 
+Backbone (--model): by default, when the ImageNet weights of more than one backbone are on
+this machine (offline: EfficientNet-Lite0/1/2), `auto`: each one's frozen features of the
+training photos are scored by cross-validation and the best is kept (the table is in the
+report); with one backbone here, or with --weights, efficientnet_lite0.
+
 Strategies:
   freeze    only the new layer trains; the pretrained body is frozen (eval mode). Its features
-            are computed once, cached on disk ($CNNLAB_CACHE, default ~/.cache/cnnlab), and
-            each epoch then costs milliseconds; a re-run costs no backbone pass at all.
+            are computed once, cached on disk ($CNNLAB_CACHE, default ~/.cache/cnnlab), and a
+            re-run costs no backbone pass at all. By default (--head-fit lbfgs) the new layer is
+            logistic regression solved to convergence by full-batch L-BFGS, its L2 strength
+            chosen by stratified k-fold cross-validation on the train + validation photos, then
+            refitted on all of them before the one test measurement: no epochs, no learning
+            rate. --head-fit epochs (implied by --epochs or --lr) trains it for epochs instead,
+            as before (each epoch costs milliseconds).
   finetune  every layer trains, the body at a tenth of the head's learning rate; BatchNorm
             statistics stay the ImageNet ones (--bn frozen) unless --bn train.
   gradual   the head first, then the body unfrozen stage by stage from the top.
 --compare runs freeze and finetune on the same split and puts them side by side.
 
-Defaults (how they were chosen: BENCHMARKS.md, "finetune defaults"): AdamW, batch 32, label
-smoothing 0.1, weight decay 0.05, one warm-up epoch then a cosine to 0, and the last epoch's
-weights kept. freeze: lr 1e-3 (Adam's default, the lab's), 30 epochs, no augmentation;
-finetune: lr 1e-3 with the body at 1e-4, 15 epochs, random resized crop + flip; gradual: 20
-epochs. On hymenoptera and on 20- to 100-photo subsets of it, frozen-head accuracy moved by
-about one photo in 153 across lr 1e-3..1e-2 and 10..100 epochs, so the defaults need no tuning
-there; keeping the best validation epoch instead (--keep best) lost 0.6-1.3 points, because a
-few dozen validation photos rank epochs by noise. Not yet measured on thousands of photos.
+Test errors come with a Wilson 95% interval: with 24 test photos one photo is 4.2 points.
+
+Defaults of epoch training (how they were chosen: BENCHMARKS.md, "finetune defaults"): AdamW,
+batch 32, label smoothing 0.1, weight decay 0.05, one warm-up epoch then a cosine to 0, and the
+last epoch's weights kept. freeze --head-fit epochs: lr 1e-3 (Adam's default, the lab's), 30
+epochs, no augmentation; finetune: lr 1e-3 with the body at 1e-4, 15 epochs, random resized
+crop + flip; gradual: 20 epochs. On hymenoptera and on 20- to 100-photo subsets of it,
+frozen-head accuracy moved by about one photo in 153 across lr 1e-3..1e-2 and 10..100 epochs,
+so the defaults need no tuning there; keeping the best validation epoch instead (--keep best)
+lost 0.6-1.3 points, because a few dozen validation photos rank epochs by noise. Not yet
+measured on thousands of photos.
 
 The run directory holds split.json, metrics.jsonl, checkpoints (best, last), results.json (test
 top-1 and top-k error: k = 3 for up to 10 classes, else 5; per-class accuracy), predictions.csv,
@@ -53,8 +66,8 @@ Examples:
 """
 
 # Flags that shape a run (config fields of the same name).
-RUN_KEYS = ("backbone", "weights", "strategy", "compare", "epochs", "batch_size", "optimizer",
-            "lr", "body_lr_ratio", "weight_decay", "momentum", "warmup_epochs",
+RUN_KEYS = ("backbone", "weights", "strategy", "head_fit", "compare", "epochs", "batch_size",
+            "optimizer", "lr", "body_lr_ratio", "weight_decay", "momentum", "warmup_epochs",
             "label_smoothing", "augment", "keep", "early_stopping", "bn", "split",
             "val_fraction", "seed", "cache", "top_k", "workers", "draft", "precision",
             "time_limit", "device", "report")
@@ -80,11 +93,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", metavar="DATA", nargs="?", help="folder of labelled photos")
     p.add_argument("-m", "--backbone", "--model", dest="backbone", metavar="BACKBONE",
-                   help="pretrained ImageNet model (efficientnet_lite0); `cnnlab models "
-                   "--pretrained` lists those whose weights are here")
+                   help="pretrained ImageNet model, or auto: the best by cross-validation "
+                   "of those whose weights are here (auto when there are several, else "
+                   "efficientnet_lite0); `cnnlab models --pretrained` lists them")
     p.add_argument("--weights", metavar="FILE", help="the backbone's ImageNet weights file")
     p.add_argument("--strategy", choices=["freeze", "finetune", "gradual"],
                    help="what trains (freeze)")
+    p.add_argument("--head-fit", choices=["lbfgs", "epochs"],
+                   help="freeze: solve the head by L-BFGS with a cross-validated L2, or train "
+                   "it for epochs (lbfgs, unless --epochs, --lr, --augment or --no-cache)")
     p.add_argument("--compare", action="store_true", default=None,
                    help="run freeze and finetune on the same split, side by side")
     p.add_argument("--epochs", type=int, metavar="N",
@@ -172,17 +189,51 @@ def _pct(v) -> str:
 def print_results(results: dict, reporter) -> None:
     from cnnlab.tasks.finetune import compare_row
 
+    choice = results.get("backbone_choice")
+    if choice:
+        reporter.table(
+            ["backbone", "features", "CV folds", "CV accuracy", "CV log-loss", "time", ""],
+            [(c["backbone"], c["features"], c["folds"], _pct(c["cv_accuracy"]),
+              "-" if c["cv_log_loss"] is None else f"{c['cv_log_loss']:.3f}",
+              f"{c['seconds']:.1f} s", "chosen" if c.get("chosen") else "")
+             for c in choice],
+            title="--model auto: frozen features scored on the train + validation photos",
+            right_align=["features", "CV folds", "CV accuracy", "CV log-loss", "time"],
+        )
     rows = results.get("rows") or [compare_row(results["settings"]["strategy"], results)]
     k = rows[0]["top_k"]
     reporter.table(
-        ["strategy", "epochs (kept)", "train acc", "val acc", "test top-1 err",
+        ["strategy", "epochs (kept)", "train acc", "val acc", "test top-1 err (95% CI)",
          f"test top-{k} err", "time"],
-        [(r["strategy"], f"{r['epochs']} ({r['selected_epoch']})", _pct(r["train_accuracy"]),
-          _pct(r["val_accuracy"]), _pct(r["top1_error"]), _pct(r["topk_error"]),
+        [(r["strategy"], _epochs(r), _pct(r["train_accuracy"]), _val(r),
+          _with_interval(r["top1_error"], r.get("top1_interval")), _pct(r["topk_error"]),
           f"{r['seconds']:.1f} s") for r in rows],
-        right_align=["epochs (kept)", "train acc", "val acc", "test top-1 err",
+        right_align=["epochs (kept)", "train acc", "val acc", "test top-1 err (95% CI)",
                      f"test top-{k} err", "time"],
     )
     n_test = rows[0]["n_test"]
-    reporter.result(f"test: {n_test} photos that chose nothing; run directory: "
-                    f"{results['run_dir']}")
+    reporter.result(f"test: {n_test} photos that chose nothing; backbone "
+                    f"{results['backbone']}; run directory: {results['run_dir']}")
+
+
+def _epochs(row: dict) -> str:
+    if row.get("head_fit") == "lbfgs":
+        return "L-BFGS"
+    return f"{row['epochs']} ({row['selected_epoch']})"
+
+
+def _val(row: dict) -> str:
+    """Validation accuracy; for a head fitted on the validation photos, the cross-validated
+    accuracy instead (marked), since its validation accuracy is a training score."""
+    if row.get("head_fit") == "lbfgs" and row.get("cv_accuracy") is not None:
+        return f"{row['cv_accuracy']:.1f}% (CV)"
+    return _pct(row["val_accuracy"])
+
+
+def _with_interval(error, interval) -> str:
+    """'20.8% (9.2-40.5)': the error and its Wilson 95% interval, in percent."""
+    if error is None:
+        return "-"
+    if not interval:
+        return _pct(error)
+    return f"{error:.1f}% ({interval['low']:.1f}-{interval['high']:.1f})"

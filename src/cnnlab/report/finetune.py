@@ -63,10 +63,17 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
 
+def interval(v: dict | None) -> str:
+    """' (95% CI 9.2-40.5%, 5 of 24 wrong)': the Wilson interval results.json stores."""
+    if not v:
+        return ""
+    return (f" (95% CI {v['low']:.1f}-{v['high']:.1f}%, {v['wrong']} of {v['n']} wrong)")
+
+
 def _render(name: str, context: dict[str, Any]) -> str:
     from cnnlab.report.env import render, trusted
 
-    return render(name, pct=pct, trusted=trusted, **context)
+    return render(name, pct=pct, interval=interval, trusted=trusted, **context)
 
 
 def write_report(run_path: str | Path) -> tuple[Path, Path]:
@@ -76,8 +83,12 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
     records = run.read_metrics()
     classes = results["classes"]
     title = f"{results['backbone']}, {results['settings']['strategy']}"
-    curves = plot_epoch_curves(records, run.file("curves.png"), title=title,
-                               selected_epoch=results.get("selected_epoch"))
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    # A head solved by L-BFGS has no epochs, hence no curves: its cross-validation table
+    # (results.json "head_fit") takes their place.
+    curves = (plot_epoch_curves(records, run.file("curves.png"), title=title,
+                                selected_epoch=results.get("selected_epoch"))
+              if epochs else None)
     photos = read_predictions(run.file("predictions.csv"))
     matrix = confusion(photos, classes)
     conf = plot_confusion(matrix, classes, run.file("confusion.png"),
@@ -93,7 +104,6 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         (run.file("thumbs") / name).write_bytes(data)
         p.thumb_md = f"thumbs/{name}"
         p.thumb_uri = data_uri(data, "image/jpeg")
-    epochs = [r for r in records if r.get("kind") == "epoch"]
     context = {
         "r": results,
         "classes": classes,
@@ -101,9 +111,9 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         "wrong": wrong[:MAX_SHOWN_WRONG],
         "n_wrong": len(wrong),
         "epochs": epochs,
-        "curves_png": curves.name,
+        "curves_png": curves.name if curves else None,
         "confusion_png": conf.name,
-        "curves_uri": data_uri(curves),
+        "curves_uri": data_uri(curves) if curves else None,
         "confusion_uri": data_uri(conf),
     }
     md_path = run.write_text("report.md", _render("finetune.md.j2", context))

@@ -18,13 +18,26 @@ Steps:
 4. training on the shared engine (`engine.fit`: schedule, checkpoints, resume, early stopping,
    NaN guard, DDP); the last epoch's weights are kept (`keep="best"`: the epoch with the lowest
    validation loss);
-5. the test photos, which chose nothing, scored once: top-1 and top-k error, per-class accuracy,
+5. the test photos, which chose nothing, scored once: top-1 and top-k error with their Wilson
+   95% intervals (`analysis/binomial.py`), per-class accuracy,
    predictions.csv, model.safetensors + model.json for `cnnlab predict`, curves, confusion
    matrix and the report.
 
-Defaults (how they were chosen: BENCHMARKS.md, "finetune defaults"): AdamW, batch 32, label
-smoothing 0.1, weight decay 0.05, one warm-up epoch then a cosine to 0, the last epoch kept.
-freeze: head lr 1e-3, 30 epochs, no augmentation (cached features); finetune: head lr 1e-3 and
+Backbone: `--model auto` (the default when more than one backbone's ImageNet weights are on
+this machine) scores each one's frozen features by cross-validation on the training photos and
+keeps the best (`models/backbone_choice.py`); the table is in results.json and the report.
+
+freeze (the default), `head_fit="lbfgs"` (the default with the feature cache, no augmentation
+and no --epochs/--lr): the head is logistic regression on the cached features, solved to
+convergence by full-batch L-BFGS, its L2 strength chosen by stratified k-fold cross-validation
+on train + validation photos, then refitted on all of them (`models/head_fit.py`); validation
+photos have nothing else to choose there, so they are more training data. Then the test photos
+are scored once. No epochs, no checkpoints, no curves.
+
+Defaults of the epoch-trained heads (`head_fit="epochs"`; how they were chosen: BENCHMARKS.md,
+"finetune defaults"): AdamW, batch 32, label smoothing 0.1, weight decay 0.05, one warm-up
+epoch then a cosine to 0, the last epoch kept. freeze: head lr 1e-3, 30 epochs, no
+augmentation (cached features); finetune: head lr 1e-3 and
 body lr 1e-4 (a tenth: the body is already good, and large steps wreck it -- the lab's run of
 every layer at Adam's default rate ended at 16% train accuracy), 15 epochs, augmentation on,
 BatchNorm frozen; gradual: as finetune, 20 epochs, the body unfrozen in up to 3 steps after the
@@ -51,7 +64,9 @@ STRATEGIES = ("freeze", "finetune", "gradual")
 OPTIMIZERS = ("adamw", "sgd")
 BN_MODES = ("frozen", "train")
 KEEP = ("last", "best")
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = "efficientnet_lite0"  # with --weights, or when it is the only one here
+AUTO = "auto"  # --model auto: chosen by cross-validation among the backbones present
+HEAD_FITS = ("lbfgs", "epochs")
 # Per strategy: (epochs, augmentation). freeze trains a linear head on fixed features: 30 epochs
 # of cached features cost well under a second; finetune moves 3-5 M weights per step.
 STRATEGY_DEFAULTS = {"freeze": (30, False), "finetune": (15, True), "gradual": (20, True)}
@@ -62,9 +77,15 @@ COMPARED = ("freeze", "finetune")  # --compare: the lab's two experiments
 @dataclass(frozen=True)
 class FinetuneConfig:
     data: str  # folder: train/ (+ val/, test/) of class sub-folders, or class sub-folders
-    backbone: str = DEFAULT_BACKBONE
+    # None: "auto" when several backbones' weights are here and no --weights, else
+    # DEFAULT_BACKBONE (resolve_backbone); the run's config.json records the one used.
+    backbone: str | None = None
     weights: str | None = None  # explicit ImageNet weights file of the backbone
     strategy: str = "freeze"
+    # freeze: "lbfgs" fits the head to convergence with a cross-validated L2 (models/head_fit.py);
+    # "epochs" trains it with the engine as finetune does. None: lbfgs where it applies (feature
+    # cache, no augmentation) unless --epochs or --lr ask for epochs; resolved in __post_init__.
+    head_fit: str | None = None
     compare: bool = False  # run freeze and finetune on the same split, side by side
     epochs: int | None = None  # None: by strategy (STRATEGY_DEFAULTS)
     batch_size: int = 32  # photos per step (global, over all torchrun ranks)
@@ -101,6 +122,7 @@ class FinetuneConfig:
 
         if self.strategy not in STRATEGIES:
             raise CnnlabError(f"--strategy must be one of {', '.join(STRATEGIES)}")
+        self._resolve_head_fit()
         if self.optimizer not in OPTIMIZERS:
             raise CnnlabError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.keep not in KEEP:
@@ -134,6 +156,25 @@ class FinetuneConfig:
         if self.time_limit is not None and self.time_limit <= 0:
             raise CnnlabError("--time-limit must be positive (seconds)")
 
+    def _resolve_head_fit(self) -> None:
+        fits = self.strategy == "freeze" and self.cache and self.augment is not True
+        if self.head_fit is None:
+            chosen = "lbfgs" if fits and self.epochs is None and self.lr is None else "epochs"
+            object.__setattr__(self, "head_fit", chosen)
+            return
+        if self.head_fit not in HEAD_FITS:
+            raise CnnlabError(f"--head-fit must be one of {', '.join(HEAD_FITS)}")
+        if self.head_fit == "lbfgs" and not fits:
+            raise CnnlabError("--head-fit lbfgs needs --strategy freeze with the feature cache "
+                              "and no --augment")
+        if self.head_fit == "lbfgs" and (self.epochs is not None or self.lr is not None):
+            raise CnnlabError("--epochs and --lr apply to --head-fit epochs, not lbfgs")
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the head is solved by L-BFGS with cross-validation (no epochs)."""
+        return self.head_fit == "lbfgs"
+
     # Resolved defaults: properties, so config.json keeps what the user asked for (None) and
     # the run records the values it used (results.json "settings").
     @property
@@ -162,7 +203,8 @@ class FinetuneConfig:
         """This config for one strategy of --compare (its own epoch/augment defaults)."""
         from dataclasses import replace
 
-        return replace(self, strategy=strategy, compare=False)
+        return replace(self, strategy=strategy, compare=False,
+                       head_fit=self.head_fit if strategy == "freeze" else None)
 
 
 def top_k_for(n_classes: int, asked: int | None) -> int:
@@ -371,6 +413,35 @@ class _Trainer:
                 "val_accuracy": float((logits.argmax(1) == y).float().mean())}
 
 
+def fit_head(config: FinetuneConfig, prepared: Prepared, trainer: _Trainer, net,
+             reporter) -> dict[str, Any]:
+    """The frozen head solved on train + validation features (never the test ones): L2 by
+    cross-validation, then the refit on all of them, written into `net.head`."""
+    import torch
+
+    from cnnlab.models.head_fit import select_and_fit
+
+    start = time.perf_counter()
+    parts = ("train", "val")
+    x = torch.cat([prepared.features[p] for p in parts])
+    y = torch.cat([trainer.targets[p] for p in parts])
+    with _threads(1):
+        choice = select_and_fit(x, y, len(prepared.split.classes), seed=config.seed)
+    with torch.no_grad():
+        net.head.weight.copy_(choice.head.weight.to(net.head.weight))
+        net.head.bias.copy_(choice.head.bias.to(net.head.bias))
+        train_accuracy = float((choice.head.logits(x).argmax(1) == y).double().mean())
+    best = choice.best or {}
+    reporter.log(f"head: L-BFGS, L2 {choice.l2:.3g} chosen by {choice.folds}-fold "
+                 f"cross-validation on {len(y)} train + validation photos (accuracy "
+                 f"{best.get('cv_accuracy', float('nan')):.1f}%), refitted on all of them")
+    return {"method": "lbfgs", "parts": list(parts), "photos": len(y), "folds": choice.folds,
+            "l2": choice.l2, "cv_accuracy": best.get("cv_accuracy"),
+            "cv_log_loss": best.get("cv_log_loss"), "objective": choice.head.loss,
+            "iterations": choice.head.iterations, "train_accuracy": 100.0 * train_accuracy,
+            "cv": choice.table, "seconds": round(time.perf_counter() - start, 3)}
+
+
 def _train(config: FinetuneConfig, trainer: _Trainer, run_dir: RunDir, reporter, resume: bool):
     from cnnlab.engine import FitConfig, fit, warmup_cosine
 
@@ -416,6 +487,8 @@ def _threads(n: int | None):
 
 def _scores(logits, targets, classes: tuple[str, ...], k: int) -> dict[str, Any]:
     """Top-1 / top-k error (percent) and per-class accuracy of logits against targets."""
+    from cnnlab.analysis.binomial import error_interval
+
     n = len(targets)
     top = logits.topk(min(k, len(classes)), dim=1).indices
     hit1 = top[:, 0] == targets
@@ -435,6 +508,10 @@ def _scores(logits, targets, classes: tuple[str, ...], k: int) -> dict[str, Any]
         "topk_error": (100.0 * (1 - float(hitk.float().mean()))
                        if n and k < len(classes) else None),
         "per_class": per_class,
+        # Wilson 95% intervals: with 24 test photos one photo is 4.17 points.
+        "top1_interval": error_interval(n - int(hit1.sum()), n) if n else None,
+        "topk_interval": (error_interval(n - int(hitk.sum()), n)
+                          if n and k < len(classes) else None),
     }
 
 
@@ -486,9 +563,13 @@ def export_model(run_dir: RunDir, net, config: FinetuneConfig, classes, preproce
 
 def _settings(config: FinetuneConfig, net) -> dict[str, Any]:
     body_lr = config.lr_ * config.body_lr_ratio if config.strategy != "freeze" else None
+    epoch_only = None if config.fitted else True  # settings that a fitted head does not use
     return {
-        "strategy": config.strategy, "epochs": config.epochs_, "optimizer": config.optimizer,
-        "lr_head": config.lr_, "lr_body": body_lr, "batch_size": config.batch_size,
+        "strategy": config.strategy, "head_fit": config.head_fit,
+        "epochs": epoch_only and config.epochs_,
+        "optimizer": "lbfgs" if config.fitted else config.optimizer,
+        "lr_head": epoch_only and config.lr_, "lr_body": body_lr,
+        "batch_size": epoch_only and config.batch_size,
         "weight_decay": config.weight_decay, "label_smoothing": config.label_smoothing,
         "warmup_epochs": config.warmup_epochs, "augment": config.augment_,
         "early_stopping": config.early_stopping, "seed": config.seed,
@@ -523,9 +604,62 @@ def _load_split(config: FinetuneConfig, run_dir: RunDir, resume: bool):
 def run(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
         ) -> dict[str, Any] | None:
     """Train into `run_dir` (continue its `last` checkpoint when `resume`); results on rank 0."""
+    config = resolve_backbone(config, run_dir, reporter, resume)
     if config.compare:
         return run_compare(config, run_dir, reporter, resume)
     return _run_one(config, run_dir, reporter, resume, split_dir=run_dir)
+
+
+CHOICE_FILE = "backbone_choice.json"
+
+
+def resolve_backbone(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
+                     ) -> FinetuneConfig:
+    """The config with a concrete backbone: the one asked for; DEFAULT_BACKBONE when none was
+    and --weights was given or only one is here; else the best by cross-validation on the
+    training photos (written to backbone_choice.json, which a resumed run reads back)."""
+    from dataclasses import replace
+
+    from cnnlab.models.backbone_choice import available_backbones
+
+    if config.backbone not in (None, AUTO):
+        return config
+    if config.backbone == AUTO and config.weights is not None:
+        raise CnnlabError("--weights belongs to one backbone: give --model NAME with it")
+    if resume and run_dir.file(CHOICE_FILE).is_file():  # config.json has it; kept as a guard
+        return replace(config, backbone=run_dir.read_json(CHOICE_FILE)["chosen"])
+    candidates = available_backbones() if config.weights is None else []
+    if config.backbone is None and len(candidates) <= 1:
+        return replace(config, backbone=DEFAULT_BACKBONE)
+    if not candidates:
+        raise CnnlabError("--model auto: no backbone has ImageNet weights on this machine; "
+                          "`cnnlab models --pretrained` lists where they can come from")
+    chosen, rows = choose_backbone(config, candidates, run_dir, reporter)
+    run_dir.write_json(CHOICE_FILE, {"chosen": chosen, "rows": rows})
+    # The file that was scored is the file used (and recorded in config.json for a resume).
+    weights = next((w for name, w in candidates if name == chosen), None)
+    return replace(config, backbone=chosen, weights=None if weights is None else str(weights))
+
+
+def choose_backbone(config: FinetuneConfig, candidates, run_dir: RunDir, reporter
+                    ) -> tuple[str, list[dict[str, Any]]]:
+    """Score every candidate on the training side of the split (train + val), never test."""
+    from cnnlab import dist
+    from cnnlab.models.backbone_choice import best_of, score_backbones
+
+    split, _ = _load_split(config, run_dir, resume=False)
+    items = [it for p in ("train", "val") for it in split.part(p)]
+    targets = split.targets("train") + split.targets("val")
+    _, device = dist.init(config.device)
+    reporter.log(f"--model auto: scoring {len(candidates)} backbones by cross-validation on "
+                 f"{len(items)} train + validation photos")
+    rows = score_backbones(candidates, [it.path for it in items], targets, len(split.classes),
+                           reporter, seed=config.seed, device=device, workers=config.workers,
+                           draft=config.draft)
+    chosen = best_of(rows) or DEFAULT_BACKBONE
+    for r in rows:
+        r["chosen"] = r["backbone"] == chosen
+    return chosen, rows
 
 
 def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
@@ -573,13 +707,17 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
         split_dir.write_json("split.json", split.to_json())
 
     trainer = _Trainer(config, prepared, net, preprocess, device, info)
-    fit_result = _train(config, trainer, run_dir, reporter, resume)
+    head_fit, fit_result = None, None
+    if config.fitted:  # solved, not trained: the refit is done before any test photo is seen
+        head_fit = fit_head(config, prepared, trainer, net, reporter)
+        selected = "fit"
+    else:
+        from cnnlab import checkpoints
+        from cnnlab.engine import BEST, LAST, load_weights
 
-    from cnnlab import checkpoints
-    from cnnlab.engine import BEST, LAST, load_weights
-
-    selected = BEST if checkpoints.exists(run_dir.path, BEST) else LAST
-    load_weights(trainer.model, run_dir, selected)
+        fit_result = _train(config, trainer, run_dir, reporter, resume)
+        selected = BEST if checkpoints.exists(run_dir.path, BEST) else LAST
+        load_weights(trainer.model, run_dir, selected)
     net.eval()
     if not info.is_main:
         return None
@@ -588,9 +726,27 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     test_logits = trainer.logits("test")
     test_targets = trainer.targets["test"]
     scores = _scores(test_logits, test_targets, split.classes, k)
-    val_metrics = trainer.evaluate(trainer.model)
-    best_record = next((r for r in fit_result.history if r["epoch"] == fit_result.best_epoch),
-                       fit_result.last)
+    # A fitted head used the validation photos for fitting: its validation score would be a
+    # training score. Its honest estimate before the test is the cross-validated accuracy.
+    val_metrics = trainer.evaluate(trainer.model) if fit_result is not None else {}
+    if fit_result is not None:
+        best_record = next((r for r in fit_result.history
+                            if r["epoch"] == fit_result.best_epoch), fit_result.last)
+        train_accuracy = (100.0 * best_record["train_accuracy"]
+                          if "train_accuracy" in best_record else None)
+        epochs_run, stopped = fit_result.epochs_done, fit_result.stopped
+        selected_epoch = (fit_result.best_epoch if selected == "best"
+                          else fit_result.epochs_done)
+        train_seconds = fit_result.train_seconds
+    else:
+        train_accuracy = head_fit["train_accuracy"]
+        epochs_run, stopped, selected_epoch = 0, "converged", None
+        train_seconds = head_fit["seconds"]
+    choice = (split_dir.read_json(CHOICE_FILE) if split_dir.file(CHOICE_FILE).is_file()
+              else None)
+    # Counted in the first run that used it only (--compare: the freeze run).
+    first = split_dir is run_dir or config.strategy == "freeze"
+    choice_seconds = sum(r["seconds"] for r in choice["rows"]) if choice and first else 0.0
     export_model(run_dir, net, config, split.classes, preprocess, weights_file, selected)
     run_dir.write_text("predictions.csv", _predictions_csv(
         split.test, split.root, test_targets, test_logits, split.classes, max(k, 1)))
@@ -605,23 +761,28 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
         **split.counts(),
         "n_skipped": len(split.skipped),
         "settings": _settings(config, net),
-        "epochs_run": fit_result.epochs_done,
-        "stopped": fit_result.stopped,
-        "selected_epoch": fit_result.best_epoch if selected == BEST else fit_result.epochs_done,
+        "epochs_run": epochs_run,
+        "stopped": stopped,
+        "selected_epoch": selected_epoch,
         "selected": selected,
-        "train_accuracy": (100.0 * best_record["train_accuracy"]
-                           if "train_accuracy" in best_record else None),
+        "train_accuracy": train_accuracy,
         "val_accuracy": 100.0 * val_metrics["val_accuracy"] if val_metrics else None,
         "val_loss": val_metrics.get("val_loss"),
+        "head_fit": head_fit,
+        "backbone_choice": choice["rows"] if choice else None,
         "top1_error": scores["top1_error"],
+        "top1_interval": scores["top1_interval"],
         "top_k": k,
         "topk_error": scores["topk_error"],
+        "topk_interval": scores["topk_interval"],
         "test_accuracy": 100.0 - scores["top1_error"],
         "per_class_accuracy": scores["per_class"],
         "feature_cache": prepared.feature_info,
-        "seconds": {"prepare": round(prepared.seconds, 3),
-                    "train": round(fit_result.train_seconds, 3),
-                    "total": round(time.perf_counter() - start, 3)},
+        # total: end to end, the backbone choice of --model auto included (it ran first).
+        "seconds": {"choose_backbone": round(choice_seconds, 3),
+                    "prepare": round(prepared.seconds, 3),
+                    "train": round(train_seconds, 3),
+                    "total": round(time.perf_counter() - start + choice_seconds, 3)},
         "skipped": [{"file": s.path, "reason": s.reason} for s in split.skipped],
         "device": str(device),
         "world_size": info.world_size,
@@ -660,8 +821,10 @@ def run_compare(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool 
     if not info.is_main:
         return None
     rows = [compare_row(s, r) for s, r in runs.items()]
+    choice = run_dir.read_json(CHOICE_FILE) if run_dir.file(CHOICE_FILE).is_file() else None
     results = {"schema": SCHEMA + "+compare", "data": runs["freeze"]["data"],
                "backbone": runs["freeze"]["backbone"], "rows": rows,
+               "backbone_choice": choice["rows"] if choice else None,
                "runs": {s: r["run_dir"] for s, r in runs.items()}}
     run_dir.save_results(results)
     if config.report:
@@ -676,5 +839,7 @@ def compare_row(strategy: str, r: dict[str, Any]) -> dict[str, Any]:
     return {"strategy": strategy, "epochs": r["epochs_run"], "selected_epoch":
             r["selected_epoch"], "train_accuracy": r["train_accuracy"],
             "val_accuracy": r["val_accuracy"], "top1_error": r["top1_error"],
+            "top1_interval": r.get("top1_interval"), "head_fit": r["settings"].get("head_fit"),
+            "cv_accuracy": (r.get("head_fit") or {}).get("cv_accuracy"),
             "top_k": r["top_k"], "topk_error": r["topk_error"],
             "seconds": r["seconds"]["total"], "n_test": r["n_test"]}

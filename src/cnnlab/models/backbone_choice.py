@@ -1,0 +1,92 @@
+"""`--model auto`: choose the backbone by the data, not by a default.
+
+Every registered model whose ImageNet weights are on this machine right now (`locate`: an
+explicit hub-cache file or a pip package, never a download) is a candidate. Each one's frozen
+features of the training photos are computed once (and cached: `models/features.py`, the same
+cache key the run itself uses, so the winner's features are not computed twice), and scored by
+the cross-validated log-loss of the linear head fitted on them (`models/head_fit.py`). The
+backbone with the lowest wins. Log-loss rather than accuracy: on ~100 photos accuracy moves in
+steps of one photo and ties often, the log-loss separates backbones whose errors are equal.
+Only photos that chose the split's training side (train + validation) are ever seen here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def available_backbones() -> list[tuple[str, Path]]:
+    """(name, weights file) of every registered model with ImageNet weights on disk now."""
+    from cnnlab.models.pretrained import locate
+    from cnnlab.models.registry import list_models
+
+    found = []
+    for spec in list_models():
+        if spec.pretrained is None:
+            continue
+        where = locate(spec.pretrained)
+        if where.path is not None:
+            found.append((spec.name, where.path))
+    return found
+
+
+def frozen_features(name: str, weights: str | Path | None, paths: Sequence[Path], reporter, *,
+                    device, workers: int, draft: bool):
+    """The frozen body's features of `paths` (the run's cache and key), and its preprocessing."""
+    from cnnlab.models.features import FeatureCache, compute_features, feature_key, file_digest
+    from cnnlab.models.registry import create_pretrained
+    from cnnlab.models.transfer import TransferModel
+
+    model, preprocess, path = create_pretrained(name, weights)
+    body = TransferModel.from_pretrained(model, 2).body  # the body only: any head will do
+    key = feature_key(name, file_digest(path), preprocess, draft)
+    cache = FeatureCache(key, describe={"backbone": name, "weights": str(path),
+                                        "preprocess": preprocess.__dict__, "draft": draft})
+    return compute_features(body, paths, preprocess, cache, reporter, batch_size=32,
+                            workers=workers, draft=draft, device=device,
+                            label=f"features of {name}")
+
+
+def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequence[Path],
+                    targets: Sequence[int], n_classes: int, reporter, *, seed: int = 0,
+                    device="cpu", workers: int = 2, draft: bool = True) -> list[dict[str, Any]]:
+    """One row per candidate: its cross-validated head's log-loss and accuracy on `paths`."""
+    from cnnlab.models.head_fit import cross_validate, n_folds
+
+    rows = []
+    for name, weights in candidates:
+        start = time.perf_counter()
+        feats = frozen_features(name, weights, paths, reporter, device=device,
+                                workers=workers, draft=draft)
+        keep = [i for i, p in enumerate(paths) if p not in feats.bad]
+        y = torch.tensor([targets[i] for i in keep], dtype=torch.long)
+        folds = n_folds(y)
+        table = cross_validate(feats.rows, y, n_classes, folds, seed) if folds else []
+        best = min(table, key=lambda r: r["cv_log_loss"]) if table else {}
+        rows.append({"backbone": name, "features": int(feats.rows.shape[1]),
+                     "photos": len(keep), "folds": folds, "l2": best.get("l2"),
+                     "cv_log_loss": best.get("cv_log_loss"),
+                     "cv_accuracy": best.get("cv_accuracy"),
+                     "seconds": round(time.perf_counter() - start, 3)})
+        reporter.log(f"backbone {name}: cross-validated accuracy "
+                     f"{_pct(best.get('cv_accuracy'))}, log-loss {_num(best.get('cv_log_loss'))}")
+    return rows
+
+
+def best_of(rows: list[dict[str, Any]]) -> str | None:
+    """The backbone with the lowest cross-validated log-loss; None when none could be scored."""
+    scored = [r for r in rows if r["cv_log_loss"] is not None]
+    return min(scored, key=lambda r: r["cv_log_loss"])["backbone"] if scored else None
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
