@@ -26,8 +26,9 @@ from torch.nn import functional as F
 
 # L2 strengths tried, per unit of mean cross-entropy on standardised features: 1e-4 (nearly the
 # separating hyperplane; with D >> n the training loss still goes near 0) to 1 (weights held
-# near zero). Half-decade steps: finer steps move CV scores by less than one photo's noise.
-L2_GRID = tuple(10.0 ** (e / 2) for e in range(-8, 1))
+# near zero). Decade steps: on 80-100 photos of Lite0 features, half-decade steps moved the CV
+# accuracy of the chosen l2 by under one photo, and cost twice the fits (~30 ms each).
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 MAX_FOLDS = 5  # k of k-fold; fewer when the smallest class has fewer photos
 MAX_ITER = 500  # L-BFGS iterations per fit; the fits here converge in 20-200
 
@@ -70,9 +71,20 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
     # A feature constant over these rows carries nothing: scale 1 keeps it at 0, not NaN.
     std = x.std(0, correction=0).clamp_min(1e-6) if standardize else torch.ones_like(mean)
     xs = (x - mean) / std
-    w = torch.zeros(n_classes, x.shape[1], dtype=x.dtype)
+    # With fewer photos than features (the few-shot case: 100 x 1280), the optimal weights lie
+    # in the span of the rows (any component orthogonal to them changes no logit and only adds
+    # penalty), so the problem is solved exactly in that r <= n dimensional span: xs = U S Vh,
+    # z = U S, w = w_z Vh. Same objective, same optimum, ~D/n times cheaper iterations.
+    basis = None
+    if xs.shape[0] < xs.shape[1]:
+        u, sv, basis = torch.linalg.svd(xs, full_matrices=False)
+        keep = sv > sv.max() * 1e-10 if len(sv) else sv > 0
+        xs, basis = u[:, keep] * sv[keep], basis[keep]
+    w = torch.zeros(n_classes, xs.shape[1], dtype=x.dtype)
     b = torch.zeros(n_classes, dtype=x.dtype)
-    if init is not None:  # warm start from the neighbouring l2 of a path (standardised space)
+    if init is not None and basis is not None:  # warm start, projected onto this span
+        w, b = init[0] @ basis.T, init[1].clone()
+    elif init is not None:
         w, b = init[0].clone(), init[1].clone()
     w.requires_grad_(True)
     b.requires_grad_(True)
@@ -90,6 +102,8 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
     w, b = w.detach(), b.detach()
     with torch.no_grad():
         loss = float(objective(w, b, xs, y, l2))
+    if basis is not None:  # back to one weight per (standardised) feature
+        w = w @ basis
     iterations = opt.state[opt._params[0]].get("n_iter", 0)
     head = LinearHead(w / std, b - (w / std) @ mean, loss, iterations)
     head.standardized = (w, b)  # type: ignore[attr-defined]  # for warm starts
