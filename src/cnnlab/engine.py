@@ -169,6 +169,42 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
+def seconds_per_step(model: nn.Module, make_optimizer: Callable[[nn.Module], Any],
+                     batches: Callable[[int], Iterable], loss_fn: nn.Module, precision: str,
+                     device: torch.device, steps: int = 3, warmup: int = 2) -> float:
+    """What one optimiser step costs on this machine: `warmup` untimed steps (oneDNN picks its
+    kernels on the first calls), then the mean of `steps` timed ones, on a copy of `model` with
+    a fresh optimiser and the first batches of epoch 0. For fitting a run to a time budget;
+    the model and every RNG are left as they were, so the run itself is unchanged."""
+    import copy
+
+    state = _rng_state()
+    m = copy.deepcopy(model).train()
+    opt = make_optimizer(m)
+    it = iter(batches(0))
+    start = 0.0
+    try:
+        for i in range(warmup + steps):
+            if i == warmup:
+                start = time.perf_counter()
+            try:
+                x, y = next(it)
+            except StopIteration:  # an epoch shorter than the timing: start it again
+                it = iter(batches(0))
+                x, y = next(it)
+            x, y = x.to(device), y.to(device)
+            with _autocast(precision, device):
+                loss = loss_fn(m(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / steps
+    finally:
+        _set_rng_state(state)
+
+
 def _autocast(precision: str, device: torch.device):
     import contextlib
 

@@ -40,10 +40,12 @@ Examples:
   cnnlab train ../shared/data/cifar10/cifar10-jpg.zip
   cnnlab train DATA -m simple-cnn -m resnet18 --recipe lab
   cnnlab train DATA -m simple-cnn -m resnet18-cifar -m fast-cifar --seeds 3 --epochs 10
+  cnnlab train DATA -m simple-cnn -m resnet18 -m fast-cifar --seeds 3 --budget 6   # 40 s each
 """
 
 KEYS = ("epochs", "batch_size", "lr", "seeds", "seed", "precision", "limit_per_class",
-        "val_fraction", "time_limit", "eval_every", "threads", "device", "deterministic")
+        "val_fraction", "time_limit", "budget", "eval_every", "threads", "device",
+        "deterministic")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +70,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "validation accuracy is the one tested (results.json: tested_epoch)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="per (model, seed): stop after the epoch that passes it")
+    p.add_argument("--budget", type=float, metavar="MINUTES",
+                   help="minutes for the whole run (training and test of every model and "
+                        "seed, shared equally): each times a few steps here and trains as "
+                        "many as fit, its schedule stretched over them (not with --epochs)")
     p.add_argument("--eval-every", type=int, metavar="N",
                    help="epochs between the curves' test-accuracy points (1)")
     p.add_argument("--threads", type=int, help="torch CPU threads")

@@ -205,15 +205,22 @@ def _finetune(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
 
 
 def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    from cnnlab.analysis import stats
+
+    budget = r["models"][0].get("budget_seconds")
     s.tables.append(Table(
-        ["model", "recipe", "lr", "test accuracy", "seeds", "parameters", "MACs", "epochs",
-         "train s", "images/s"],
+        ["model", "recipe", "lr", "test accuracy", "seeds", "parameters", "MACs",
+         "epochs trained", "train s", "images/s"],
         [[m["model"], m["recipe"], "-" if m.get("lr") is None else f"{m['lr']:g}",
           f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
-          _n(m["params"]), _si(m["macs"] or 0), m["epochs"], f"{m['train_seconds']:.0f}",
+          _n(m["params"]), _si(m["macs"] or 0),
+          f"{m.get('epochs_trained', m['epochs']):.2f}", f"{m['train_seconds']:.0f}",
           f"{m['images_per_second']:.0f}"] for m in r["models"]],
         f"{r['n_train']:,} training and {r['n_test']:,} test images; the same recipe for every "
-        "model, its learning rate set by the kind of network (recipes.py)",
+        "model, its learning rate set by the kind of network (recipes.py); "
+        + (f"the same budget for every model and seed: {budget:.0f} s of training and test, "
+           "the steps fitted to it by timing a few on this machine; " if budget else "")
+        + "test accuracy: mean ± sample std over seeds",
         numeric=(2, 3, 4, 5, 6, 7, 8, 9)))
     fig = figure(lab_dir, f"{step_dir}/curves.png", "train loss and test accuracy per epoch")
     if fig:
@@ -221,6 +228,19 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     best = max(r["models"], key=lambda m: m["test_accuracy_mean"])
     s.notes.append(f"cnnlab: best here {best['model']}, {best['test_accuracy_mean']:.1f}% test "
                    f"accuracy in {best['train_seconds']:.0f} s of training.")
+    acc = {}
+    for run in r.get("runs", []):
+        acc.setdefault(run["model"], []).append(100 * run["test_accuracy"])
+    if "simple-cnn" in acc and "resnet18" in acc:  # the lab's own question, with its noise
+        gap = stats.difference(acc["resnet18"], acc["simple-cnn"])
+        if gap is None:
+            s.notes.append("ResNet-18 against the plain CNN: one seed each, no interval.")
+        else:
+            word = {1: "ResNet-18 is better", -1: "the plain CNN is better",
+                    0: "undecided: the interval holds zero"}[gap.sign()]
+            s.notes.append(f"ResNet-18 minus the plain CNN: {gap.text()} over "
+                           f"{min(gap.n)}+ seeds: {word}"
+                           + (f", at an equal budget of {budget:.0f} s." if budget else "."))
 
 
 def _experiments(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:

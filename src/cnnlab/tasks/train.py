@@ -78,6 +78,10 @@ class TrainConfig:
     test_curve: bool = True
     val_fraction: float = 0.0  # share of train held out as validation (its best epoch is tested)
     time_limit: float | None = None  # seconds per (model, seed); stops after the epoch that ends
+    # Minutes for the whole run (every model and seed, training and final test), shared
+    # equally: each (model, seed) times a few of its steps on this machine and trains as many
+    # as fit its share, its schedule stretched over them (instead of --epochs).
+    budget: float | None = None
     eval_every: int = 1  # epochs between the test-accuracy points of the curves
     threads: int | None = None  # torch CPU threads (default: torch's, i.e. the cores)
     device: str = "auto"
@@ -135,6 +139,10 @@ class TrainConfig:
             raise CnnlabError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise CnnlabError("--time-limit must be positive (seconds)")
+        if self.budget is not None and self.budget <= 0:
+            raise CnnlabError(f"--budget must be positive (minutes), not {self.budget}")
+        if self.budget is not None and self.epochs is not None:
+            raise CnnlabError("give --epochs or --budget, not both (a budget sets the steps)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
 
@@ -346,6 +354,17 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
                             augment=augment, mean=mean, std=std, rank=info.rank,
                             world_size=info.world_size)
 
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    budget = None
+    if config.budget:
+        budget = _budget_plan(config, recipe, model, batches, loss_fn, precision, device,
+                              steps_per_epoch, data, run_dir, resume)
+        total_steps = budget["steps"]
+        reporter.log(f"{model_name} seed {seed}: {budget['seconds']:.0f} s of the budget; one "
+                     f"step takes {budget['seconds_per_step']:.3f} s here, so {total_steps} "
+                     f"steps ({total_steps / steps_per_epoch:.2f} epochs)")
+    epochs = total_steps / steps_per_epoch if budget else recipe.epochs
+
     train_eval_idx = None
     if config.train_eval:
         from cnnlab.data.cifar import stratified_indices
@@ -385,8 +404,11 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     if lookahead is not None:
         extra = (lookahead.state_dict, lookahead.load_state_dict)
     fit_cfg = FitConfig(
-        epochs=math.ceil(recipe.epochs), max_steps=total_steps, seed=seed, precision=precision,
-        monitor="val_accuracy", time_limit=config.time_limit, eval_every=config.eval_every,
+        epochs=math.ceil(epochs), max_steps=total_steps, seed=seed, precision=precision,
+        monitor="val_accuracy",
+        # With a budget, its share is also a hard stop (checked after each epoch).
+        time_limit=config.time_limit or (budget["seconds"] if budget else None),
+        eval_every=config.eval_every,
         deterministic=config.deterministic,
         log_every=max(1, steps_per_epoch // 4),
     )
@@ -395,7 +417,6 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
                              "recipe": recipe})
         run_dir.save_environment(seed=seed, device=str(device), precision=precision,
                                  precision_reason=why)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     result = fit(model, optimizer, batches, steps_per_epoch, fit_cfg, run_dir, reporter,
                  loss_fn=loss_fn, evaluate=evaluate, lr_schedule=recipes.lr_lambda(
                      recipe.schedule, total_steps), after_step=after_step,
@@ -431,6 +452,8 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
         "best_val_accuracy": result.best_metric, "best_epoch": result.best_epoch,
         "epochs": result.epochs_done, "steps": result.steps, "stopped": result.stopped,
         "train_seconds": result.train_seconds, "eval_seconds": eval_seconds,
+        "budget_seconds": budget["seconds"] if budget else None,
+        "planned_steps": total_steps,
         "images_per_second": images / result.train_seconds if result.train_seconds else None,
         "params": count_parameters(model), "precision": precision,
         "precision_reason": why, "n_train": n_train,
@@ -449,6 +472,63 @@ def _tested_checkpoint(config: TrainConfig, data, result) -> tuple[int, str]:
     if config.test and data.val_x is not None and result.best_epoch is not None:
         return int(result.best_epoch), "best"
     return result.epochs_done, "last"
+
+
+BUDGET_MARGIN = 0.9  # plan for 90% of a budget: the timing of a few steps is not exact
+TTA_PASSES = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per test image
+
+
+def budget_steps(seconds: float, step_seconds: float, batch_size: int, steps_per_epoch: int,
+                 eval_images: int, eval_every: int, test_images: int, test_passes: int,
+                 margin: float = BUDGET_MARGIN) -> int:
+    """The optimiser steps that fit in `seconds` with the evaluations they bring: the final
+    test (`test_images` x `test_passes` forward passes) and one evaluation of `eval_images`
+    every `eval_every` epochs. A forward pass of one image costs about a third of its share of
+    a training step (forward, and a backward pass of about twice the forward's arithmetic).
+    Pure: the same timings give the same plan (tested)."""
+    def fit(seconds_left: float) -> int:  # 1e-9: 27.0 / 0.1 is 269.99999999999997 in floats
+        return max(1, math.floor(seconds_left / step_seconds + 1e-9))
+
+    forward = step_seconds / batch_size / 3
+    available = seconds * margin - test_images * test_passes * forward
+    steps = fit(available)
+    for _ in range(3):  # the evaluations depend on the epochs, which depend on the steps
+        evals = math.ceil(steps / (steps_per_epoch * eval_every))
+        steps = fit(available - evals * eval_images * forward)
+    return steps
+
+
+def budget_share(config: TrainConfig) -> float:
+    """Seconds of the budget for each (model, seed)."""
+    return 60 * config.budget / (len(config.models) * config.seeds)
+
+
+def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn, precision,
+                 device, steps_per_epoch: int, data, run_dir: RunDir, resume: bool
+                 ) -> dict[str, Any]:
+    """Time a few steps, plan the steps that fit this (model, seed)'s share; the plan is kept
+    in the run directory so that a resumed run keeps its schedule."""
+    from cnnlab import dist, recipes
+    from cnnlab.engine import seconds_per_step
+
+    if resume and run_dir.file("budget.json").is_file():
+        return run_dir.read_json("budget.json")
+    share = budget_share(config)
+    step_s = seconds_per_step(model, lambda m: recipes.make_optimizer(recipe, m), batches,
+                              loss_fn, precision, device)
+    info = dist.from_env()
+    if info.enabled:  # every rank must plan the same steps: the mean of their timings
+        step_s = float(dist.all_reduce_sum(torch.tensor([step_s], dtype=torch.float64,
+                                                        device=device))) / info.world_size
+    eval_images = (config.train_eval + (len(data.test_y) if config.test_curve else 0)
+                   + (0 if data.val_y is None else len(data.val_y)))
+    steps = budget_steps(share, step_s, recipe.batch_size, steps_per_epoch, eval_images,
+                         config.eval_every, len(data.test_y) if config.test else 0,
+                         TTA_PASSES[recipe.tta])
+    plan = {"seconds": share, "seconds_per_step": step_s, "steps": steps}
+    if info.is_main:
+        run_dir.write_json("budget.json", plan)
+    return plan
 
 
 def macs_of(model_name: str, options: dict[str, Any], shape: tuple[int, ...]) -> int:
@@ -483,6 +563,11 @@ def summarise(rows: list[dict[str, Any]], macs: dict[str, int]) -> list[dict[str
             "train_seconds": statistics.fmean(r["train_seconds"] for r in mine),
             "images_per_second": statistics.fmean(r["images_per_second"] or 0 for r in mine),
             "epochs": mine[0]["epochs"], "precision": mine[0]["precision"],
+            # With --budget: each (model, seed)'s share, and the steps it fitted in (mean).
+            "budget_seconds": mine[0].get("budget_seconds"),
+            "steps": statistics.fmean(r["steps"] for r in mine),
+            "epochs_trained": statistics.fmean(r["steps"] * r["batch_size"] / r["n_train"]
+                                               for r in mine),
         })
     return out
 

@@ -1,0 +1,67 @@
+"""`cnnlab train --budget`: the plan from timings (pure, by hand), a real run that keeps to its
+budget, and the lab's train step on equal terms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks import lab, train
+
+
+def test_budget_steps_by_hand():
+    # 30 s at 0.1 s a step, batch 100: a forward pass is 0.1 / 100 / 3 s per image.
+    # No evaluation: 30 * 0.9 / 0.1 = 270 steps.
+    assert train.budget_steps(30, 0.1, 100, 50, 0, 1, 0, 1) == 270
+    # The final test, 10,000 images x 6 TTA passes: 60,000 / 3,000 = 20 s of the 27 left,
+    # 7 s for training: 70 steps.
+    assert train.budget_steps(30, 0.1, 100, 50, 0, 1, 10_000, 6) == 70
+    # An evaluation of 3,000 images (1 s) after every epoch of 50 steps: 270 steps would be 6
+    # epochs (6 s of evaluation) -> 210 steps, 5 epochs -> 220, 5 epochs -> 220.
+    assert train.budget_steps(30, 0.1, 100, 50, 3_000, 1, 0, 1) == 220
+    # The same timings, the same plan; a budget too small for one step still trains one.
+    assert train.budget_steps(30, 0.1, 100, 50, 3_000, 1, 0, 1) == 220
+    assert train.budget_steps(0.05, 0.1, 100, 50, 0, 1, 0, 1) == 1
+
+
+def test_budget_share_and_bad_budgets():
+    cfg = train.TrainConfig(data="d", models=("simple-cnn", "fast-cifar"), seeds=3, budget=2)
+    assert train.budget_share(cfg) == pytest.approx(20.0)  # 120 s over 6 (model, seed) runs
+    with pytest.raises(CnnlabError, match="not both"):
+        train.TrainConfig(data="d", budget=1, epochs=2)
+    with pytest.raises(CnnlabError, match="positive"):
+        train.TrainConfig(data="d", budget=0)
+
+
+def test_lab_train_step_gives_every_model_the_same_budget_and_seeds():
+    plan = lab.plan_train(lab.LabConfig(data_root="../shared/data"))
+    cfg = plan.config
+    assert cfg.budget == lab.TRAIN_MINUTES and cfg.seeds == 3 and cfg.epochs is None
+    assert cfg.models == lab.TRAIN_MODELS
+    assert f"--budget {lab.TRAIN_MINUTES:g}" in plan.command and "--seeds 3" in plan.command
+
+
+@pytest.mark.slow
+def test_budget_run_keeps_to_its_share_and_records_it(shared_data, tmp_path, monkeypatch):
+    """Two models, 0.4 minutes: 12 s per model, measured on this machine. The margin: training
+    plus the final test within 1.5x the share (the plan aims at 90%; a busy machine may slow
+    the run after its timing)."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data = shared_data("cifar10", "cifar10-jpg.zip")
+    out = tmp_path / "run"
+    assert main(["train", str(data), "-m", "simple-cnn", "-m", "plain-cnn",
+                 "--limit-per-class", "100", "--batch-size", "100", "--budget", "0.4",
+                 "--no-report",
+                 "--out", str(out), "-q"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for m in res["models"]:
+        assert m["budget_seconds"] == pytest.approx(12.0)
+    for r in res["runs"]:
+        plan = json.loads((Path(out) / f"{r['model']}-seed0" / "budget.json").read_text())
+        assert r["steps"] == r["planned_steps"] == plan["steps"] >= 1
+        assert r["stopped"] == "completed"
+        assert r["train_seconds"] + r["eval_seconds"] <= 1.5 * 12.0
