@@ -170,3 +170,29 @@ def test_concepts_step_shows_weight_sharing_on_a_photo(shared_data, tmp_path):
         assert (f"| {d['kind']} | {d['unaligned']:.3g} | {d['difference']:.2g} | "
                 f"{d['max_difference']:.2g} |") in md
     assert "(concepts/shift_demo.png)" in md and (out / "concepts" / "shift_demo.png").is_file()
+
+
+def test_lab_prints_its_estimate_and_the_overall_bar_advances_by_the_estimates(tmp_path,
+                                                                               capsys):
+    from cnnlab.progress import Overall, Reporter
+    from cnnlab.tasks.lab import STEPS
+
+    out = tmp_path / "lab"
+    assert main(["lab", "--out", str(out), *FAST]) == 0
+    err = capsys.readouterr().err
+    by = {s.name: s for s in STEPS}
+    total = sum(by[n].seconds for n in FAST[1:])
+    assert "estimated time" in err and f"; {total:.0f} s in all" in err
+
+    class Bar:  # records what the display is told
+        def __init__(self):
+            self.calls = []
+
+        def update(self, task, **kw):
+            self.calls.append(kw)
+
+    bar = Bar()
+    display = Overall(Reporter(quiet=True), "lab", 3, bar, 0, [2.0, 800.0, 5.0])
+    for k, name in enumerate(("a", "b", "c"), start=1):
+        display.step(k, name)
+    assert [c["completed"] for c in bar.calls] == [0.0, 2.0, 802.0]

@@ -23,6 +23,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -108,16 +109,21 @@ class Reporter:
         self.log(f"{description}: {done} {unit} in {elapsed:.1f} s")
 
     @contextmanager
-    def overall(self, description: str, total: int) -> Iterator[Overall]:
+    def overall(self, description: str, total: int,
+                estimates: Sequence[float] | None = None) -> Iterator[Overall]:
         """One display for work made of `total` steps; `Overall.step` gives each step its
-        reporter. On a terminal the display lasts as long as this context."""
+        reporter. On a terminal the display lasts as long as this context. With `estimates`
+        (seconds per step) the bar advances by each finished step's estimate, so its
+        time-remaining column comes from the estimates of the steps left (scaled by how the
+        finished ones compared with theirs), not from a count of steps of 2 s and 800 s."""
+        weights = list(estimates) if estimates else [1.0] * total
         if self.quiet or not self.interactive:
-            yield Overall(self, description, total, None, None)
+            yield Overall(self, description, total, None, None, weights)
             return
-        with Progress(*_columns(), console=self.err_console) as bar:
-            task = bar.add_task(description, total=total)
-            yield Overall(self, description, total, bar, task)
-            bar.update(task, completed=total)
+        with Progress(*_overall_columns(), console=self.err_console) as bar:
+            task = bar.add_task(description, total=sum(weights))
+            yield Overall(self, description, total, bar, task, weights)
+            bar.update(task, completed=sum(weights))
 
     def table(
         self,
@@ -147,10 +153,11 @@ class Overall:
     total: int
     bar: Progress | None
     task: Any
+    weights: list[float] = field(default_factory=list)  # estimated seconds per step
 
     def step(self, k: int, name: str) -> Reporter:
         if self.bar is not None:
-            self.bar.update(self.task, completed=k - 1,
+            self.bar.update(self.task, completed=sum(self.weights[: k - 1]),
                             description=f"{self.description} {k}/{self.total}: {name}")
         return replace(self.parent, prefix=f"[{self.description} {k}/{self.total} {name}] ",
                        live=self.bar)
@@ -158,4 +165,10 @@ class Overall:
 
 def _columns() -> list[Any]:
     return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn()]
+
+
+def _overall_columns() -> list[Any]:
+    """The overall bar counts estimated seconds, so it shows a percentage, not 'M of N'."""
+    return [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
             TimeElapsedColumn(), TimeRemainingColumn()]

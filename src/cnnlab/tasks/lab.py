@@ -91,6 +91,13 @@ class Step:
     name: str
     title: str
     plan: Callable[[LabConfig], Plan]
+    # Seconds the step took on the 2-core Xeon (2026-12-02, BENCHMARKS.md), full and --quick,
+    # with empty caches: the estimate printed before the lab starts and the overall bar's ETA.
+    seconds: float = 1.0
+    quick_seconds: float = 1.0
+
+    def estimate(self, config: LabConfig) -> float:
+        return self.quick_seconds if config.quick else self.seconds
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -243,15 +250,20 @@ def plan_experiments(cfg: LabConfig) -> Plan:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("concepts", "Concepts in numbers: local connectivity and weight sharing", plan_concepts),
-    Step("alexnet", "AlexNet's parameters, and the ResNet family", plan_alexnet),
-    Step("alexnet-groups", "AlexNet as published, on two GPUs (groups=2)", plan_alexnet_groups),
-    Step("evaluate", "Pretrained CNNs on ImageNet photos", plan_evaluate),
-    Step("finetune", "Transfer learning: freeze the body or fine-tune it all", plan_finetune),
-    Step("train", "Plain CNN against ResNet on CIFAR-10", plan_train),
-    Step("charrnn", "A character RNN learns hello, green, start", plan_charrnn),
+    Step("concepts", "Concepts in numbers: local connectivity and weight sharing", plan_concepts,
+         3, 3),
+    Step("alexnet", "AlexNet's parameters, and the ResNet family", plan_alexnet, 2, 2),
+    Step("alexnet-groups", "AlexNet as published, on two GPUs (groups=2)", plan_alexnet_groups,
+         1, 1),
+    Step("evaluate", "Pretrained CNNs on ImageNet photos", plan_evaluate, 30, 15),
+    Step("finetune", "Transfer learning: freeze the body or fine-tune it all", plan_finetune,
+         300, 40),
+    # 20 s to decode CIFAR-10 into the cache the first time, the budget, the nine final tests.
+    Step("train", "Plain CNN against ResNet on CIFAR-10", plan_train, 60 * TRAIN_MINUTES + 30,
+         25),
+    Step("charrnn", "A character RNN learns hello, green, start", plan_charrnn, 1, 1),
     Step("experiments", "Lab B's claims checked: depth, filters, pooling, residual connections",
-         plan_experiments),
+         plan_experiments, 560, 40),
 )
 
 
@@ -351,7 +363,12 @@ def run(config: LabConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
     run_dir.save_config(config)
     run_dir.save_environment()
     steps = config.selected()
-    with reporter.overall("lab", len(steps)) as display:
+    estimates = [s.estimate(config) for s in steps]
+    reporter.log("estimated time (measured on a 2-core Xeon; a slower CPU takes longer): "
+                 + ", ".join(f"{s.name} {_duration(e)}" for s, e in zip(steps, estimates,
+                                                                       strict=True))
+                 + f"; {_duration(sum(estimates))} in all")
+    with reporter.overall("lab", len(steps), estimates) as display:
         for k, step in enumerate(steps, start=1):
             _run_step(step, config, run_dir, state, display.step(k, step.name))
     if config.report:
@@ -359,6 +376,10 @@ def run(config: LabConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
 
         write_report(run_dir.path)
     return state
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def exit_status(state: dict[str, Any], config: LabConfig) -> int:
