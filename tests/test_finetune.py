@@ -498,7 +498,7 @@ def test_head_fit_reaches_the_loss_of_scikit_learn(l2):
 
     x, y = _toy()
     n = len(y)
-    ours = head_fit.fit_linear(x, y, 3, l2, standardize=False)
+    ours = head_fit.fit_linear(x, y, 3, l2, scale=False)
     sk = LogisticRegression(C=1 / (l2 * n), tol=1e-12, max_iter=100_000).fit(
         x.double().numpy(), y.numpy())
     theirs = float(head_fit.objective(torch.tensor(sk.coef_), torch.tensor(sk.intercept_),
@@ -506,13 +506,13 @@ def test_head_fit_reaches_the_loss_of_scikit_learn(l2):
     assert ours.loss == pytest.approx(theirs, abs=1e-7)
     assert ours.loss <= theirs + 1e-9
     # The tolerance is meaningful: a few iterations short of convergence misses it.
-    early = head_fit.fit_linear(x, y, 3, l2, standardize=False, max_iter=3)
+    early = head_fit.fit_linear(x, y, 3, l2, scale=False, max_iter=3)
     assert early.loss > theirs + 1e-4
 
 
-def test_standardised_fit_maps_back_to_raw_features():
-    """Fitted on standardised features, the head returned works on raw ones: its logits on raw
-    x equal the standardised problem's, and that problem's loss matches scikit-learn's."""
+def test_scaled_fit_maps_back_to_raw_features():
+    """Fitted on centred features divided by their RMS, the head returned works on raw ones:
+    its logits on raw x equal the scaled problem's, whose loss matches scikit-learn's."""
     from sklearn.linear_model import LogisticRegression
 
     x, y = _toy()
@@ -520,7 +520,8 @@ def test_standardised_fit_maps_back_to_raw_features():
     l2 = 1e-2
     head = head_fit.fit_linear(x, y, 3, l2)
     xd = x.double()
-    xs = (xd - xd.mean(0)) / xd.std(0, correction=0)
+    xs = (xd - xd.mean(0)) / (xd - xd.mean(0)).pow(2).mean().sqrt()
+    assert not torch.allclose(xs, (xd - xd.mean(0)) / xd.std(0))  # one scale, not per feature
     sk = LogisticRegression(C=1 / (l2 * len(y)), tol=1e-12, max_iter=100_000).fit(
         xs.numpy(), y.numpy())
     theirs = float(head_fit.objective(torch.tensor(sk.coef_), torch.tensor(sk.intercept_),
@@ -631,6 +632,15 @@ def test_fitted_head_run_outputs(photos, tmp_path, weights):
         assert (run / name).is_file(), name
     assert not (run / "curves.png").exists() and not (run / "last.json").exists()
     assert "cross-validation" in (run / "report.md").read_text()
+    # The exported network is the fitted head on the body: `cnnlab predict` agrees.
+    from cnnlab.tasks.predict import PredictConfig, predict
+
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    expected = {row["file"]: row["class"] for row in rows if row["rank"] == "1"}
+    records = list(predict(PredictConfig(str(run), (str(photos / "test"),), workers=0),
+                           Reporter(quiet=True)))
+    got = {str(Path(r["file"]).relative_to(photos)): r["top"][0]["class"] for r in records}
+    assert got == expected
 
 
 # ---------------------------------------------------------------------------- --model auto
