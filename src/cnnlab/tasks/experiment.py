@@ -456,9 +456,10 @@ class Study:
                 for s in self.grid.settings:
                     self.study.enqueue_trial({**s, "seed": seed})
         t0 = time.monotonic()
-        sweep.run_study(self.study, self.url, self.run_dir, self.objective,
-                        len(self.grid.settings) * (seed + 1), self.reporter)
-        self.round_seconds.append(time.monotonic() - t0)
+        ran = sweep.run_study(self.study, self.url, self.run_dir, self.objective,
+                              len(self.grid.settings) * (seed + 1), self.reporter)
+        if ran:  # a round found done (a resumed run) says nothing about this machine's speed
+            self.round_seconds.append(time.monotonic() - t0)
 
     def summarise(self) -> dict[str, Any]:
         from cnnlab.report.experiment import plot_experiment
@@ -801,8 +802,8 @@ def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = Fals
             ran = True
         if not ran:
             break
-        if seed == 0:  # the first round is the estimate of every later one
-            one = sum(st.round_seconds[0] for st in studies.values() if st.round_seconds)
+        one = sum(st.round_seconds[0] for st in studies.values() if st.round_seconds)
+        if seed == 0 and one:  # the first round is the estimate of every later one
             need = one * (config.seeds - 1)
             left = time_left()
             reporter.log(f"one seed of every net took {one:.0f} s: {config.seeds} seeds take "
