@@ -28,6 +28,14 @@ def test_budget_steps_by_hand():
     assert train.budget_steps(0.05, 0.1, 100, 50, 0, 1, 0, 1) == 1
 
 
+def test_budget_keeps_test_time_augmentation_only_where_it_pays():
+    # A test pass of 2 s: six passes add 10 s, two add 2 s. 100 s: 10% is 10 s, all six fit.
+    assert train.budget_tta("flip-translate", 100, 2.0) == "flip-translate"
+    assert train.budget_tta("flip-translate", 30, 2.0) == "flip"  # 3 s: only the flip fits
+    assert train.budget_tta("flip-translate", 10, 2.0) == "none"
+    assert train.budget_tta("flip", 1000, 2.0) == "flip"  # never more than the recipe's
+
+
 def test_budget_share_and_bad_budgets():
     cfg = train.TrainConfig(data="d", models=("simple-cnn", "fast-cifar"), seeds=3, budget=2)
     assert train.budget_share(cfg) == pytest.approx(20.0)  # 120 s over 6 (model, seed) runs

@@ -360,9 +360,11 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
         budget = _budget_plan(config, recipe, model, batches, loss_fn, precision, device,
                               steps_per_epoch, data, run_dir, resume)
         total_steps = budget["steps"]
+        recipe = replace(recipe, tta=budget.get("tta", recipe.tta))
         reporter.log(f"{model_name} seed {seed}: {budget['seconds']:.0f} s of the budget; one "
                      f"step takes {budget['seconds_per_step']:.3f} s here, so {total_steps} "
-                     f"steps ({total_steps / steps_per_epoch:.2f} epochs)")
+                     f"steps ({total_steps / steps_per_epoch:.2f} epochs), test-time "
+                     f"augmentation {recipe.tta}")
     epochs = total_steps / steps_per_epoch if budget else recipe.epochs
 
     train_eval_idx = None
@@ -498,6 +500,22 @@ def budget_steps(seconds: float, step_seconds: float, batch_size: int, steps_per
     return steps
 
 
+TTA_SHARE = 0.1  # test-time augmentation may take at most this share of a budget
+
+
+def budget_tta(tta: str, seconds: float, test_pass_seconds: float) -> str:
+    """The recipe's test-time augmentation if its extra passes over the test set cost at most
+    TTA_SHARE of the budget, else the strongest cheaper one that does ("flip", then "none"):
+    on a short budget six passes over 10,000 test images can cost more than the training
+    (measured: 20 of 27 s), and the training buys more accuracy than TTA's point or so."""
+    order = [t for t in ("flip-translate", "flip", "none")
+             if TTA_PASSES[t] <= TTA_PASSES[tta]]
+    for t in order:
+        if (TTA_PASSES[t] - 1) * test_pass_seconds <= TTA_SHARE * seconds:
+            return t
+    return "none"
+
+
 def budget_share(config: TrainConfig) -> float:
     """Seconds of the budget for each (model, seed)."""
     return 60 * config.budget / (len(config.models) * config.seeds)
@@ -522,10 +540,11 @@ def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn
                                                         device=device))) / info.world_size
     eval_images = (config.train_eval + (len(data.test_y) if config.test_curve else 0)
                    + (0 if data.val_y is None else len(data.val_y)))
+    test_images = len(data.test_y) if config.test else 0
+    tta = budget_tta(recipe.tta, share, step_s / recipe.batch_size / 3 * test_images)
     steps = budget_steps(share, step_s, recipe.batch_size, steps_per_epoch, eval_images,
-                         config.eval_every, len(data.test_y) if config.test else 0,
-                         TTA_PASSES[recipe.tta])
-    plan = {"seconds": share, "seconds_per_step": step_s, "steps": steps}
+                         config.eval_every, test_images, TTA_PASSES[tta])
+    plan = {"seconds": share, "seconds_per_step": step_s, "steps": steps, "tta": tta}
     if info.is_main:
         run_dir.write_json("budget.json", plan)
     return plan
