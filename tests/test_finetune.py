@@ -706,3 +706,16 @@ def train_default(data, out, weights, **kw) -> dict:
                 "workers": 0, "report": False, **kw}
     config = FinetuneConfig(data=str(data), **settings)
     return finetune.run(config, RunDir.create("finetune", out), Reporter(quiet=True))
+
+
+def test_resume_of_a_fitted_head_run_refits_to_the_same_head(photos, tmp_path, weights):
+    first = train_default(photos, tmp_path / "run", weights)
+    before = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert cli_main("finetune", "--resume", str(tmp_path / "run"), "-q") == 0
+    again = json.loads((tmp_path / "run" / "results.json").read_text())
+    after = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert again["head_fit"]["l2"] == first["head_fit"]["l2"]
+    assert again["top1_interval"] == first["top1_interval"]
+    assert torch.allclose(before["head.weight"], after["head.weight"], atol=1e-6)
+    # --epochs asks for the other head fit: refused in one line, not silently switched.
+    assert cli_main("finetune", "--resume", str(tmp_path / "run"), "--epochs", "5") == 2
