@@ -434,7 +434,12 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     record = next((r for r in result.history if r.get("epoch") == tested), result.last)
     start = time.monotonic()
     test_acc = test_loss = None
-    if config.test:
+    if (config.test and recipe.tta == "none" and tested == result.epochs_done
+            and record.get("test_accuracy") is not None):
+        # The engine's evaluation after the last step measured these very weights on the
+        # whole test set, under the same autocast: a second pass would repeat it.
+        test_acc, test_loss = record["test_accuracy"], record["test_loss"]
+    elif config.test:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                             enabled=precision == "bf16"):
             test_acc, test_loss = accuracy(model, data.test_x, data.test_y, mean, std, device,
@@ -542,8 +547,10 @@ def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn
                    + (0 if data.val_y is None else len(data.val_y)))
     test_images = len(data.test_y) if config.test else 0
     tta = budget_tta(recipe.tta, share, step_s / recipe.batch_size / 3 * test_images)
+    # Without TTA the final test reuses the last evaluation's test pass (train_one).
+    final_passes = 0 if tta == "none" and config.test_curve else TTA_PASSES[tta]
     steps = budget_steps(share, step_s, recipe.batch_size, steps_per_epoch, eval_images,
-                         config.eval_every, test_images, TTA_PASSES[tta])
+                         config.eval_every, test_images, final_passes)
     plan = {"seconds": share, "seconds_per_step": step_s, "steps": steps, "tta": tta}
     if info.is_main:
         run_dir.write_json("budget.json", plan)
