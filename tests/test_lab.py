@@ -196,3 +196,25 @@ def test_lab_prints_its_estimate_and_the_overall_bar_advances_by_the_estimates(t
     for k, name in enumerate(("a", "b", "c"), start=1):
         display.step(k, name)
     assert [c["completed"] for c in bar.calls] == [0.0, 2.0, 802.0]
+
+
+def test_finetune_section_shows_a_fitted_head_and_the_interval(tmp_path):
+    """A frozen head solved by L-BFGS has no epochs and a cross-validated accuracy; the top-1
+    error carries its Wilson interval from results.json."""
+    from cnnlab.analysis.binomial import error_interval
+    from cnnlab.report.lab import Section, _finetune
+
+    rows = [{"strategy": "freeze", "epochs": 0, "head_fit": "lbfgs", "cv_accuracy": 91.25,
+             "train_accuracy": 99.0, "val_accuracy": None, "top1_error": 20.8333,
+             "top1_interval": error_interval(5, 24), "topk_error": None, "top_k": 5,
+             "seconds": 12.0, "n_test": 24},
+            {"strategy": "finetune", "epochs": 15, "head_fit": None, "cv_accuracy": None,
+             "train_accuracy": 98.0, "val_accuracy": 93.5, "top1_error": 4.1667,
+             "top1_interval": error_interval(1, 24), "topk_error": 0.0, "top_k": 5,
+             "seconds": 186.0, "n_test": 24}]
+    s = Section("finetune", "t", "done")
+    _finetune(s, {"rows": rows, "backbone": "efficientnet_lite0", "data": "x"}, tmp_path, "ft")
+    freeze, tune = s.tables[0].rows
+    assert freeze[1] == "L-BFGS" and freeze[3] == "91.2% (CV)"
+    assert freeze[4] == "20.8% (95% CI 9.2-40.5%, 5 of 24 wrong)"
+    assert tune[1] == 15 and tune[3] == "93.5%" and tune[4].startswith("4.2% (95% CI 0.7-")

@@ -176,16 +176,26 @@ def _charrnn(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
 
 
 def _finetune(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    from cnnlab.report.finetune import interval
+
     rows = r["rows"]
+
+    def fitted(row: dict) -> bool:  # a frozen head solved by L-BFGS: no epochs, CV accuracy
+        return row.get("head_fit") == "lbfgs"
+
     s.tables.append(Table(
         ["strategy", "epochs", "train accuracy", "validation accuracy", "test top-1 error",
          "test top-k error", "seconds"],
-        [[row["strategy"], row["epochs"], _pct(row["train_accuracy"]),
-          _pct(row["val_accuracy"]), _pct(row["top1_error"]),
+        [[row["strategy"], "L-BFGS" if fitted(row) else row["epochs"],
+          _pct(row["train_accuracy"]),
+          f"{_pct(row['cv_accuracy'])} (CV)" if fitted(row) and row.get("cv_accuracy")
+          is not None else _pct(row["val_accuracy"]),
+          _pct(row["top1_error"]) + interval(row.get("top1_interval")),
           "-" if row["topk_error"] is None else f"{_pct(row['topk_error'])} (k={row['top_k']})",
           _seconds(row["seconds"])] for row in rows],
         f"{r['backbone']} on {Path(r['data']).name}: both strategies on the same split; "
-        f"{rows[0]['n_test']} test photos (one is {100 / max(rows[0]['n_test'], 1):.1f} points)",
+        f"{rows[0]['n_test']} test photos (one is {100 / max(rows[0]['n_test'], 1):.1f} "
+        "points; the top-1 error's Wilson 95% interval in brackets)",
         numeric=(1, 2, 3, 4, 5, 6)))
     for row in rows:
         # A strategy's own results.json says whether its backbone features came from the cache
