@@ -249,7 +249,7 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
             word = {1: "ResNet-18 is better", -1: "the plain CNN is better",
                     0: "undecided: the interval holds zero"}[gap.sign()]
             s.notes.append(f"ResNet-18 minus the plain CNN: {gap.text()} over "
-                           f"{min(gap.n)}+ seeds: {word}"
+                           f"{' and '.join(map(str, gap.n))} seeds: {word}"
                            + (f", at an equal budget of {budget:.0f} s." if budget else "."))
 
 

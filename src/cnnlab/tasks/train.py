@@ -307,8 +307,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, devi
 def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: RunDir,
               reporter, device: torch.device, resume: bool = False,
               after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
-              at_start: Callable[[nn.Module], None] | None = None) -> dict[str, Any]:
+              at_start: Callable[[nn.Module], None] | None = None,
+              tta: str | None = None) -> dict[str, Any]:
     """Train one model with one seed into `run_dir`; returns its results (also results.json).
+    `tta`: with a budget, the test-time augmentation an earlier seed of this model chose (so
+    that every seed of a model is tested alike; else each plans its own).
 
     `after_epoch(model, record)` is the engine's hook (`engine.fit`): it sees every epoch's
     metrics (val_accuracy with a validation split) and may raise to stop, e.g. to prune.
@@ -358,7 +361,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     budget = None
     if config.budget:
         budget = _budget_plan(config, recipe, model, batches, loss_fn, precision, device,
-                              steps_per_epoch, data, run_dir, resume)
+                              steps_per_epoch, data, run_dir, resume, tta)
         total_steps = budget["steps"]
         recipe = replace(recipe, tta=budget.get("tta", recipe.tta))
         reporter.log(f"{model_name} seed {seed}: {budget['seconds']:.0f} s of the budget; one "
@@ -527,8 +530,8 @@ def budget_share(config: TrainConfig) -> float:
 
 
 def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn, precision,
-                 device, steps_per_epoch: int, data, run_dir: RunDir, resume: bool
-                 ) -> dict[str, Any]:
+                 device, steps_per_epoch: int, data, run_dir: RunDir, resume: bool,
+                 tta: str | None = None) -> dict[str, Any]:
     """Time a few steps, plan the steps that fit this (model, seed)'s share; the plan is kept
     in the run directory so that a resumed run keeps its schedule."""
     from cnnlab import dist, recipes
@@ -546,7 +549,8 @@ def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn
     eval_images = (config.train_eval + (len(data.test_y) if config.test_curve else 0)
                    + (0 if data.val_y is None else len(data.val_y)))
     test_images = len(data.test_y) if config.test else 0
-    tta = budget_tta(recipe.tta, share, step_s / recipe.batch_size / 3 * test_images)
+    if tta is None:  # the first seed of this model decides, by its own timing
+        tta = budget_tta(recipe.tta, share, step_s / recipe.batch_size / 3 * test_images)
     # Without TTA the final test reuses the last evaluation's test pass (train_one).
     final_passes = 0 if tta == "none" and config.test_curve else TTA_PASSES[tta]
     steps = budget_steps(share, step_s, recipe.batch_size, steps_per_epoch, eval_images,
@@ -640,8 +644,11 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
             if info.is_main:
                 sub.path.mkdir(parents=True, exist_ok=True)
             dist.barrier()
+            earlier = [r for r in rows if r["model"] == model_name]
             rows.append(train_one(config, data, model_name, seed, sub, reporter, device,
-                                  resume=again, after_epoch=after_epoch, at_start=at_start))
+                                  resume=again, after_epoch=after_epoch, at_start=at_start,
+                                  tta=earlier[0]["tta"] if earlier and config.budget
+                                  else None))
             r = rows[-1]
             which, acc = (("test", r["test_accuracy"]) if config.test
                           else ("validation", r["val_accuracy"]))
