@@ -148,8 +148,3 @@ class Verdict:
         return {"status": self.status, "sentence": self.sentence,
                 "intervals": {k: v.as_dict() for k, v in self.intervals.items()},
                 "excluded": list(self.excluded)}
-
-    @property
-    def text(self) -> str:
-        """The status and the sentence, as the report and the terminal print it."""
-        return f"{self.status.capitalize()}: {self.sentence}"

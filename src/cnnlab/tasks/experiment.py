@@ -823,7 +823,8 @@ def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = Fals
         res["seconds"] = round(sum(study.round_seconds), 1)
         study.run_dir.save_results(res)
         out["experiments"][name] = res
-        reporter.log(f"experiment {name}: {stats.Verdict(**_plain(res['verdict'])).text}")
+        v = res["verdict"]
+        reporter.log(f"experiment {name}: {v['status'].capitalize()}: {v['sentence']}")
     out["seconds"] = round(time.monotonic() - start, 1)
     run_dir.save_results(out)
     if config.report:
@@ -832,8 +833,3 @@ def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = Fals
         write_report(run_dir.path)
     out["run_dir"] = str(run_dir.path)
     return out
-
-
-def _plain(v: dict[str, Any]) -> dict[str, Any]:
-    """A saved verdict's status and sentence (its intervals stay as saved)."""
-    return {"status": v["status"], "sentence": v["sentence"]}
