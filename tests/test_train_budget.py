@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab import budget
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks import lab, train
@@ -16,24 +17,76 @@ from cnnlab.tasks import lab, train
 def test_budget_steps_by_hand():
     # 30 s at 0.1 s a step, batch 100: a forward pass is 0.1 / 100 / 3 s per image.
     # No evaluation: 30 * 0.9 / 0.1 = 270 steps.
-    assert train.budget_steps(30, 0.1, 100, 50, 0, 1, 0, 1) == 270
+    assert budget.budget_steps(30, 0.1, 100, 50, 0, 1, 0, 1) == 270
     # The final test, 10,000 images x 6 TTA passes: 60,000 / 3,000 = 20 s of the 27 left,
     # 7 s for training: 70 steps.
-    assert train.budget_steps(30, 0.1, 100, 50, 0, 1, 10_000, 6) == 70
+    assert budget.budget_steps(30, 0.1, 100, 50, 0, 1, 10_000, 6) == 70
     # An evaluation of 3,000 images (1 s) after every epoch of 50 steps: 270 steps would be 6
     # epochs (6 s of evaluation) -> 210 steps, 5 epochs -> 220, 5 epochs -> 220.
-    assert train.budget_steps(30, 0.1, 100, 50, 3_000, 1, 0, 1) == 220
+    assert budget.budget_steps(30, 0.1, 100, 50, 3_000, 1, 0, 1) == 220
     # The same timings, the same plan; a budget too small for one step still trains one.
-    assert train.budget_steps(30, 0.1, 100, 50, 3_000, 1, 0, 1) == 220
-    assert train.budget_steps(0.05, 0.1, 100, 50, 0, 1, 0, 1) == 1
+    assert budget.budget_steps(30, 0.1, 100, 50, 3_000, 1, 0, 1) == 220
+    assert budget.budget_steps(0.05, 0.1, 100, 50, 0, 1, 0, 1) == 1
 
 
 def test_budget_keeps_test_time_augmentation_only_where_it_pays():
     # A test pass of 2 s: six passes add 10 s, two add 2 s. 100 s: 10% is 10 s, all six fit.
-    assert train.budget_tta("flip-translate", 100, 2.0) == "flip-translate"
-    assert train.budget_tta("flip-translate", 30, 2.0) == "flip"  # 3 s: only the flip fits
-    assert train.budget_tta("flip-translate", 10, 2.0) == "none"
-    assert train.budget_tta("flip", 1000, 2.0) == "flip"  # never more than the recipe's
+    assert budget.budget_tta("flip-translate", 100, 2.0) == "flip-translate"
+    assert budget.budget_tta("flip-translate", 30, 2.0) == "flip"  # 3 s: only the flip fits
+    assert budget.budget_tta("flip-translate", 10, 2.0) == "none"
+    assert budget.budget_tta("flip", 1000, 2.0) == "flip"  # never more than the recipe's
+
+
+def test_expected_accuracy_by_hand():
+    q = budget.QUARTER
+    first_e, first_a = q.curve[0]
+    # Between two measured points: linear. Halfway between (2, 79.06) and (3, 82.57).
+    assert budget.expected_accuracy(q, 2.5) == pytest.approx((79.06 + 82.57) / 2)
+    # Below the first point, linear down to chance (10%) at 0 epochs; beyond the last, flat.
+    assert budget.expected_accuracy(q, first_e / 2) == pytest.approx(10 + (first_a - 10) / 2)
+    assert budget.expected_accuracy(q, 100) == q.curve[-1][1]
+    # Without TTA the curve loses what the measurements say (1.0 point).
+    assert budget.expected_accuracy(q, 2.0, "none") == pytest.approx(78.06)
+
+
+def _choose(seconds, timings, prune=True):
+    calls = []
+
+    def time_step(shape):
+        calls.append(shape.name)
+        return timings[shape.name]
+
+    macs = {"quarter": 19_900_000, "full": 65_400_000}
+    chosen, cands = budget.choose_shape(seconds, time_step, macs, n_train=50_000,
+                                        test_images=0, eval_images=0, eval_every=1,
+                                        tta="flip-translate", test_curve=False, prune=prune)
+    return chosen, cands, calls
+
+
+def test_calibration_chooses_by_its_timings_and_is_deterministic():
+    timings = {"quarter": 0.43, "full": 1.7}  # s per step, as timed on one AMX core
+    # 10 minutes, 90% planned: quarter floor(540 / 0.43) = 1255 steps x 512 = 12.85 epochs,
+    # past its last point: 87.5%. full floor(540 / 1.7) = 317 steps x 1024 = 6.49 epochs:
+    # 88.30 + (89.60 - 88.30) x 0.49 / 4 = 88.46%. The full width wins.
+    chosen, cands, calls = _choose(600, timings)
+    assert chosen.name == "full" and calls == ["quarter", "full"]
+    assert [c.steps for c in cands] == [1255, 317]
+    assert cands[0].expected_accuracy == pytest.approx(87.5)
+    assert cands[1].expected_accuracy == pytest.approx(88.46, abs=0.01)
+    # The same timings, the same choice.
+    assert _choose(600, timings)[:2] == (chosen, cands)
+    # 30 s: quarter gets floor(27 / 0.43) = 62 steps (0.63 epochs). Even at half its MACs
+    # ratio per image (0.43 / 512 x 3.29 x 0.5 x 1024 = 1.41 s a step) full would get 19 steps
+    # (0.39 epochs): it cannot win, so it is not timed at all.
+    chosen, cands, calls = _choose(30, timings)
+    assert chosen.name == "quarter" and calls == ["quarter"]
+    assert cands[0].steps == 62 and not cands[1].timed and cands[1].steps == 19
+    # A GPU-like device, where the full width costs hardly more than the quarter (no pruning
+    # there): 2 minutes, quarter 251 steps (2.57 epochs, 81.1%), full 216 steps (4.42 epochs,
+    # 86.4%): the full width wins sooner.
+    chosen, cands, calls = _choose(120, {"quarter": 0.43, "full": 0.5}, prune=False)
+    assert chosen.name == "full" and calls == ["quarter", "full"]
+    assert [c.steps for c in cands] == [251, 216]
 
 
 def test_budget_share_and_bad_budgets():

@@ -41,10 +41,11 @@ Examples:
   cnnlab train DATA -m simple-cnn -m resnet18 --recipe lab
   cnnlab train DATA -m simple-cnn -m resnet18-cifar -m fast-cifar --seeds 3 --epochs 10
   cnnlab train DATA -m simple-cnn -m resnet18 -m fast-cifar --seeds 3 --budget 6   # 40 s each
+  cnnlab train DATA --budget 3     # the best fast-cifar for 3 minutes (width chosen by timing)
 """
 
 KEYS = ("epochs", "batch_size", "lr", "seeds", "seed", "precision", "limit_per_class",
-        "val_fraction", "time_limit", "budget", "eval_every", "threads", "device",
+        "val_fraction", "time_limit", "budget", "calibrate", "eval_every", "threads", "device",
         "deterministic")
 
 
@@ -73,7 +74,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, metavar="MINUTES",
                    help="minutes for the whole run (training and test of every model and "
                         "seed, shared equally): each times a few steps here and trains as "
-                        "many as fit, its schedule stretched over them (not with --epochs)")
+                        "many as fit, its schedule stretched over them (not with --epochs). "
+                        "The default fast-cifar is first calibrated: a few steps of it at a "
+                        "quarter and at its full width are timed, and the width expected to "
+                        "reach the higher accuracy in the minutes (from accuracy-per-epoch "
+                        "curves measured on CIFAR-10, BENCHMARKS.md) is trained; calibration "
+                        "time counts against the budget, data loading does not")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false", default=None,
+                   help="with --budget, train fast-cifar at its full width whatever the "
+                        "minutes")
     p.add_argument("--eval-every", type=int, metavar="N",
                    help="epochs between the curves' test-accuracy points (1)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -116,12 +125,16 @@ def run(args: argparse.Namespace) -> int:
     rows = [[m["model"], m["recipe"], "-" if m.get("lr") is None else f"{m['lr']:g}",
              "-" if m["test_accuracy_mean"] is None
              else f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
-             f"{m['params']:,}", f"{(m['macs'] or 0) / 1e6:.1f} M", m["epochs"],
+             f"{m['params']:,}", f"{(m['macs'] or 0) / 1e6:.1f} M", f"{m['epochs_trained']:.3g}",
              f"{m['train_seconds']:.0f}", f"{m['images_per_second']:.0f}", m["precision"]]
             for m in results["models"]]
     reporter.table(["model", "recipe", "lr", "test acc", "seeds", "params", "MACs", "epochs",
                     "train s", "img/s", "precision"], rows,
                    right_align=["lr", "test acc", "seeds", "params", "MACs", "epochs", "train s",
                                 "img/s"])
+    from cnnlab.report.train import budget_lines
+
+    for line in budget_lines(results):
+        reporter.result(line)
     reporter.result(f"run directory: {results['run_dir']}")
     return 0

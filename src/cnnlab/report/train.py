@@ -72,6 +72,35 @@ def plot_comparison(series: dict[str, list[tuple[int, float, float]]], path: Pat
     return path
 
 
+def budget_lines(results: dict[str, Any]) -> list[str]:
+    """Plain sentences on what a `--budget` run was given and bought, and what more minutes
+    would buy (from the calibration's plan at twice the share); [] without a budget. Shared by
+    this report and the lab's train section."""
+    minutes = results.get("budget_minutes")
+    if not minutes:
+        return []
+    runs = results["runs"]
+    share = runs[0].get("budget_seconds") if runs else None
+    spent = sum(c["seconds"] for c in results.get("calibration", []))
+    lines = [f"Budget: {minutes:g} minutes for {len(runs)} run(s) (every model and seed), "
+             + (f"{spent:.0f} s of it spent choosing the network's shape, " if spent else "")
+             + (f"{share:.0f} s for each run's training and final test" if share else "")
+             + "; loading the data is not counted."]
+    for c in results.get("calibration", []):
+        chosen = next(x for x in c["candidates"] if x["shape"] == c["chosen"])
+        m = next(m for m in results["models"] if m["model"] == c["model"])
+        got = ("" if m["test_accuracy_mean"] is None else
+               f", and measured {m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}")
+        lines.append(
+            f"{c['model']}: the {c['chosen']} shape trained {m['steps']:.0f} steps "
+            f"({m['epochs_trained']:.2f} epochs); the calibration expected about "
+            f"{chosen['expected_accuracy']:.1f}% from the shapes' measured accuracy curves{got}.")
+        best2 = max(c["twice_the_budget"], key=lambda x: x["expected_accuracy"])
+        lines.append(f"Twice the minutes would buy about {best2['expected_accuracy']:.1f}% "
+                     f"({best2['shape']} shape, {best2['epochs']:.2f} epochs).")
+    return lines
+
+
 def write_report(run_path: str | Path) -> tuple[Path, Path]:
     from cnnlab.report.env import render
 
@@ -80,7 +109,8 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
     png = plot_comparison(epoch_series(run, results), run.file("curves.png"),
                           title=f"{Path(results['data']).name}: {results['n_train']:,} train, "
                                 f"{results['n_test']:,} test images")
-    context = {"results": results, "curves_uri": data_uri(png), "curves_path": png.name}
+    context = {"results": results, "curves_uri": data_uri(png), "curves_path": png.name,
+               "budget_lines": budget_lines(results)}
     md = run.write_text("report.md", render("train.md.j2", **context))
     html = run.write_text("report.html", render("train.html.j2", **context))
     return md, html

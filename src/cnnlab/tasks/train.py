@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab import budget
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import RunDir
 
@@ -82,6 +83,9 @@ class TrainConfig:
     # equally: each (model, seed) times a few of its steps on this machine and trains as many
     # as fit its share, its schedule stretched over them (instead of --epochs).
     budget: float | None = None
+    # With a budget, time the default network's candidate shapes (fast-cifar at a quarter and
+    # at its full width, budget.SHAPES) and train the one expected to do best in the minutes.
+    calibrate: bool = True
     eval_every: int = 1  # epochs between the test-accuracy points of the curves
     threads: int | None = None  # torch CPU threads (default: torch's, i.e. the cores)
     device: str = "auto"
@@ -304,33 +308,28 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, devi
     return hits / len(x), loss / len(x)
 
 
-def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: RunDir,
-              reporter, device: torch.device, resume: bool = False,
-              after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
-              at_start: Callable[[nn.Module], None] | None = None,
-              tta: str | None = None) -> dict[str, Any]:
-    """Train one model with one seed into `run_dir`; returns its results (also results.json).
-    `tta`: with a budget, the test-time augmentation an earlier seed of this model chose (so
-    that every seed of a model is tested alike; else each plans its own).
+def _norm(recipe, data) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std images are normalised with."""
+    return ((0.5,) * 3, (0.5,) * 3) if recipe.normalization == "half" else (data.mean, data.std)
 
-    `after_epoch(model, record)` is the engine's hook (`engine.fit`): it sees every epoch's
-    metrics (val_accuracy with a validation split) and may raise to stop, e.g. to prune.
-    `at_start(model)` sees the model as built and initialised, before the first step of a new
-    run (not on resume): e.g. to measure its gradients at initialisation."""
+
+def _build(recipe, data, model_name: str, seed: int, device: torch.device):
+    """(model, batches(epoch), loss_fn) of one run: the model built and initialised under
+    `seed` (with the recipe's whitening), this rank's share of each epoch's batches."""
     from cnnlab import dist, recipes
     from cnnlab.data.tensor_batches import iter_batches, normalize, num_batches
-    from cnnlab.engine import FitConfig, fit
-    from cnnlab.models.registry import count_parameters, create_model
+    from cnnlab.models.registry import create_model
 
     info = dist.from_env()
-    recipe = recipe_for(config, model_name)
-    precision, why = resolve_precision(recipe.precision, device)
     if recipe.batch_size % info.world_size:
         raise CnnlabError(f"batch size {recipe.batch_size} does not split evenly over "
                           f"{info.world_size} processes")
     per_rank = recipe.batch_size // info.world_size
-    mean, std = ((0.5,) * 3, (0.5,) * 3) if recipe.normalization == "half" else (data.mean,
-                                                                                   data.std)
+    n_train = len(data.train_y)
+    if num_batches(n_train, per_rank, info.world_size) < 1:
+        raise CnnlabError(f"{n_train} training images do not make one batch of "
+                          f"{recipe.batch_size}; lower --batch-size")
+    mean, std = _norm(recipe, data)
     torch.manual_seed(seed)
     options = dict(recipe.model_options)
     options.setdefault("num_classes", data.num_classes)
@@ -339,17 +338,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
         recipes.prepare_model(recipe, model,
                               normalize(data.train_x[: recipe.whiten_images], mean, std,
                                         channels_last=False))
-    memory_format = torch.channels_last
-    model = model.to(device=device, memory_format=memory_format)
-    if at_start is not None and not resume:
-        at_start(model)
-    optimizer = recipes.make_optimizer(recipe, model)
-    n_train = len(data.train_y)
-    steps_per_epoch = num_batches(n_train, per_rank, info.world_size)
-    if steps_per_epoch < 1:
-        raise CnnlabError(f"{n_train} training images do not make one batch of "
-                          f"{recipe.batch_size}; lower --batch-size")
-    total_steps = max(1, math.ceil(recipe.epochs * steps_per_epoch))
+    model = model.to(device=device, memory_format=torch.channels_last)
     augment = recipe.augment
 
     def batches(epoch: int):
@@ -357,11 +346,58 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
                             augment=augment, mean=mean, std=std, rank=info.rank,
                             world_size=info.world_size)
 
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    return model, batches, nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+
+def _seconds_per_step(recipe, model, batches, loss_fn, precision, device) -> float:
+    from cnnlab import recipes
+    from cnnlab.engine import seconds_per_step
+
+    return seconds_per_step(model, lambda m: recipes.make_optimizer(recipe, m), batches,
+                            loss_fn, precision, device)
+
+
+def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: RunDir,
+              reporter, device: torch.device, resume: bool = False,
+              after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+              at_start: Callable[[nn.Module], None] | None = None,
+              tta: str | None = None, shape=None, share: float | None = None,
+              step_seconds: float | None = None) -> dict[str, Any]:
+    """Train one model with one seed into `run_dir`; returns its results (also results.json).
+    With a budget: `tta` is the test-time augmentation an earlier seed of this model chose (so
+    that every seed of a model is tested alike; else each plans its own); `shape` the
+    calibration's choice of width, batch and learning rate (budget.Shape), `share` the seconds
+    of this run, `step_seconds` a timing of this shape already made (not repeated).
+
+    `after_epoch(model, record)` is the engine's hook (`engine.fit`): it sees every epoch's
+    metrics (val_accuracy with a validation split) and may raise to stop, e.g. to prune.
+    `at_start(model)` sees the model as built and initialised, before the first step of a new
+    run (not on resume): e.g. to measure its gradients at initialisation."""
+    from cnnlab import dist, recipes
+    from cnnlab.data.tensor_batches import num_batches
+    from cnnlab.engine import FitConfig, fit
+    from cnnlab.models.registry import count_parameters
+
+    info = dist.from_env()
+    recipe = recipe_for(config, model_name)
+    if shape is not None:
+        recipe = apply_shape(recipe, shape)
+    precision, why = resolve_precision(recipe.precision, device)
+    mean, std = _norm(recipe, data)
+    model, batches, loss_fn = _build(recipe, data, model_name, seed, device)
+    if at_start is not None and not resume:
+        at_start(model)
+    optimizer = recipes.make_optimizer(recipe, model)
+    n_train = len(data.train_y)
+    steps_per_epoch = num_batches(n_train, recipe.batch_size // info.world_size,
+                                  info.world_size)
+    total_steps = max(1, math.ceil(recipe.epochs * steps_per_epoch))
     budget = None
     if config.budget:
         budget = _budget_plan(config, recipe, model, batches, loss_fn, precision, device,
-                              steps_per_epoch, data, run_dir, resume, tta)
+                              steps_per_epoch, data, run_dir, resume,
+                              budget_share(config) if share is None else share, tta,
+                              step_seconds)
         total_steps = budget["steps"]
         recipe = replace(recipe, tta=budget.get("tta", recipe.tta))
         reporter.log(f"{model_name} seed {seed}: {budget['seconds']:.0f} s of the budget; one "
@@ -464,6 +500,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
         "train_seconds": result.train_seconds, "eval_seconds": eval_seconds,
         "budget_seconds": budget["seconds"] if budget else None,
         "planned_steps": total_steps,
+        "shape": shape.name if shape is not None else None,
         "images_per_second": images / result.train_seconds if result.train_seconds else None,
         "params": count_parameters(model), "precision": precision,
         "precision_reason": why, "n_train": n_train,
@@ -484,70 +521,37 @@ def _tested_checkpoint(config: TrainConfig, data, result) -> tuple[int, str]:
     return result.epochs_done, "last"
 
 
-BUDGET_MARGIN = 0.9  # plan for 90% of a budget: the timing of a few steps is not exact
-TTA_PASSES = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per test image
+def budget_share(config: TrainConfig, spent: float = 0.0) -> float:
+    """Seconds of the budget for each (model, seed), after `spent` seconds of calibration."""
+    return max(0.0, 60 * config.budget - spent) / (len(config.models) * config.seeds)
 
 
-def budget_steps(seconds: float, step_seconds: float, batch_size: int, steps_per_epoch: int,
-                 eval_images: int, eval_every: int, test_images: int, test_passes: int,
-                 margin: float = BUDGET_MARGIN) -> int:
-    """The optimiser steps that fit in `seconds` with the evaluations they bring: the final
-    test (`test_images` x `test_passes` forward passes) and one evaluation of `eval_images`
-    every `eval_every` epochs. A forward pass of one image costs about a third of its share of
-    a training step (forward, and a backward pass of about twice the forward's arithmetic).
-    Pure: the same timings give the same plan (tested)."""
-    def fit(seconds_left: float) -> int:  # 1e-9: 27.0 / 0.1 is 269.99999999999997 in floats
-        return max(1, math.floor(seconds_left / step_seconds + 1e-9))
-
-    forward = step_seconds / batch_size / 3
-    available = seconds * margin - test_images * test_passes * forward
-    steps = fit(available)
-    for _ in range(3):  # the evaluations depend on the epochs, which depend on the steps
-        evals = math.ceil(steps / (steps_per_epoch * eval_every))
-        steps = fit(available - evals * eval_images * forward)
-    return steps
-
-
-TTA_SHARE = 0.1  # test-time augmentation may take at most this share of a budget
-
-
-def budget_tta(tta: str, seconds: float, test_pass_seconds: float) -> str:
-    """The recipe's test-time augmentation if its extra passes over the test set cost at most
-    TTA_SHARE of the budget, else the strongest cheaper one that does ("flip", then "none"):
-    on a short budget six passes over 10,000 test images can cost more than the training
-    (measured: 20 of 27 s), and the training buys more accuracy than TTA's point or so."""
-    order = [t for t in ("flip-translate", "flip", "none")
-             if TTA_PASSES[t] <= TTA_PASSES[tta]]
-    for t in order:
-        if (TTA_PASSES[t] - 1) * test_pass_seconds <= TTA_SHARE * seconds:
-            return t
-    return "none"
-
-
-def budget_share(config: TrainConfig) -> float:
-    """Seconds of the budget for each (model, seed)."""
-    return 60 * config.budget / (len(config.models) * config.seeds)
+def _eval_images(config: TrainConfig, data) -> int:
+    """Images one evaluation measures (the per-epoch passes a budget must pay for)."""
+    return (config.train_eval + (len(data.test_y) if config.test and config.test_curve else 0)
+            + (0 if data.val_y is None else len(data.val_y)))
 
 
 def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn, precision,
                  device, steps_per_epoch: int, data, run_dir: RunDir, resume: bool,
-                 tta: str | None = None) -> dict[str, Any]:
-    """Time a few steps, plan the steps that fit this (model, seed)'s share; the plan is kept
-    in the run directory so that a resumed run keeps its schedule."""
-    from cnnlab import dist, recipes
-    from cnnlab.engine import seconds_per_step
+                 share: float, tta: str | None = None,
+                 step_seconds: float | None = None) -> dict[str, Any]:
+    """Time a few steps (or take `step_seconds`, timed by the calibration), plan the steps
+    that fit this (model, seed)'s share; the plan is kept in the run directory so that a
+    resumed run keeps its schedule."""
+    from cnnlab import dist
+    from cnnlab.budget import TTA_PASSES, budget_steps, budget_tta
 
     if resume and run_dir.file("budget.json").is_file():
         return run_dir.read_json("budget.json")
-    share = budget_share(config)
-    step_s = seconds_per_step(model, lambda m: recipes.make_optimizer(recipe, m), batches,
-                              loss_fn, precision, device)
+    step_s = step_seconds
+    if step_s is None:
+        step_s = _seconds_per_step(recipe, model, batches, loss_fn, precision, device)
     info = dist.from_env()
     if info.enabled:  # every rank must plan the same steps: the mean of their timings
         step_s = float(dist.all_reduce_sum(torch.tensor([step_s], dtype=torch.float64,
                                                         device=device))) / info.world_size
-    eval_images = (config.train_eval + (len(data.test_y) if config.test_curve else 0)
-                   + (0 if data.val_y is None else len(data.val_y)))
+    eval_images = _eval_images(config, data)
     test_images = len(data.test_y) if config.test else 0
     if tta is None:  # the first seed of this model decides, by its own timing
         tta = budget_tta(recipe.tta, share, step_s / recipe.batch_size / 3 * test_images)
@@ -559,6 +563,105 @@ def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn
     if info.is_main:
         run_dir.write_json("budget.json", plan)
     return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: the shape of the default network for the budget (budget.py)
+
+CIFAR_TRAIN = 50_000  # the shapes' curves were measured on the whole CIFAR-10 training set
+
+
+def calibration_skipped(config: TrainConfig, model_name: str, data) -> str | None:
+    """Why `model_name` keeps its recipe's shape under this budget (None: it is calibrated).
+    Only the default network under the `fast` recipe, as the user left it, on data like the
+    curves' (CIFAR-10's 50,000 32x32 training images, 10 classes), in one process."""
+    from cnnlab import dist
+    from cnnlab.models.registry import get_spec
+
+    if not config.budget or not config.calibrate:
+        return "calibration off"
+    if get_spec(model_name).name != DEFAULT_MODEL or config.recipe != "fast":
+        return "only the fast recipe's fast-cifar has measured shapes"
+    touched = {k for k, _ in config.recipe_overrides} & {"batch_size", "lr", "schedule"}
+    if (config.model_options or config.batch_size or config.lr or touched):
+        return "the width, batch size or learning rate was given"
+    if (len(data.train_y) != CIFAR_TRAIN or tuple(data.image_shape) != (3, 32, 32)
+            or data.num_classes != 10):
+        return ("the shapes' accuracy curves are for CIFAR-10's 50,000 training images at "
+                "32x32")
+    if dist.from_env().enabled:
+        return "calibration runs in a single process"
+    return None
+
+
+def apply_shape(recipe, shape):
+    """The recipe with a budget shape's width, batch size and learning rate."""
+    return replace(recipe, batch_size=shape.batch_size, lr=shape.lr,
+                   model_options=(*recipe.model_options, ("widths", shape.widths)))
+
+
+def _calibrate(config: TrainConfig, data, model_name: str, device: torch.device,
+               reporter) -> dict[str, Any]:
+    """Time the candidate shapes of `model_name` on this machine and choose one (budget.py);
+    returns the record kept in calibration.json."""
+    from cnnlab import budget
+
+    base = recipe_for(config, model_name)
+    precision, _ = resolve_precision(base.precision, device)
+    timings: dict[str, float] = {}
+
+    def time_step(shape) -> float:
+        recipe = apply_shape(base, shape)
+        model, batches, loss_fn = _build(recipe, data, model_name, 0, device)
+        timings[shape.name] = _seconds_per_step(recipe, model, batches, loss_fn, precision,
+                                                device)
+        return timings[shape.name]
+
+    start = time.monotonic()
+    macs = {s.name: macs_of(model_name, {**s.options(), "num_classes": 10}, (3, 32, 32))
+            for s in budget.SHAPES}
+    chosen, candidates = budget.choose_shape(
+        budget_share(config), time_step, macs, len(data.train_y),
+        len(data.test_y) if config.test else 0, _eval_images(config, data), config.eval_every,
+        base.tta, config.test_curve, prune=device.type == "cpu")
+    spent = time.monotonic() - start
+    # What more minutes would buy: the same timings, twice the share.
+    double = [budget.plan_shape(budget.shape_named(c.shape), 2 * budget_share(config),
+                                c.seconds_per_step, len(data.train_y),
+                                len(data.test_y) if config.test else 0,
+                                _eval_images(config, data), config.eval_every, base.tta,
+                                config.test_curve, timed=c.timed).as_dict()
+              for c in candidates]
+    reporter.log(f"{model_name}: calibration chose the {chosen.name} shape (widths "
+                 f"{'-'.join(map(str, chosen.widths))}, batch {chosen.batch_size}) in "
+                 f"{spent:.1f} s: " + "; ".join(
+                     f"{c.shape} {c.epochs:.2f} epochs -> about {c.expected_accuracy:.1f}%"
+                     + ("" if c.timed else " (at best; not timed)") for c in candidates))
+    return {"model": model_name, "chosen": chosen.name, "seconds": spent,
+            "candidates": [c.as_dict() for c in candidates], "twice_the_budget": double,
+            "step_seconds": timings.get(chosen.name)}
+
+
+def _calibration(config: TrainConfig, data, device: torch.device, run_dir: RunDir,
+                 reporter, resume: bool) -> dict[str, dict[str, Any]]:
+    """{model: calibration record} for every model the budget calibrates; kept in
+    calibration.json, so that a resumed run keeps its shapes (and its shares)."""
+    from cnnlab import dist
+
+    if not config.budget:
+        return {}
+    if resume and run_dir.file("calibration.json").is_file():
+        return run_dir.read_json("calibration.json")
+    out = {}
+    for m in config.models:
+        why = calibration_skipped(config, m, data)
+        if why is None:
+            out[m] = _calibrate(config, data, m, device, reporter)
+        elif config.calibrate and m == config.models[0] and len(config.models) == 1:
+            reporter.log(f"{m}: no calibration ({why}); it trains as given")
+    if dist.from_env().is_main:
+        run_dir.write_json("calibration.json", out)
+    return out
 
 
 def macs_of(model_name: str, options: dict[str, Any], shape: tuple[int, ...]) -> int:
@@ -595,6 +698,7 @@ def summarise(rows: list[dict[str, Any]], macs: dict[str, int]) -> list[dict[str
             "epochs": mine[0]["epochs"], "precision": mine[0]["precision"],
             # With --budget: each (model, seed)'s share, and the steps it fitted in (mean).
             "budget_seconds": mine[0].get("budget_seconds"),
+            "shape": mine[0].get("shape"),
             "steps": statistics.fmean(r["steps"] for r in mine),
             "epochs_trained": statistics.fmean(r["steps"] * r["batch_size"] / r["n_train"]
                                                for r in mine),
@@ -632,6 +736,9 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
     if info.is_main and not resume:
         run_dir.save_config(config)
         run_dir.save_environment(seed=config.seed, device=str(device))
+    calibration = _calibration(config, data, device, run_dir, reporter, resume)
+    spent = sum(c["seconds"] for c in calibration.values())
+    shapes = {m: budget.shape_named(c["chosen"]) for m, c in calibration.items()}
     rows = []
     for model_name in config.models:
         for seed in range(config.seed, config.seed + config.seeds):
@@ -645,10 +752,14 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
                 sub.path.mkdir(parents=True, exist_ok=True)
             dist.barrier()
             earlier = [r for r in rows if r["model"] == model_name]
+            timed = calibration.get(model_name, {}).get("step_seconds")
             rows.append(train_one(config, data, model_name, seed, sub, reporter, device,
                                   resume=again, after_epoch=after_epoch, at_start=at_start,
                                   tta=earlier[0]["tta"] if earlier and config.budget
-                                  else None))
+                                  else None, shape=shapes.get(model_name),
+                                  share=budget_share(config, spent) if config.budget else None,
+                                  # the first seed reuses the calibration's timing
+                                  step_seconds=None if earlier else timed))
             r = rows[-1]
             which, acc = (("test", r["test_accuracy"]) if config.test
                           else ("validation", r["val_accuracy"]))
@@ -660,6 +771,8 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
     macs = {}
     for m in config.models:
         recipe = recipe_for(config, m)
+        if m in shapes:
+            recipe = apply_shape(recipe, shapes[m])
         options = dict(recipe.model_options)
         options.setdefault("num_classes", data.num_classes)
         macs[m] = macs_of(m, options, tuple(data.image_shape))
@@ -668,6 +781,7 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
         "n_val": 0 if data.val_y is None else len(data.val_y), "classes": list(data.classes),
         "world_size": info.world_size, "device": str(device),
         "models": summarise(rows, macs), "runs": rows,
+        "budget_minutes": config.budget, "calibration": list(calibration.values()),
     }
     run_dir.save_results(results)
     if config.report and config.test:  # the report compares test accuracy

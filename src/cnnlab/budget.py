@@ -1,0 +1,204 @@
+"""Fitting a training run to the minutes it has (`cnnlab train --budget`): the pure parts.
+
+Three decisions, each a function of measured timings only, so that the same timings give the
+same plan (tested with injected timings):
+
+- `budget_steps`: the optimiser steps that fit a share of the budget with the evaluations they
+  bring (the per-epoch test pass and the final test with its test-time augmentation);
+- `budget_tta`: test-time augmentation only where its extra passes cost at most a tenth of the
+  share;
+- `choose_shape`: which shape of the default network (fast-cifar's width, with the batch size and
+  learning rate that go with it) is expected to reach the highest test accuracy in the share,
+  from each shape's measured accuracy-against-epochs curve (`SHAPES`, measured on CIFAR-10 and
+  recorded in BENCHMARKS.md) and its seconds per step timed on this machine. A narrow net gets
+  more epochs in the same seconds and wins on short budgets; the full width wins once the narrow
+  one has flattened out.
+
+`tasks/train.py` does the timing and the training; nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+
+BUDGET_MARGIN = 0.9  # plan for 90% of a budget: the timing of a few steps is not exact
+TTA_PASSES = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per test image
+TTA_SHARE = 0.1  # test-time augmentation may take at most this share of a budget
+
+
+def budget_steps(seconds: float, step_seconds: float, batch_size: int, steps_per_epoch: int,
+                 eval_images: int, eval_every: int, test_images: int, test_passes: int,
+                 margin: float = BUDGET_MARGIN) -> int:
+    """The optimiser steps that fit in `seconds` with the evaluations they bring: the final
+    test (`test_images` x `test_passes` forward passes) and one evaluation of `eval_images`
+    every `eval_every` epochs. A forward pass of one image costs about a third of its share of
+    a training step (forward, and a backward pass of about twice the forward's arithmetic).
+    Pure: the same timings give the same plan (tested)."""
+    def fit(seconds_left: float) -> int:  # 1e-9: 27.0 / 0.1 is 269.99999999999997 in floats
+        return max(1, math.floor(seconds_left / step_seconds + 1e-9))
+
+    forward = step_seconds / batch_size / 3
+    available = seconds * margin - test_images * test_passes * forward
+    steps = fit(available)
+    for _ in range(3):  # the evaluations depend on the epochs, which depend on the steps
+        evals = math.ceil(steps / (steps_per_epoch * eval_every))
+        steps = fit(available - evals * eval_images * forward)
+    return steps
+
+
+def budget_tta(tta: str, seconds: float, test_pass_seconds: float) -> str:
+    """The recipe's test-time augmentation if its extra passes over the test set cost at most
+    TTA_SHARE of the budget, else the strongest cheaper one that does ("flip", then "none"):
+    on a short budget six passes over 10,000 test images can cost more than the training
+    (measured: 20 of 27 s), and the training buys more accuracy than TTA's point or so."""
+    order = [t for t in ("flip-translate", "flip", "none")
+             if TTA_PASSES[t] <= TTA_PASSES[tta]]
+    for t in order:
+        if (TTA_PASSES[t] - 1) * test_pass_seconds <= TTA_SHARE * seconds:
+            return t
+    return "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes of the default network for a budget
+
+
+@dataclass(frozen=True)
+class Shape:
+    """fast-cifar at one width, with the batch size and peak learning rate tuned for it, and
+    its test accuracy (%) on CIFAR-10 after E epochs of the `fast` recipe (the one-cycle
+    schedule fitted to E, flip + translate TTA), measured: `curve` = ((E, accuracy), ...)."""
+
+    name: str
+    widths: tuple[int, int, int]
+    batch_size: int
+    lr: float
+    curve: tuple[tuple[float, float], ...]
+
+    def options(self) -> dict:
+        return {"widths": self.widths}
+
+
+# Measured with `cnnlab train DATA --epochs E` on the shared JPEG copy of CIFAR-10, seed 0
+# unless a mean is given (BENCHMARKS.md, "CIFAR-10 time to accuracy" and "accuracy against
+# budget"): the accuracy a shape reaches depends on its epochs, not on the machine; the
+# seconds an epoch costs are what the calibration times here.
+QUARTER = Shape(
+    name="quarter", widths=(32, 64, 128), batch_size=512, lr=0.75,
+    # 1.2 epochs: 72.95% (73.27 ± 0.38% over 3 seeds with flip TTA); 1.4: 75.04; 2: 79.06;
+    # 3: 82.57 (2026-11-27, AMD EPYC); 6 and 10: 2026-12-02, Intel Xeon (AMX).
+    curve=((1.2, 72.95), (1.4, 75.04), (2.0, 79.06), (3.0, 82.57), (6.0, 86.0), (10.0, 87.5)),
+)
+FULL = Shape(
+    name="full", widths=(64, 128, 256), batch_size=1024, lr=1.5,
+    # 1.24 epochs: 70.78 ± 0.75% (3 seeds); 1.5: 75.66; 2: 80.44; 4.5: 86.58; 6: 88.30;
+    # 10: 89.60 (the `fast` recipe's default; 2026-11-27, AMD EPYC).
+    curve=((1.24, 70.78), (1.5, 75.66), (2.0, 80.44), (4.5, 86.58), (6.0, 88.30), (10.0, 89.60)),
+)
+SHAPES = (QUARTER, FULL)  # cheapest first: the calibration times them in this order
+CHANCE = 10.0  # % on CIFAR-10's ten balanced classes
+
+# Points the curve loses without flip + translate TTA, from the same runs: quarter at 1.2
+# epochs flip 73.27 / none 72.47; full at 10 epochs flip 89.43 / none 88.85 / both 89.58.
+TTA_LOSS = {"flip-translate": 0.0, "flip": 0.3, "none": 1.0}
+
+
+def expected_accuracy(shape: Shape, epochs: float, tta: str = "flip-translate") -> float:
+    """Test accuracy (%) the shape is expected to reach in `epochs`: linear between measured
+    points; below the first, linear down to chance at 0 epochs (pessimistic: the one-cycle
+    schedule learns fast early); beyond the last, the last (no extrapolation upwards)."""
+    points = shape.curve
+    if epochs >= points[-1][0]:
+        acc = points[-1][1]
+    elif epochs <= points[0][0]:
+        acc = CHANCE + (points[0][1] - CHANCE) * max(epochs, 0.0) / points[0][0]
+    else:
+        acc = points[-1][1]
+        for (e0, a0), (e1, a1) in itertools.pairwise(points):
+            if e0 <= epochs <= e1:
+                acc = a0 + (a1 - a0) * (epochs - e0) / (e1 - e0)
+                break
+    return max(CHANCE, acc - TTA_LOSS[tta])
+
+
+# A wider net does more arithmetic per image but runs its convolutions more efficiently: per
+# image, full (3.3x quarter's MACs) cost 2.0x quarter's time on one AMX core (2026-12-02).
+# A shape is timed only if it could win even at EFFICIENCY_BOUND x its MACs ratio per image
+# (2x more efficient per MAC than the cheapest shape, a bound safely past the 1.65x measured).
+EFFICIENCY_BOUND = 0.5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One shape's plan for a share of the budget: what it would train and reach."""
+
+    shape: str
+    # Timed here, or (timed=False) the optimistic bound that showed it could not win.
+    seconds_per_step: float
+    steps: int
+    epochs: float
+    tta: str
+    expected_accuracy: float
+    timed: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_shape(shape: Shape, seconds: float, step_seconds: float, n_train: int,
+               test_images: int, eval_images: int, eval_every: int, tta: str,
+               test_curve: bool, timed: bool = True) -> Candidate:
+    """The steps, epochs, TTA and expected accuracy of one shape in `seconds` at
+    `step_seconds` per step (the plan `tasks/train.py` then trains)."""
+    steps_per_epoch = max(1, n_train // shape.batch_size)
+    forward = step_seconds / shape.batch_size / 3
+    chosen_tta = budget_tta(tta, seconds, forward * test_images)
+    # Without TTA the final test reuses the last evaluation's test pass (tasks/train.py).
+    passes = 0 if chosen_tta == "none" and test_curve else TTA_PASSES[chosen_tta]
+    steps = budget_steps(seconds, step_seconds, shape.batch_size, steps_per_epoch, eval_images,
+                         eval_every, test_images, passes)
+    epochs = steps * shape.batch_size / n_train
+    return Candidate(shape.name, step_seconds, steps, round(epochs, 3),
+                     chosen_tta, round(expected_accuracy(shape, epochs, chosen_tta), 2), timed)
+
+
+def choose_shape(seconds: float, time_step, macs: dict[str, int], n_train: int,
+                 test_images: int, eval_images: int, eval_every: int, tta: str,
+                 test_curve: bool, shapes: tuple[Shape, ...] = SHAPES, prune: bool = True
+                 ) -> tuple[Shape, list[Candidate]]:
+    """The shape expected to reach the highest test accuracy in `seconds`, and every
+    candidate's plan. `time_step(shape)` returns its seconds per step on this machine (the
+    caller times a few steps; a test injects numbers); `macs[name]` its multiply-accumulates
+    per image. The cheapest shape is always timed; a dearer one only if even an optimistic
+    bound on its step time (its MACs ratio x EFFICIENCY_BOUND) could beat the best so far, so a
+    short budget does not spend its seconds timing a network it cannot use (`prune`; a CPU
+    bound: on a GPU a small net leaves the device idle and a wider one may cost no more, so
+    there every shape is timed). Ties go to the cheaper shape. Deterministic given the
+    timings."""
+    base = shapes[0]
+    base_step = time_step(base)
+    best = plan_shape(base, seconds, base_step, n_train, test_images, eval_images, eval_every,
+                      tta, test_curve)
+    candidates = [best]
+    chosen = base
+    per_image = base_step / base.batch_size
+    for shape in shapes[1:]:
+        bound = (per_image * max(1.0, macs[shape.name] / macs[base.name]) * EFFICIENCY_BOUND
+                 * shape.batch_size)
+        optimistic = plan_shape(shape, seconds, bound, n_train, test_images, eval_images,
+                                eval_every, tta, test_curve, timed=False)
+        if prune and optimistic.expected_accuracy <= best.expected_accuracy:
+            candidates.append(optimistic)
+            continue
+        plan = plan_shape(shape, seconds, time_step(shape), n_train, test_images, eval_images,
+                          eval_every, tta, test_curve)
+        candidates.append(plan)
+        if plan.expected_accuracy > best.expected_accuracy:
+            best, chosen = plan, shape
+    return chosen, candidates
+
+
+def shape_named(name: str, shapes: tuple[Shape, ...] = SHAPES) -> Shape:
+    return next(s for s in shapes if s.name == name)
