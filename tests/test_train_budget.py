@@ -136,3 +136,30 @@ def test_budget_run_keeps_to_its_share_and_records_it(shared_data, tmp_path, mon
     # Every seed of a model is tested alike: the first seed's choice of TTA holds for all.
     for model in ("simple-cnn", "plain-cnn"):
         assert len({r["tta"] for r in res["runs"] if r["model"] == model}) == 1
+
+
+def test_lab_budget_shares_the_minutes_among_the_training_steps():
+    root = "../shared/data"
+    default = lab.LabConfig(data_root=root)
+    fixed = sum(s.seconds for s in lab.STEPS if s.name not in lab.TRAINING_STEPS) / 60
+    cfg = lab.LabConfig(data_root=root, budget=40)
+    shares = lab.budget_shares(cfg)
+    # What the fixed steps and the train step's 30 s of decoding leave, split 6 : 9.3.
+    left = 40 - fixed - 0.5
+    assert shares["train"] == pytest.approx(left * 6 / 15.3)
+    assert shares["experiments"] == pytest.approx(left * 9.3 / 15.3)
+    assert lab.plan_train(cfg).config.budget == pytest.approx(shares["train"], abs=0.01)
+    assert lab.plan_train(cfg).config.seeds == 3  # more minutes: longer runs, same lab
+    exp = lab.plan_experiments(cfg).config
+    assert exp.budget == pytest.approx(shares["experiments"], abs=0.01) and exp.seeds == 3
+    assert f"--budget {exp.budget:g}" in lab.plan_experiments(cfg).command
+    # The estimates the lab prints follow the budget; without one, the default plan.
+    assert sum(s.estimate(cfg) for s in cfg.selected()) == pytest.approx(40 * 60, abs=1)
+    assert lab.budget_shares(default) == {} and lab.plan_experiments(default).config.budget is None
+    # Only the selected training steps share it.
+    only = lab.LabConfig(data_root=root, budget=30, only=("train",))
+    assert lab.budget_shares(only) == {"train": pytest.approx(30 - 0.5)}
+    with pytest.raises(CnnlabError, match="too little"):
+        lab.LabConfig(data_root=root, budget=5)
+    with pytest.raises(CnnlabError, match="not both"):
+        lab.LabConfig(data_root=root, budget=30, quick=True)

@@ -31,6 +31,7 @@ Exit status: 0 every step ran; 3 a step was skipped; 1 a step failed; 2 a bad op
 Examples:
   cnnlab lab                                  # data from ../shared/data (or $CNNLAB_DATA)
   cnnlab lab --quick --out runs/lab-quick     # small subsets: minutes
+  cnnlab lab --budget 40                      # twice the default: tighter intervals
   cnnlab lab --only evaluate --force evaluate
 """
 
@@ -51,6 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{flag}", nargs="+", default=[], metavar="STEP", help=what)
     p.add_argument("--finetune-data", metavar="DIR",
                    help="photos for the transfer-learning step (default: DATA/hymenoptera)")
+    p.add_argument("--budget", type=float, metavar="MINUTES",
+                   help="minutes for the whole lab (not with --quick): the training steps "
+                        "(train, experiments) share what the other steps leave, so more "
+                        "minutes buy longer training and more seeds, i.e. tighter intervals, "
+                        "in the same lab (default: the plan that fits 20 minutes on a 2-core "
+                        "machine, install included)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip report.md / report.html")
     add_quiet(p)
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     values = {"quick": args.quick, "only": tuple(args.only), "skip": tuple(args.skip),
               "force": tuple(args.force), "finetune_data": args.finetune_data,
-              "report": args.report}
+              "report": args.report, "budget": args.budget}
     if args.data_root:
         values["data_root"] = args.data_root
     config = lab.LabConfig(**values)

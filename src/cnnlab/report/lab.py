@@ -39,6 +39,8 @@ class Section:
     # Sub-sections, one per question the step answers (the experiments' claims): each with its
     # verdict, sentences, tables and figures (report/study.py's Part).
     parts: list[Any] = field(default_factory=list)
+    # Small pictures side by side (the class-activation maps of the evaluate step's mistakes).
+    gallery: list[Figure] = field(default_factory=list)
 
 
 def _n(v: int | float | None) -> str:
@@ -93,6 +95,40 @@ def _concepts(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
             "convolution's maps come back unchanged (weight sharing)", numeric=(1, 2, 3)))
         fig = figure(lab_dir, f"{step_dir}/{demo['figure']}",
                      "conv, locally-connected and dense maps of a photo and of its shifted copy")
+        if fig:
+            s.figures.append(fig)
+    _features(s, lab_dir, step_dir)
+
+
+def _features(s: Section, lab_dir: Path, step_dir: str) -> None:
+    """The pretrained net's first-layer filters and feature maps per stage (features.json,
+    written by the concepts step with `cnnlab explain --filters --maps`)."""
+    path = lab_dir / step_dir / "features.json"
+    if not path.is_file():
+        return
+    f = json.loads(path.read_text(encoding="utf-8"))
+    if f.get("reason"):
+        s.notes.append(f"No filter or feature-map figure: {f['reason']}.")
+    filters = f.get("filters")
+    if filters:
+        n, c, *k = filters["shape"]
+        fig = figure(lab_dir, f"{step_dir}/{filters['figure']}",
+                     f"{f['model']}: the {n} filters of its first convolution ({filters['layer']}, "
+                     f"{c} x {'x'.join(map(str, k))} each), what the first layer looks for")
+        if fig:
+            s.figures.append(fig)
+    maps = f.get("maps")
+    if maps:
+        s.tables.append(Table(
+            ["stage", "channels", "map size", "values per channel"],
+            [[st["name"], st["shape"][0], f"{st['shape'][1]} x {st['shape'][2]}",
+              _n(st["shape"][1] * st["shape"][2])] for st in maps["stages"]],
+            f"{f['model']} on {Path(maps['file']).name}: after each stage, resolution falls and "
+            "channels rise (convolutions with stride and pooling shrink the maps)",
+            numeric=(1, 3)))
+        fig = figure(lab_dir, f"{step_dir}/{maps['figure']}",
+                     f"{f['model']}: the most active channels after each stage, each map's size "
+                     "written on it")
         if fig:
             s.figures.append(fig)
 
@@ -157,6 +193,33 @@ def _evaluate(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
         "points of error", numeric=(1, 2, 3, 4, 5)))
     s.notes.append(f"Per-image predictions and the photos some model gets wrong: "
                    f"{step_dir}/report.html")
+    _mistake_maps(s, r, lab_dir, step_dir)
+
+
+LAB_CAMS_SHOWN = 6  # mistakes whose maps the lab report shows; the step's report has the rest
+
+
+def _mistake_maps(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    """A handful of the photos the nets got wrong: each model's map of the class it predicted
+    beside its map of the true class (Grad-CAM, drawn by the evaluate step)."""
+    ex = r.get("explanations")
+    if not ex or not ex.get("cams"):
+        return
+    shown = ex["cams"][:LAB_CAMS_SHOWN]
+    for c in shown:
+        name = Path(c["file"]).name
+        for side, word in (("predicted", "predicted"), ("true", "true class")):
+            fig = figure(lab_dir, f"{step_dir}/{c[side]['cam']}",
+                         f"{name}, {c['model']}: {word} {c[side]['class']}")
+            if fig:
+                s.gallery.append(fig)
+    limit = ex.get("limit")
+    s.notes.append(
+        f"Where the nets looked when they were wrong: {ex['method_name']} maps of the class "
+        f"each model predicted and of the true class, for {len(shown)} of its mistakes"
+        + (f" (the step drew each model's first {limit})" if limit is not None else "")
+        + "; red where the evidence for the class lies. All of them: "
+        f"{step_dir}/report.html")
 
 
 def _charrnn(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
@@ -221,7 +284,8 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     s.tables.append(Table(
         ["model", "recipe", "lr", "test accuracy", "seeds", "parameters", "MACs",
          "epochs trained", "train s", "images/s"],
-        [[m["model"], m["recipe"], "-" if m.get("lr") is None else f"{m['lr']:g}",
+        [[m["model"] + (f" ({m['shape']} width)" if m.get("shape") else ""), m["recipe"],
+          "-" if m.get("lr") is None else f"{m['lr']:g}",
           f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
           _n(m["params"]), _si(m["macs"] or 0),
           f"{m.get('epochs_trained', m['epochs']):.2f}", f"{m['train_seconds']:.0f}",
@@ -235,6 +299,9 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     fig = figure(lab_dir, f"{step_dir}/curves.png", "train loss and test accuracy per epoch")
     if fig:
         s.figures.append(fig)
+    from cnnlab.report.train import budget_lines
+
+    s.notes.extend(budget_lines(r))  # the budget, the calibrated shape, what more would buy
     best = max(r["models"], key=lambda m: m["test_accuracy_mean"])
     s.notes.append(f"cnnlab: best here {best['model']}, {best['test_accuracy_mean']:.1f}% test "
                    f"accuracy in {best['train_seconds']:.0f} s of training.")

@@ -51,6 +51,11 @@ class LabConfig:
     force: tuple[str, ...] = ()  # run these even when their cached result is up to date
     finetune_data: str | None = None  # transfer-learning photos (default: DATA/hymenoptera)
     report: bool = True
+    # Minutes for the whole lab. The steps that train (train, experiments) share what the
+    # others leave, in the default plan's proportions: more minutes buy longer training runs
+    # and more seed rounds (tighter intervals), fewer shorten them; the lab stays the same
+    # steps, models and claims. None: the default plan (`default_minutes()`).
+    budget: float | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in STEPS]
@@ -63,6 +68,16 @@ class LabConfig:
                         f"--{flag} {name!r}: no such step{suggest(name, names)}; "
                         f"steps: {', '.join(names)}"
                     )
+
+        if self.budget is not None:
+            if self.quick:
+                raise CnnlabError("give --quick or --budget, not both (--quick is a smoke run "
+                                  "of fixed size)")
+            need = minimum_minutes(self)
+            if self.budget < need:
+                raise CnnlabError(f"--budget {self.budget:g} minutes is too little for this lab: "
+                                  f"it needs at least {need:.1f} (its fixed steps, and half the "
+                                  "default training time)")
 
     def selected(self) -> list[Step]:
         return [s for s in STEPS if (not self.only or s.name in self.only)
@@ -97,7 +112,12 @@ class Step:
     quick_seconds: float = 1.0
 
     def estimate(self, config: LabConfig) -> float:
-        return self.quick_seconds if config.quick else self.seconds
+        if config.quick:
+            return self.quick_seconds
+        share = budget_shares(config).get(self.name)
+        if share is not None:  # a training step under the lab's budget
+            return 60 * share + (30 if self.name == "train" else 0)
+        return self.seconds
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -110,19 +130,64 @@ def _params_plan(command: str, inputs: list[Path] | None = None, **kw) -> Plan:
 
 
 DEMO_PHOTO = ("imagenet-samples", "n01440764_tench.JPEG")  # under the data root
+# Whose filters and feature maps the concepts step draws: the first with ImageNet weights here
+# (offline: EfficientNet-Lite0, whose weights ship as a pip package). AlexNet first: its 64
+# 11x11 filters are the classic picture; Lite0's 32 are 3x3.
+FEATURE_MODELS = ("alexnet", "resnet18", "efficientnet_lite0")
+FEATURES_FILE = "features.json"  # the concepts step's filters/maps record (report/lab.py)
+
+
+def _pretrained_here(names: tuple[str, ...]) -> list[str]:
+    from cnnlab.models.pretrained import locate, pretrained_spec_of
+    from cnnlab.models.registry import get_spec
+
+    return [m for m in names if locate(pretrained_spec_of(get_spec(m))).path is not None]
+
+
+def _draw_features(model: str | None, photo: Path | None):
+    """The concepts step's pictures of what a CNN computes: `model`'s first-layer filters and,
+    with a photo, a few channels after each stage (`cnnlab explain --filters --maps`), into the
+    step's directory; features.json records them (or why there are none)."""
+
+    def after(run_dir: RunDir, results: Any) -> None:
+        from cnnlab.tasks import explain
+
+        record: dict[str, Any] = {"model": model, "filters": None, "maps": None}
+        if model is None:
+            record["reason"] = ("no ImageNet weights of " + ", ".join(FEATURE_MODELS)
+                                + " here")
+        else:
+            try:
+                record["filters"] = explain.draw_filters(model, None, run_dir)
+                if photo is not None:
+                    record["maps"] = explain.draw_maps(
+                        explain.ExplainConfig(model=model, maps=str(photo)), run_dir)
+            except CnnlabError as exc:  # the numbers stand without the pictures
+                record["reason"] = str(exc)
+        run_dir.write_json(FEATURES_FILE, record)
+
+    return after
 
 
 def plan_concepts(cfg: LabConfig) -> Plan:
     # Lab A (1): what local connectivity and weight sharing buy, for every conv layer of the
     # paper's AlexNet; the building blocks' shares of parameters and MACs (from the layers);
     # and, where the sample photos are, the same shown on a photo: shift it, and the conv
-    # layer's maps shift with it while a locally-connected and a dense layer's do not.
+    # layer's maps shift with it while a locally-connected and a dense layer's do not. Lab B
+    # (1) "convolution extracts features, pooling shrinks them", as pictures: a pretrained
+    # net's first-layer filters and its feature maps after each stage of the same photo.
     photo = Path(cfg.data_root).joinpath(*DEMO_PHOTO)
     demo = photo if photo.is_file() else None
-    return _params_plan("cnnlab params alexnet-paper --groups 2 --sharing"
-                        + (f" --demo {photo}" if demo else ""), inputs=[demo] if demo else [],
+    model = next(iter(_pretrained_here(FEATURE_MODELS)), None)
+    explain_cmd = (f"; cnnlab explain --filters {model} -m {model}"
+                   + (f" --maps {photo}" if demo else "")) if model else ""
+    plan = _params_plan("cnnlab params alexnet-paper --groups 2 --sharing"
+                        + (f" --demo {photo}" if demo else "") + explain_cmd,
+                        inputs=[demo] if demo else [],
                         models=("alexnet-paper",), sharing=True, options={"groups": 2},
                         demo=str(demo) if demo else None)
+    plan.after = _draw_features(model, demo)
+    return plan
 
 
 def plan_alexnet(cfg: LabConfig) -> Plan:
@@ -139,6 +204,9 @@ def plan_alexnet_groups(cfg: LabConfig) -> Plan:
 
 
 EXTRA_EVAL_MODELS = ("alexnet", "googlenet", "resnet18")  # the lab's trio, when weights exist
+# Class-activation maps of each model's first N mistakes: the report shows a handful, and the
+# step stays fast (about 0.3 s per map pair for Lite0 on one core; BENCHMARKS.md, "CAMs").
+EVAL_CAMS = 2
 
 
 def plan_evaluate(cfg: LabConfig) -> Plan:
@@ -153,9 +221,9 @@ def plan_evaluate(cfg: LabConfig) -> Plan:
     models += [m for m in EXTRA_EVAL_MODELS
                if locate(pretrained_spec_of(get_spec(m))).path is not None]
     config = evaluate.EvaluateConfig(path=str(photos), models=tuple(models),
-                                     limit=50 if cfg.quick else None)
+                                     limit=50 if cfg.quick else None, explain_limit=EVAL_CAMS)
     command = f"cnnlab evaluate {photos} " + " ".join(f"-m {m}" for m in models) + (
-        " --limit 50" if cfg.quick else "")
+        " --limit 50" if cfg.quick else "") + f" --explain-limit {EVAL_CAMS}"
     return Plan(evaluate.run, config, command, inputs=[photos])
 
 
@@ -179,6 +247,38 @@ CIFAR_ZIP = ("cifar10", "cifar10-jpg.zip")
 
 TRAIN_SEEDS = 3
 TRAIN_MINUTES = 6.0  # the train step's share of the lab: 9 runs of 40 s each
+# The experiments step without a budget (3 seed rounds): 557 s on the 2-core Xeon
+# (BENCHMARKS.md), the base of its share when the lab has a budget.
+EXPERIMENT_MINUTES = 9.3
+TRAINING_STEPS = ("train", "experiments")  # the steps a lab budget scales
+
+
+def budget_shares(cfg: LabConfig) -> dict[str, float]:
+    """{step: minutes} for the training steps under the lab's budget ({} without one): the
+    budget less the other selected steps' estimates, split in the default plan's proportions
+    (train 6 : experiments 9.3)."""
+    if cfg.budget is None or cfg.quick:
+        return {}
+    base = {"train": TRAIN_MINUTES, "experiments": EXPERIMENT_MINUTES}
+    chosen = [s.name for s in cfg.selected() if s.name in TRAINING_STEPS]
+    if not chosen:
+        return {}
+    fixed = sum(s.seconds for s in cfg.selected() if s.name not in TRAINING_STEPS) / 60
+    # the train step's estimate also holds 30 s of decoding and final tests (see STEPS)
+    left = max(0.0, cfg.budget - fixed - (0.5 if "train" in chosen else 0.0))
+    total = sum(base[n] for n in chosen)
+    return {n: left * base[n] / total for n in chosen}
+
+
+def minimum_minutes(cfg: LabConfig) -> float:
+    """The smallest --budget the lab accepts: its other steps, and at least half the default
+    minutes for each training step (less leaves ResNet-18 and the deeper nets of the
+    experiments a few dozen steps: nothing to report)."""
+    steps = [s for s in STEPS if (not cfg.only or s.name in cfg.only)
+             and s.name not in cfg.skip]
+    fixed = sum(s.seconds for s in steps if s.name not in TRAINING_STEPS) / 60
+    half = {"train": TRAIN_MINUTES / 2 + 0.5, "experiments": EXPERIMENT_MINUTES / 2}
+    return fixed + sum(half[s.name] for s in steps if s.name in TRAINING_STEPS)
 
 
 def plan_train(cfg: LabConfig) -> Plan:
@@ -197,9 +297,10 @@ def plan_train(cfg: LabConfig) -> Plan:
                                    limit_per_class=20, epochs=1, batch_size=100)
         flags = "--limit-per-class 20 --epochs 1 --batch-size 100"
     else:
+        minutes = round(budget_shares(cfg).get("train", TRAIN_MINUTES), 2)
         config = train.TrainConfig(data=str(data), models=TRAIN_MODELS, recipe="fast",
-                                   seeds=TRAIN_SEEDS, budget=TRAIN_MINUTES)
-        flags = f"--seeds {TRAIN_SEEDS} --budget {TRAIN_MINUTES:g}"
+                                   seeds=TRAIN_SEEDS, budget=minutes)
+        flags = f"--seeds {TRAIN_SEEDS} --budget {minutes:g}"
     return Plan(train.run, config, f"cnnlab train {data} {models} {flags}", inputs=[data])
 
 
@@ -243,8 +344,11 @@ def plan_experiments(cfg: LabConfig) -> Plan:
                                              seeds=1, limit_per_class=10)
         flags = "--quick --seeds 1 --limit-per-class 10"
     else:
-        config = experiment.ExperimentConfig(experiments=names, data=str(data), seeds=3)
-        flags = "--seeds 3"
+        minutes = budget_shares(cfg).get("experiments")
+        minutes = None if minutes is None else round(minutes, 2)
+        config = experiment.ExperimentConfig(experiments=names, data=str(data), seeds=3,
+                                             budget=minutes)
+        flags = "--seeds 3" + (f" --budget {minutes:g}" if minutes else "")
     return Plan(experiment.run, config,
                 f"cnnlab experiment {' '.join(names)} --data {data} {flags}", inputs=[data])
 
