@@ -5,7 +5,7 @@ respect the noise between seeds.
     config = ExperimentConfig(experiments=("depth", "residual"))
     results = run(config, RunDir.create("experiment"), Reporter())
 
-Every experiment is a grid of trials queued in an Optuna study (`tasks/sweep.run_study`: the
+Every experiment is a grid of trials queued in an Optuna study (`tasks/study.run_study`: the
 same storage, orphan recovery and `--resume` as `cnnlab sweep`), one trial per (setting, seed),
 each a normal `cnnlab train` run in `RUN/<experiment>/trials/trial-NNNN/`. Nothing is selected:
 every trial is tested once, on the whole CIFAR-10 test set, after its last step.
@@ -367,8 +367,9 @@ def objective(g: Grid, base, reporter, data: DataCache, time_left: Callable[[], 
     """The sweep machinery's objective for one grid trial: train, test once; for the residual
     study also the gradient norms at initialisation and after the first epoch."""
     from cnnlab.tasks import sweep, train
+    from cnnlab.tasks.study import Trial
 
-    def run_trial(t: sweep.Trial) -> tuple[float, dict[str, Any]]:
+    def run_trial(t: Trial) -> tuple[float, dict[str, Any]]:
         params = {}
         for key in (*g.settings[0], "seed"):
             if key == "seed":
@@ -429,13 +430,12 @@ class Study:
                  data: DataCache, time_left: Callable[[], float | None]):
         import optuna
 
-        from cnnlab.tasks import sweep
+        from cnnlab.tasks import study
 
         self.name, self.config, self.run_dir, self.reporter = name, config, run_dir, reporter
         self.grid = grid(name, config)
         self.base = base_train(config, self.grid)
-        self.url = sweep.storage_url(None, run_dir)
-        self.study = sweep.make_study(self.url, f"experiment-{name}",
+        self.study = study.open_study(study.storage_url(None, run_dir), f"experiment-{name}",
                                       optuna.samplers.RandomSampler(seed=0),
                                       optuna.pruners.NopPruner())
         self.objective = objective(self.grid, self.base, reporter, data, time_left,
@@ -447,26 +447,28 @@ class Study:
 
     def run_round(self, seed: int) -> None:
         """Every setting with `seed` (queued once; a resumed run finds them queued or done)."""
-        from cnnlab.tasks import sweep
+        from cnnlab.tasks import study
 
-        with sweep.study_lock(self.url):
-            seeds = {t.params.get("seed", t.system_attrs.get("fixed_params", {}).get("seed"))
-                     for t in self.study.get_trials(deepcopy=False)}
+        with self.study.lock():
+            # A queued trial has no params yet: its round is in the user attribute it was
+            # queued with.
+            seeds = {t.params.get("seed", t.user_attrs.get("round")) for t in self.study.trials()}
             if seed not in seeds:
                 for s in self.grid.settings:
-                    self.study.enqueue_trial({**s, "seed": seed})
+                    self.study.optuna_study.enqueue_trial({**s, "seed": seed},
+                                                          user_attrs={"round": seed})
         t0 = time.monotonic()
-        ran = sweep.run_study(self.study, self.url, self.run_dir, self.objective,
+        ran = study.run_study(self.study, self.run_dir, self.objective,
                               len(self.grid.settings) * (seed + 1), self.reporter)
         if ran:  # a round found done (a resumed run) says nothing about this machine's speed
             self.round_seconds.append(time.monotonic() - t0)
 
     def summarise(self) -> dict[str, Any]:
         from cnnlab.report.experiment import plot_experiment
-        from cnnlab.tasks import sweep
+        from cnnlab.tasks import study
 
-        rows = sweep.trial_rows(self.study)
-        sweep.write_trials_csv(self.run_dir, rows)
+        rows = study.trial_rows(self.study)
+        study.write_trials_csv(self.run_dir, rows)
         if not any(r["state"] == "COMPLETE" for r in rows):
             errors = [r["error"] for r in rows if r.get("error")]
             raise CnnlabError(f"experiment {self.name}: no trial finished"

@@ -18,30 +18,16 @@ the test set never picks anything:
 Each trial is `tasks/train.run` into `RUN/trials/trial-NNNN/` (config.json, metrics.jsonl,
 checkpoints, results.json: `cnnlab train --resume` works on it).
 
-Storage: an Optuna RDB storage, SQLite in the run directory by default (`RUN/study.db`), or any
-URL (`--storage postgresql://...`) shared by several processes or machines. Trials are counted
-in the storage, so `--trials N` means N trials over every process and every resume:
-
-- A worker takes a trial under a lock (a file lock beside a SQLite database; other databases
-  rely on Optuna's atomic trial numbers, and a trial started past N in a race is failed as
-  "surplus" before it trains).
-- A trial whose process died (`kill -9`, a power cut) stays RUNNING in the storage. Every worker,
-  before it takes a trial, and `--resume`, look for RUNNING trials of this machine whose process
-  is gone (pid and start time recorded with the trial): such a trial is marked FAIL ("retried")
-  and its settings are queued again as a new trial, which re-trains it from the start. The
-  failed attempt no longer counts, the retry does: nothing is lost, nothing counted twice.
-  A trial of another machine is left to that machine (or to Optuna's heartbeat).
-
-`run_study` is the loop both `cnnlab sweep` and `cnnlab experiment` (a grid of queued trials)
-run through.
+Storage, locking, orphan recovery (a trial whose process was killed is failed and queued
+again) and the trial loop are `tasks/study.py`'s, shared with `cnnlab experiment`: a SQLite
+database in the run directory by default (`RUN/study.db`), or any URL (`--storage
+postgresql://...`) shared by several processes or machines. Trials are counted in the storage,
+so `--trials N` means N trials over every process and every resume.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import io
 import math
 import os
 import socket
@@ -49,14 +35,23 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnlab import checkpoints
 from cnnlab.errors import CnnlabError, suggest
 from cnnlab.runs import RunDir
+from cnnlab.tasks.study import (
+    Objective,
+    Pruned,
+    Trial,
+    derived_seed,
+    open_study,
+    run_study,
+    storage_url,
+    trial_rows,
+    write_trials_csv,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -64,8 +59,6 @@ if TYPE_CHECKING:
     from cnnlab.tasks.train import TrainConfig
 
 PRUNERS = ("median", "hyperband", "none")
-STUDY_DB = "study.db"
-TRIALS_DIR = "trials"
 FINAL_DIR = "final"
 # TrainConfig settings a trial may not take from the search space or `train:` (the sweep owns
 # them: the data, the validation split, the test set and the report).
@@ -253,222 +246,6 @@ def load_sweep_yaml(path: str | Path, overrides: dict[str, Any]) -> SweepConfig:
     return from_mapping(SweepConfig, values)
 
 
-# --------------------------------------------------------------------------- storage, lock
-
-
-RACE_RETRIES = 5  # attempts to open a new SQLite study that another worker is creating
-
-
-def storage_url(config_storage: str | None, run_dir: RunDir) -> str:
-    return config_storage or f"sqlite:///{run_dir.path.resolve() / STUDY_DB}"
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    import optuna
-
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        # Wait for another process's write instead of failing with "database is locked".
-        kwargs = {"connect_args": {"timeout": 120}}
-    # Two workers starting on a new database race to create its tables: the loser sees "table
-    # ... already exists" (seen in CI). The winner's tables are then there: try again.
-    for attempt in range(RACE_RETRIES):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        except (ImportError, ValueError) as exc:
-            raise CnnlabError(f"cannot open the study storage {url!r}: {exc}") from None
-        except Exception as exc:  # sqlalchemy's errors: a wrong URL, a server that is not there
-            racing = "already exists" in str(exc) or "UNIQUE constraint" in str(exc)
-            if racing and attempt + 1 < RACE_RETRIES:
-                time.sleep(0.5 * (attempt + 1))
-                continue
-            raise CnnlabError(f"cannot open the study storage {url!r}: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def study_lock(url: str) -> Iterator[None]:
-    """Exclusive among this machine's processes for a SQLite study (a lock file beside the
-    database); a no-op for server databases, whose trial numbers Optuna assigns atomically."""
-    if not url.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    path = Path(url.removeprefix("sqlite:///") + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _process_start(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "process_start": _process_start(os.getpid())}
-
-
-def _orphaned(t: optuna.trial.FrozenTrial) -> bool:
-    """A RUNNING trial of this machine whose process is gone (or is another process now)."""
-    a = t.user_attrs
-    if a.get("host") != socket.gethostname() or "pid" not in a:
-        return False
-    start = _process_start(int(a["pid"]))
-    return start is None or abs(start - float(a.get("process_start") or 0)) > 1.0
-
-
-def _takes_slot(t: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts towards --trials: every trial but a failed one that was retried
-    (its retry counts) or started past the count in a race."""
-    from optuna.trial import TrialState
-
-    return not (t.state == TrialState.FAIL
-                and (t.user_attrs.get("retried") or t.user_attrs.get("surplus")))
-
-
-def recover_orphans(study: optuna.Study, reporter) -> list[int]:
-    """Fail this machine's trials whose process died and queue their settings again (once).
-    Call under `study_lock`. Returns the numbers of the trials failed."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    retried_of = {t.user_attrs.get("retry_of") for t in trials}
-    failed = []
-    for t in trials:
-        if t.state != TrialState.RUNNING or not _orphaned(t):
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "retried", True)
-        if t.number not in retried_of:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
-        with contextlib.suppress(Exception):  # finished meanwhile by someone else: fine
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        failed.append(t.number)
-        reporter.log(f"trial {t.number}: its process ({t.user_attrs.get('pid')}) is gone; "
-                     "failed and queued again")
-    return failed
-
-
-# --------------------------------------------------------------------------- the trial loop
-
-
-@dataclass
-class Trial:
-    """What an objective gets: the Optuna trial, its directory and its deadline."""
-
-    optuna_trial: optuna.Trial
-    run_dir: RunDir
-    deadline: float | None  # time.time() after which the trial should stop (the budget)
-
-
-Objective = Callable[[Trial], tuple[float, dict[str, Any]]]
-
-
-class Pruned(Exception):
-    """Raised by a trial that the pruner stopped; carries the trial's attributes."""
-
-    def __init__(self, attrs: dict[str, Any]):
-        super().__init__("pruned")
-        self.attrs = attrs
-
-
-def run_study(study: optuna.Study, url: str, run_dir: RunDir, objective: Objective,
-              n_trials: int, reporter, deadline: float | None = None) -> int:
-    """Take trials from `study` and run them until `n_trials` trials exist in it (over every
-    process), none is queued, or `deadline` (time.time()) passes. Returns how many ran here."""
-    from optuna.trial import TrialState
-
-    ran = 0
-    while deadline is None or time.time() < deadline:
-        with study_lock(url):
-            recover_orphans(study, reporter)
-            trials = study.get_trials(deepcopy=False)
-            used = sum(_takes_slot(t) for t in trials)
-            waiting = {t.number for t in trials if t.state == TrialState.WAITING}
-            if used >= n_trials and not waiting:
-                break
-            trial = study.ask()  # a queued trial first (a retry, a grid point), else a new one
-            for key, value in _owner().items():
-                trial.set_user_attr(key, value)
-        if trial.number not in waiting:
-            earlier = [t for t in study.get_trials(deepcopy=False)
-                       if t.number < trial.number and _takes_slot(t)]
-            if len(earlier) >= n_trials:  # started past the count in a race (server storage)
-                trial.set_user_attr("surplus", True)
-                study.tell(trial, state=TrialState.FAIL)
-                break
-        folder = run_dir.path / TRIALS_DIR / f"trial-{trial.number:04d}"
-        trial.set_user_attr("run_dir", str(folder.relative_to(run_dir.path)))
-        start = time.time()
-        try:
-            value, attrs = objective(Trial(trial, RunDir.create("trial", out=folder), deadline))
-        except Pruned as exc:
-            _set_attrs(trial, {**exc.attrs, "seconds": round(time.time() - start, 1)})
-            study.tell(trial, state=TrialState.PRUNED)
-            reporter.log(f"trial {trial.number}: pruned after epoch {exc.attrs.get('epochs')}")
-        except Exception as exc:  # one bad setting (or a bug in one trial) must not end it
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
-            study.tell(trial, state=TrialState.FAIL)
-            reporter.log(f"trial {trial.number}: failed — {_failure(exc, folder)}")
-        else:
-            _set_attrs(trial, {**attrs, "seconds": round(time.time() - start, 1)})
-            study.tell(trial, value)
-            reporter.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
-        ran += 1
-        checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
-    return ran
-
-
-def _failure(exc: Exception, folder: Path) -> str:
-    """One line on why a trial failed. A user's mistake (CnnlabError) says it all; anything
-    else is a bug whose traceback a maintainer needs: it goes to the trial's traceback.txt, not
-    to the terminal, where it would bury the other trials' progress."""
-    if isinstance(exc, CnnlabError):
-        return str(exc)
-    import traceback
-
-    path = folder / "traceback.txt"
-    folder.mkdir(parents=True, exist_ok=True)
-    RunDir(folder).write_text(path.name, "".join(traceback.format_exception(exc)))
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first} (a bug in cnnlab? traceback in {path})"
-
-
-def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
-
-
-def make_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None,
-               pruner: optuna.pruners.BasePruner | None) -> optuna.Study:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(url)
-    with study_lock(url):
-        return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
-                                   pruner=pruner, direction="maximize", load_if_exists=True)
-
-
-def derived_seed(*parts: Any) -> int:
-    """A sampler seed from the sweep's seed and what makes this process different (its worker
-    index, the trials already in the study): reproducible, but two workers or a resume do not
-    propose the same settings again."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
 # --------------------------------------------------------------------------- the sweep
 
 
@@ -564,12 +341,11 @@ def spawn_workers(run_dir: RunDir, n: int, quiet: bool) -> list[subprocess.Popen
 def work(config: SweepConfig, run_dir: RunDir, reporter, worker: int = 0) -> int:
     """One process's share of the trials (the main process and every `--worker`)."""
     url = storage_url(config.storage, run_dir)
-    probe = make_study(url, config.study, None, None)
-    n_existing = len(probe.get_trials(deepcopy=False))
-    study = make_study(url, config.study, _sampler(config, worker, n_existing),
+    n_existing = len(open_study(url, config.study).trials())
+    study = open_study(url, config.study, _sampler(config, worker, n_existing),
                        _pruner(config, _max_epochs(config)))
     deadline = time.time() + 60 * config.budget if config.budget else None
-    return run_study(study, url, run_dir, sweep_objective(config, reporter), config.trials,
+    return run_study(study, run_dir, sweep_objective(config, reporter), config.trials,
                      reporter, deadline)
 
 
@@ -609,7 +385,7 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
     from cnnlab.tasks import train
 
     url = storage_url(config.storage, run_dir)
-    study = make_study(url, config.study, None, None)
+    study = open_study(url, config.study)
     rows = trial_rows(study)
     write_trials_csv(run_dir, rows)
     done = [r for r in rows if r["state"] == "COMPLETE"]
@@ -627,13 +403,13 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
         errors = [r["error"].splitlines()[0] for r in rows if r.get("error")]
         raise CnnlabError("no trial finished" + (f"; the first error: {errors[0]}" if errors
                                                  else ""))
-    best = study.best_trial
+    best = study.optuna_study.best_trial
     results["best"] = next(r for r in rows if r["number"] == best.number)
     with contextlib.suppress(Exception), warnings.catch_warnings():
         # Needs two finished trials that differ; with few trials PED-ANOVA warns that its
         # quantiles coincide (the importances are then equal, and shown as such).
         warnings.simplefilter("ignore")
-        results["importances"] = dict(optuna.importance.get_param_importances(study))
+        results["importances"] = dict(optuna.importance.get_param_importances(study.optuna_study))
     if config.final:
         cfg = replace(trial_config(config.base_train(), dict(best.params)), val_fraction=0.0,
                       test=True, report=True, time_limit=None)
@@ -656,7 +432,7 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
                             "n_train": final["n_train"], "n_test": final["n_test"],
                             "epochs": r["epochs"], "train_seconds": r["train_seconds"],
                             "run_dir": FINAL_DIR}
-    plots = plot_study(study, run_dir)
+    plots = plot_study(study.optuna_study, run_dir)
     results["plots"] = plots
     run_dir.save_results(results)
     if config.report:
@@ -688,40 +464,6 @@ def _redact(url: str) -> str:
     import re
 
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-
-
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial, in number order: settings, value, seconds, state and why."""
-    rows = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        a = t.user_attrs
-        rows.append({
-            "number": t.number, "state": t.state.name, "params": dict(t.params),
-            "value": t.value, "pruned": t.state.name == "PRUNED",
-            "epochs": a.get("epochs"), "stopped": a.get("stopped"),
-            "seconds": a.get("seconds"), "params_count": a.get("params_count"),
-            "run_dir": a.get("run_dir"), "retry_of": a.get("retry_of"),
-            "retried": bool(a.get("retried")), "surplus": bool(a.get("surplus")),
-            "error": a.get("error"), "host": a.get("host"), "pid": a.get("pid"),
-            "intermediate": {int(k): v for k, v in t.intermediate_values.items()},
-            **{k: v for k, v in a.items() if k.startswith("metric_")},
-        })
-    return rows
-
-
-def write_trials_csv(run_dir: RunDir, rows: list[dict[str, Any]]) -> None:
-    names = list(dict.fromkeys(k for r in rows for k in r["params"]))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["trial", "state", *names, "value", "epochs", "seconds", "pruned", "stopped",
-                "retry_of", "note", "run_dir"])
-    for r in rows:
-        note = ("retried" if r["retried"] else "surplus" if r["surplus"] else r["error"] or "")
-        w.writerow([r["number"], r["state"], *[r["params"].get(n, "") for n in names],
-                    "" if r["value"] is None else f"{r['value']:.6f}", r["epochs"] or "",
-                    r["seconds"] or "", r["pruned"], r["stopped"] or "",
-                    "" if r["retry_of"] is None else r["retry_of"], note, r["run_dir"] or ""])
-    run_dir.write_text("trials.csv", buf.getvalue())
 
 
 def plot_study(study: optuna.Study, run_dir: RunDir) -> dict[str, str]:

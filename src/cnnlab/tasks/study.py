@@ -1,0 +1,334 @@
+"""The Optuna machinery `cnnlab sweep` and `cnnlab experiment` share: a study in a storage, a
+lock, orphan recovery, the trial loop, and the trials as rows and CSV.
+
+    study = open_study(storage_url(None, run_dir), "my-study", sampler, pruner)
+    ran = run_study(study, run_dir, objective, n_trials=20, reporter=reporter)
+    write_trials_csv(run_dir, trial_rows(study))
+
+Only Optuna's public API is used: the RDB storage is an `optuna.storages.RDBStorage` that this
+module creates and keeps (`Study.storage`), trials are found by number through it, and finished
+through `optuna.Study.tell`.
+
+Storage: SQLite in the run directory by default (`RUN/study.db`), or any URL
+(`--storage postgresql://...`) shared by several processes or machines. Trials are counted in
+the storage, so `n_trials` means that many trials over every process and every resume:
+
+- A worker takes a trial under a lock (a file lock beside a SQLite database; other databases
+  rely on Optuna's atomic trial numbers, and a trial started past the count in a race is failed
+  as "surplus" before it runs).
+- A trial whose process died (`kill -9`, a power cut) stays RUNNING in the storage. Every worker,
+  before it takes a trial, looks for RUNNING trials of this machine whose process is gone (pid
+  and start time recorded with the trial): such a trial is marked FAIL ("retried") and its
+  settings are queued again as a new trial, which runs it from the start. The failed attempt no
+  longer counts, the retry does: nothing is lost, nothing counted twice. A trial of another
+  machine is left to that machine (or to Optuna's heartbeat).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnlab import checkpoints
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunDir
+
+if TYPE_CHECKING:
+    import optuna
+
+STUDY_DB = "study.db"
+TRIALS_DIR = "trials"
+RACE_RETRIES = 5  # attempts to open a new SQLite study that another worker is creating
+
+
+# --------------------------------------------------------------------------- storage, lock
+
+
+def storage_url(config_storage: str | None, run_dir: RunDir) -> str:
+    """The user's storage URL, or SQLite in the run directory."""
+    return config_storage or f"sqlite:///{run_dir.path.resolve() / STUDY_DB}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Wait for another process's write instead of failing with "database is locked".
+        kwargs = {"connect_args": {"timeout": 120}}
+    # Two workers starting on a new database race to create its tables: the loser sees "table
+    # ... already exists" (seen in CI). The winner's tables are then there: try again.
+    for attempt in range(RACE_RETRIES):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (ImportError, ValueError) as exc:
+            raise CnnlabError(f"cannot open the study storage {url!r}: {exc}") from None
+        except Exception as exc:  # sqlalchemy's errors: a wrong URL, a server that is not there
+            racing = "already exists" in str(exc) or "UNIQUE constraint" in str(exc)
+            if racing and attempt + 1 < RACE_RETRIES:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise CnnlabError(f"cannot open the study storage {url!r}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def study_lock(url: str) -> Iterator[None]:
+    """Exclusive among this machine's processes for a SQLite study (a lock file beside the
+    database); a no-op for server databases, whose trial numbers Optuna assigns atomically."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(url.removeprefix("sqlite:///") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class Study:
+    """An Optuna study together with the storage object it lives in and that storage's URL
+    (the lock's key): what every function below takes."""
+
+    url: str
+    storage: optuna.storages.RDBStorage
+    optuna_study: optuna.Study
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return study_lock(self.url)
+
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.optuna_study.get_trials(deepcopy=False)
+
+    def set_user_attr(self, number: int, key: str, value: Any) -> None:
+        """Set a user attribute on any unfinished trial of the study (not only one this process
+        asked for), by its number."""
+        study_id = self.storage.get_study_id_from_name(self.optuna_study.study_name)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        self.storage.set_trial_user_attr(trial_id, key, value)
+
+
+def open_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None,
+               direction: str = "maximize") -> Study:
+    """The study `name` in the storage at `url`, created on first use (under the lock, so two
+    workers starting together create it once)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    with study_lock(url):
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                    pruner=pruner, direction=direction, load_if_exists=True)
+    return Study(url, storage, study)
+
+
+def derived_seed(*parts: Any) -> int:
+    """A sampler seed from a study's seed and what makes this process different (its worker
+    index, the trials already in the study): reproducible, but two workers or a resume do not
+    propose the same settings again."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+def _process_start(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def owner() -> dict[str, Any]:
+    """What a trial records of the process that runs it (to find it orphaned later)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "process_start": _process_start(os.getpid())}
+
+
+def _orphaned(t: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial of this machine whose process is gone (or is another process now)."""
+    a = t.user_attrs
+    if a.get("host") != socket.gethostname() or "pid" not in a:
+        return False
+    start = _process_start(int(a["pid"]))
+    return start is None or abs(start - float(a.get("process_start") or 0)) > 1.0
+
+
+def takes_slot(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts towards the number of trials: every trial but a failed one that
+    was retried (its retry counts) or started past the count in a race."""
+    from optuna.trial import TrialState
+
+    return not (t.state == TrialState.FAIL
+                and (t.user_attrs.get("retried") or t.user_attrs.get("surplus")))
+
+
+def recover_orphans(study: Study, reporter) -> list[int]:
+    """Fail this machine's trials whose process died and queue their settings again (once).
+    Call under `study.lock()`. Returns the numbers of the trials failed."""
+    from optuna.trial import TrialState
+
+    trials = study.trials()
+    retried_of = {t.user_attrs.get("retry_of") for t in trials}
+    failed = []
+    for t in trials:
+        if t.state != TrialState.RUNNING or not _orphaned(t):
+            continue
+        study.set_user_attr(t.number, "retried", True)
+        if t.number not in retried_of:
+            study.optuna_study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+        # Finished meanwhile by someone else (a server storage shared with another machine
+        # that took it over): nothing to fail.
+        study.optuna_study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        failed.append(t.number)
+        reporter.log(f"trial {t.number}: its process ({t.user_attrs.get('pid')}) is gone; "
+                     "failed and queued again")
+    return failed
+
+
+# --------------------------------------------------------------------------- the trial loop
+
+
+@dataclass
+class Trial:
+    """What an objective gets: the Optuna trial, its directory and its deadline."""
+
+    optuna_trial: optuna.Trial
+    run_dir: RunDir
+    deadline: float | None  # time.time() after which the trial should stop (the budget)
+
+
+Objective = Callable[[Trial], tuple[float, dict[str, Any]]]
+
+
+class Pruned(Exception):
+    """Raised by a trial that the pruner stopped; carries the trial's attributes."""
+
+    def __init__(self, attrs: dict[str, Any]):
+        super().__init__("pruned")
+        self.attrs = attrs
+
+
+def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int, reporter,
+              deadline: float | None = None) -> int:
+    """Take trials from `study` and run them until `n_trials` trials exist in it (over every
+    process), none is queued, or `deadline` (time.time()) passes. Each trial runs in
+    RUN/trials/trial-NNNN/. Returns how many ran here."""
+    from optuna.trial import TrialState
+
+    ran = 0
+    while deadline is None or time.time() < deadline:
+        with study.lock():
+            recover_orphans(study, reporter)
+            trials = study.trials()
+            used = sum(takes_slot(t) for t in trials)
+            waiting = {t.number for t in trials if t.state == TrialState.WAITING}
+            if used >= n_trials and not waiting:
+                break
+            # A queued trial first (a retry, a grid point), else a new one.
+            trial = study.optuna_study.ask()
+            _set_attrs(trial, owner())
+        if trial.number not in waiting:
+            earlier = [t for t in study.trials() if t.number < trial.number and takes_slot(t)]
+            if len(earlier) >= n_trials:  # started past the count in a race (server storage)
+                trial.set_user_attr("surplus", True)
+                study.optuna_study.tell(trial, state=TrialState.FAIL)
+                break
+        folder = run_dir.path / TRIALS_DIR / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(folder.relative_to(run_dir.path)))
+        start = time.time()
+        try:
+            value, attrs = objective(Trial(trial, RunDir.create("trial", out=folder), deadline))
+        except Pruned as exc:
+            _set_attrs(trial, {**exc.attrs, "seconds": round(time.time() - start, 1)})
+            study.optuna_study.tell(trial, state=TrialState.PRUNED)
+            reporter.log(f"trial {trial.number}: pruned after epoch {exc.attrs.get('epochs')}")
+        except Exception as exc:  # one bad setting (or a bug in one trial) must not end it
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            study.optuna_study.tell(trial, state=TrialState.FAIL)
+            reporter.log(f"trial {trial.number}: failed — {_failure(exc, folder)}")
+        else:
+            _set_attrs(trial, {**attrs, "seconds": round(time.time() - start, 1)})
+            study.optuna_study.tell(trial, value)
+            reporter.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
+        ran += 1
+        checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
+    return ran
+
+
+def _failure(exc: Exception, folder: Path) -> str:
+    """One line on why a trial failed. A user's mistake (CnnlabError) says it all; anything
+    else is a bug whose traceback a maintainer needs: it goes to the trial's traceback.txt, not
+    to the terminal, where it would bury the other trials' progress."""
+    if isinstance(exc, CnnlabError):
+        return str(exc)
+    import traceback
+
+    path = folder / "traceback.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    RunDir(folder).write_text(path.name, "".join(traceback.format_exception(exc)))
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first} (a bug in cnnlab? traceback in {path})"
+
+
+def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+
+
+# --------------------------------------------------------------------------- rows, CSV
+
+
+def trial_rows(study: Study) -> list[dict[str, Any]]:
+    """One row per trial, in number order: settings, value, seconds, state and why."""
+    rows = []
+    for t in sorted(study.trials(), key=lambda t: t.number):
+        a = t.user_attrs
+        rows.append({
+            "number": t.number, "state": t.state.name, "params": dict(t.params),
+            "value": t.value, "pruned": t.state.name == "PRUNED",
+            "epochs": a.get("epochs"), "stopped": a.get("stopped"),
+            "seconds": a.get("seconds"), "params_count": a.get("params_count"),
+            "run_dir": a.get("run_dir"), "retry_of": a.get("retry_of"),
+            "retried": bool(a.get("retried")), "surplus": bool(a.get("surplus")),
+            "error": a.get("error"), "host": a.get("host"), "pid": a.get("pid"),
+            "intermediate": {int(k): v for k, v in t.intermediate_values.items()},
+            **{k: v for k, v in a.items() if k.startswith("metric_")},
+        })
+    return rows
+
+
+def write_trials_csv(run_dir: RunDir, rows: list[dict[str, Any]]) -> None:
+    """RUN/trials.csv: one line per trial, a column per setting."""
+    names = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["trial", "state", *names, "value", "epochs", "seconds", "pruned", "stopped",
+                "retry_of", "note", "run_dir"])
+    for r in rows:
+        note = ("retried" if r["retried"] else "surplus" if r["surplus"] else r["error"] or "")
+        w.writerow([r["number"], r["state"], *[r["params"].get(n, "") for n in names],
+                    "" if r["value"] is None else f"{r['value']:.6f}", r["epochs"] or "",
+                    r["seconds"] or "", r["pruned"], r["stopped"] or "",
+                    "" if r["retry_of"] is None else r["retry_of"], note, r["run_dir"] or ""])
+    run_dir.write_text("trials.csv", buf.getvalue())
