@@ -1,7 +1,8 @@
 """Progress and tables that suit where the output goes.
 
-On a terminal: rich progress bars and tables. Otherwise (CI logs, `> file`): a plain log line
-at most every `interval` seconds, so logs stay readable and small. `quiet` silences progress
+On a terminal, or in Jupyter with ipywidgets: rich progress bars and tables. Otherwise (CI
+logs, `> file`, a notebook without ipywidgets): a plain log line at most every `interval`
+seconds, so logs stay readable and small. `quiet` silences progress
 but never results or errors.
 
 Work made of steps (`cnnlab lab`) opens `Reporter.overall`: on a terminal one display holds
@@ -53,7 +54,9 @@ class Reporter:
 
     @property
     def interactive(self) -> bool:
-        return self.err.isatty()
+        """Live bars: on a terminal, or in a Jupyter notebook, where rich draws them as a
+        widget (ipywidgets); without ipywidgets a notebook gets the plain log lines."""
+        return self.err.isatty() or (self.err_console.is_jupyter and _has_widgets())
 
     def log(self, message: str) -> None:
         """A progress message (stderr); silenced by --quiet."""
@@ -161,6 +164,14 @@ class Overall:
                             description=f"{self.description} {k}/{self.total}: {name}")
         return replace(self.parent, prefix=f"[{self.description} {k}/{self.total} {name}] ",
                        live=self.bar)
+
+
+def _has_widgets() -> bool:
+    """Whether ipywidgets is installed (`pip install cnnlab[notebook]`): rich's live display in
+    Jupyter needs it, and without it only warns and draws nothing."""
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
 
 
 def _columns() -> list[Any]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.api.charrnn import TRAIN_KEYS, TRAIN_RESUME
 from cnnlab.cli.common import HelpFormatter, add_output_options, add_quiet
-from cnnlab.cli.resume import add_resume_option, resume_config
+from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
 Character-level RNN / GRU / LSTM.
@@ -125,8 +126,8 @@ def _add_train(cmds) -> None:
     # --time-limit is this session's training time: a resume does not inherit the last one.
     add_resume_option(
         p,
-        allowed=("epochs", "time_limit", "threads"),
-        per_invocation=("time_limit",),
+        allowed=TRAIN_RESUME.allowed,
+        per_invocation=TRAIN_RESUME.per_invocation,
         metavar="RUN_DIR",
         help="continue this run (its data and model) up to --epochs",
     )
@@ -157,7 +158,7 @@ def _add_complete(cmds) -> None:
     p.add_argument("prefixes", nargs="+", metavar="PREFIX")
     p.add_argument("--max-length", type=int, default=30, help="longest completion, in characters")
     _add_generation(p)
-    p.set_defaults(run=run_complete, default_temperature=0.0)
+    p.set_defaults(run=run_complete)
 
 
 def _add_sample(cmds) -> None:
@@ -171,83 +172,39 @@ def _add_sample(cmds) -> None:
     p.add_argument("--length", type=int, default=500, help="characters to generate (text)")
     p.add_argument("--num", type=int, default=10, help="words to generate (word models)")
     _add_generation(p)
-    p.set_defaults(run=run_sample, default_temperature=1.0)
+    p.set_defaults(run=run_sample)
 
 
 # --------------------------------------------------------------------------------------------- run
 
-TRAIN_KEYS = [
-    "words",
-    "words_file",
-    "text",
-    "lines",
-    "encoding",
-    "val_fraction",
-    "val_max_words",
-    "split_seed",
-    "cell",
-    "layers",
-    "hidden",
-    "embedding",
-    "one_hot",
-    "dropout",
-    "epochs",
-    "lr",
-    "batch_size",
-    "seq_len",
-    "clip",
-    "weight_decay",
-    "schedule",
-    "time_limit",
-    "save_interval",
-    "eval_every",
-    "log_every",
-    "seed",
-    "threads",
-]
-
 
 def run_train(args: argparse.Namespace) -> int:
-    from cnnlab.config import resolve
-    from cnnlab.dist import open_run
+    from cnnlab.api import charrnn
     from cnnlab.progress import Reporter
-    from cnnlab.tasks import charrnn, run_task
 
-    reporter = Reporter(quiet=getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False)
     if getattr(args, "resume", None):
-        cfg = resume_config(args, charrnn.TrainConfig, "charrnn")
-        run_dir = open_run("charrnn", None, resume=args.resume)
-        results = charrnn.run(cfg, run_dir, reporter, resume=True)
-    else:
-        values = {k: getattr(args, k) for k in TRAIN_KEYS if hasattr(args, k)}
-        cfg = resolve(charrnn.TrainConfig, values, getattr(args, "config", None))
-        run_dir = open_run("charrnn", getattr(args, "out", None))
-        results = run_task(charrnn.run, cfg, run_dir, reporter)
-    _print_results(reporter, results)
+        refuse_changes(args)
+    # Flags not given are absent (SUPPRESS): the API's None, the config's default.
+    values = {k: getattr(args, k) for k in TRAIN_KEYS if hasattr(args, k)}
+    result = charrnn.train(config=getattr(args, "config", None), out=getattr(args, "out", None),
+                           quiet=quiet, resume=getattr(args, "resume", None), **values)
+    _print_results(Reporter(quiet=quiet), result.results, result.rows)
     return 0
 
 
-def _print_results(reporter, r: dict) -> None:
+def _print_results(reporter, r: dict, losses: list[dict]) -> None:
     reporter.result(f"run: {r['run_dir']}")
     reporter.result(
         f"{r['steps']} steps ({r['epochs']:.2f} epochs) in {r['train_seconds']:.1f} s; "
         f"{r['parameters']:,} parameters; |V| = {r['vocab_size']}"
     )
-    rows = []
-    if r.get("train_loss") is not None:
-        rows.append(["train (last steps)", f"{r['train_loss']:.4f}", ""])
-    if r.get("val_loss") is not None:
-        rows.append(["validation", f"{r['val_loss']:.4f}", f"{r['val_bpc']:.4f}"])
-    if r.get("bigram_val_loss") is not None:
-        rows.append(
-            [
-                "bigram baseline (validation)",
-                f"{r['bigram_val_loss']:.4f}",
-                f"{r['bigram_val_bpc']:.4f}",
-            ]
-        )
-    rows.append(["uniform ln|V|", f"{r['uniform_loss']:.4f}", ""])
-    reporter.table(["loss", "nats/char", "bits/char"], rows, right_align=["nats/char", "bits/char"])
+    reporter.table(
+        ["loss", "nats/char", "bits/char"],
+        [[x["loss"], f"{x['nats/char']:.4f}",
+          "" if x["bits/char"] is None else f"{x['bits/char']:.4f}"] for x in losses],
+        right_align=["nats/char", "bits/char"],
+    )
     if r.get("completions"):
         reporter.table(
             ["prefix", "completion", "probability"],
@@ -256,33 +213,22 @@ def _print_results(reporter, r: dict) -> None:
         )
 
 
-def _sampling(args):
-    from cnnlab.models.char_rnn import Sampling
-
-    t = args.default_temperature if args.temperature is None else args.temperature
-    return Sampling(temperature=t, top_k=args.top_k, seed=args.seed)
-
-
 def run_complete(args: argparse.Namespace) -> int:
-    from cnnlab.errors import CnnlabError
-    from cnnlab.models.char_rnn import complete
+    from cnnlab.api import charrnn
     from cnnlab.progress import Reporter
-    from cnnlab.tasks.charrnn import load_checkpoint
 
-    if args.max_length < 1:
-        raise CnnlabError("--max-length must be at least 1")
-    how = _sampling(args)
-    model, vocab, _ = load_checkpoint(args.checkpoint)
-    comps = complete(model, vocab, list(args.prefixes), how, max_length=args.max_length)
+    result = charrnn.complete(args.checkpoint, args.prefixes, max_length=args.max_length,
+                              temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                              quiet=args.quiet)
     Reporter(quiet=args.quiet).table(
         ["prefix", "completion", "probability"],
         [
             [
-                c.prefix,
-                c.completion + ("" if c.ended else " …(--max-length)"),
-                f"{c.probability:.4f}",
+                c["prefix"],
+                c["completion"] + ("" if c["ended"] else " …(--max-length)"),
+                f"{c['probability']:.4f}",
             ]
-            for c in comps
+            for c in result.rows
         ],
         right_align=["probability"],
     )
@@ -290,23 +236,16 @@ def run_complete(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from cnnlab.errors import CnnlabError
-    from cnnlab.models.char_rnn import complete, sample_text
+    from cnnlab.api import charrnn
     from cnnlab.progress import Reporter
-    from cnnlab.tasks.charrnn import load_checkpoint
 
-    how = _sampling(args)
-    model, vocab, _ = load_checkpoint(args.checkpoint)
+    result = charrnn.sample(args.checkpoint, prompt=args.prompt, length=args.length,
+                            num=args.num, temperature=args.temperature, top_k=args.top_k,
+                            seed=args.seed, quiet=args.quiet)
     reporter = Reporter(quiet=args.quiet)
-    if vocab.boundary:
-        if args.num < 1:
-            raise CnnlabError("--num must be at least 1")
-        from dataclasses import replace
-
-        for i in range(args.num):
-            # One generator stream per word, derived from --seed: word i is the same whatever --num.
-            c = complete(model, vocab, [args.prompt], replace(how, seed=how.seed * 100_003 + i))[0]
-            reporter.result(c.completion)
-        return 0
-    reporter.result(sample_text(model, vocab, args.prompt, args.length, how))
+    if "words" in result.results:
+        for word in result.results["words"]:
+            reporter.result(word)
+    else:
+        reporter.result(result.results["text"])
     return 0

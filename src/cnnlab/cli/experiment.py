@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.api.commands import EXPERIMENT_RESUME
 from cnnlab.cli.common import add_output_options
-from cnnlab.cli.resume import add_resume_option, resume_config
+from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
 Studies of Lab B's claims, each a grid of `cnnlab train` runs (one per setting and seed) on
@@ -69,9 +70,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
     add_output_options(p)
-    add_resume_option(p, allowed=("seeds", "budget", "max_seeds", "threads", "report"),
-                      per_invocation=("budget",), help="continue an interrupted run (or add "
-                      "seeds to a finished one with --seeds N)")
+    add_resume_option(p, allowed=EXPERIMENT_RESUME.allowed,
+                      per_invocation=EXPERIMENT_RESUME.per_invocation,
+                      help="continue an interrupted run (or add seeds to a finished one with "
+                      "--seeds N)")
     p.set_defaults(run=run)
 
 
@@ -80,35 +82,26 @@ KEYS = ("data", "data_root", "budget", "seeds", "max_seeds", "limit_per_class", 
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.config import from_mapping
-    from cnnlab.errors import CnnlabError
+    from cnnlab.api import experiment
     from cnnlab.progress import Reporter
     from cnnlab.report.experiment import interval, verdict_text
-    from cnnlab.runs import RunDir
-    from cnnlab.tasks import experiment, run_task
 
-    reporter = Reporter(quiet=args.quiet)
     if args.resume:
-        config = resume_config(args, experiment.ExperimentConfig, "experiment")
-        results = experiment.run(config, RunDir.open(args.resume), reporter, resume=True)
-    else:
-        if not args.experiments:
-            raise CnnlabError(f"name an experiment: {', '.join(experiment.EXPERIMENTS)}")
-        values = {k: getattr(args, k) for k in KEYS if getattr(args, k) is not None}
-        values["experiments"] = tuple(args.experiments)
-        config = from_mapping(experiment.ExperimentConfig, values)
-        run_dir = RunDir.create("experiment", args.out)
-        results = run_task(experiment.run, config, run_dir, reporter)
-    for name, res in results["experiments"].items():
-        rows = [[r["label"], interval(r["test_mean"], r.get("test_ci")),
-                 interval(r["train_mean"], r.get("train_ci")), r["seeds"],
-                 f"{r['still_learning']}" if r.get("still_learning") else "-",
-                 "-" if r["params"] is None else f"{r['params']:,}"] for r in res["rows"]]
+        refuse_changes(args)
+    result = experiment(args.experiments, out=args.out, quiet=args.quiet, resume=args.resume,
+                        **{k: getattr(args, k) for k in KEYS})
+    reporter = Reporter(quiet=args.quiet)
+    for name, res in result.results["experiments"].items():
+        rows = [[r["setting"], interval(r["test_mean"], r["test_ci"]),
+                 interval(r["train_mean"], r["train_ci"]), r["seeds"],
+                 f"{r['still_learning']}" if r["still_learning"] else "-",
+                 "-" if r["params"] is None else f"{r['params']:,}"]
+                for r in result.rows if r["experiment"] == name]
         reporter.table(["setting", "test acc (95% CI)", "train acc", "seeds", "still learning",
                         "params"], rows, title=name,
                        right_align=["test acc (95% CI)", "train acc", "seeds", "params"])
         reporter.result(f"{name}: {verdict_text(res['verdict'])}")
         if res.get("gradients"):
             reporter.result(f"{name}, gradients: {verdict_text(res['gradients'])}")
-    reporter.result(f"run directory: {results['run_dir']}")
+    reporter.result(f"run directory: {result.results['run_dir']}")
     return 0

@@ -65,25 +65,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.api import lab
     from cnnlab.progress import Reporter
-    from cnnlab.tasks import lab
 
-    values = {"quick": args.quick, "only": tuple(args.only), "skip": tuple(args.skip),
-              "force": tuple(args.force), "finetune_data": args.finetune_data,
-              "report": args.report, "budget": args.budget}
-    if args.data_root:
-        values["data_root"] = args.data_root
-    config = lab.LabConfig(**values)
-    run_dir = lab.open_lab_dir(args.out)
+    result = lab(data_root=args.data_root, out=args.out, quick=args.quick, only=args.only,
+                 skip=args.skip, force=args.force, finetune_data=args.finetune_data,
+                 budget=args.budget, report=args.report, quiet=args.quiet)
     reporter = Reporter(quiet=args.quiet)
-    state = lab.run(config, run_dir, reporter)
-    rows = []
-    for step in config.selected():
-        rec = state["steps"].get(step.name, {})
-        seconds = rec.get("seconds")
-        rows.append([step.name, rec.get("status", "-"),
-                     "-" if seconds is None else f"{seconds:.0f}", rec.get("reason", "")])
-    reporter.table(["step", "status", "seconds", "note"], rows, right_align=["seconds"])
-    if config.report:
-        reporter.result(f"report: {run_dir.file('report.html')}")
-    return lab.exit_status(state, config)
+    reporter.table(["step", "status", "seconds", "note"],
+                   [[r["step"], r["status"] or "-",
+                     "-" if r["seconds"] is None else f"{r['seconds']:.0f}", r["note"]]
+                    for r in result.rows], right_align=["seconds"])
+    if args.report:
+        reporter.result(f"report: {result.run_dir / 'report.html'}")
+    return result.exit_status

@@ -34,18 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.models import list_models
-    from cnnlab.models.pretrained import availability
-    from cnnlab.models.registry import count_parameters_of
+    from cnnlab.api import list_models
     from cnnlab.progress import Reporter
 
-    rows = []
-    for spec in list_models(args.source):
-        where = availability(spec.pretrained)
-        if args.pretrained and where in ("-", "none", "download only"):
-            continue
-        params = spec.published_params or count_parameters_of(spec)
-        rows.append({"name": spec.name, "source": spec.source, "params": params, "weights": where})
+    rows = list_models(args.source, pretrained=args.pretrained).rows
     if args.json:
         print(json.dumps({"models": rows}, indent=2))
         return 0

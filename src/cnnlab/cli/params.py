@@ -55,28 +55,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from cnnlab.dist import open_run
+    from cnnlab.api import params
     from cnnlab.progress import Reporter
     from cnnlab.report.params import render
-    from cnnlab.tasks import params, run_task
 
-    options = {"groups": args.groups} if args.groups is not None else {}
-    config = params.ParamsConfig(
-        models=tuple(args.models),
-        input=args.input,
-        depth=args.depth,
-        summary=args.summary,
-        sharing=args.sharing,
-        layer=args.layer,
-        options=options,
-        demo=args.demo,
-    )
+    result = params(args.models, input=args.input, depth=args.depth, summary=args.summary,
+                    sharing=args.sharing, layer=args.layer, demo=args.demo, groups=args.groups,
+                    out=args.out, quiet=args.quiet)
     reporter = Reporter(quiet=args.quiet)
-    run_dir = open_run("params", args.out)
-    result = run_task(params.run, config, run_dir, reporter)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.results, indent=2))
     else:
-        render(result, args.summary, reporter)
-    reporter.log(f"saved {run_dir.file('results.json')}")
+        render(result.results, args.summary, reporter)
+    reporter.log(f"saved {result.run_dir / 'results.json'}")
     return 0

@@ -77,13 +77,12 @@ def given_flags(args: argparse.Namespace) -> list[str]:
             and getattr(args, d) != default]
 
 
-def resume_config(args: argparse.Namespace, cls: type[C], command: str) -> C:
-    """The config of the run `args.resume` (its config.json) with the flags this command allows
-    on resume applied; any other flag given is a one-line CnnlabError naming it.
+def refuse_changes(args: argparse.Namespace) -> list[str]:
+    """With --resume: a one-line CnnlabError naming, as the user typed them, the flags given
+    that this command does not allow on resume; else the destinations of the flags given.
 
-    A missing, unreadable or malformed config.json, or another command's run, is a one-line
-    CnnlabError too (`config.from_run`)."""
-    from cnnlab.config import from_run
+    The commands that go through the API call this before it, so the refusal names flags
+    (`--epochs`) where the API's own names keywords (`epochs=`)."""
     from cnnlab.errors import CnnlabError
 
     rules: ResumeRules = args.resume_rules
@@ -96,6 +95,19 @@ def resume_config(args: argparse.Namespace, cls: type[C], command: str) -> C:
             f"--resume continues {args.resume} with the settings it was started with; "
             f"{names} cannot be given with it "
             + (f"(only {only} can)" if only else "(no other flag can)"))
+    return given
+
+
+def resume_config(args: argparse.Namespace, cls: type[C], command: str) -> C:
+    """The config of the run `args.resume` (its config.json) with the flags this command allows
+    on resume applied; any other flag given is a one-line CnnlabError naming it.
+
+    A missing, unreadable or malformed config.json, or another command's run, is a one-line
+    CnnlabError too (`config.from_run`)."""
+    from cnnlab.config import from_run
+
+    rules: ResumeRules = args.resume_rules
+    given = refuse_changes(args)
     changes = {d: None for d in rules.per_invocation}
     changes.update({d: getattr(args, d) for d in given if d in rules.allowed})
     return from_run(cls, args.resume, command, changes)

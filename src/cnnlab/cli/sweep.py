@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.api.commands import SWEEP_RESUME
 from cnnlab.cli.common import add_output_options
-from cnnlab.cli.resume import add_resume_option, resume_config
+from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
 Search a CNN's settings with Optuna (TPE sampler; median or Hyperband pruning on each epoch's
@@ -72,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_output_options(p)
     # --trials counts over every resume, so more of them continue the search; the budget and
     # the processes are this session's.
-    add_resume_option(p, allowed=("trials", "budget", "workers"),
+    add_resume_option(p, allowed=SWEEP_RESUME.allowed,
                       help="continue an interrupted sweep (or one that should run more trials)")
     p.set_defaults(run=run)
 
@@ -81,45 +82,41 @@ FLAGS = ("trials", "budget", "workers", "storage", "study", "pruner", "seed", "f
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.config import from_run
-    from cnnlab.errors import CnnlabError
+    from cnnlab.api import sweep
     from cnnlab.progress import Reporter
-    from cnnlab.runs import RunDir
-    from cnnlab.tasks import run_task, sweep
 
-    reporter = Reporter(quiet=args.quiet)
     if args.worker:
-        # A process started by the sweep itself (spawn_workers): the run's config as saved.
-        config = from_run(sweep.SweepConfig, args.worker, "sweep")
-        sweep.work(config, RunDir.open(args.worker), reporter, worker=args.worker_index)
+        # A process started by the sweep itself (spawn_workers), not a user's command: it
+        # works on the run's study as saved and returns nothing to print.
+        from cnnlab.config import from_run
+        from cnnlab.runs import RunDir
+        from cnnlab.tasks import sweep as task
+
+        config = from_run(task.SweepConfig, args.worker, "sweep")
+        task.work(config, RunDir.open(args.worker), Reporter(quiet=args.quiet),
+                  worker=args.worker_index)
         return 0
     if args.resume:
-        config = resume_config(args, sweep.SweepConfig, "sweep")
-        results = sweep.run(config, RunDir.open(args.resume), reporter, resume=True,
-                            quiet_workers=args.quiet)
-    else:
-        if not args.config:
-            raise CnnlabError("give CONFIG.yaml (data, space, train settings), or --resume RUN")
-        config = sweep.load_sweep_yaml(args.config, {k: getattr(args, k) for k in FLAGS})
-        run_dir = RunDir.create("sweep", args.out)
-        results = run_task(lambda c, r, rep: sweep.run(c, r, rep, quiet_workers=args.quiet),
-                           config, run_dir, reporter)
-    names = [p["name"] for p in results["space"]]
+        refuse_changes(args)
+    result = sweep(args.config, out=args.out, quiet=args.quiet, resume=args.resume,
+                   **{k: getattr(args, k) for k in FLAGS})
+    names = [p["name"] for p in result.results["space"]]
     rows = []
-    for r in results["trials"]:
-        value = "-" if r["value"] is None else f"{100 * r['value']:.2f}%"
-        state = r["state"].lower() + (" (retried)" if r["retried"] else "")
-        rows.append([r["number"], state, *[_fmt(r["params"].get(n)) for n in names], value,
+    for r in result.rows:
+        value = "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}%"
+        state = r["state"] + (" (retried)" if r["retried"] else "")
+        rows.append([r["trial"], state, *[_fmt(r[n]) for n in names], value,
                      r["epochs"] if r["epochs"] is not None else "-",
                      "-" if r["seconds"] is None else f"{r['seconds']:.0f}"])
+    reporter = Reporter(quiet=args.quiet)
     reporter.table(["trial", "state", *names, "val acc", "epochs", "s"], rows,
                    right_align=["trial", "val acc", "epochs", "s"])
-    final = results.get("final")
+    final = result.results.get("final")
     if final:
         reporter.result(f"best: trial {final['trial']} (val {100 * final['val_accuracy']:.2f}%); "
                         f"re-trained on {final['n_train']:,} images and tested once: "
                         f"{100 * final['test_accuracy']:.2f}% on {final['n_test']:,}")
-    reporter.result(f"run directory: {results['run_dir']}")
+    reporter.result(f"run directory: {result.results['run_dir']}")
     return 0
 
 

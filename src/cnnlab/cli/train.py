@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.api.commands import TRAIN_RESUME
 from cnnlab.cli.common import add_output_options
-from cnnlab.cli.resume import add_resume_option, resume_config
+from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
 Train image classifiers from scratch and compare them: test accuracy (mean ± std over seeds),
@@ -94,47 +95,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_output_options(p)
     # Finished (model, seed) runs are kept on resume, so more --epochs would change nothing
     # there and a different schedule mid-run elsewhere: only how long and on how many threads.
-    add_resume_option(p, allowed=("time_limit", "threads"),
-                      help="continue an interrupted run directory")
+    add_resume_option(p, allowed=TRAIN_RESUME.allowed, help="continue an interrupted run directory")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.config import resolve
-    from cnnlab.dist import open_run
-    from cnnlab.errors import CnnlabError
+    from cnnlab.api import train
     from cnnlab.progress import Reporter
-    from cnnlab.tasks import run_task, train
+    from cnnlab.report.train import budget_lines
 
-    reporter = Reporter(quiet=args.quiet)
     if args.resume:
-        config = resume_config(args, train.TrainConfig, "train")
-        run_dir = open_run("train", None, resume=args.resume)
-        results = train.run(config, run_dir, reporter, resume=True)
-    else:
-        if not args.data:
-            raise CnnlabError("give DATA (a CIFAR-style zip or folder), or --resume RUN")
-        cli = {k: getattr(args, k) for k in KEYS}
-        cli.update(data=args.data, recipe=args.recipe, report=args.report,
-                   models=tuple(args.models) if args.models else None)
-        config = resolve(train.TrainConfig, cli, args.config)
-        run_dir = open_run("train", args.out, device=config.device)
-        results = run_task(train.run, config, run_dir, reporter)
-    if results is None:
+        refuse_changes(args)
+    result = train(args.data, models=args.models, recipe=args.recipe, report=args.report,
+                   config=args.config, out=args.out, quiet=args.quiet, resume=args.resume,
+                   **{k: getattr(args, k) for k in KEYS})
+    if result is None:  # a torchrun rank other than 0: rank 0 prints
         return 0
-    rows = [[m["model"], m["recipe"], "-" if m.get("lr") is None else f"{m['lr']:g}",
+    reporter = Reporter(quiet=args.quiet)
+    rows = [[m["model"], m["recipe"], "-" if m["lr"] is None else f"{m['lr']:g}",
              "-" if m["test_accuracy_mean"] is None
              else f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
              f"{m['params']:,}", f"{(m['macs'] or 0) / 1e6:.1f} M", f"{m['epochs_trained']:.3g}",
              f"{m['train_seconds']:.0f}", f"{m['images_per_second']:.0f}", m["precision"]]
-            for m in results["models"]]
+            for m in result.rows]
     reporter.table(["model", "recipe", "lr", "test acc", "seeds", "params", "MACs", "epochs",
                     "train s", "img/s", "precision"], rows,
                    right_align=["lr", "test acc", "seeds", "params", "MACs", "epochs", "train s",
                                 "img/s"])
-    from cnnlab.report.train import budget_lines
-
-    for line in budget_lines(results):
+    for line in budget_lines(result.results):
         reporter.result(line)
-    reporter.result(f"run directory: {results['run_dir']}")
+    reporter.result(f"run directory: {result.results['run_dir']}")
     return 0

@@ -231,3 +231,13 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
              "says \u201cheld\u201d or \u201cdid not hold\u201d only when the 95% interval of "
              "the difference it rests on excludes zero; otherwise \u201cundecided\u201d."]
     return write(run.path, "cnnlab experiment", intro, parts, env)
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every experiment's settings, one row each, numbers unformatted: what `cnnlab experiment`
+    prints per experiment and the API's table (column "experiment" tells them apart)."""
+    return [{"experiment": name, "setting": r["label"], "test_mean": r["test_mean"],
+             "test_ci": r.get("test_ci"), "train_mean": r["train_mean"],
+             "train_ci": r.get("train_ci"), "seeds": r["seeds"],
+             "still_learning": r.get("still_learning"), "params": r["params"]}
+            for name, res in results["experiments"].items() for r in res["rows"]]

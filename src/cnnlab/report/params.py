@@ -174,3 +174,30 @@ def render(result: dict[str, Any], summary: bool, reporter: Reporter) -> None:
     if "shift_demo" in result:
         render_shift(result["shift_demo"], reporter)
     reporter.result(f"({result['convention']})")
+
+
+def table_rows(result: dict[str, Any], summary: bool) -> list[dict[str, Any]]:
+    """The run's main table as records with numbers (the API's DataFrame), from the same
+    results the tables above print: one row per model with --summary or several models, else
+    the one model's layers; without models, the --layer comparison or the shift demo."""
+    models = result["models"]
+    if models and (summary or len(models) > 1):
+        return [{"model": m["label"], "depth": m["summary"]["depth"],
+                 "block": m["summary"]["block"],
+                 "blocks per stage": "-".join(map(str, m["summary"]["stages"])) or None,
+                 "params": m["total_params"], "trainable": m["trainable_params"],
+                 "MACs": m["macs"], "input": shape(m["input_shape"])} for m in models]
+    if models:
+        return [{"layer": r["name"], "type": r["type"], "output": shape(r["output_shape"]),
+                 "kernel": kernel(r) or None, "weights": r["weights"], "biases": r["biases"],
+                 "params": r["params"], "MACs": r["macs"]} for r in models[0]["layers"]]
+    if "layer" in result:
+        return [{"layer type": c["kind"], "connectivity": c["meaning"], "weights": c["weights"],
+                 "biases": c["biases"], "params": c["params"], "vs conv": c["params_vs_conv"],
+                 "MACs": c["macs"]} for c in result["layer"]["connectivity"]]
+    if "shift_demo" in result:
+        return [{"layer type": r["kind"], "difference after shifting back": r["difference"],
+                 "largest difference": r["max_difference"],
+                 "difference without shifting back": r["unaligned"]}
+                for r in result["shift_demo"]["layers"]]
+    return []

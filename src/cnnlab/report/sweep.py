@@ -79,3 +79,12 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
     env = run.read_json("environment.json") if run.file("environment.json").is_file() else {}
     intro = [f"Study {results['study']} on {results['data']}; storage {results['storage']}."]
     return write(run.path, "cnnlab sweep", intro, parts(results, run.path), env)
+
+
+def trial_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per trial, numbers unformatted (val_accuracy a fraction): what `cnnlab sweep`
+    prints and the API's table; the searched settings are columns of their own."""
+    names = [p["name"] for p in results["space"]]
+    return [{"trial": r["number"], "state": r["state"].lower(), "retried": r["retried"],
+             **{n: r["params"].get(n) for n in names}, "val_accuracy": r["value"],
+             "epochs": r["epochs"], "seconds": r["seconds"]} for r in results["trials"]]

@@ -72,6 +72,18 @@ def plot_comparison(series: dict[str, list[tuple[int, float, float]]], path: Pat
     return path
 
 
+# The summary table's columns (the CLI's table, the API's DataFrame): results.json's per-model
+# summary (tasks/train.summarise), with accuracy in percent and MACs per image.
+SUMMARY_COLUMNS = ("model", "recipe", "lr", "test_accuracy_mean", "test_accuracy_std", "seeds",
+                   "params", "macs", "epochs_trained", "train_seconds", "images_per_second",
+                   "precision")
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model, numbers unformatted: what `cnnlab train` prints and the API's table."""
+    return [{k: m.get(k) for k in SUMMARY_COLUMNS} for m in results["models"]]
+
+
 def budget_lines(results: dict[str, Any]) -> list[str]:
     """Plain sentences on what a `--budget` run was given and bought, and what more minutes
     would buy (from the calibration's plan at twice the share); [] without a budget. Shared by

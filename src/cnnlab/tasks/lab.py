@@ -492,3 +492,14 @@ def exit_status(state: dict[str, Any], config: LabConfig) -> int:
     if "failed" in statuses:
         return 1
     return 3 if "skipped" in statuses else 0
+
+
+def step_rows(state: dict[str, Any], config: LabConfig) -> list[dict[str, Any]]:
+    """One row per selected step (status, seconds, the reason of a skip or failure): what
+    `cnnlab lab` prints at the end and the API's table."""
+    rows = []
+    for step in config.selected():
+        rec = state["steps"].get(step.name, {})
+        rows.append({"step": step.name, "status": rec.get("status"),
+                     "seconds": rec.get("seconds"), "note": rec.get("reason", "")})
+    return rows

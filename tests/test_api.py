@@ -1,0 +1,219 @@
+"""The Python API (`import cnnlab`): the command line's options and defaults, the same run
+directories and numbers as the command line, one-line errors, results that render safely."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cnnlab
+from cnnlab.cli import build_parser, main
+from cnnlab.errors import CnnlabError
+
+# Each command (and charrnn's subcommands) -> its API function. `cnnlab models` is
+# cnnlab.list_models: `cnnlab.models` is the model package.
+API = {
+    "models": cnnlab.list_models, "params": cnnlab.params, "evaluate": cnnlab.evaluate,
+    "finetune": cnnlab.finetune, "predict": cnnlab.predict, "explain": cnnlab.explain,
+    "train": cnnlab.train, "sweep": cnnlab.sweep, "experiment": cnnlab.experiment,
+    "charrnn train": cnnlab.charrnn.train, "charrnn complete": cnnlab.charrnn.complete,
+    "charrnn sample": cnnlab.charrnn.sample, "lab": cnnlab.lab,
+}
+# Destinations that exist on the command line only: how to print (--json) and the process a
+# sweep starts for itself (--worker, --worker-index). Every other flag is an API keyword.
+CLI_ONLY = {"help", "json", "worker", "worker_index"}
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = ""):
+    """(name, parser) of every leaf command: charrnn's train/complete/sample, not charrnn."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                inner = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+                yield from (_commands(sub, f"{prefix}{name} ") if inner
+                            else [(f"{prefix}{name}", sub)])
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """dest -> its first action: where two flags share a dest (--augment / --no-augment),
+    argparse takes the default of the first."""
+    options: dict[str, argparse.Action] = {}
+    for a in parser._actions:
+        if (not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)
+                and a.dest not in CLI_ONLY):
+            options.setdefault(a.dest, a)
+    return options
+
+
+def _same_default(cli, api) -> bool:
+    if cli is argparse.SUPPRESS:  # flag absent when not given: the config's default, i.e. None
+        return api is None or api is False
+    if isinstance(cli, list | tuple) and isinstance(api, list | tuple):
+        return list(cli) == list(api)
+    return cli == api and type(cli) is type(api)
+
+
+def test_every_command_has_an_api_function():
+    assert sorted(name for name, _ in _commands(build_parser())) == sorted(API)
+
+
+@pytest.mark.parametrize("command", sorted(API))
+def test_api_keywords_are_the_cli_options_with_the_same_defaults(command):
+    """A new flag that the API lacks (or a default that differs) fails here, by name."""
+    parser = dict(_commands(build_parser()))[command]
+    options = _options(parser)
+    params = inspect.signature(API[command]).parameters
+    missing = sorted(set(options) - set(params))
+    assert not missing, f"cnnlab {command}: flags missing from the API: {missing}"
+    extra = sorted(set(params) - set(options))
+    assert not extra, f"API keywords of {command} with no flag: {extra}"
+    for dest, action in options.items():
+        default = params[dest].default
+        # A required positional is required in the API too (argparse marks a nargs="*"
+        # positional required, though it may be empty).
+        if action.required and action.nargs != "*":
+            assert default is inspect.Parameter.empty, f"{command} {dest}"
+            continue
+        assert _same_default(action.default, default), (
+            f"cnnlab {command}: {dest} defaults to {action.default!r} on the command line, "
+            f"{default!r} in the API")
+
+
+def test_every_api_function_documents_itself():
+    for name, fn in API.items():
+        doc = inspect.getdoc(fn) or ""
+        assert "Returns" in doc and len(doc.splitlines()) >= 4, name
+
+
+def test_import_cnnlab_loads_neither_torch_nor_pandas():
+    code = ("import sys, cnnlab; cnnlab.train; cnnlab.charrnn.sample; "
+            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+def test_params_api_writes_what_the_cli_writes(tmp_path, capsys):
+    assert main(["params", "alexnet-paper", "--groups", "2", "--out", str(tmp_path / "cli"),
+                 "-q"]) == 0
+    r = cnnlab.params(["alexnet-paper"], groups=2, out=tmp_path / "api", quiet=True)
+    assert r.run_dir == tmp_path / "api"
+    assert _results(tmp_path / "api") == _results(tmp_path / "cli") == r.results
+    assert r.models[0]["total_params"] == 60_965_224  # results.json keys are attributes
+    table = r.table
+    assert table.loc[table["layer"] == "conv2", "params"].item() == 307_456  # numbers, not text
+    assert (json.loads((tmp_path / "api" / "config.json").read_text())
+            == json.loads((tmp_path / "cli" / "config.json").read_text()))
+
+
+def test_train_api_equals_cli(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    cifar = shared_data("cifar10", "cifar10-jpg.zip")
+    flags = ["--limit-per-class", "5", "--epochs", "1", "--recipe", "lab", "-m", "simple-cnn",
+             "--threads", "1", "--no-report"]
+    assert main(["train", str(cifar), *flags, "--out", str(tmp_path / "cli"), "-q"]) == 0
+    printed = capsys.readouterr().out
+    r = cnnlab.train(cifar, models="simple-cnn", limit_per_class=5, epochs=1, recipe="lab",
+                     threads=1, report=False, out=tmp_path / "api", quiet=True)
+    def numbers(d):  # everything but how long it took (and where)
+        if isinstance(d, dict):
+            return {k: numbers(v) for k, v in d.items()
+                    if k != "run_dir" and not k.endswith(("seconds", "per_second"))}
+        if isinstance(d, list):
+            return [numbers(v) for v in d]
+        return d
+
+    assert numbers(r.results) == numbers(_results(tmp_path / "cli"))
+    assert list(r.table["model"]) == ["simple-cnn"]
+    row = r.table.iloc[0]
+    assert f"{row['test_accuracy_mean']:.2f}%" in printed  # the CLI prints the same row
+
+
+def test_charrnn_api_equals_cli(tmp_path, capsys):
+    words = ["hello", "green", "start"]
+    assert main(["charrnn", "train", "--words", *words, "--epochs", "20", "--out",
+                 str(tmp_path / "cli"), "-q"]) == 0
+    r = cnnlab.charrnn.train(words=words, epochs=20, out=tmp_path / "api", quiet=True)
+    cli = _results(tmp_path / "cli")
+    for key in ("train_loss", "val_loss", "steps", "parameters", "completions"):
+        assert r.results[key] == cli[key], key
+    assert r.table["loss"].iloc[-1] == "uniform ln|V|"
+    c = cnnlab.charrnn.complete(r.run_dir, ["h", "g"])
+    capsys.readouterr()
+    assert main(["charrnn", "complete", str(tmp_path / "cli"), "h", "g"]) == 0
+    printed = capsys.readouterr().out
+    for row in c.rows:
+        assert row["completion"] in printed and f"{row['probability']:.4f}" in printed
+
+
+@pytest.mark.parametrize("call, argv", [
+    (lambda out: cnnlab.params("resnt18", out=out), ["params", "resnt18"]),
+    (lambda out: cnnlab.train(None, out=out), ["train"]),
+    (lambda out: cnnlab.experiment([], out=out), ["experiment"]),
+    (lambda out: cnnlab.charrnn.complete(out, ["h"], max_length=0),
+     ["charrnn", "complete", "RUN", "h", "--max-length", "0"]),
+])
+def test_api_errors_are_the_cli_lines(call, argv, tmp_path, capsys):
+    with pytest.raises(CnnlabError) as exc:
+        call(tmp_path / "run")
+    message = str(exc.value)
+    assert "\n" not in message
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "cli")] if argv[0] in ("params", "train")
+                else argv) == 2
+    assert capsys.readouterr().err.strip() == f"cnnlab {argv[0]}: error: {message}"
+    assert not (tmp_path / "run").exists()  # a refused run leaves no directory
+
+
+def test_resume_refuses_a_setting_by_keyword(tmp_path):
+    with pytest.raises(CnnlabError, match=r"epochs= cannot be given with it \(only "
+                                          r"time_limit=, threads= can\)"):
+        cnnlab.train(resume=tmp_path, epochs=3)
+
+
+def test_repr_html_escapes_every_name(tmp_path):
+    from cnnlab.results import Result
+
+    hostile = "<script>alert(1)</script>"
+    figure = tmp_path / f"{hostile.replace('/', '')}.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+    r = Result(command="evaluate", results={"models": []},
+               rows=[{"model": hostile, hostile: 1.5}], run_dir=tmp_path,
+               figures=[figure], title=hostile)
+    html = r._repr_html_()
+    assert "<script" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "data:image/png;base64," in html  # the figure is embedded, not linked
+
+
+def test_repr_html_of_a_real_run_shows_its_table(tmp_path):
+    r = cnnlab.params(["resnet18", "resnet34"], out=tmp_path / "r", quiet=True)
+    html = r._repr_html_()
+    assert "<table" in html and "resnet34" in html and "11689512" in html
+    assert list(r.table["model"]) == ["resnet18", "resnet34"]
+
+
+def test_progress_is_live_in_a_notebook_with_widgets(monkeypatch):
+    """In Jupyter (rich's console says so) with ipywidgets, progress is rich's live display;
+    without ipywidgets, the log lines."""
+    import io
+
+    from cnnlab import progress
+
+    reporter = progress.Reporter(err=io.StringIO(), out=io.StringIO())
+    assert not reporter.interactive
+    monkeypatch.setattr(reporter.err_console, "is_jupyter", True)
+    monkeypatch.setattr(progress, "_has_widgets", lambda: True)
+    assert reporter.interactive
+    monkeypatch.setattr(progress, "_has_widgets", lambda: False)
+    assert not reporter.interactive
