@@ -61,3 +61,25 @@ def test_lab_steps_log_through_the_overall_display(tmp_path):
     lines = err.getvalue().splitlines()
     assert any(line.startswith("[lab 1/2 concepts] ") for line in lines)
     assert any(line.startswith("[lab 2/2 alexnet-groups] done in ") for line in lines)
+
+
+def test_an_overall_inside_a_lab_step_shares_its_display_and_prefixes_both():
+    err = FakeTerminal()
+    reporter = Reporter(err=err, out=io.StringIO())
+    with reporter.overall("lab", 2) as display:
+        step = display.step(2, "train")
+        with step.overall("train", 3, [40.0, 40.0, 40.0]) as inner:
+            run = inner.step(2, "fast-cifar-seed1")
+            # One display: the lab's bar and the train step's overall bar (no second live
+            # display, which rich refuses), then the run's own bar under them.
+            assert run.live is display.bar and len(display.bar.tasks) == 2
+            for _ in run.track(range(2), description="epoch 1"):
+                assert len(display.bar.tasks) == 3
+            run.log("done")
+        assert len(display.bar.tasks) == 1
+    assert "[lab 2/2 train] [train 2/3 fast-cifar-seed1] done" in err.getvalue()
+    plain = io.StringIO()
+    outer = Reporter(err=plain, out=io.StringIO())
+    with outer.overall("lab", 1) as display, display.step(1, "train").overall("train", 2) as inner:
+        inner.step(1, "simple-cnn-seed0").log("x")
+    assert plain.getvalue() == "[lab 1/1 train] [train 1/2 simple-cnn-seed0] x\n"

@@ -120,8 +120,15 @@ class Reporter:
         time-remaining column comes from the estimates of the steps left (scaled by how the
         finished ones compared with theirs), not from a count of steps of 2 s and 800 s."""
         weights = list(estimates) if estimates else [1.0] * total
-        if self.quiet or not self.interactive:
+        if self.quiet or (not self.interactive and self.live is None):
             yield Overall(self, description, total, None, None, weights)
+            return
+        if self.live is not None:  # inside another overall display (a lab step): a bar in it
+            task = self.live.add_task(f"  {description}", total=sum(weights))
+            try:
+                yield Overall(self, f"  {description}", total, self.live, task, weights)
+            finally:
+                self.live.remove_task(task)
             return
         with Progress(*_overall_columns(), console=self.err_console) as bar:
             task = bar.add_task(description, total=sum(weights))
@@ -162,8 +169,9 @@ class Overall:
         if self.bar is not None:
             self.bar.update(self.task, completed=sum(self.weights[: k - 1]),
                             description=f"{self.description} {k}/{self.total}: {name}")
-        return replace(self.parent, prefix=f"[{self.description} {k}/{self.total} {name}] ",
-                       live=self.bar)
+        # Nested in a lab step, the lines carry both: "[lab 6/8 train] [train 2/9 ...] ".
+        return replace(self.parent, prefix=f"{self.parent.prefix}[{self.description.strip()} "
+                       f"{k}/{self.total} {name}] ", live=self.bar)
 
 
 def _has_widgets() -> bool:

@@ -32,6 +32,7 @@ set every training choice without a recipe of its own in `recipes.py`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -739,13 +740,31 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
     calibration = _calibration(config, data, device, run_dir, reporter, resume)
     spent = sum(c["seconds"] for c in calibration.values())
     shapes = {m: budget.shape_named(c["chosen"]) for m, c in calibration.items()}
+    macs = {}
+    for m in config.models:
+        recipe = recipe_for(config, m)
+        if m in shapes:
+            recipe = apply_shape(recipe, shapes[m])
+        options = dict(recipe.model_options)
+        options.setdefault("num_classes", data.num_classes)
+        macs[m] = macs_of(m, options, tuple(data.image_shape))
+    pairs = [(m, seed) for m in config.models
+             for seed in range(config.seed, config.seed + config.seeds)]
+    # The overall bar's weights: each run's share of a budget, else its arithmetic (MACs x
+    # epochs), so the ETA over models x seeds is not a count of runs of 10 s and 10 min.
+    weights = [budget_share(config, spent) if config.budget
+               else macs[m] * (config.epochs or recipe_for(config, m).epochs) for m, _ in pairs]
     rows = []
-    for model_name in config.models:
-        for seed in range(config.seed, config.seed + config.seeds):
-            sub = RunDir(run_dir.path / f"{get_spec(model_name).name}-seed{seed}")
+    with contextlib.ExitStack() as stack:
+        display = (stack.enter_context(reporter.overall("train", len(pairs), weights))
+                   if len(pairs) > 1 else None)
+        for k, (model_name, seed) in enumerate(pairs, start=1):
+            name = f"{get_spec(model_name).name}-seed{seed}"
+            rep = display.step(k, name) if display is not None else reporter
+            sub = RunDir(run_dir.path / name)
             if resume and sub.file("results.json").is_file():
                 rows.append(sub.read_json("results.json"))
-                reporter.log(f"{sub.path.name}: finished earlier, kept")
+                rep.log(f"{sub.path.name}: finished earlier, kept")
                 continue
             again = resume and checkpoints.exists(sub.path, "last")
             if info.is_main:
@@ -753,7 +772,7 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
             dist.barrier()
             earlier = [r for r in rows if r["model"] == model_name]
             timed = calibration.get(model_name, {}).get("step_seconds")
-            rows.append(train_one(config, data, model_name, seed, sub, reporter, device,
+            rows.append(train_one(config, data, model_name, seed, sub, rep, device,
                                   resume=again, after_epoch=after_epoch, at_start=at_start,
                                   tta=earlier[0]["tta"] if earlier and config.budget
                                   else None, shape=shapes.get(model_name),
@@ -763,19 +782,11 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
             r = rows[-1]
             which, acc = (("test", r["test_accuracy"]) if config.test
                           else ("validation", r["val_accuracy"]))
-            reporter.log(f"{sub.path.name}: {which} accuracy {100 * (acc or 0):.2f}% "
-                         f"({r['tta'] if config.test else 'no'} TTA) in "
-                         f"{r['train_seconds']:.0f} s of training")
+            rep.log(f"{sub.path.name}: {which} accuracy {100 * (acc or 0):.2f}% "
+                    f"({r['tta'] if config.test else 'no'} TTA) in "
+                    f"{r['train_seconds']:.0f} s of training")
     if not info.is_main:
         return None
-    macs = {}
-    for m in config.models:
-        recipe = recipe_for(config, m)
-        if m in shapes:
-            recipe = apply_shape(recipe, shapes[m])
-        options = dict(recipe.model_options)
-        options.setdefault("num_classes", data.num_classes)
-        macs[m] = macs_of(m, options, tuple(data.image_shape))
     results = {
         "data": data.source, "n_train": len(data.train_y), "n_test": len(data.test_y),
         "n_val": 0 if data.val_y is None else len(data.val_y), "classes": list(data.classes),
