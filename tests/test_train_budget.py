@@ -163,3 +163,38 @@ def test_lab_budget_shares_the_minutes_among_the_training_steps():
         lab.LabConfig(data_root=root, budget=5)
     with pytest.raises(CnnlabError, match="not both"):
         lab.LabConfig(data_root=root, budget=30, quick=True)
+
+
+def _train_results(resnet_accs, cnn_accs, budget=40.0):
+    def model(name, accs, steps):
+        import statistics
+
+        return {"model": name, "recipe": "fast", "lr": 0.1, "seeds": len(accs),
+                "test_accuracy_mean": statistics.fmean(accs),
+                "test_accuracy_std": statistics.stdev(accs), "params": 1, "macs": 1,
+                "epochs": 1, "epochs_trained": 0.5, "train_seconds": 30.0,
+                "images_per_second": 1.0, "budget_seconds": budget, "steps": steps}
+
+    runs = ([{"model": "resnet18", "test_accuracy": a / 100} for a in resnet_accs]
+            + [{"model": "simple-cnn", "test_accuracy": a / 100} for a in cnn_accs])
+    return {"n_train": 50_000, "n_test": 10_000, "classes": [str(i) for i in range(10)],
+            "models": [model("resnet18", resnet_accs, 21), model("simple-cnn", cnn_accs, 96)],
+            "runs": runs}
+
+
+def test_lab_train_section_calls_a_net_near_chance_too_short_to_decide(tmp_path):
+    from cnnlab.report import lab as lab_report
+
+    # ResNet-18 at chance after 21 steps (as measured with 40 s per run): no verdict.
+    s = lab_report.Section("train", "t", "done")
+    lab_report._train(s, _train_results([9.9, 10.6, 9.3], [49.4, 46.1, 52.7]), tmp_path,
+                      "train")
+    text = " ".join(s.notes)
+    assert "too short to decide" in text and "resnet18 is still near chance" in text
+    assert "21 optimizer steps" in text and "plain CNN is better" not in text
+    # Both learning: the Welch interval and its verdict, as before.
+    s = lab_report.Section("train", "t", "done")
+    lab_report._train(s, _train_results([60.1, 61.0, 59.4], [49.4, 46.1, 52.7]), tmp_path,
+                      "train")
+    text = " ".join(s.notes)
+    assert "too short" not in text and "ResNet-18 is better" in text

@@ -277,6 +277,9 @@ def _finetune(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
             s.figures.append(fig)
 
 
+CHANCE_FACTOR = 2.0  # below twice chance at its best seed, a network has not started to learn
+
+
 def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     from cnnlab.analysis import stats
 
@@ -308,7 +311,23 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     acc = {}
     for run in r.get("runs", []):
         acc.setdefault(run["model"], []).append(100 * run["test_accuracy"])
-    if "simple-cnn" in acc and "resnet18" in acc:  # the lab's own question, with its noise
+    # A network still near chance has not started to learn in its time: comparing it says
+    # nothing about the architecture, only that the run was too short (issue: a run too
+    # short to answer its question says so instead of answering).
+    chance = 100 / max(1, len(r.get("classes") or []) or 10)
+    unlearnt = [m for m in ("resnet18", "simple-cnn") if m in acc
+                and max(acc[m]) < CHANCE_FACTOR * chance]
+    if "simple-cnn" in acc and "resnet18" in acc and unlearnt:
+        steps = {m["model"]: m.get("steps") for m in r["models"]}
+        s.notes.append(
+            "ResNet-18 against the plain CNN: too short to decide. "
+            + "; ".join(f"{m} is still near chance ({max(acc[m]):.1f}% at best, chance "
+                        f"{chance:.0f}%) after {steps.get(m) or 0:.0f} optimizer steps"
+                        for m in unlearnt)
+            + (f" in {budget:.0f} s" if budget else "")
+            + ": it had not started to learn, so the gap measures the run's length, not the "
+              "architecture. More minutes (cnnlab lab --budget) would answer it.")
+    elif "simple-cnn" in acc and "resnet18" in acc:  # the lab's own question, with its noise
         gap = stats.difference(acc["resnet18"], acc["simple-cnn"])
         if gap is None:
             s.notes.append("ResNet-18 against the plain CNN: one seed each, no interval.")
