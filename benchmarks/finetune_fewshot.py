@@ -1,7 +1,8 @@
 """Few-shot protocol for `cnnlab finetune`: k photos per class, several random draws per k.
 
     python benchmarks/finetune_fewshot.py [--data-root DIR] [--work DIR] [--k 3 5 8]
-        [--draws 3] [--datasets cifar10 hymenoptera] [--methods old new new-lite0 finetune]
+        [--draws 3] [--datasets cifar10 hymenoptera]
+        [--methods old new new-lite0 finetune partial-lite0]
         [--finetune-draws 1]
 
 The lab's data (10 classes of unfamiliar things, ~8 training photos each, 24 test photos) is not
@@ -21,7 +22,11 @@ time is end to end, the backbone passes included), --workers 0 (one core):
 - new:       no flags: `--model auto` over Lite0/1/2 + the L-BFGS head with a cross-validated L2;
 - new-lite0: `-m efficientnet_lite0`: the new head on the old backbone (what the head alone buys);
 - finetune:  `-m efficientnet_lite0 --strategy finetune` (15 epochs, augmentation), on the first
-             --finetune-draws draws only (it costs ~10-20x the others).
+             --finetune-draws draws only (it costs ~10-20x the others);
+- partial-lite0: `-m efficientnet_lite0 --strategy partial`: the top stage + head trained on
+             cached early activations of 4 views per photo, from the fitted head.
+Seconds are wall time end to end; cpu_seconds the process's user + system CPU time, which a
+busy shared core does not inflate the way it inflates wall time.
 Appends one JSON line per run to WORK/results.jsonl (a re-run skips what is there), then prints
 the table: mean top-1 test error ± standard deviation over draws, photos wrong, seconds.
 """
@@ -32,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,6 +54,7 @@ METHODS = {
     "new": [],
     "new-lite0": ["-m", "efficientnet_lite0"],
     "finetune": ["-m", "efficientnet_lite0", "--strategy", "finetune"],
+    "partial-lite0": ["-m", "efficientnet_lite0", "--strategy", "partial"],
 }
 N_VAL = 2  # validation photos per class
 N_TEST = {"cifar10": 3, "hymenoptera": 12}  # test photos per class: 30 and 24
@@ -95,10 +102,13 @@ def run_one(data: Path, method: str, out: Path) -> dict:
     cache = out / "cache"
     env = {**os.environ, "CNNLAB_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "cnnlab", "finetune", str(data), *METHODS[method],
-           "--workers", "0", "--no-report", "-q", "--out", str(out / "run")]
+           "--workers", "0", "--no-report", "--no-explain", "-q", "--out", str(out / "run")]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     r = json.loads((out / "run" / "results.json").read_text())
@@ -106,6 +116,7 @@ def run_one(data: Path, method: str, out: Path) -> dict:
     interval = r.get("top1_interval") or {}
     return {"top1_error": r["top1_error"], "wrong": interval.get("wrong"), "n_test": r["n_test"],
             "backbone": r["backbone"], "seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu, 1),
             "l2": (r.get("head_fit") or {}).get("l2"),
             "cv_accuracy": (r.get("head_fit") or {}).get("cv_accuracy"),
             "command": "cnnlab finetune DATA " + " ".join(METHODS[method])}
@@ -113,7 +124,8 @@ def run_one(data: Path, method: str, out: Path) -> dict:
 
 def summarise(records: list[dict]) -> str:
     lines = ["| data | k | method | draws | top-1 error, mean ± sd | wrong / test | seconds "
-             "| backbones chosen |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+             "| CPU seconds | backbones chosen |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     keys = sorted({(r["dataset"], r["k"], r["method"]) for r in records},
                   key=lambda t: (t[0], t[1], list(METHODS).index(t[2])))
     for ds, k, m in keys:
@@ -128,8 +140,14 @@ def summarise(records: list[dict]) -> str:
         lines.append(f"| {ds} | {k} | {m} | {len(rs)} | {statistics.mean(errs):.1f}%{sd} | "
                      f"{wrong} of {rs[0]['n_test']} | "
                      f"{statistics.mean(r['seconds'] for r in rs):.0f} | "
+                     f"{_mean_cpu(rs)} | "
                      + ", ".join(f"{n} x{c}" for n, c in sorted(chosen.items())) + " |")
     return "\n".join(lines)
+
+
+def _mean_cpu(rs: list[dict]) -> str:
+    cpu = [r["cpu_seconds"] for r in rs if r.get("cpu_seconds") is not None]
+    return f"{statistics.mean(cpu):.0f}" if cpu else "-"
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ RUN_KEYS = ("backbone", "weights", "strategy", "head_fit", "compare", "epochs", 
             "optimizer", "lr", "body_lr_ratio", "weight_decay", "momentum", "warmup_epochs",
             "label_smoothing", "augment", "keep", "early_stopping", "bn", "split",
             "val_fraction", "seed", "cache", "top_k", "workers", "draft", "precision",
-            "time_limit", "device", "report")
+            "time_limit", "device", "report", "train_stages", "views")
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -97,8 +97,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "of those whose weights are here (auto when there are several, else "
                    "efficientnet_lite0); `cnnlab models --pretrained` lists them")
     p.add_argument("--weights", metavar="FILE", help="the backbone's ImageNet weights file")
-    p.add_argument("--strategy", choices=["freeze", "finetune", "gradual"],
+    p.add_argument("--strategy", choices=["freeze", "finetune", "gradual", "partial", "auto"],
                    help="what trains (freeze)")
+    p.add_argument("--train-stages", type=int, metavar="N",
+                   help="partial: the body's top N stages train on cached activations of the "
+                   "others (1)")
+    p.add_argument("--views", type=int, metavar="N",
+                   help="partial: cached views per training photo: eval, mirror, N-2 random "
+                   "crops (4)")
     p.add_argument("--head-fit", choices=["lbfgs", "epochs"],
                    help="freeze: solve the head by L-BFGS with a cross-validated L2, or train "
                    "it for epochs (lbfgs, unless --epochs, --lr, --augment or --no-cache)")

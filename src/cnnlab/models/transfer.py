@@ -24,7 +24,9 @@ Strategies (`set_strategy`):
             statistics, dropout is off), so its output is a fixed function of the image: the
             features can be computed once and cached (`models/features.py`);
   finetune  every layer trains, the body at a smaller learning rate (`param_groups`);
-  gradual   the head first, then the body unfrozen stage by stage from the top (`stages`).
+  gradual   the head first, then the body unfrozen stage by stage from the top (`stages`);
+  partial   the top stages only (`unfreeze(n)` after `set_strategy`), trained on cached
+            activations of the frozen ones (`models/partial.py`).
 BatchNorm in a training body (`bn`): "frozen" (default) keeps every BatchNorm layer in eval mode:
 its running mean/variance stay the ImageNet ones while its scale and shift still learn. With
 batches of 16-32 photos of one small dataset, batch statistics are noisy and differ between
@@ -43,7 +45,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 
 IMAGENET_CLASSES = 1000
-STRATEGIES = ("freeze", "finetune", "gradual")
+STRATEGIES = ("freeze", "finetune", "gradual", "partial")
 BN_MODES = ("frozen", "train")
 MIN_STAGE_SHARE = 0.01  # a parameter group under 1% of the body joins the next one (stems, norms)
 
@@ -167,7 +169,7 @@ class TransferModel(nn.Module):
         if bn not in BN_MODES:
             raise CnnlabError(f"--bn must be one of {', '.join(BN_MODES)}")
         self.strategy, self.bn = strategy, bn
-        self.unfreeze(0 if strategy in ("freeze", "gradual") else len(self.stages))
+        self.unfreeze(0 if strategy in ("freeze", "gradual", "partial") else len(self.stages))
         return self
 
     def unfreeze(self, n_stages: int) -> None:

@@ -60,16 +60,22 @@ from cnnlab.errors import CnnlabError
 from cnnlab.runs import RunDir
 
 SCHEMA = "cnnlab.finetune/1"
-STRATEGIES = ("freeze", "finetune", "gradual")
+STRATEGIES = ("freeze", "finetune", "gradual", "partial", "auto")
 OPTIMIZERS = ("adamw", "sgd")
 BN_MODES = ("frozen", "train")
 KEEP = ("last", "best")
 DEFAULT_BACKBONE = "efficientnet_lite0"  # with --weights, or when it is the only one here
 AUTO = "auto"  # --model auto: chosen by cross-validation among the backbones present
 HEAD_FITS = ("lbfgs", "epochs")
+PARTIAL_EPOCHS = 10  # passes over the training photos, one cached view of each per pass
+PARTIAL_STAGES = 1  # top body stages trained by partial (Lite0: blocks.6 + conv_head)
+PARTIAL_VIEWS = 4  # cached views per training photo: eval, mirror, 2 random crops
 # Per strategy: (epochs, augmentation). freeze trains a linear head on fixed features: 30 epochs
 # of cached features cost well under a second; finetune moves 3-5 M weights per step.
-STRATEGY_DEFAULTS = {"freeze": (30, False), "finetune": (15, True), "gradual": (20, True)}
+# partial: the top --train-stages stages + the head on cached early activations of --views
+# augmented views per photo, the head started from the fitted one (BENCHMARKS.md, issue 17).
+STRATEGY_DEFAULTS = {"freeze": (30, False), "finetune": (15, True), "gradual": (20, True),
+                     "partial": (PARTIAL_EPOCHS, True)}
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}  # head learning rate
 COMPARED = ("freeze", "finetune")  # --compare: the lab's two experiments
 
@@ -116,13 +122,25 @@ class FinetuneConfig:
     time_limit: float | None = None  # seconds of training in this invocation
     device: str = "auto"
     report: bool = True
+    # partial: how many of the body's top stages train (the rest run once per view, cached),
+    # and how many views of each training photo are cached (models/partial.py).
+    train_stages: int = PARTIAL_STAGES
+    views: int = PARTIAL_VIEWS
 
     def __post_init__(self) -> None:
         from cnnlab.data.splits import check_fractions
 
         if self.strategy not in STRATEGIES:
             raise CnnlabError(f"--strategy must be one of {', '.join(STRATEGIES)}")
-        self._resolve_head_fit()
+        if self.train_stages < 1 or self.views < 1:
+            raise CnnlabError("--train-stages and --views must be at least 1")
+        if self.strategy == "partial" and self.keep == "best":
+            raise CnnlabError("--strategy partial trains on the validation photos too: no "
+                              "epoch to choose by them (--keep last)")
+        if self.strategy == "auto" and self.compare:
+            raise CnnlabError("--compare runs freeze and finetune: give no --strategy with it")
+        if self.strategy != "auto":  # auto: resolved with the data (resolve_strategy)
+            self._resolve_head_fit()
         if self.optimizer not in OPTIMIZERS:
             raise CnnlabError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.keep not in KEEP:
@@ -190,6 +208,11 @@ class FinetuneConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     @property
+    def partial(self) -> bool:
+        """Whether the top stages train on cached early-stage activations."""
+        return self.strategy == "partial"
+
+    @property
     def uses_features(self) -> bool:
         """Whether the frozen body's features are computed once (val and test at least)."""
         return self.strategy == "freeze" and self.cache
@@ -224,6 +247,10 @@ class Prepared:
     features: dict[str, Any] | None  # part -> (n, D) tensor, when the body is frozen
     feature_info: dict[str, Any]
     seconds: float
+    # partial: part -> (n, views, C, H, W) early-stage activations (train and val: --views
+    # views, test: the evaluation view), and the trained part of the network on them.
+    activations: dict[str, Any] | None = None
+    partial_net: Any = None
 
 
 def _unreadable(paths: list[Path], preprocess, config: FinetuneConfig, reporter) -> dict:
@@ -253,6 +280,8 @@ def _prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path,
     start = time.perf_counter()
     parts = ("train", "val", "test")
     paths = [it.path for p in parts for it in split.part(p)]
+    if config.partial:
+        return _prepare_partial(config, split, net, preprocess, weights_file, device, reporter)
     info: dict[str, Any] = {"used": False}
     features = None
     if config.uses_features:
@@ -281,6 +310,47 @@ def _prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path,
     else:
         split = split.without(_unreadable(paths, preprocess, config, reporter))
     return Prepared(split, features, info, time.perf_counter() - start)
+
+
+def _prepare_partial(config: FinetuneConfig, split, net, preprocess, weights_file: Path,
+                     device, reporter) -> Prepared:
+    """partial's one pass: the frozen early stages on --views views of every training and
+    validation photo and on the evaluation view of every test photo, cached on disk."""
+    import torch
+
+    from cnnlab.models.features import file_digest
+    from cnnlab.models.partial import (
+        PartialNet,
+        Views,
+        activation_cache,
+        activation_key,
+        compute_activations,
+        split_body,
+    )
+
+    start = time.perf_counter()
+    early, late, cut = split_body(net.body, preprocess.crop_size)
+    views = Views(count=config.views, seed=config.seed)
+    key = activation_key(config.backbone, file_digest(weights_file), preprocess, config.draft,
+                         cut, views)
+    cache = activation_cache(key, describe={"backbone": config.backbone, "cut": cut,
+                                            "weights": str(weights_file), "seed": config.seed,
+                                            "preprocess": preprocess.__dict__,
+                                            "draft": config.draft})
+    parts = ("train", "val", "test")
+    items = [(it.path, config.views if p != "test" else 1) for p in parts
+             for it in split.part(p)]
+    acts = compute_activations(early, [i[0] for i in items], [i[1] for i in items], preprocess,
+                               views, cache, reporter, workers=config.workers,
+                               draft=config.draft, device=device)
+    split = split.without(acts.bad)
+    activations = {p: torch.stack([acts.views[it.path] for it in split.part(p)])
+                   if split.part(p) else None for p in parts}
+    info = {"used": True, "kind": "early-stage activations", "cut": cut,
+            "views": config.views, "photos": len(items), "computed_views": acts.computed,
+            "seconds": round(acts.seconds, 3), "dir": str(cache.dir)}
+    return Prepared(split, None, info, time.perf_counter() - start, activations,
+                    PartialNet(late, net.head, config.bn))
 
 
 # --------------------------------------------------------------------------------- training
@@ -347,9 +417,19 @@ class _Trainer:
         self.targets = {p: torch.tensor(split.targets(p), dtype=torch.long)
                         for p in ("train", "val", "test")}
         self.model = net.head if config.cached else net
+        self.n_train = len(split.train)
+        if config.partial:
+            # The validation photos train too: with the epochs fixed and the last kept they
+            # have nothing to choose, and in a few-shot split they are a third of the photos.
+            self.model = prepared.partial_net
+            self.n_train = len(split.train) + len(split.val)
+            acts = [a for a in (prepared.activations["train"], prepared.activations["val"])
+                    if a is not None]
+            self.train_acts = torch.cat(acts)
+            self.train_targets = torch.cat([self.targets["train"], self.targets["val"]])
         per_rank = max(config.batch_size // info.world_size, 1)
         self.per_rank_batch = per_rank
-        n_rank = len(split.train) // info.world_size
+        n_rank = self.n_train // info.world_size
         self.steps_per_epoch = math.ceil(n_rank / per_rank) if n_rank else 0
         self.phases = None
         if config.strategy == "gradual":
@@ -357,7 +437,7 @@ class _Trainer:
 
             self.phases = gradual_phases(len(net.stages), config.epochs_)
         self.train_images = None
-        if not config.cached:
+        if not config.cached and not config.partial:
             from cnnlab.data.augment import Augment, TrainImages
 
             self.train_images = TrainImages(
@@ -373,9 +453,17 @@ class _Trainer:
 
         if self.phases is not None:
             self.net.unfreeze(self.phases[min(epoch, len(self.phases) - 1)])
-        order = shard_indices(len(self.prepared.split.train),
-                              epoch_generator(self.config.seed, epoch), self.info)
+        order = shard_indices(self.n_train, epoch_generator(self.config.seed, epoch), self.info)
         chunks = even_batches(order, self.per_rank_batch)
+        if self.config.partial:
+            # One cached view of each photo per epoch, drawn per (seed, epoch): the same on a
+            # resume and on every rank.
+            g = epoch_generator(self.config.seed + 1, epoch)
+            view = torch.randint(self.train_acts.shape[1], (self.n_train,), generator=g)
+            for b in chunks:
+                yield (self.train_acts[b, view[b]].contiguous(memory_format=torch.channels_last),
+                       self.train_targets[b])
+            return
         if self.config.cached:
             x, y = self.prepared.features["train"], self.targets["train"]
             for b in chunks:
@@ -396,13 +484,21 @@ class _Trainer:
         if feats is not None:
             with torch.no_grad():
                 return self.net.head(feats.to(self.device)).float().cpu()
+        if self.config.partial:  # the evaluation view's activations: the network's logits
+            acts = self.prepared.activations[part]
+            if acts is None:
+                return torch.zeros((0, len(self.prepared.split.classes)))
+            with torch.no_grad():
+                return torch.cat([self.model(a[:, 0].to(self.device).contiguous(
+                    memory_format=torch.channels_last)).float().cpu()
+                    for a in acts.split(64)])
         items = self.prepared.split.part(part)
         return _logits_on_images(self.net, items, self.preprocess, self.config, self.device)
 
     def evaluate(self, model) -> dict[str, float]:
         from torch.nn import functional as F
 
-        if not self.prepared.split.val:
+        if not self.prepared.split.val or self.config.partial:  # partial: val photos train
             return {}
         logits = self.logits("val")
         y = self.targets["val"]
@@ -440,6 +536,29 @@ def fit_head(config: FinetuneConfig, prepared: Prepared, trainer: _Trainer, net,
             "cv_log_loss": best.get("cv_log_loss"), "objective": choice.head.loss,
             "iterations": choice.head.iterations, "train_accuracy": 100.0 * train_accuracy,
             "cv": choice.table, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def partial_head_init(config: FinetuneConfig, prepared: Prepared, trainer: _Trainer, net,
+                      reporter) -> dict[str, Any]:
+    """partial: the head fitted as the frozen default fits it (L-BFGS, L2 by cross-validation
+    on train + validation), on the evaluation view's features through the still-pretrained top
+    stages; then fine-tuning starts from it (linear probe, then fine-tune: Kumar et al. 2022,
+    "Fine-Tuning can Distort Pretrained Features", ICLR: a zero or random head sends large,
+    wrong gradients into pretrained layers in the first steps)."""
+    import dataclasses
+
+    import torch
+
+    late = prepared.partial_net.late.eval()
+    features = {}
+    with torch.no_grad():
+        for part in ("train", "val"):
+            acts = prepared.activations[part]
+            features[part] = (torch.cat([late(a[:, 0].to(trainer.device).contiguous(
+                memory_format=torch.channels_last)).float().cpu() for a in acts.split(64)])
+                if acts is not None else torch.zeros((0, net.width)))
+    return fit_head(config, dataclasses.replace(prepared, features=features), trainer, net,
+                    reporter)
 
 
 def _train(config: FinetuneConfig, trainer: _Trainer, run_dir: RunDir, reporter, resume: bool):
@@ -531,6 +650,7 @@ def _predictions_csv(items, root: Path, targets, logits, classes, k: int) -> str
     return buf.getvalue()
 
 
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(Path(path).relative_to(root))
@@ -574,6 +694,8 @@ def _settings(config: FinetuneConfig, net) -> dict[str, Any]:
         "warmup_epochs": config.warmup_epochs, "augment": config.augment_,
         "early_stopping": config.early_stopping, "seed": config.seed,
         "feature_cache": config.cached and config.cache,
+        "train_stages": config.train_stages if config.partial else None,
+        "views": config.views if config.partial else None,
         "batchnorm": _bn_words(config),
         "model": net.describe(),
     }
@@ -582,6 +704,10 @@ def _settings(config: FinetuneConfig, net) -> dict[str, Any]:
 def _bn_words(config: FinetuneConfig) -> str:
     if config.strategy == "freeze":
         return "frozen body in eval mode: ImageNet BatchNorm statistics, no dropout"
+    if config.partial and config.bn == "frozen":
+        return (f"top {config.train_stages} stage(s) trained on cached activations of the "
+                "frozen ones; BatchNorm in eval mode (ImageNet statistics), scale and shift "
+                "trained")
     if config.bn == "frozen":
         return ("BatchNorm layers kept in eval mode: ImageNet running statistics, scale and "
                 "shift trained")
@@ -605,12 +731,41 @@ def run(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
         ) -> dict[str, Any] | None:
     """Train into `run_dir` (continue its `last` checkpoint when `resume`); results on rank 0."""
     config = resolve_backbone(config, run_dir, reporter, resume)
+    config = resolve_strategy(config, run_dir, reporter, resume)
     if config.compare:
         return run_compare(config, run_dir, reporter, resume)
     return _run_one(config, run_dir, reporter, resume, split_dir=run_dir)
 
 
 CHOICE_FILE = "backbone_choice.json"
+# --strategy auto (BENCHMARKS.md, issue 17, "--strategy auto"): partial while the training
+# photos (train + validation) are at most this many per class, else freeze.
+AUTO_PARTIAL_MAX_PER_CLASS = 20
+
+
+def auto_strategy(n_photos: int, n_classes: int) -> tuple[str, str]:
+    """--strategy auto's rule on the training side of the split: (strategy, why)."""
+    per_class = n_photos / max(n_classes, 1)
+    if per_class <= AUTO_PARTIAL_MAX_PER_CLASS:
+        return "partial", (f"{per_class:.1f} training photos per class (at most "
+                           f"{AUTO_PARTIAL_MAX_PER_CLASS}): the top stage trains on cached "
+                           "views")
+    return "freeze", (f"{per_class:.1f} training photos per class (over "
+                      f"{AUTO_PARTIAL_MAX_PER_CLASS}): the frozen body's fitted head")
+
+
+def resolve_strategy(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
+                     ) -> FinetuneConfig:
+    """The config with a concrete strategy: --strategy auto decided by `auto_strategy` on the
+    split's train + validation photos (never the test ones); config.json keeps the result."""
+    from dataclasses import replace
+
+    if config.strategy != "auto":
+        return config
+    split, _ = _load_split(config, run_dir, resume)
+    chosen, why = auto_strategy(len(split.train) + len(split.val), len(split.classes))
+    reporter.log(f"--strategy auto: {chosen} ({why})")
+    return replace(config, strategy=chosen)
 
 
 def resolve_backbone(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
@@ -691,6 +846,8 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     model, preprocess, _ = create_pretrained(spec.name, weights_file)
     net = TransferModel.from_pretrained(model, len(split.classes))
     net.set_strategy(config.strategy, config.bn)
+    if config.partial:
+        net.unfreeze(config.train_stages)
     net = net.to(device=device, memory_format=torch.channels_last)
     reporter.log(
         f"finetune: {config.strategy} {spec.name} on {len(split.classes)} classes, "
@@ -699,7 +856,7 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     )
     prepared = dist.broadcast_from_main(
         lambda: _prepare(config, split, net, preprocess, weights_file, device, reporter), info
-    ) if not saved or config.strategy == "freeze" else None
+    ) if not saved or config.strategy in ("freeze", "partial") else None
     if prepared is None:  # a saved split is already clean: no decode check again
         prepared = Prepared(split, None, {"used": False}, 0.0)
     split = prepared.split
@@ -707,7 +864,7 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
         split_dir.write_json("split.json", split.to_json())
 
     trainer = _Trainer(config, prepared, net, preprocess, device, info)
-    head_fit, fit_result = None, None
+    head_fit, fit_result, head_init = None, None, None
     if config.fitted:  # solved, not trained: the refit is done before any test photo is seen
         head_fit = fit_head(config, prepared, trainer, net, reporter)
         selected = "fit"
@@ -715,6 +872,8 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
         from cnnlab import checkpoints
         from cnnlab.engine import BEST, LAST, load_weights
 
+        if config.partial:  # the head starts where the frozen default ends (a resume: reloaded)
+            head_init = partial_head_init(config, prepared, trainer, net, reporter)
         fit_result = _train(config, trainer, run_dir, reporter, resume)
         selected = BEST if checkpoints.exists(run_dir.path, BEST) else LAST
         load_weights(trainer.model, run_dir, selected)
@@ -769,6 +928,7 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
         "val_accuracy": 100.0 * val_metrics["val_accuracy"] if val_metrics else None,
         "val_loss": val_metrics.get("val_loss"),
         "head_fit": head_fit,
+        "head_init": head_init,
         "backbone_choice": choice["rows"] if choice else None,
         "top1_error": scores["top1_error"],
         "top1_interval": scores["top1_interval"],
