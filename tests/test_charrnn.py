@@ -383,3 +383,28 @@ def test_shakespeare_split_is_90_10(shared_data):
     assert data.counts["characters"] == 1_115_394
     assert data.counts["val_characters"] == 111_539  # int(10%)
     assert data.train.numel() + data.val.numel() == 1_115_394
+
+
+def test_a_diverged_loss_stops_in_one_line_and_keeps_the_last_good_checkpoint(
+        tmp_path, monkeypatch):
+    """The engine's NaN guard, which charrnn's own loop lacked: from training step 31 on the
+    model's logits are NaN; training stops there with a one-line error, and the checkpoint on
+    disk is the one of step 30 (every validation point saves with --save-interval 0)."""
+    real = CharRNN.forward
+    calls = {"train": 0}
+
+    def forward(self, ids, hidden=None):
+        logits, hidden = real(self, ids, hidden)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] > 30:
+                logits = logits * float("nan")
+        return logits, hidden
+
+    monkeypatch.setattr(CharRNN, "forward", forward)
+    with pytest.raises(CnnlabError, match=r"diverged.*last good checkpoint") as err:
+        train(TrainConfig(words=LAB, epochs=100, save_interval=0), out=tmp_path / "run")
+    assert "\n" not in str(err.value) and "by step 31" in str(err.value)
+    from cnnlab import checkpoints
+
+    assert checkpoints.read_meta(tmp_path / "run", "last")["step"] == 30

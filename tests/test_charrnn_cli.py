@@ -191,30 +191,3 @@ def test_a_folder_that_is_not_a_charrnn_run_is_one_line(tmp_path, capsys):
         assert "is not a charrnn checkpoint" in err and err.count("\n") == 1
     assert main(["charrnn", "sample", str(tmp_path / "missing")]) == 2
     assert "no charrnn checkpoint" in capsys.readouterr().err
-
-
-def test_runs_in_the_layout_before_last_json_still_complete_and_resume(lab_run, tmp_path, capsys):
-    """cnnlab 0.1 wrote model.safetensors, optimizer.pt and checkpoint.json in the run root."""
-    import shutil
-
-    import torch
-    from safetensors.torch import save_file
-
-    from cnnlab import checkpoints
-
-    old = tmp_path / "old"
-    old.mkdir()
-    for name in ("config.json", "environment.json", "metrics.jsonl"):
-        shutil.copy(lab_run / name, old / name)
-    ck = checkpoints.load(lab_run, "last")
-    save_file(ck.weights, old / "model.safetensors")
-    torch.save(ck.state, old / "optimizer.pt")
-    meta = {k: v for k, v in ck.meta.items() if k not in ("format", "serial", "weights", "state")}
-    (old / "checkpoint.json").write_text(json.dumps({**meta, "format": "cnnlab-charrnn/1"}))
-
-    assert main(["charrnn", "complete", str(old), "h", "g", "s"]) == 0
-    out = capsys.readouterr().out
-    assert all(w in out for w in ("hello", "green", "start"))
-    assert main(["charrnn", "train", "--resume", str(old), "--epochs", "101", "-q"]) == 0
-    capsys.readouterr()
-    assert checkpoints.read_meta(old, "last")["step"] == 101  # continued in the new layout

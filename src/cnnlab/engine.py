@@ -21,14 +21,25 @@ What the caller provides, and what the engine owns:
 
 Checkpoints are written at the end of every `checkpoint_every` epochs, after validation, so a
 resumed run restarts at an epoch boundary with the RNG exactly where the original stood.
+
+Step mode (`FitConfig.unit = "steps"`, charrnn's long epochs of running text): the loop also
+stops, validates and checkpoints between epoch ends. The time limit is checked after every step,
+validation runs every `eval_every_steps` steps and at every epoch end, `last` is written at such
+a point once `checkpoint_seconds` have passed since the previous one (and always at the end),
+and a resumed run continues mid-epoch, with the training-loss window not yet logged and the
+caller's state (`extra_state`: an RNN's carried hidden state) as they were. Metrics are "step"
+records (every `log_every` steps and the last) and "eval" records (each validation); one progress
+bar covers the run. A `step_loss(model, x, y)` hook replaces `loss_fn(model(x), y)` for models
+whose forward is not `logits = model(x)` (an RNN returning its hidden state too).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +60,9 @@ class FitConfig:
     """How to run the loop; what to train lives with the caller."""
 
     epochs: int
-    seed: int = 0
+    # torch.manual_seed(seed) before the first step; None: the RNG as the caller left it (charrnn
+    # seeds before building its model, and its dropout draws continue from there).
+    seed: int | None = 0
     # Stop after this many optimiser steps, mid-epoch if need be (a recipe of 9.9 epochs runs
     # 10 epochs with the last one cut short); None = epochs * steps_per_epoch.
     max_steps: int | None = None
@@ -65,6 +78,11 @@ class FitConfig:
     checkpoint_every: int = 1  # epochs between `last` checkpoints (the final epoch always)
     eval_every: int = 1  # epochs between validations (the final epoch always)
     deterministic: bool = False  # torch.use_deterministic_algorithms; slower, bit-reproducible
+    unit: str = "epochs"  # "steps": step mode (module docstring); every epoch steps_per_epoch long
+    eval_every_steps: int = 0  # step mode: steps between validations (0 = at epoch ends only)
+    # Step mode: seconds between `last` checkpoints, taken at the next validation point (0 = at
+    # every one); a crash loses at most this much training.
+    checkpoint_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -83,6 +101,12 @@ class FitConfig:
             raise CnnlabError(f"max_steps must be at least 1, not {self.max_steps}")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.eval_every < 1:
             raise CnnlabError("log_every, checkpoint_every and eval_every must be at least 1")
+        if self.unit not in ("epochs", "steps"):
+            raise CnnlabError(f"unit must be epochs or steps, not {self.unit!r}")
+        if self.unit == "steps" and (self.early_stopping or self.monitor is not None):
+            raise CnnlabError("step mode has no best checkpoint: give monitor=None")
+        if self.eval_every_steps < 0 or not self.checkpoint_seconds >= 0:
+            raise CnnlabError("eval_every_steps and checkpoint_seconds must be >= 0")
 
 
 @dataclass
@@ -93,8 +117,11 @@ class FitResult:
     best_epoch: int | None
     best_metric: float | None
     train_seconds: float  # training + validation wall time, summed over invocations
-    last: dict[str, Any]  # the last epoch's metrics record
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    last: dict[str, Any]  # the last epoch's metrics record (step mode: the last "eval" record)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (or eval)
+    # Step mode: the mean training loss of the latest window (the steps since the last "step"
+    # record, else that record's).
+    train_loss: float | None = None
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -219,6 +246,22 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+@dataclass
+class _Counters:
+    """The loop's running sums, saved with a step-mode checkpoint so that a run resumed
+    mid-epoch logs the numbers of an uninterrupted one."""
+
+    loss_sum: float = 0.0  # this epoch so far (summed per-sample losses)
+    correct: int = 0
+    seen: int = 0
+    window_loss: float = 0.0  # since the last "step" record
+    window_n: int = 0
+    logged_loss: float | None = None  # the last "step" record's train_loss
+
+    def window_mean(self) -> float | None:
+        return self.window_loss / self.window_n if self.window_n else self.logged_loss
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -236,6 +279,8 @@ def fit(
     after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
     extra_state: tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]
     | None = None,
+    step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    extra_meta: Callable[[], dict[str, Any]] | None = None,
     resume: bool = False,
     device: torch.device | str | None = None,
     label: str = "training",
@@ -251,9 +296,12 @@ def fit(
     logged and its checkpoints are written, with the bare model and that record (1-based
     "epoch", the metrics of `evaluate`); an exception it raises ends `fit` there, with the run
     directory as consistent as after a finished epoch (a hyper-parameter search prunes a trial
-    this way, and a caller can measure the model between epochs).
+    this way, and a caller can measure the model between epochs). Epoch mode only.
     `extra_state` = (get, set) saves and restores a caller's own state (an EMA's weights) with
-    the `last` checkpoint.
+    the `last` checkpoint. `step_loss(model, x, y)` returns a step's loss in place of
+    `loss_fn(model(x), y)` (no training accuracy then; every step weighs the same in the
+    logged means, its loss being a mean already). `extra_meta()` adds the caller's fields to
+    the `last` checkpoint's JSON (what a reader needs to rebuild the model).
     """
     info = dist.from_env()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -269,12 +317,15 @@ def fit(
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    steps_mode = config.unit == "steps"
 
     epoch, step, train_seconds = 0, 0, 0.0
     best: float | None = None
     best_epoch: int | None = None
     bad_epochs = 0
-    torch.manual_seed(config.seed)
+    c = _Counters()
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
     if resume and checkpoints.exists(run_dir.path, LAST):
         ck = checkpoints.load(run_dir.path, LAST)
         bare.load_state_dict(ck.weights)
@@ -283,6 +334,8 @@ def fit(
         _set_rng_state(st["rng"])
         if extra_state is not None and "extra" in st:
             extra_state[1](st["extra"])
+        if "counters" in st:
+            c = _Counters(**st["counters"])
         epoch, step = int(ck.meta["epoch"]), int(ck.meta["step"])
         train_seconds = float(ck.meta["train_seconds"])
         best, best_epoch = ck.meta.get("best_metric"), ck.meta.get("best_epoch")
@@ -290,7 +343,9 @@ def fit(
         if info.is_main:
             # Records after the checkpoint will be logged again; a torn line goes too.
             run_dir.truncate_metrics(lambda r: r.get("step", 0) <= step)
-        reporter.log(f"{label}: resuming {run_dir} after epoch {epoch} (step {step})")
+        reporter.log(f"{label}: resuming {run_dir} at step {step} (epoch "
+                     f"{step / steps_per_epoch:.2f})" if steps_mode else
+                     f"{label}: resuming {run_dir} after epoch {epoch} (step {step})")
         if epoch >= config.epochs or step >= min(steps_per_epoch * config.epochs,
                                                   config.max_steps or step + 1):
             raise CnnlabError(
@@ -299,76 +354,175 @@ def fit(
     elif resume:
         raise CnnlabError(f"nothing to resume in {run_dir}: it has no {LAST}.json checkpoint")
 
-    history = [r for r in run_dir.read_metrics() if r.get("kind") == "epoch"] if resume else []
+    kind = "eval" if steps_mode else "epoch"
+    history = [r for r in run_dir.read_metrics() if r.get("kind") == kind] if resume else []
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     start = time.monotonic()
+    last_save = start
     stopped = "completed"
     last_record: dict[str, Any] = history[-1] if history else {}
+    lr = optimizer.param_groups[0]["lr"]
+
+    def elapsed() -> float:
+        return train_seconds + time.monotonic() - start
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimiser step on (x, y), its loss added to the running sums."""
+        nonlocal step, lr
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if lr_schedule is not None:
+            factor = lr_schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        lr = optimizer.param_groups[0]["lr"]
+        logits = None
+        with _autocast(config.precision, device):
+            if step_loss is None:
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            else:
+                loss = step_loss(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        checkpoints.crash_point(f"step-{step}")
+        if after_step is not None:
+            after_step(bare, step)
+        n = y.shape[0] if step_loss is None else 1
+        batch_loss = float(loss.detach()) * n
+        if not info.enabled:
+            # One process: stop at the first bad step. Under DDP the ranks must agree, so
+            # the check waits for the all-reduced epoch loss.
+            _nan_guard(batch_loss, epoch, step, run_dir, label)
+        c.loss_sum += batch_loss
+        if logits is not None:
+            c.correct += accuracy_counts(logits.detach(), y)
+        c.seen += n
+        c.window_loss += batch_loss
+        c.window_n += n
+        if step % config.log_every == 0 or (steps_mode and step == total_steps):
+            c.logged_loss = c.window_loss / c.window_n
+            if info.is_main:
+                line = ({"kind": "step", "step": step, "epoch": step / steps_per_epoch,
+                         "train_loss": c.logged_loss, "lr": lr, "elapsed_s": round(elapsed(), 3)}
+                        if steps_mode else
+                        {"kind": "step", "epoch": epoch + 1, "step": step,
+                         "train_loss": c.logged_loss, "lr": lr})
+                run_dir.append_metrics(line)
+            c.window_loss, c.window_n = 0.0, 0
+
+    def save_last() -> None:
+        nonlocal last_save
+        state = {"optimizer": optimizer.state_dict(), "rng": _rng_state()}
+        if extra_state is not None:
+            state["extra"] = extra_state[0]()
+        if steps_mode:
+            state["counters"] = vars(c).copy()
+        meta = {"epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+                "total_steps": total_steps, "train_seconds": elapsed(),
+                "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "monitor": config.monitor}
+        if extra_meta is not None:
+            meta = {**extra_meta(), **meta}  # the engine's counters win: resume reads them
+        checkpoints.save(run_dir.path, LAST, bare.state_dict(), meta, state)
+        last_save = time.monotonic()
+
+    def validate() -> dict[str, float]:
+        if evaluate is None:
+            return {}
+        bare.eval()
+        with torch.no_grad(), _autocast(config.precision, device):
+            metrics = dict(evaluate(bare))
+        bare.train()
+        return metrics
+
+    if steps_mode:
+        # ----------------------------------------------------------------- step mode
+        def run_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            e = epoch
+            while e < config.epochs and step < total_steps:
+                k = step - e * steps_per_epoch  # > 0 only for a run resumed mid-epoch
+                if k == 0 and before_epoch is not None:
+                    before_epoch(bare, e)
+                yield from itertools.islice(batches(e), k, None)
+                e += 1
+
+        model.train()
+        bar = reporter.track(run_batches(), total=total_steps - step, description=label,
+                             unit="steps")
+        try:
+            for x, y in bar:
+                train_step(x, y)
+                end_of_epoch = step % steps_per_epoch == 0
+                if end_of_epoch:
+                    epoch += 1
+                    c.loss_sum, c.correct, c.seen = 0.0, 0, 0
+                done = step >= total_steps
+                timed_out = _agree(config.time_limit is not None
+                                   and time.monotonic() - start >= config.time_limit, device)
+                if not (end_of_epoch or done or timed_out or (
+                        config.eval_every_steps and step % config.eval_every_steps == 0)):
+                    continue
+                metrics = validate()
+                if metrics:
+                    record = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch,
+                              **metrics}
+                    history.append(record)
+                    last_record = record
+                    if info.is_main:
+                        run_dir.append_metrics(record)
+                    reporter.log(f"{label} step {step}: "
+                                 + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+                final = done or timed_out
+                if info.is_main and (final or time.monotonic() - last_save
+                                     >= config.checkpoint_seconds):
+                    save_last()
+                if end_of_epoch:
+                    checkpoints.crash_point(f"epoch-{epoch}:end")
+                if timed_out and not done:
+                    stopped = "time-limit"
+                    reporter.log(f"{label}: stopped at step {step} ({stopped})")
+                    break
+                if done:
+                    break
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+        return FitResult(epoch, step, stopped, best_epoch, best, elapsed(), last_record,
+                         history, train_loss=c.window_mean())
+
+    # --------------------------------------------------------------------- epoch mode
     while epoch < config.epochs and step < total_steps:
         if before_epoch is not None:
             before_epoch(bare, epoch)
         model.train()
-        loss_sum, correct, seen, window_loss, window_n = 0.0, 0, 0, 0.0, 0
-        lr = optimizer.param_groups[0]["lr"]
+        c.loss_sum, c.correct, c.seen, c.window_loss, c.window_n = 0.0, 0, 0, 0.0, 0
         this_epoch = min(steps_per_epoch, total_steps - step)
         for x, y in reporter.track(batches(epoch), total=this_epoch,
                                    description=f"{label} epoch {epoch + 1}/{config.epochs}",
                                    unit="steps"):
             if step >= total_steps:
                 break
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if lr_schedule is not None:
-                factor = lr_schedule(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * factor
-            lr = optimizer.param_groups[0]["lr"]
-            with _autocast(config.precision, device):
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            step += 1
-            checkpoints.crash_point(f"step-{step}")
-            if after_step is not None:
-                after_step(bare, step)
-            n = y.shape[0]
-            batch_loss = float(loss.detach()) * n
-            if not info.enabled:
-                # One process: stop at the first bad step. Under DDP the ranks must agree, so
-                # the check waits for the all-reduced epoch loss below.
-                _nan_guard(batch_loss, epoch, step, run_dir, label)
-            loss_sum += batch_loss
-            correct += accuracy_counts(logits.detach(), y)
-            seen += n
-            window_loss += batch_loss
-            window_n += n
-            if step % config.log_every == 0:
-                if info.is_main:
-                    run_dir.append_metrics({"kind": "step", "epoch": epoch + 1, "step": step,
-                                            "train_loss": window_loss / window_n, "lr": lr})
-                window_loss, window_n = 0.0, 0
+            train_step(x, y)
         totals = dist.all_reduce_sum(
-            torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=device)
+            torch.tensor([c.loss_sum, c.correct, c.seen], dtype=torch.float64, device=device)
         ).tolist()
         train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
         _nan_guard(train_loss, epoch, step, run_dir, label)
         epoch += 1
         metrics: dict[str, float] = {}
         last_epoch = epoch >= config.epochs or step >= total_steps
-        if evaluate is not None and (last_epoch or epoch % config.eval_every == 0):
-            bare.eval()
-            with torch.no_grad(), _autocast(config.precision, device):
-                metrics = dict(evaluate(bare))
-            bare.train()
-        elapsed = train_seconds + time.monotonic() - start
+        if last_epoch or epoch % config.eval_every == 0:
+            metrics = validate()
         record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": train_loss,
-                  "train_accuracy": train_acc, **metrics, "lr": lr, "elapsed_s": round(elapsed, 3)}
+                  "train_accuracy": train_acc, **metrics, "lr": lr,
+                  "elapsed_s": round(elapsed(), 3)}
         history.append(record)
         last_record = record
         improved = False
@@ -386,7 +540,7 @@ def fit(
         reporter.log(f"{label} epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}, "
                      f"acc {100 * train_acc:.1f}%"
                      + "".join(f", {k} {_fmt(v)}" for k, v in metrics.items())
-                     + f" ({elapsed:.0f} s)")
+                     + f" ({elapsed():.0f} s)")
         early = config.early_stopping and bad_epochs >= config.early_stopping
         timed_out = _agree(config.time_limit is not None
                            and time.monotonic() - start >= config.time_limit, device)
@@ -396,26 +550,14 @@ def fit(
             stopped = "time-limit"
         final = epoch >= config.epochs or step >= total_steps or stopped != "completed"
         if info.is_main and (final or epoch % config.checkpoint_every == 0):
-            state = {"optimizer": optimizer.state_dict(), "rng": _rng_state()}
-            if extra_state is not None:
-                state["extra"] = extra_state[0]()
-            checkpoints.save(
-                run_dir.path, LAST, bare.state_dict(),
-                {"epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
-                 "total_steps": total_steps,
-                 "train_seconds": train_seconds + time.monotonic() - start,
-                 "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                 "monitor": config.monitor},
-                state,
-            )
+            save_last()
         checkpoints.crash_point(f"epoch-{epoch}:end")
         if after_epoch is not None:
             after_epoch(bare, record)
         if stopped != "completed":
             reporter.log(f"{label}: stopped after epoch {epoch} ({stopped})")
             break
-    train_seconds += time.monotonic() - start
-    return FitResult(epoch, step, stopped, best_epoch, best, train_seconds, last_record, history)
+    return FitResult(epoch, step, stopped, best_epoch, best, elapsed(), last_record, history)
 
 
 def _agree(flag: bool, device: torch.device) -> bool:

@@ -14,26 +14,26 @@ Training is one loop over optimisation steps for both kinds of data:
 Gradients are clipped to a global norm (`clip`). Every epoch has the same number of steps
 (text: `data.text.text_layout` reserves room for the largest shift).
 
-The checkpoint is one atomic unit (`cnnlab.checkpoints`, name "last"):
-  last.json                          model config, vocabulary, training config, step / epoch,
-                                     losses; written last, names the two files below
+The loop is the engine's (`engine.fit` in step mode): schedule, clipping, NaN guard, time
+limit, metrics, checkpoints and exact resume are its; this module gives it the batches, a step
+loss that carries the hidden state, and the validation. The checkpoint is the engine's `last`
+(one atomic unit, `cnnlab.checkpoints`):
+  last.json                          model config, vocabulary, training config ("kind":
+                                     "charrnn"), step / epoch; written last, names the two below
   checkpoints/last-<n>.safetensors   the weights
   checkpoints/last-<n>.state.pt      optimizer, RNG state, carried hidden state, the losses of the
-                                     metrics window not yet logged (tensors and plain containers;
-                                     loaded with weights_only=True)
+                                     metrics window not yet logged (loaded with weights_only=True)
 It is written every `save_interval` seconds (at a validation point) and at the end, so a
 `kill -9` loses at most that much training. `--resume` restores all of it — the batch order
 follows from (seed, epoch) — and cuts metrics.jsonl back to the checkpoint's step (the lines
 after it are logged again, a torn last line dropped): the resumed run's weights and metrics
-are those of an uninterrupted one. Runs written before last.json existed (model.safetensors +
-optimizer.pt + checkpoint.json in the run root) are still read.
+are those of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,26 +306,15 @@ def _train_pairs(data: Data, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tens
 
 # ------------------------------------------------------------------------------------ checkpoints
 
-CHECKPOINT = "last"  # checkpoints.save name: last.json + checkpoints/last-<serial>.*
+CHECKPOINT = "last"  # the engine's `last` checkpoint: last.json + checkpoints/last-<serial>.*
 KIND = "charrnn"  # in last.json, so that another command's checkpoint is refused by name
-# The layout before cnnlab.checkpoints (three files in the run root, not one atomic unit):
-# still read by complete / sample / --resume.
-LEGACY_JSON, LEGACY_WEIGHTS, LEGACY_STATE = "checkpoint.json", "model.safetensors", "optimizer.pt"
-
-
-def _is_legacy(d: Path) -> bool:
-    return (d / LEGACY_JSON).is_file() and (d / LEGACY_WEIGHTS).is_file()
-
-
-def _has_checkpoint(d: Path) -> bool:
-    return checkpoints.exists(d, CHECKPOINT) or _is_legacy(d)
 
 
 def _resolve_checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
-    if path.is_file() and path.name in (f"{CHECKPOINT}.json", LEGACY_JSON, LEGACY_WEIGHTS):
+    if path.is_file() and path.name == f"{CHECKPOINT}.json":
         path = path.parent
-    if not _has_checkpoint(path):
+    if not checkpoints.exists(path, CHECKPOINT):
         raise CnnlabError(
             f"no charrnn checkpoint at {path} (expected the run directory of "
             f"`cnnlab charrnn train`, which holds {CHECKPOINT}.json)"
@@ -333,86 +322,42 @@ def _resolve_checkpoint_dir(path: str | Path) -> Path:
     return path
 
 
-def _read_checkpoint(d: Path, state: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
-    """(checkpoint JSON, weights, training state or None) of the run directory `d`."""
-    if checkpoints.exists(d, CHECKPOINT):
-        ck = checkpoints.load(d, CHECKPOINT, state=state)
-        if ck.meta.get("kind") != KIND:
-            raise CnnlabError(f"{d / (CHECKPOINT + '.json')} is not a charrnn checkpoint")
-        return ck.meta, ck.weights, ck.state
-    import json
-
-    from safetensors.torch import load_file
-
-    try:
-        meta = json.loads((d / LEGACY_JSON).read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != "cnnlab-charrnn/1":
-            raise ValueError(f"{LEGACY_JSON} is not a charrnn checkpoint")
-        weights = load_file(str(d / LEGACY_WEIGHTS))
-        extra = torch.load(d / LEGACY_STATE, weights_only=True) if state else None
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CnnlabError(f"{d} does not hold a readable charrnn checkpoint: {exc}") from exc
-    return meta, weights, extra
-
-
-def save_checkpoint(
-    run: RunDir,
-    model: CharRNN,
-    optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    vocab: Vocab,
-    progress: dict[str, Any],
-    hidden: Hidden,
-    window_losses: list[float],
-) -> None:
-    """One atomic checkpoint (`cnnlab.checkpoints`): the weights, the training state needed to
-    continue bit for bit (optimizer, RNG, carried hidden state, the losses of the metrics
-    window not yet logged), and last.json naming them with the model, vocabulary and step."""
-    if isinstance(hidden, tuple):
-        hid = {"kind": "lstm", "h": hidden[0], "c": hidden[1]}
-    else:
-        hid = {"kind": "none" if hidden is None else "tensor", "h": hidden}
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "rng": torch.get_rng_state(),
-        "hidden": hid,
-        "window_losses": list(window_losses),
-    }
-    meta = {
-        "kind": KIND,
-        "model": dataclasses.asdict(model.cfg),
-        "vocab": vocab.to_json(),
-        "mode": cfg.mode,
-        "config": cfg,
-        **progress,
-    }
-    checkpoints.save(run.path, CHECKPOINT, model.state_dict(), meta, state)
+def _read_meta(d: Path) -> dict[str, Any]:
+    meta = checkpoints.read_meta(d, CHECKPOINT)
+    if meta.get("kind") != KIND:
+        raise CnnlabError(f"{d / (CHECKPOINT + '.json')} is not a charrnn checkpoint")
+    return meta
 
 
 def load_checkpoint(path: str | Path) -> tuple[CharRNN, Vocab, dict[str, Any]]:
     """(model in eval mode, vocabulary, the checkpoint's JSON) from a run directory (or its
     last.json)."""
     d = _resolve_checkpoint_dir(path)
-    info, weights, _ = _read_checkpoint(d, state=False)
+    _read_meta(d)
+    ck = checkpoints.load(d, CHECKPOINT, state=False)
+    info = ck.meta
     try:
         vocab = Vocab.from_json(info["vocab"])
         model = CharRNN(CharRNNConfig(**info["model"]))
-        model.load_state_dict(weights)
+        model.load_state_dict(ck.weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CnnlabError(f"{d} does not hold a readable charrnn checkpoint: {exc}") from exc
     model.eval()
     return model, vocab, info
 
 
+def _pack_hidden(hidden: Hidden) -> dict[str, Any]:
+    """A carried hidden state as tensors and strings (the checkpoint loads weights_only)."""
+    if isinstance(hidden, tuple):
+        return {"kind": "lstm", "h": hidden[0], "c": hidden[1]}
+    return {"kind": "none" if hidden is None else "tensor", "h": hidden}
+
+
+def _unpack_hidden(packed: dict[str, Any]) -> Hidden:
+    return (packed["h"], packed["c"]) if packed["kind"] == "lstm" else packed["h"]
+
+
 # ----------------------------------------------------------------------------------------- train
-
-
-def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
-    if cfg.schedule == "constant":
-        return cfg.lr  # type: ignore[return-value]
-    # cosine from lr to lr/10 over the planned steps (then held)
-    frac = min(step / max(total, 1), 1.0)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))  # type: ignore[operator]
 
 
 def train(
@@ -434,58 +379,39 @@ def train(
 def run(
     cfg: TrainConfig, run_dir: RunDir, reporter: Reporter, resume: bool = False
 ) -> dict[str, Any]:
-    """Train (or continue) a character model; returns results (also saved as results.json).
+    """Train (or continue) a character model on the engine's step mode (`engine.fit`);
+    returns results (also saved as results.json).
 
     With `resume`, `run_dir` is an existing run and `cfg` its own config with only `epochs` /
     `time_limit` changed (`config.from_run` builds it); the run continues in that directory."""
+    from cnnlab.engine import FitConfig, fit, warmup_cosine
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_data(cfg)
     vocab = data.vocab
+    # Seeded here, not by the engine: the initial weights and then the dropout draws come from
+    # one stream, which a resumed run restores from the checkpoint.
     torch.manual_seed(cfg.seed)
     model = CharRNN(cfg.model_config(len(vocab)))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = epoch_steps(data, cfg)
     total_steps = steps_per_epoch * cfg.epochs  # type: ignore[operator]
-
-    step, train_seconds, best_val = 0, 0.0, None
-    hidden: Hidden = None
-    window_losses: list[float] = []  # training losses since the last metrics line
-    last_train = None
-    val_loss = None
     run = run_dir
-    if resume:
-        if _has_checkpoint(run.path):
-            info, weights, extra = _read_checkpoint(run.path, state=True)
-            if Vocab.from_json(info["vocab"]) != vocab:
-                raise CnnlabError(
-                    f"the data of {run} has changed since it was trained (its vocabulary "
-                    "differs); start a new run instead of --resume"
-                )
-            model.load_state_dict(weights)
-            optimizer.load_state_dict(extra["optimizer"])
-            torch.set_rng_state(extra["rng"])
-            hid = extra["hidden"]
-            hidden = (hid["h"], hid["c"]) if hid["kind"] == "lstm" else hid["h"]
-            window_losses = list(extra.get("window_losses", []))
-            step, train_seconds = int(info["step"]), float(info["train_seconds"])
-            best_val, last_train = info.get("best_val_loss"), info.get("train_loss")
-            val_loss = info.get("val_loss")
-            if step >= total_steps:
-                raise CnnlabError(
-                    f"{run} already trained {step} steps ({info['epoch']:.2f} epochs); "
-                    f"give a larger --epochs to continue"
-                )
-        else:  # stopped (killed) before its first checkpoint: nothing to continue from
-            reporter.log(f"{run} has no checkpoint yet: training again from step 0")
-        # Lines logged after the checkpoint are logged again from here on; a crash may also
-        # have left half a line at the end.
-        dropped = run.truncate_metrics(lambda r: r.get("step", 0) <= step)
+    continues = resume and checkpoints.exists(run.path, CHECKPOINT)
+    if continues:
+        if Vocab.from_json(_read_meta(run.path)["vocab"]) != vocab:
+            raise CnnlabError(
+                f"the data of {run} has changed since it was trained (its vocabulary "
+                "differs); start a new run instead of --resume"
+            )
         run.save_config(cfg)
-        reporter.log(
-            f"resuming {run} at step {step} (epoch {step / steps_per_epoch:.2f})"
-            + (f"; {dropped} metrics line(s) from after the checkpoint dropped" if dropped else "")
-        )
+    elif resume:  # stopped (killed) before its first checkpoint: nothing to continue from
+        reporter.log(f"{run} has no checkpoint yet: training again from step 0")
+        # Lines a crashed first attempt logged are logged again; a torn last line goes too.
+        run.truncate_metrics(lambda r: r.get("step", 0) <= 0)
+        run.save_config(cfg)
+        reporter.log(f"resuming {run} at step 0 (epoch 0.00)")
     else:
         run.save_config(cfg)
         run.save_environment(seed=cfg.seed, device="cpu")
@@ -494,133 +420,60 @@ def run(
     val_pairs = eval_pairs(data, data.val, cfg.batch_size) if data.val is not None else None  # type: ignore[arg-type]
     words = data.mode == "words"
     eval_bs = 256 if words else cfg.batch_size
+    carried: dict[str, Hidden] = {"hidden": None}  # text: the state read on from window to window
 
-    def validate() -> float | None:
+    def step_loss(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits, new_hidden = m(x, None if words else carried["hidden"])
+        if not words:  # truncated BPTT: the next window starts from these values, not graph
+            carried["hidden"] = detach(new_hidden)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE
+        )
+
+    def before_epoch(m: torch.nn.Module, epoch: int) -> None:
+        carried["hidden"] = None  # each epoch re-cuts the text: its state starts from zero
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
         if val_pairs is None:
-            return None
-        loss, _ = evaluate(model, *val_pairs, batch_size=eval_bs, seq_len=cfg.seq_len, words=words)  # type: ignore[arg-type]
-        return loss
+            return {}
+        loss, _ = evaluate(m, *val_pairs, batch_size=eval_bs, seq_len=cfg.seq_len, words=words)  # type: ignore[arg-type]
+        return {"val_loss": loss, "val_bpc": textdata.bits(loss)}
 
+    meta = {"kind": KIND, "model": dataclasses.asdict(model.cfg), "vocab": vocab.to_json(),
+            "mode": cfg.mode, "config": cfg}
+    fit_config = FitConfig(
+        epochs=cfg.epochs,  # type: ignore[arg-type]
+        seed=None,
+        unit="steps",
+        grad_clip=cfg.clip,
+        monitor=None,
+        time_limit=cfg.time_limit,
+        log_every=cfg.log_every,
+        eval_every_steps=cfg.eval_every,
+        # A checkpoint at most every save_interval s (60): the lab's 100 one-batch epochs must
+        # not spend its second on fsyncs; a crash loses at most that much training.
+        checkpoint_seconds=cfg.save_interval,
+    )
     reporter.log(
         f"{data.mode} data: {data.source}, |V| = {len(vocab)}, {data.counts}; model: {cfg.cell} "
         f"{cfg.layers}×{cfg.hidden}, {n_params:,} parameters; {steps_per_epoch} steps/epoch"
     )
-    model.train()
-    start_time = time.monotonic()
-    stopped_early = False
-
-    def checkpoint_state() -> dict[str, Any]:
-        return {
-            "step": step,
-            "epoch": step / steps_per_epoch,
-            "steps_per_epoch": steps_per_epoch,
-            "train_seconds": train_seconds + (time.monotonic() - start_time),
-            "train_loss": last_train,
-            "val_loss": val_loss,
-            "best_val_loss": best_val,
-        }
-
-    def record_val() -> None:
-        nonlocal val_loss, best_val
-        val_loss = validate()
-        if val_loss is not None:
-            best_val = val_loss if best_val is None else min(best_val, val_loss)
-            run.append_metrics(
-                {
-                    "step": step,
-                    "epoch": step / steps_per_epoch,
-                    "val_loss": val_loss,
-                    "val_bpc": textdata.bits(val_loss),
-                }
-            )
-            bpc = textdata.bits(val_loss)
-            reporter.log(f"step {step}: val loss {val_loss:.4f} nats/char ({bpc:.3f} bpc)")
-
-    last_save, saved_step = time.monotonic(), None
-
-    def save() -> None:
-        nonlocal last_save, saved_step
-        save_checkpoint(
-            run, model, optimizer, cfg, vocab, checkpoint_state(), hidden, window_losses
-        )
-        last_save, saved_step = time.monotonic(), step
-
-    epoch = step // steps_per_epoch
-    progress = reporter.track(
-        range(step, total_steps), total=total_steps - step, description="training", unit="steps"
+    result = fit(
+        model, optimizer, lambda epoch: epoch_batches(data, cfg, epoch), steps_per_epoch,
+        fit_config, run, reporter,
+        evaluate=validate,
+        # cosine from lr to lr/10 over the planned steps (then held)
+        lr_schedule=None if cfg.schedule == "constant" else warmup_cosine(total_steps, 0, 0.1),
+        before_epoch=before_epoch,
+        extra_state=(lambda: {"hidden": _pack_hidden(carried["hidden"])},
+                     lambda s: carried.__setitem__("hidden", _unpack_hidden(s["hidden"]))),
+        step_loss=step_loss,
+        extra_meta=lambda: meta,
+        resume=continues,
+        device="cpu",
     )
-    batches = epoch_batches(data, cfg, epoch)
-    for _ in progress:
-        k = step - epoch * steps_per_epoch
-        if k == 0:
-            hidden = None  # each epoch re-cuts the text: its state starts from zero
-        bx, by = batches[k]
-        lr = _lr_at(cfg, step, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        logits, new_hidden = model(bx, None if words else hidden)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), by.reshape(-1), ignore_index=IGNORE
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        hidden = None if words else detach(new_hidden)
-        step += 1
-        window_losses.append(loss.item())
-        if step % cfg.log_every == 0 or step == total_steps:
-            last_train = sum(window_losses) / len(window_losses)
-            window_losses = []
-            run.append_metrics(
-                {
-                    "step": step,
-                    "epoch": step / steps_per_epoch,
-                    "train_loss": last_train,
-                    "lr": lr,
-                    "elapsed_s": round(train_seconds + time.monotonic() - start_time, 3),
-                }
-            )
-        end_of_epoch = step % steps_per_epoch == 0
-        timed_out = cfg.time_limit is not None and time.monotonic() - start_time >= cfg.time_limit
-        if (cfg.eval_every and step % cfg.eval_every == 0) or end_of_epoch or timed_out:
-            if window_losses:
-                last_train = sum(window_losses) / len(window_losses)
-            record_val()
-            # A checkpoint at most every save_interval s (60): the lab's 100 one-batch epochs
-            # must not spend its second on fsyncs; a crash loses at most that much training.
-            if time.monotonic() - last_save >= cfg.save_interval:
-                save()
-        if end_of_epoch and step < total_steps:
-            epoch += 1
-            batches = epoch_batches(data, cfg, epoch)
-        if timed_out and step < total_steps:
-            stopped_early = True
-            reporter.log(f"--time-limit {cfg.time_limit:g} s reached at step {step}")
-            break
-
-    if hasattr(progress, "close"):
-        progress.close()
-    if window_losses:
-        last_train = sum(window_losses) / len(window_losses)
-    if saved_step != step:
-        save()
-    train_seconds += time.monotonic() - start_time
-    results = _results(
-        cfg,
-        data,
-        model,
-        run,
-        step,
-        steps_per_epoch,
-        train_seconds,
-        val_loss,
-        best_val,
-        last_train,
-        n_params,
-        stopped_early,
-    )
+    model.eval()
+    results = _results(cfg, data, model, run, result, steps_per_epoch, n_params)
     run.save_results(results)
     try:
         from cnnlab.report.curves import plot_loss_curves
@@ -635,23 +488,12 @@ def run(
     return results
 
 
-def _results(
-    cfg,
-    data,
-    model,
-    run,
-    step,
-    steps_per_epoch,
-    train_seconds,
-    val_loss,
-    best_val,
-    last_train,
-    n_params,
-    stopped_early,
-) -> dict[str, Any]:
+def _results(cfg, data, model, run, result, steps_per_epoch, n_params) -> dict[str, Any]:
     from cnnlab.models.char_rnn import Sampling, complete
 
     vocab = data.vocab
+    val_losses = [r["val_loss"] for r in result.history if r.get("val_loss") is not None]
+    val_loss = result.last.get("val_loss")
     res: dict[str, Any] = {
         "run_dir": str(run.path),
         "mode": data.mode,
@@ -659,14 +501,14 @@ def _results(
         "vocab_size": len(vocab),
         **data.counts,
         "parameters": n_params,
-        "steps": step,
-        "epochs": step / steps_per_epoch,
-        "stopped_by_time_limit": stopped_early,
-        "train_seconds": round(train_seconds, 3),
-        "train_loss": last_train,
+        "steps": result.steps,
+        "epochs": result.steps / steps_per_epoch,
+        "stopped_by_time_limit": result.stopped == "time-limit",
+        "train_seconds": round(result.train_seconds, 3),
+        "train_loss": result.train_loss,
         "val_loss": val_loss,
         "val_bpc": None if val_loss is None else textdata.bits(val_loss),
-        "best_val_loss": best_val,
+        "best_val_loss": min(val_losses) if val_losses else None,
         # A model that knows nothing: every character equally likely.
         "uniform_loss": math.log(len(vocab)),
     }
@@ -680,5 +522,4 @@ def _results(
         firsts = sorted({vocab.chars[int(i) - 1] for i in x[:, 1]})
         comps = complete(model, vocab, firsts, Sampling())
         res["completions"] = {c.prefix: [c.completion, c.probability] for c in comps}
-        model.train()
     return res
