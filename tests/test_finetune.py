@@ -165,7 +165,17 @@ def test_topk_error_with_more_classes_than_k(tmp_path, weights):
     data = make_photos(tmp_path / "data", classes=tuple(names))
     r = train(data, tmp_path / "run", weights, top_k=2)
     assert r["top_k"] == 2 and r["topk_error"] is not None
-    assert r["topk_error"] <= r["top1_error"]
+    # Recomputed from the saved per-photo rankings (predictions.csv: the top 2 classes of
+    # each test photo): top-1 misses the first, top-2 misses both.
+    ranked: dict[str, list[tuple[str, str]]] = {}
+    for row in csv.DictReader((tmp_path / "run" / "predictions.csv").open()):
+        ranked.setdefault(row["file"], []).append((row["true_class"], row["class"]))
+    assert len(ranked) == 8 and all(len(v) == 2 for v in ranked.values())
+    top1 = sum(v[0][1] != v[0][0] for v in ranked.values()) / 8
+    top2 = sum(all(c != t for t, c in v) for v in ranked.values()) / 8
+    assert r["top1_error"] == pytest.approx(100 * top1)
+    assert r["topk_error"] == pytest.approx(100 * top2)
+    assert top2 < top1  # here the two differ, so neither can stand in for the other
 
 
 def test_undecodable_photos_are_dropped_once_before_training(photos, tmp_path, weights):
@@ -215,13 +225,65 @@ def test_finetune_and_gradual_train_the_body(photos, tmp_path, weights):
         assert torch.equal(w["body.bn1.running_mean"], pre["bn1.running_mean"])
 
 
-def test_compare_runs_both_strategies_on_one_split(photos, tmp_path, weights):
-    r = train(photos, tmp_path / "cmp", weights, compare=True, epochs=2, report=True)
+def test_gradual_unfreezes_the_body_stage_by_stage_from_the_top(photos, tmp_path, weights,
+                                                               monkeypatch):
+    """Oracle: the body's weights at every epoch boundary. test_efficientnet has 5 stages; 4
+    epochs of gradual train, by hand (ULMFiT in at most 4 phases): the head alone, then the top
+    round(5/3) = 2 stages, the top round(10/3) = 3, all 5. A stage below the unfrozen ones
+    must not move in its epoch; each unfrozen one must."""
+    from cnnlab.models.transfer import TransferModel
+
+    real = TransferModel.unfreeze
+    at_epoch_start: list[dict[str, torch.Tensor]] = []
+    models: list[TransferModel] = []
+
+    def spy(self, n_stages):
+        real(self, n_stages)
+        if models:  # the first call is set_strategy's, before training
+            at_epoch_start.append({k: v.detach().clone() for k, v in
+                                   self.body.named_parameters()})
+        models.append(self)
+
+    monkeypatch.setattr(TransferModel, "unfreeze", spy)
+    train(photos, tmp_path / "g", weights, strategy="gradual", epochs=4, early_stopping=0)
+    stages = models[0].stages
+    assert len(stages) == 5 and len(at_epoch_start) == 4
+    final = {k.removeprefix("body."): v for k, v in
+             load_file(str(tmp_path / "g" / "model.safetensors")).items()
+             if k.startswith("body.")}
+    ends = [*at_epoch_start[1:], final]
+    for epoch, (unfrozen, start, end) in enumerate(zip([0, 2, 3, 5], at_epoch_start, ends,
+                                                        strict=True), start=1):
+        moved = [any(not torch.equal(start[n], end[n]) for n in stage) for stage in stages]
+        assert moved == [i >= 5 - unfrozen for i in range(5)], epoch
+
+
+def test_compare_runs_both_strategies_on_one_split(tmp_path, weights, monkeypatch):
+    """On photos in class folders only (no train/test folders), so the split is drawn: it is
+    drawn once, and both strategies train on its train photos and test on its test photos."""
+    from cnnlab.data import splits
+
+    data = make_photos(tmp_path / "gen", counts=(("flat", 10),)) / "flat"  # class folders only
+    drawn = []
+    real = splits.load_splits
+
+    def spy(*args, **kwargs):
+        drawn.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(splits, "load_splits", spy)
+    r = train(data, tmp_path / "cmp", weights, compare=True, epochs=2, report=True)
     assert [row["strategy"] for row in r["rows"]] == ["freeze", "finetune"]
-    assert (tmp_path / "cmp" / "split.json").is_file()
+    assert len(drawn) == 1  # one split for both
+    split = json.loads((tmp_path / "cmp" / "split.json").read_text())
+    assert split["layout"] != "split folders"  # drawn, not given by the folders
+    test_files = sorted(f for f, _ in split["test"])
     for s in ("freeze", "finetune"):
         sub = json.loads((tmp_path / "cmp" / s / "results.json").read_text())
-        assert sub["settings"]["strategy"] == s and sub["n_test"] == 6
+        assert sub["n_train"] == len(split["train"]) and sub["n_test"] == len(test_files)
+        rows = csv.DictReader((tmp_path / "cmp" / s / "predictions.csv").open())
+        assert sorted({row["file"] for row in rows}) == test_files, s
+        assert sub["settings"]["strategy"] == s
     assert "freeze/report.html" in (tmp_path / "cmp" / "report.html").read_text()
 
 

@@ -273,9 +273,6 @@ def predict(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tenso
     return 0.5 * flip + 0.5 * translate
 
 
-predict_with_tta = predict
-
-
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether the CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX-BF16); without it
     oneDNN emulates bf16 and autocast is slower than fp32."""
