@@ -76,7 +76,9 @@ def test_three_trials_on_validation_then_the_best_tested_once(tiny, tmp_path, ca
         "history.png", "parallel.png"}
     md = (out / "report.md").read_text()
     assert "tested once" in md and f"trial {best['number']}" in md
-    assert "run directory" in capsys.readouterr().out
+    # The last lines say where the run and its report are.
+    assert capsys.readouterr().out.splitlines()[-2:] == [f"run directory: {out}",
+                                                         f"report: {out / 'report.html'}"]
 
 
 def test_two_processes_on_one_sqlite_study_record_every_trial_exactly_once(tiny, tmp_path):

@@ -47,6 +47,8 @@ def weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
 def test_lab_recipe_results_equal_an_independent_evaluation(cifar, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(cifar), *SMALL, "--out", str(out), "-q"]) == 0
+    # The last line says where the run is (and, with a report, the report: test_sweep).
+    assert capsys.readouterr().out.splitlines()[-1] == f"run directory: {out}"
     res = json.loads((out / "results.json").read_text())
     (m,) = res["models"]
     assert m["model"] == "simple-cnn" and m["params"] == 2_122_186 and m["seeds"] == 1

@@ -24,3 +24,14 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults and keeps the hand-wrapped examples in descriptions."""
 
+
+
+def print_run_paths(reporter, run_dir: str) -> None:
+    """The run directory and, when the command wrote one, its report (the last lines every
+    command prints, so the file to open is where the eye lands)."""
+    from pathlib import Path
+
+    reporter.result(f"run directory: {run_dir}")
+    report = Path(run_dir) / "report.html"
+    if report.is_file():
+        reporter.result(f"report: {report}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.api.commands import EXPERIMENT_RESUME
-from cnnlab.cli.common import add_output_options
+from cnnlab.cli.common import add_output_options, print_run_paths
 from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
@@ -103,5 +103,5 @@ def run(args: argparse.Namespace) -> int:
         reporter.result(f"{name}: {verdict_text(res['verdict'])}")
         if res.get("gradients"):
             reporter.result(f"{name}, gradients: {verdict_text(res['gradients'])}")
-    reporter.result(f"run directory: {result.results['run_dir']}")
+    print_run_paths(reporter, result.results["run_dir"])
     return 0

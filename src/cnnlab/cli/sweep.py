@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.api.commands import SWEEP_RESUME
-from cnnlab.cli.common import add_output_options
+from cnnlab.cli.common import add_output_options, print_run_paths
 from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         reporter.result(f"best: trial {final['trial']} (val {100 * final['val_accuracy']:.2f}%); "
                         f"re-trained on {final['n_train']:,} images and tested once: "
                         f"{100 * final['test_accuracy']:.2f}% on {final['n_test']:,}")
-    reporter.result(f"run directory: {result.results['run_dir']}")
+    print_run_paths(reporter, result.results["run_dir"])
     return 0
 
 

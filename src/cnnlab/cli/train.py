@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.api.commands import TRAIN_RESUME
-from cnnlab.cli.common import add_output_options
+from cnnlab.cli.common import add_output_options, print_run_paths
 from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
@@ -124,5 +124,5 @@ def run(args: argparse.Namespace) -> int:
                                 "img/s"])
     for line in budget_lines(result.results):
         reporter.result(line)
-    reporter.result(f"run directory: {result.results['run_dir']}")
+    print_run_paths(reporter, result.results["run_dir"])
     return 0
