@@ -158,8 +158,12 @@ def test_outputs_and_report(lite0_run):
     assert len(wrong) == round(m["top1_error"] * 250 / 100)
     html = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
-    # Self-contained: one embedded thumbnail per wrong image, no external references.
-    assert html.count('src="data:image/jpeg;base64,') == len(wrong)
+    # Self-contained: one embedded thumbnail per wrong image and its two class-activation maps
+    # (predicted and true class), no external references.
+    assert html.count('class="thumb" src="data:image/jpeg;base64,') == len(wrong)
+    assert html.count('src="data:image/jpeg;base64,') == 3 * len(wrong)
+    assert {c["file"] for c in on_disk["explanations"]["cams"]} == wrong
+    assert len(list((out / "cams").iterdir())) == 2 * len(wrong)
     assert not re.search(r'src="(?!data:)', html)
     for f in wrong:
         assert f in html and f in md

@@ -91,7 +91,9 @@ def _dom_checks():
         "injected": "document.querySelectorAll('script, svg, [onerror], [onload], "
                     "[onmouseover], a').length",
         "names": "Array.from(document.querySelectorAll('code.name')).map(e => e.textContent)",
-        "alts": "Array.from(document.images).map(e => e.alt)",
+        "alts": "Array.from(document.querySelectorAll('img.thumb')).map(e => e.alt)",
+        "maps": "Array.from(document.images).filter(e => !e.classList.contains('thumb'))"
+                ".map(e => [e.alt, e.complete && e.naturalWidth > 0])",
         "rows": "Array.from(document.querySelectorAll('table')).map(t => "
                 "Array.from(t.rows).map(r => r.cells.length))",
         "headings": "Array.from(document.querySelectorAll('h3')).map(e => e.textContent)",
@@ -122,6 +124,11 @@ def test_html_report_runs_no_script_and_shows_names_as_text(hostile_run, chromiu
     assert sorted(names[1:]) == sorted(expected_files(results) | {f"{HOSTILE_LABEL}/x.jpg"})
     scored = {f"tench/{n}" for n in HOSTILE if n not in BROKEN}
     assert sorted(page.values["alts"]) == sorted(scored)  # thumbnails' alt text, not markup
+    # Each scored photo is a mistake (noise is no tench): its two class-activation maps.
+    maps = page.values["maps"]
+    assert len(maps) == 2 * len(scored) and all(ok for _, ok in maps)
+    assert sorted(alt for alt, _ in maps if alt.endswith("(true)")) == sorted(
+        ["efficientnet_lite0: map of tench (true)"] * len(scored))
     assert f"label {HOSTILE_LABEL!r} matches no ImageNet class" in page.values["skip_reasons"]
     for row_lengths in page.values["rows"]:
         assert len(set(row_lengths)) == 1, row_lengths  # every row keeps its columns
@@ -156,7 +163,10 @@ def test_markdown_report_keeps_tables_and_shows_names_as_text(hostile_run, chrom
     page = open_page(page_file, screenshot=tmp_path / "report-md.png", evaluate=_dom_checks())
     _assert_inert(page, "md")
     thumbs = {p.as_uri() for p in (out / "thumbs").iterdir()}
-    assert set(page.requests) == {page.url} | thumbs  # the page and its thumbnails only
+    cams = {p.as_uri() for p in (out / "cams").iterdir()}  # cnnlab's own numbered files
+    assert len(cams) == 2 * (len(HOSTILE) - len(BROKEN))
+    # the page, its thumbnails and maps only
+    assert set(page.requests) == {page.url} | thumbs | cams
     shown = {n.replace("\n", "\u240a") for n in HOSTILE if n not in BROKEN}  # newline: "␊"
     assert sorted(page.values["headings"]) == sorted(f"tench/{n}" for n in shown)
     # Every table: header, then rows with exactly as many cells (a '|' or a newline in a name

@@ -30,7 +30,14 @@ Under torchrun the folder is shared across ranks and rank 0 writes the results:
   torchrun --standalone --nproc_per_node=2 -m cnnlab evaluate PATH
 
 The run directory holds results.json, predictions.csv, metrics.jsonl, report.md and
-report.html (every image some model gets wrong, with each model's top-5).
+report.html (every image some model gets wrong, with each model's top-5 and, for each model
+that got it wrong, the Grad-CAM maps of the class it predicted and of the true class: where in
+the photo each model found its evidence; cams/*.jpg). The maps cost one forward and backward
+pass per mistake and model: about 0.2 s per mistake of EfficientNet-Lite0 on one CPU
+core; on the 250 sample photos (26 mistakes) evaluate did 1.5x the work (9.7 -> 14.6
+CPU-seconds; BENCHMARKS.md, "CAMs: cost in evaluate").
+--no-explain leaves them out; --explain-limit N draws only each model's first N mistakes.
+Under torchrun, rank 0 draws them.
 
 Examples:
   cnnlab evaluate photos/
@@ -79,6 +86,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", dest="report", action="store_false", default=None,
                    help="skip report.md / report.html")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (auto)")
+    p.add_argument("--no-explain", dest="explain", action="store_false", default=None,
+                   help="no class-activation maps of the mistakes (saves about 0.2 s per "
+                   "mistake and model on one CPU core)")
+    p.add_argument("--explain-limit", type=int, metavar="N",
+                   help="maps of each model's first N mistakes only (all)")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     add_output_options(p)
     p.set_defaults(run=run)
@@ -125,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         "channels_last": args.channels_last,
         "report": args.report,
         "device": args.device,
+        "explain": args.explain,
+        "explain_limit": args.explain_limit,
     }
     config = resolve(evaluate.EvaluateConfig, cli, args.config)
     reporter = Reporter(quiet=args.quiet)
@@ -152,6 +166,11 @@ def print_table(results: dict, reporter) -> None:
         rows,
         right_align=["params", "top-1 err", "top-5 err", "images/s", "scored", "unreadable"],
     )
+    ex = results.get("explanations")
+    if ex and ex["cams"]:
+        reporter.result(f"{ex['method_name']} maps of {len(ex['cams'])} mistake(s) in "
+                        f"{ex['seconds']:.1f} s ({ex['seconds_per_photo']:.2f} s each; "
+                        "--no-explain leaves them out)")
     n_skipped = len(results["skipped"])
     reporter.result(
         f"{results['n_labelled']} labelled images"

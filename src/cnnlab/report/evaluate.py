@@ -3,8 +3,11 @@
 Reads only the run's artifacts (results.json, predictions.csv) and the photos they name. For
 every image that at least one model gets wrong (top-1), the report shows a thumbnail, the true
 label (under the prefix rule: every class it accepts) and each model's top-5 with
-probabilities. In report.html the thumbnails are base64 data URIs, so the file can be mailed or
-attached on its own; report.md links to thumbs/*.jpg in the run directory. File names and labels
+probabilities, and for each model that got it wrong the class-activation maps (Grad-CAM) of the
+class it predicted and of the true class, which the run drew (results.json "explanations",
+cams/*.jpg). In report.html the thumbnails and maps are base64 data URIs, so the file can be
+mailed or attached on its own; report.md links to thumbs/*.jpg and cams/*.jpg in the run
+directory. File names and labels
 are the user's: both reports escape them (report/env.py).
 """
 
@@ -31,6 +34,34 @@ class Guess:
     probability: float  # 0..1
 
 
+@dataclass
+class CamPair:
+    """One model's maps of one photo it got wrong: the class it predicted, and the true one."""
+
+    model: str
+    predicted: str  # class names
+    true: str
+    predicted_md: Any  # relative file (report.md), trusted: cnnlab names these files
+    true_md: Any
+    predicted_uri: Any  # data URIs (report.html), or None when the file is missing
+    true_uri: Any
+
+
+def cam_pairs(run: RunDir, explanations: dict[str, Any] | None) -> dict[str, list[CamPair]]:
+    """results.json "explanations" -> file -> its CamPairs, in the order the models ran (a
+    finetune run's records name no model: one network)."""
+    out: dict[str, list[CamPair]] = {}
+    for c in (explanations or {}).get("cams", []):
+        uris = []
+        for side in ("predicted", "true"):
+            path = run.file(c[side]["cam"])
+            uris.append(trusted(data_uri(path)) if path.is_file() else None)
+        out.setdefault(c["file"], []).append(CamPair(
+            c.get("model", ""), c["predicted"]["class"], c["true"]["class"],
+            trusted(c["predicted"]["cam"]), trusted(c["true"]["cam"]), *uris))
+    return out
+
+
 @dataclass(frozen=True)
 class Accepted:
     index: int
@@ -48,6 +79,7 @@ class ImageRow:
     guesses: dict[str, list[Guess]] = field(default_factory=dict)
     thumb_md: str | None = None  # relative path of the thumbnail file (report.md)
     thumb_uri: str | None = None  # data URI (report.html)
+    cams: list[CamPair] = field(default_factory=list)  # one per model that got it wrong
 
     def accepts(self, class_index: int) -> bool:
         return any(a.index == class_index for a in self.accepted)
@@ -110,6 +142,9 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
     models = [m["name"] for m in results["models"]]
     wrong = [row for row in images if any(not row.correct(m) for m in models if m in row.guesses)]
     root = Path(results["path"])
+    pairs = cam_pairs(run, results.get("explanations"))
+    for row in wrong:
+        row.cams = pairs.get(row.file, [])
     thumbs = run.file("thumbs")
     for n, row in enumerate(wrong):
         data = thumbnail(root / row.file)
@@ -127,6 +162,7 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         "n_images": len(images),
         "pct": fmt_pct,
         "prefix": results.get("match") == "prefix",
+        "explanations": results.get("explanations"),
     }
     env = environment()
     md = run.write_text("report.md", env.get_template("evaluate.md.j2").render(**context))

@@ -1,4 +1,5 @@
-"""The `cnnlab explain` report: report.md and a self-contained report.html.
+"""The `cnnlab explain` report (and `cnnlab predict --explain`'s): report.md and a
+self-contained report.html.
 
 Reads only the run's artifacts: results.json and the PNGs it names (cams/, filters.png,
 maps.png). In report.html every image is a data URI, so the file can be mailed on its own;
@@ -28,12 +29,14 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
     """Render report.md and report.html into the run directory; returns their paths."""
     run = RunDir.open(run_path)
     results: dict[str, Any] = run.read_json("results.json")
+    # `cnnlab predict --explain` writes the same results.json, with a map of the top class only
+    # (the other guesses' "cam" is null).
     uris = {guess["cam"]: _uri(run, guess["cam"])
-            for photo in results["photos"] for guess in photo["top"]}
+            for photo in results["photos"] for guess in photo["top"] if guess.get("cam")}
     for part in ("filters", "maps"):
         if results.get(part):
             uris[results[part]["figure"]] = _uri(run, results[part]["figure"])
-    context = {"results": results, "uri": uris}
+    context = {"results": results, "uri": uris, "command": results.get("command", "explain")}
     env = environment()
     md = run.write_text("report.md", env.get_template("explain.md.j2").render(**context))
     html = run.write_text("report.html", env.get_template("explain.html.j2").render(**context))

@@ -1,7 +1,8 @@
 """The `cnnlab finetune` report: report.md and a self-contained report.html.
 
 Reads only the run's artifacts: results.json, metrics.jsonl (curves), predictions.csv (the
-confusion matrix and the misclassified test photos with their top-k) and the photos it names.
+confusion matrix and the misclassified test photos with their top-k), the photos it names and
+the class-activation maps the run drew of each mistake (results.json "explanations", cams/).
 Writes curves.png, confusion.png, thumbs/*.jpg (for report.md); report.html embeds the images
 as data URIs, so it can be mailed on its own. Every name a user chose (class names, file names)
 is escaped by the shared report environment (report/env.py): HTML and Markdown alike.
@@ -16,7 +17,7 @@ from typing import Any
 
 from cnnlab.report.blocks import data_uri
 from cnnlab.report.curves import plot_confusion, plot_epoch_curves
-from cnnlab.report.evaluate import thumbnail
+from cnnlab.report.evaluate import CamPair, cam_pairs, thumbnail
 from cnnlab.runs import RunDir
 
 MAX_SHOWN_WRONG = 200  # misclassified photos listed in full; the rest are counted
@@ -35,6 +36,7 @@ class TestPhoto:
     guesses: list[Guess] = field(default_factory=list)
     thumb_md: str | None = None
     thumb_uri: str | None = None
+    cam: CamPair | None = None  # the maps of the predicted and the true class
 
     @property
     def correct(self) -> bool:
@@ -95,6 +97,9 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
                           title=f"test confusion matrix ({len(photos)} photos)")
     wrong = [p for p in photos if not p.correct]
     root = Path(results["data"])
+    pairs = cam_pairs(run, results.get("explanations"))
+    for p in wrong:
+        p.cam = next(iter(pairs.get(p.file, [])), None)
     for n, p in enumerate(wrong[:MAX_SHOWN_WRONG]):
         data = thumbnail(root / p.file)
         if data is None:
@@ -115,6 +120,7 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         "confusion_png": conf.name,
         "curves_uri": data_uri(curves) if curves else None,
         "confusion_uri": data_uri(conf),
+        "explanations": results.get("explanations"),
     }
     md_path = run.write_text("report.md", _render("finetune.md.j2", context))
     html_path = run.write_text("report.html", _render("finetune.html.j2", context))

@@ -18,7 +18,11 @@ Steps, each of which fails early and in one line where the user can fix somethin
    each image, so memory does not grow with the batch count beyond those few numbers;
 4. under `torchrun` each rank scores every world_size-th image and rank 0 gathers the
    predictions; results do not depend on the number of ranks or workers;
-5. rank 0 writes results.json, predictions.csv, metrics.jsonl and the report.
+5. rank 0 draws, while each model is still loaded, the class-activation maps (Grad-CAM,
+   `tasks/explain.py`) of the class it predicted and of the true class for every photo it got
+   wrong (cams/*.jpg; `explain=False` / --no-explain leaves them out, `explain_limit` keeps the
+   first N mistakes of each model);
+6. rank 0 writes results.json, predictions.csv, metrics.jsonl and the report.
 
 A file that cannot be read is skipped with its reason (results.json, report); the run fails only
 when no image could be scored.
@@ -61,6 +65,10 @@ class EvaluateConfig:
     channels_last: bool = True  # NHWC memory format: 20-50% faster convolutions on CPU
     report: bool = True  # write report.md / report.html
     device: str = "auto"  # auto, cpu or cuda
+    # CAMs of the predicted and the true class of every photo a model gets wrong (report).
+    # Costs one forward + backward pass per mistake and model (BENCHMARKS.md, "CAMs: cost").
+    explain: bool = True
+    explain_limit: int | None = None  # only each model's first N mistakes (by path)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -87,6 +95,8 @@ class EvaluateConfig:
             raise CnnlabError(f"--limit must be at least 1, not {self.limit}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
+        if self.explain_limit is not None and self.explain_limit < 0:
+            raise CnnlabError(f"--explain-limit must be 0 or more, not {self.explain_limit}")
 
 
 @dataclass
@@ -255,6 +265,41 @@ def _predictions_csv(
     return buf.getvalue()
 
 
+def _true_class(accepted: tuple[int, ...], top: list[int]) -> int:
+    """The true class whose map is drawn: the one class (synonym rule), or under the prefix rule
+    the accepted class the model ranked highest (else the first one)."""
+    return next((c for c in top if c in accepted), accepted[0])
+
+
+def _explain_model(model, spec, preprocess, merged: ModelPass, number: int, items: list,
+                   accepted: list[tuple[int, ...]], root: Path, classes, config: EvaluateConfig,
+                   run_dir: RunDir, reporter) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The CAMs of one model's mistakes: its predicted class and the true class, side by side."""
+    from cnnlab.tasks.explain import CamWriter, explain_mistakes, layer_of
+
+    wrong = [(i, top) for i, top in zip(merged.indices, merged.top_classes, strict=True)
+             if top[0] not in accepted[i]]
+    chosen = wrong if config.explain_limit is None else wrong[: config.explain_limit]
+    writer = CamWriter(model, layer_of(model, spec.name), preprocess, run_dir, draft=config.draft)
+    mistakes = [{"path": items[i].path, "predicted": top[0],
+                 "true": _true_class(accepted[i], top), "stem": f"cams/{number}-{i:05d}"}
+                for i, top in chosen]
+    drawn = explain_mistakes(writer, mistakes, reporter, description=f"{spec.name} CAMs")
+    records = []
+    for (i, _), m, d in zip(chosen, mistakes, drawn, strict=True):
+        if "error" in d:
+            continue
+        records.append({
+            "file": _relative(items[i].path, root), "model": merged.name,
+            "predicted": {"index": m["predicted"], "class": classes.names[m["predicted"]],
+                          "cam": d["predicted"]},
+            "true": {"index": m["true"], "class": classes.names[m["true"]], "cam": d["true"]},
+        })
+    summary = {**writer.describe(), "model": merged.name, "n_wrong": len(wrong),
+               "n_explained": len(records)}
+    return summary, records
+
+
 def _relative(path, root: Path) -> str:
     path = Path(path)
     try:
@@ -311,20 +356,29 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
            if info.enabled else "")
     )
     summaries, merged_passes = [], []
-    for spec, wfile in zip(specs, weight_files, strict=True):
+    explained: list[dict[str, Any]] = []  # per model: method, layer, time, counts
+    cams: list[dict[str, Any]] = []  # per mistake and model: the two maps
+    root = Path(config.path)
+    for number, (spec, wfile) in enumerate(zip(specs, weight_files, strict=True)):
         model, preprocess, _ = create_pretrained(spec.name, wfile)
         n_params = count_parameters(model)
         part = _run_model(model, preprocess, my_items, my_indices, config, device,
                           reporter, spec.name)
-        del model
         gathered = dist.gather_objects(part, info)
         if gathered is None:
+            del model
             continue
         merged = _merge(gathered)
         merged_passes.append(merged)
         summary = _summarise(merged, accepted, n_params, wfile, preprocess)
         summaries.append(summary)
         run_dir.append_metrics({k: v for k, v in summary.items() if k != "preprocess"})
+        if config.explain:  # rank 0, while this model is loaded (the others go on meanwhile)
+            about, records = _explain_model(model, spec, preprocess, merged, number, items,
+                                            accepted, root, classes, config, run_dir, reporter)
+            explained.append(about)
+            cams += records
+        del model
     if not info.is_main:
         return None
 
@@ -334,7 +388,6 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
         for i, reason in mp.bad:
             bad_reasons.setdefault(i, reason)
     skipped += [{"file": str(items[i].path), "reason": r} for i, r in sorted(bad_reasons.items())]
-    root = Path(config.path)
     results = {
         "path": str(root.resolve()),
         "n_labelled": len(items),  # images whose labels resolved (decodable or not)
@@ -345,6 +398,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
         "device": str(device),
         "models": summaries,
         "skipped": [{**s, "file": _relative(s["file"], root)} for s in skipped],
+        "explanations": _explanations(explained, cams, config) if config.explain else None,
     }
     if config.match == "prefix":
         # No single true class per image: each image's accepted classes, as the lab's rule
@@ -372,6 +426,19 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
         write_report(run_dir.path)
     results["run_dir"] = str(run_dir.path)
     return results
+
+
+def _explanations(explained: list[dict[str, Any]], cams: list[dict[str, Any]],
+                  config: EvaluateConfig) -> dict[str, Any]:
+    """results.json "explanations": how the maps were drawn and what they cost, and the maps."""
+    from cnnlab.analysis.explanations import METHODS
+
+    seconds = sum(m["seconds"] for m in explained)
+    return {"method": "gradcam", "method_name": METHODS["gradcam"][1],
+            "limit": config.explain_limit, "models": explained,
+            "seconds": round(seconds, 3),
+            "seconds_per_photo": round(seconds / len(cams), 4) if cams else None,
+            "cams": cams}
 
 
 def evaluate(

@@ -78,15 +78,21 @@ def _backbone(model):
     return (model.body, "body.") if isinstance(model, TransferModel) else (model, "")
 
 
-def target_layer(predictor, override: str | None = None) -> str:
-    """The CAM layer of a loaded predictor (a registry model or a finetune run), as a dotted path
-    in `predictor.model`."""
+def layer_of(model, arch: str = "", override: str | None = None) -> str:
+    """The CAM layer of `model` (a registry network, or a finetune run's TransferModel whose body
+    is the registry network `arch`), as a dotted path in `model`."""
     from cnnlab.analysis.explanations import cam_layer_name
     from cnnlab.models.registry import get_spec
 
-    base, prefix = _backbone(predictor.model)
-    registered = get_spec(predictor.arch).cam_layer if predictor.arch else None
+    base, prefix = _backbone(model)
+    registered = get_spec(arch).cam_layer if arch else None
     return prefix + cam_layer_name(base, registered, override)
+
+
+def target_layer(predictor, override: str | None = None) -> str:
+    """The CAM layer of a loaded predictor (a registry model or a finetune run), as a dotted path
+    in `predictor.model`."""
+    return layer_of(predictor.model, predictor.arch, override)
 
 
 def _read(path: Path, preprocess, draft: bool):
@@ -95,6 +101,113 @@ def _read(path: Path, preprocess, draft: bool):
 
     pixels = load_pixels(path, preprocess, draft)
     return pixels, to_tensor(pixels, preprocess)[None]
+
+
+# JPEG for the CAMs embedded in evaluate / finetune / predict reports: a 224 px overlay is about
+# 10 kB as JPEG (quality 85) against 75 kB as PNG (measured on the 250 sample photos' first 8),
+# and those reports embed one pair per mistake. `cnnlab explain` keeps PNG (few photos, exact).
+REPORT_CAM_FORMAT = "jpg"
+
+
+class CamWriter:
+    """Draws class-activation maps over photos and saves them into a run directory: the one
+    place where cnnlab's commands turn a photo and class indices into CAM image files.
+
+        writer = CamWriter(model, layer_of(model, "efficientnet_lite0"), preprocess, run_dir)
+        files = writer.photo(path, [predicted, true], ["cams/00007-pred", "cams/00007-true"])
+
+    `model` stays where it is (CPU or GPU, any memory format); its parameters stop requiring
+    gradients (grad-cam needs gradients of the activations only). `seconds` adds up the time
+    spent in `write` and `photo`: decoding, the CAMs and the encoding of the files."""
+
+    def __init__(self, model, layer: str, preprocess, run_dir, method: str = "gradcam",
+                 draft: bool = True, fmt: str = REPORT_CAM_FORMAT):
+        self.model, self.layer, self.preprocess = model.eval(), layer, preprocess
+        self.run_dir, self.method, self.draft, self.fmt = run_dir, method, draft, fmt
+        self.layer_shape: tuple[int, ...] = ()
+        self.seconds = 0.0
+
+    def read(self, path: Path):
+        """Pixels and input of one photo (BadImage when it cannot be decoded)."""
+        return _read(Path(path), self.preprocess, self.draft)
+
+    def check_layer(self, x) -> tuple[int, ...]:
+        """The layer's output shape for `x`, checked once: a layer that outputs no (N, C, H, W)
+        map has nothing for a CAM to weigh."""
+        from cnnlab.analysis.explanations import layer_output_shape
+
+        if not self.layer_shape:
+            shape = layer_output_shape(self.model, self.layer, x)
+            if len(shape) != 4:
+                raise CnnlabError(
+                    f"layer {self.layer!r} outputs shape {tuple(shape)}, not a (N, C, H, W) "
+                    "map; choose a convolutional layer with --layer"
+                )
+            self.layer_shape = shape
+        return self.layer_shape
+
+    def write(self, pixels, x, classes: list[int], stems: list[str]) -> list[str]:
+        """One CAM per class over `pixels`, saved as run_dir/<stem>.<fmt>; the relative names.
+        Stems are cnnlab's own (numbered): a user's file name never names a file."""
+        from PIL import Image
+
+        from cnnlab.analysis.explanations import class_activation_maps, overlay
+
+        start = time.perf_counter()
+        device = next(self.model.parameters()).device
+        x = x.to(device)
+        self.check_layer(x)
+        maps = class_activation_maps(self.model, self.layer, x, list(classes), self.method)
+        names = []
+        for stem, cam in zip(stems, maps, strict=True):
+            name = f"{stem}.{self.fmt}"
+            target = self.run_dir.file(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(overlay(pixels, cam))
+            if self.fmt == "jpg":
+                image.save(target, "JPEG", quality=85)
+            else:
+                image.save(target, "PNG")
+            names.append(name)
+        self.seconds += time.perf_counter() - start
+        return names
+
+    def photo(self, path: Path, classes: list[int], stems: list[str]) -> list[str]:
+        """Read the photo and `write` its CAMs (BadImage when it cannot be decoded)."""
+        start = time.perf_counter()
+        pixels, x = self.read(path)
+        self.seconds += time.perf_counter() - start
+        return self.write(pixels, x, classes, stems)
+
+    def describe(self) -> dict[str, Any]:
+        """What results.json records about the maps: method, layer, its map size, the time."""
+        from cnnlab.analysis.explanations import METHODS
+
+        return {"method": self.method, "method_name": METHODS[self.method][1],
+                "layer": self.layer, "layer_shape": list(self.layer_shape[1:]),
+                "seconds": round(self.seconds, 3)}
+
+
+def explain_mistakes(writer: CamWriter, mistakes: list[dict[str, Any]], reporter,
+                     description: str = "CAMs") -> list[dict[str, Any]]:
+    """The CAMs of the predicted and of the true class of each misclassified photo.
+
+    `mistakes`: {"path", "predicted", "true", "stem"} each (class indices; the stem numbers the
+    files: <stem>-pred and <stem>-true). Returns, in the same order, {"predicted": file, "true":
+    file}, or {"error": reason} for a photo that can no longer be decoded."""
+    from cnnlab.data.decode import BadImage
+
+    out: list[dict[str, Any]] = []
+    for m in reporter.track(mistakes, total=len(mistakes), description=description,
+                            unit="photos"):
+        try:
+            pred, true = writer.photo(m["path"], [m["predicted"], m["true"]],
+                                      [f"{m['stem']}-pred", f"{m['stem']}-true"])
+        except BadImage as exc:
+            out.append({"error": str(exc)})
+            continue
+        out.append({"predicted": pred, "true": true})
+    return out
 
 
 def _nothing_explained(skipped: list[dict[str, str]]) -> CnnlabError:
@@ -107,14 +220,8 @@ def explain_photos(config: ExplainConfig, run_dir, reporter) -> dict[str, Any]:
     """CAMs of each photo's top-k classes: PNGs under cams/, and their records."""
     import pytorch_grad_cam  # noqa: F401  (imported here: its ~2 s are not the first photo's)
     import torch
-    from PIL import Image
 
-    from cnnlab.analysis.explanations import (
-        METHODS,
-        class_activation_maps,
-        layer_output_shape,
-        overlay,
-    )
+    from cnnlab.analysis.explanations import METHODS
     from cnnlab.data.decode import BadImage
     from cnnlab.tasks.predict import expand_inputs, load_predictor
 
@@ -127,40 +234,32 @@ def explain_photos(config: ExplainConfig, run_dir, reporter) -> dict[str, Any]:
     layer = target_layer(predictor, config.layer)
     device = _device(config.device)
     model = predictor.model.to(device).eval()
+    writer = CamWriter(model, layer, predictor.preprocess, run_dir, config.method,
+                       config.draft, fmt="png")
     if config.limit is not None:
         files = files[: config.limit]
     k = min(config.top_k, len(predictor.classes))
     photos: list[dict[str, Any]] = []
-    layer_shape: tuple[int, ...] = ()
-    cams = run_dir.file("cams")
     for n, path in enumerate(reporter.track(files, total=len(files), description="explain",
                                             unit="photos")):
         start = time.perf_counter()
         try:
-            pixels, x = _read(path, predictor.preprocess, config.draft)
+            pixels, x = writer.read(path)
         except BadImage as exc:
             skipped.append({"file": str(path), "error": str(exc)})
             continue
         x = x.to(device)
-        if not layer_shape:  # once: a layer that outputs no (N, C, H, W) map has nothing to weigh
-            layer_shape = layer_output_shape(model, layer, x)
-            if len(layer_shape) != 4:
-                raise CnnlabError(
-                    f"layer {layer!r} outputs shape {tuple(layer_shape)}, not a (N, C, H, W) "
-                    "map; choose a convolutional layer with --layer"
-                )
+        writer.check_layer(x)  # before the forward pass: a wrong --layer fails first
         with torch.no_grad():
             probs = model(x).float().softmax(dim=1)[0].cpu()
         top_p, top_c = probs.topk(k)
-        maps = class_activation_maps(model, layer, x, top_c.tolist(), config.method)
-        cams.mkdir(exist_ok=True)
-        top = []
-        for rank, (c, p, cam) in enumerate(zip(top_c.tolist(), top_p.tolist(), maps,
-                                               strict=True), start=1):
-            name = f"cams/{n:04d}-{rank}.png"  # numbered: a user's file name never names a file
-            Image.fromarray(overlay(pixels, cam)).save(run_dir.file(name))
-            top.append({"rank": rank, "class": predictor.classes[c], "index": c,
-                        "probability": p, "cam": name})
+        # numbered: a user's file name never names a file
+        names = writer.write(pixels, x, top_c.tolist(),
+                             [f"cams/{n:04d}-{rank}" for rank in range(1, k + 1)])
+        top = [{"rank": rank, "class": predictor.classes[c], "index": c, "probability": p,
+                "cam": name}
+               for rank, (c, p, name) in enumerate(zip(top_c.tolist(), top_p.tolist(), names,
+                                                       strict=True), start=1)]
         photos.append({"file": str(path), "seconds": time.perf_counter() - start, "top": top})
     if not photos:
         raise _nothing_explained(skipped)
@@ -171,7 +270,7 @@ def explain_photos(config: ExplainConfig, run_dir, reporter) -> dict[str, Any]:
         "method_name": METHODS[config.method][1],
         "method_cost": METHODS[config.method][2],
         "layer": layer,
-        "layer_shape": list(layer_shape[1:]),
+        "layer_shape": list(writer.layer_shape[1:]),
         "top_k": k,
         "photos": photos,
         "skipped": skipped,

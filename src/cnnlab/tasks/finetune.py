@@ -21,7 +21,9 @@ Steps:
 5. the test photos, which chose nothing, scored once: top-1 and top-k error with their Wilson
    95% intervals (`analysis/binomial.py`), per-class accuracy,
    predictions.csv, model.safetensors + model.json for `cnnlab predict`, curves, confusion
-   matrix and the report.
+   matrix, the class-activation maps (Grad-CAM) of the predicted and of the true class of each
+   misclassified test photo (cams/*.jpg; `explain=False` / --no-explain leaves them out) and
+   the report.
 
 Backbone: `--model auto` (the default when more than one backbone's ImageNet weights are on
 this machine) scores each one's frozen features by cross-validation on the training photos and
@@ -126,6 +128,9 @@ class FinetuneConfig:
     # and how many views of each training photo are cached (models/partial.py).
     train_stages: int = PARTIAL_STAGES
     views: int = PARTIAL_VIEWS
+    # CAMs of the predicted and the true class of every misclassified test photo (report):
+    # one forward + backward pass of the whole network per mistake.
+    explain: bool = True
 
     def __post_init__(self) -> None:
         from cnnlab.data.splits import check_fractions
@@ -650,6 +655,33 @@ def _predictions_csv(items, root: Path, targets, logits, classes, k: int) -> str
     return buf.getvalue()
 
 
+EXPLAIN_MAX = 200  # misclassified test photos whose maps are drawn (the report lists as many)
+
+
+def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets, draft: bool,
+                          run_dir: RunDir, reporter) -> dict[str, Any]:
+    """Grad-CAM maps of the predicted and of the true class of each misclassified test photo
+    (the first EXPLAIN_MAX), drawn by the trained network: results.json "explanations"."""
+    from cnnlab.tasks.explain import CamWriter, explain_mistakes, layer_of
+
+    predicted = logits.argmax(dim=1).tolist()
+    wrong = [i for i, (p, t) in enumerate(zip(predicted, targets.tolist(), strict=True))
+             if p != t]
+    writer = CamWriter(net, layer_of(net, backbone), preprocess, run_dir, draft=draft)
+    chosen = wrong[:EXPLAIN_MAX]
+    mistakes = [{"path": split.test[i].path, "predicted": predicted[i],
+                 "true": int(targets[i]), "stem": f"cams/{i:05d}"} for i in chosen]
+    drawn = explain_mistakes(writer, mistakes, reporter, description="CAMs of the mistakes")
+    cams = [{"file": _relative(split.test[i].path, split.root),
+             "predicted": {"index": m["predicted"], "class": split.classes[m["predicted"]],
+                           "cam": d["predicted"]},
+             "true": {"index": m["true"], "class": split.classes[m["true"]], "cam": d["true"]}}
+            for i, m, d in zip(chosen, mistakes, drawn, strict=True) if "error" not in d]
+    about = writer.describe()
+    return {**about, "n_wrong": len(wrong), "limit": EXPLAIN_MAX,
+            "seconds_per_photo": round(about["seconds"] / len(cams), 4) if cams else None,
+            "cams": cams}
+
 
 def _relative(path: Path, root: Path) -> str:
     try:
@@ -909,6 +941,9 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     export_model(run_dir, net, config, split.classes, preprocess, weights_file, selected)
     run_dir.write_text("predictions.csv", _predictions_csv(
         split.test, split.root, test_targets, test_logits, split.classes, max(k, 1)))
+    explanations = (explain_test_mistakes(net, config.backbone, preprocess, split, test_logits,
+                                          test_targets, config.draft, run_dir, reporter)
+                    if config.explain else None)
     results = {
         "schema": SCHEMA,
         "data": str(split.root.resolve()),
@@ -944,6 +979,7 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
                     "train": round(train_seconds, 3),
                     "total": round(time.perf_counter() - start + choice_seconds, 3)},
         "skipped": [{"file": s.path, "reason": s.reason} for s in split.skipped],
+        "explanations": explanations,
         "device": str(device),
         "world_size": info.world_size,
     }

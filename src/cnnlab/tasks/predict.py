@@ -11,6 +11,11 @@ ImageNet weights file. Any other name is a registry model with its ImageNet weig
 ImageNet classes. Folders are walked as `cnnlab evaluate` walks them (sorted, hidden files
 ignored, non-images skipped with a reason) and stream through a DataLoader: records come out
 batch by batch, and memory does not grow with the folder.
+
+With `explain` (`cnnlab predict --explain`), each photo's top class also gets its
+class-activation map (Grad-CAM, drawn by `tasks/explain.py`'s CamWriter into the run
+directory's cams/, the record's "cam"), and `predict_explained` writes results.json and the
+report of `cnnlab explain` (report/explain.py) when the last record is out.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class PredictConfig:
     workers: int = 2
     draft: bool = True
     device: str = "auto"
+    explain: bool = False  # a Grad-CAM map of each photo's top class (needs a run directory)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -141,9 +147,11 @@ def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[dict[str, s
     return files, skipped
 
 
-def predict(config: PredictConfig, reporter, predictor: Predictor | None = None
-            ) -> Iterator[dict[str, Any]]:
-    """One record per input image, in input order (skipped files first), as batches finish."""
+def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
+            writer=None) -> Iterator[dict[str, Any]]:
+    """One record per input image, in input order (skipped files first), as batches finish.
+    With a CamWriter (`predict_explained`), each classified photo's record also names its top
+    class's map (`cam`, relative to the writer's run directory) and the seconds it took."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -167,18 +175,78 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None
                         collate_fn=dataset.collate,
                         prefetch_factor=2 if config.workers > 0 else None)
     n_batches = (len(files) + config.batch_size - 1) // config.batch_size
-    with torch.inference_mode():
-        for images, indices, bad in reporter.track(loader, total=n_batches,
-                                                   description="predict", unit="batches"):
-            out: dict[int, dict[str, Any]] = {i: {"file": str(files[i]), "error": reason}
-                                              for i, reason in bad}
-            if len(indices):
-                x = images.to(device).contiguous(memory_format=torch.channels_last)
+    for images, indices, bad in reporter.track(loader, total=n_batches, description="predict",
+                                               unit="batches"):
+        out: dict[int, dict[str, Any]] = {i: {"file": str(files[i]), "error": reason}
+                                          for i, reason in bad}
+        if len(indices):
+            x = images.to(device).contiguous(memory_format=torch.channels_last)
+            # Inference mode per batch only: the records are consumed (and the maps drawn,
+            # which need gradients) outside it.
+            with torch.inference_mode():
                 probs = model(x).float().softmax(dim=1).cpu()
-                top_p, top_c = probs.topk(k, dim=1)
-                for i, cs, ps in zip(indices.tolist(), top_c.tolist(), top_p.tolist(),
-                                     strict=True):
-                    out[i] = {"file": str(files[i]), "top": [
-                        {"class": predictor.classes[c], "probability": p}
-                        for c, p in zip(cs, ps, strict=True)]}
-            yield from (out[i] for i in sorted(out))
+            top_p, top_c = probs.topk(k, dim=1)
+            for i, cs, ps in zip(indices.tolist(), top_c.tolist(), top_p.tolist(),
+                                 strict=True):
+                out[i] = {"file": str(files[i]), "top": [
+                    {"class": predictor.classes[c], "probability": p, "index": c}
+                    for c, p in zip(cs, ps, strict=True)]}
+                if writer is not None:
+                    out[i].update(_explain_top(writer, files[i], i, cs[0]))
+        yield from (out[i] for i in sorted(out))
+
+
+def _explain_top(writer, path: Path, i: int, top_class: int) -> dict[str, Any]:
+    """The map of one photo's top class: {"cam", "seconds"}, or {"cam": None} when the photo
+    can no longer be decoded (it was, a moment ago)."""
+    from cnnlab.data.decode import BadImage
+
+    before = writer.seconds
+    try:
+        (name,) = writer.photo(path, [top_class], [f"cams/{i:05d}-1"])
+    except BadImage:
+        return {"cam": None}
+    return {"cam": name, "seconds": round(writer.seconds - before, 4)}
+
+
+def predict_explained(config: PredictConfig, reporter, run_dir) -> Iterator[dict[str, Any]]:
+    """`predict` with each top class's map; once the last record is out, results.json (the
+    schema of `cnnlab explain`) and report.md / report.html in `run_dir`."""
+    from dataclasses import replace
+
+    from cnnlab.analysis.explanations import METHODS
+    from cnnlab.tasks.explain import SCHEMA, CamWriter, target_layer
+
+    config = replace(config, explain=True)
+    files, _ = expand_inputs(config.inputs)
+    if not files:  # nothing to draw: predict's own errors, before any model loads
+        yield from predict(config, reporter)
+        return
+    predictor = load_predictor(config.model, config.weights)
+    writer = CamWriter(predictor.model, target_layer(predictor), predictor.preprocess, run_dir,
+                       draft=config.draft)
+    photos, skipped = [], []
+    for record in predict(config, reporter, predictor, writer):
+        yield record
+        if "error" in record:
+            skipped.append({"file": record["file"], "error": record["error"]})
+            continue
+        top = [{"rank": r, "class": g["class"], "index": g["index"],
+                "probability": g["probability"], "cam": record.get("cam") if r == 1 else None}
+               for r, g in enumerate(record["top"], start=1)]
+        photos.append({"file": record["file"], "seconds": record.get("seconds", 0.0),
+                       "top": top})
+    if not photos:
+        return
+    results = {"schema": SCHEMA, "command": "predict", "model": config.model,
+               "source": predictor.source, **writer.describe(),
+               "method_cost": METHODS[writer.method][2],
+               "top_k": len(photos[0]["top"]), "photos": photos, "skipped": skipped,
+               "seconds_per_photo": sum(p["seconds"] for p in photos) / len(photos),
+               "filters": None, "maps": None}
+    run_dir.save_config(config)
+    run_dir.save_environment(device=str(next(predictor.model.parameters()).device))
+    run_dir.save_results(results)
+    from cnnlab.report.explain import write_report
+
+    write_report(run_dir.path)
