@@ -30,16 +30,18 @@ TTA_SHARE = 0.1  # test-time augmentation may take at most this share of a budge
 
 def budget_steps(seconds: float, step_seconds: float, batch_size: int, steps_per_epoch: int,
                  eval_images: int, eval_every: int, test_images: int, test_passes: int,
-                 margin: float = BUDGET_MARGIN) -> int:
+                 margin: float = BUDGET_MARGIN, forward: float | None = None) -> int:
     """The optimiser steps that fit in `seconds` with the evaluations they bring: the final
     test (`test_images` x `test_passes` forward passes) and one evaluation of `eval_images`
-    every `eval_every` epochs. A forward pass of one image costs about a third of its share of
-    a training step (forward, and a backward pass of about twice the forward's arithmetic).
+    every `eval_every` epochs. `forward`: seconds per image of an evaluation pass, timed; else
+    a third of its share of a training step (forward, and a backward pass of about twice the
+    forward's arithmetic; timed, evaluation came out ~1.2x that, so a run times it).
     Pure: the same timings give the same plan (tested)."""
     def fit(seconds_left: float) -> int:  # 1e-9: 27.0 / 0.1 is 269.99999999999997 in floats
         return max(1, math.floor(seconds_left / step_seconds + 1e-9))
 
-    forward = step_seconds / batch_size / 3
+    if forward is None:
+        forward = step_seconds / batch_size / 3
     available = seconds * margin - test_images * test_passes * forward
     steps = fit(available)
     for _ in range(3):  # the evaluations depend on the epochs, which depend on the steps

@@ -554,16 +554,37 @@ def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn
                                                         device=device))) / info.world_size
     eval_images = _eval_images(config, data)
     test_images = len(data.test_y) if config.test else 0
+    forward = _forward_seconds(model, data, recipe, precision, device)
     if tta is None:  # the first seed of this model decides, by its own timing
-        tta = budget_tta(recipe.tta, share, step_s / recipe.batch_size / 3 * test_images)
+        tta = budget_tta(recipe.tta, share, forward * test_images)
     # Without TTA the final test reuses the last evaluation's test pass (train_one).
     final_passes = 0 if tta == "none" and config.test_curve else TTA_PASSES[tta]
     steps = budget_steps(share, step_s, recipe.batch_size, steps_per_epoch, eval_images,
-                         config.eval_every, test_images, final_passes)
-    plan = {"seconds": share, "seconds_per_step": step_s, "steps": steps, "tta": tta}
+                         config.eval_every, test_images, final_passes, forward=forward)
+    plan = {"seconds": share, "seconds_per_step": step_s, "forward_seconds": forward,
+            "steps": steps, "tta": tta}
     if info.is_main:
         run_dir.write_json("budget.json", plan)
     return plan
+
+
+def _forward_seconds(model: nn.Module, data, recipe, precision: str, device: torch.device,
+                     images: int = 2 * EVAL_BATCH) -> float:
+    """Seconds per image of an evaluation pass as `accuracy` runs it (batches of EVAL_BATCH,
+    under the run's autocast), timed on `images` test images after one untimed batch."""
+    mean, std = _norm(recipe, data)
+    x, y = data.test_x[: images + EVAL_BATCH], data.test_y[: images + EVAL_BATCH]
+    if len(x) <= EVAL_BATCH:  # a tiny test set: time what there is, twice
+        x, y = torch.cat([x, x]), torch.cat([y, y])
+    was_training = model.training
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                        enabled=precision == "bf16"):
+        accuracy(model, x[:EVAL_BATCH], y[:EVAL_BATCH], mean, std, device)  # kernels chosen
+        start = time.perf_counter()
+        accuracy(model, x[EVAL_BATCH:], y[EVAL_BATCH:], mean, std, device)
+        seconds = time.perf_counter() - start
+    model.train(was_training)
+    return seconds / len(x[EVAL_BATCH:])
 
 
 # ---------------------------------------------------------------------------------------------
