@@ -30,6 +30,8 @@ from cnnlab.tasks.finetune import FinetuneConfig
 
 BACKBONE = "timm/test_efficientnet"
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 180, 30)}
+# Grad-CAMs of the mistakes (another feature of the finetune report) are not what these test.
+NO_EXPLAIN = ({"explain": False} if "explain" in FinetuneConfig.__dataclass_fields__ else {})
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def private_cache(tmp_path, monkeypatch):
 
 def partial(data: Path, out: Path, weights: Path, **kw) -> dict:
     settings = {"backbone": BACKBONE, "weights": str(weights), "workers": 0, "epochs": 3,
-                "batch_size": 8, "report": False, "explain": False, "strategy": "partial", **kw}
+                "batch_size": 8, "report": False, "strategy": "partial", **NO_EXPLAIN, **kw}
     return finetune.run(FinetuneConfig(data=str(data), **settings),
                         RunDir.create("finetune", out), Reporter(quiet=True))
 
@@ -227,7 +229,7 @@ def test_resume_after_kill_9_ends_as_an_uninterrupted_partial_run(photos, tmp_pa
 
     common = ["finetune", str(photos), "-m", BACKBONE, "--weights", str(weights), "--strategy",
               "partial", "--epochs", "3", "--batch-size", "8", "--workers", "0", "-q",
-              "--no-report", "--no-explain"]
+              "--no-report", *(["--no-explain"] if NO_EXPLAIN else [])]
     straight = cli(*common, "--out", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-2000:]
     crashed = cli(*common, "--out", str(tmp_path / "b"), env={"CNNLAB_CRASH_AT": "step-5"})
@@ -248,3 +250,38 @@ def test_partial_settings_are_checked():
         FinetuneConfig(data=".", strategy="partial", train_stages=0)
     with pytest.raises(CnnlabError, match="keep last"):
         FinetuneConfig(data=".", strategy="partial", keep="best")
+
+
+@pytest.mark.parametrize(("photos_", "classes", "chosen"), [
+    (60, 3, "partial"),   # 20 per class: at the threshold
+    (61, 3, "freeze"),    # over it
+    (100, 10, "partial"),  # the lab's shape: 10 classes, ~8 + 2 photos each
+    (245, 2, "freeze"),   # hymenoptera's train/ (122 per class)
+])
+def test_auto_rule_picks_as_documented(photos_, classes, chosen):
+    assert finetune.AUTO_PARTIAL_MAX_PER_CLASS == 20  # the number BENCHMARKS.md states
+    assert finetune.auto_strategy(photos_, classes)[0] == chosen
+
+
+def test_auto_counts_train_and_validation_photos_never_test(photos, tmp_path, weights,
+                                                             monkeypatch):
+    """7 train + validation photos per class (and 2 test): partial at a threshold of 7, freeze
+    at 6; adding test photos changes nothing."""
+    seen = []
+    real = finetune.auto_strategy
+
+    def spy(n, c):
+        seen.append((n, c))
+        return real(n, c)
+
+    monkeypatch.setattr(finetune, "auto_strategy", spy)
+    for extra in range(3):  # more test photos per class
+        for c, rgb in COLOURS.items():
+            Image.new("RGB", (40, 48), rgb).save(photos / "test" / c / f"extra{extra}.png")
+    for threshold, chosen in ((7, "partial"), (6, "freeze")):
+        monkeypatch.setattr(finetune, "AUTO_PARTIAL_MAX_PER_CLASS", threshold)
+        r = partial(photos, tmp_path / chosen, weights, strategy="auto", epochs=None)
+        assert r["settings"]["strategy"] == chosen
+        config = json.loads((tmp_path / chosen / "config.json").read_text())
+        assert config["strategy"] == chosen  # a resume runs what was chosen
+    assert seen == [(21, 3), (21, 3)]
