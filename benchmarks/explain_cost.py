@@ -78,13 +78,18 @@ def cams_alone(folder: Path, out: Path, n_single: int = 50) -> dict[str, list[fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folder", type=Path, default=SAMPLES)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="evaluate runs with and without maps; 0: only the maps alone")
     args = ap.parse_args()
     import torch
 
     n = sum(1 for p in args.folder.iterdir() if p.is_file())
     print(f"{n} photos in {args.folder}, {MODEL}, torch threads {torch.get_num_threads()}",
           flush=True)
+    if args.repeats == 0:  # the maps alone only
+        with tempfile.TemporaryDirectory() as tmp:
+            print_alone(cams_alone(args.folder, Path(tmp) / "alone"))
+        return
     plain, explained, plain_cpu, explained_cpu, draw = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
@@ -114,6 +119,10 @@ def main() -> None:
     print(f"maps' own wall time inside evaluate: median {statistics.median(draw):.1f} s "
           f"(first run, with the grad-cam import: {draw[0]:.1f} s)")
     print(f"report.html: {html0 / 1e3:.0f} kB without, {html / 1e3:.0f} kB with")
+    print_alone(alone)
+
+
+def print_alone(alone: dict[str, list[float]]) -> None:
     for kind, what in (("pair", "pair per photo (evaluate, finetune)"),
                        ("single", "one map per photo (predict --explain)")):
         wall, cpu = alone[kind], alone[f"{kind}_cpu"]
