@@ -18,12 +18,10 @@ from cnnlab.cli import main
 from cnnlab.runs import RunDir
 
 
-@pytest.fixture
-def tiny(shared_data, tmp_path, monkeypatch):
+def tiny_yaml(data: Path, tmp_path: Path) -> Path:
     """A sweep config: 10 images per class (80 train + 20 validation), 2 epochs of 4 steps."""
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
     cfg = {
-        "data": str(shared_data("cifar10", "cifar10-jpg.zip")),
+        "data": str(data),
         "trials": 3, "pruner": "none", "val_fraction": 0.2,
         "train": {"models": ["plain-cnn"], "recipe": "fast", "limit_per_class": 10,
                   "epochs": 2, "batch_size": 20, "threads": 1,
@@ -34,6 +32,30 @@ def tiny(shared_data, tmp_path, monkeypatch):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+@pytest.fixture
+def tiny(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    return tiny_yaml(shared_data("cifar10", "cifar10-jpg.zip"), tmp_path)
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    """The same config for tests of the settings alone: its data need not exist."""
+    return tiny_yaml(tmp_path / "no-data-here.zip", tmp_path)
+
+
+def assert_real_png(path: Path) -> None:
+    """A figure that decodes and shows something: not blank, not a few flat colours."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        assert img.format == "PNG" and min(img.size) >= 200, path
+        grey = np.asarray(img.convert("L"))
+    assert grey.std() > 5 and len(np.unique(grey)) > 20, path
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -72,8 +94,11 @@ def test_three_trials_on_validation_then_the_best_tested_once(tiny, tmp_path, ca
     assert f["runs"][0]["test_accuracy"] == final["test_accuracy"]
     lines = (out / "trials.csv").read_text().splitlines()
     assert lines[0].startswith("trial,state,depth,lr,value") and len(lines) == 4
-    assert {p for p in ("history.png", "parallel.png") if (out / p).is_file()} == {
-        "history.png", "parallel.png"}
+    # Three finished trials that differ: Optuna draws all three figures.
+    assert res["plots"] == {n: f"{n}.png" for n in ("history", "importances", "parallel")}
+    assert res["plot_errors"] == {}
+    for name in res["plots"].values():
+        assert_real_png(out / name)
     md = (out / "report.md").read_text()
     assert "tested once" in md and f"trial {best['number']}" in md
     # The last lines say where the run and its report are.
@@ -151,8 +176,8 @@ def test_kill_9_then_resume_loses_and_double_counts_nothing(tiny, tmp_path, cras
     assert res["counts"]["COMPLETE"] == 3
 
 
-def test_bad_configs_are_one_line_errors(tiny, tmp_path, capsys):
-    cfg = yaml.safe_load(tiny.read_text())
+def test_bad_configs_are_one_line_errors(tiny_config, tmp_path, capsys):
+    cfg = yaml.safe_load(tiny_config.read_text())
     cfg["space"]["deptth"] = [1, 2]
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
@@ -254,3 +279,36 @@ def test_a_trial_failing_with_a_bug_is_one_line_with_the_traceback_in_its_direct
         "inside training broke")
     kept = (trial / "traceback.txt").read_text()
     assert kept.startswith("Traceback") and "in broken" in kept and "second line" in kept
+
+
+def test_a_plot_that_fails_is_logged_in_one_line_and_recorded(tmp_path, monkeypatch):
+    """Without any training: a study of three made-up trials. Importances failing (as Optuna
+    does with too few trials, or a bug) leaves its figure out with a reason, the others drawn."""
+    import optuna
+    import optuna.visualization.matplotlib as vis
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from cnnlab.progress import Reporter
+    from cnnlab.tasks.sweep import plot_study
+
+    study = optuna.create_study(direction="maximize")
+    for depth, lr, value in ((1, 0.02, 0.3), (2, 0.1, 0.5), (2, 0.3, 0.4)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"depth": depth, "lr": lr}, value=value,
+            distributions={"depth": CategoricalDistribution([1, 2]),
+                           "lr": FloatDistribution(0.01, 0.5, log=True)}))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("importances broke\nsecond line")
+
+    monkeypatch.setattr(vis, "plot_param_importances", broken)
+    logged = []
+    reporter = Reporter(quiet=True)
+    monkeypatch.setattr(reporter, "log", logged.append)
+    plots, errors = plot_study(study, RunDir(tmp_path), reporter)
+    assert plots == {"history": "history.png", "parallel": "parallel.png"}
+    assert errors == {"importances": "RuntimeError: importances broke"}
+    assert logged == ["sweep: no importances.png (RuntimeError: importances broke)"]
+    assert not (tmp_path / "importances.png").exists()
+    for name in plots.values():
+        assert_real_png(tmp_path / name)

@@ -117,6 +117,42 @@ def test_kill_9_then_resume_ends_as_an_uninterrupted_run(cifar, tmp_path):
     assert ra["test_accuracy"] == rb["test_accuracy"] and ra["steps"] == rb["steps"]
 
 
+def test_the_default_fast_recipe_end_to_end_with_kill_9_and_resume(cifar, tmp_path):
+    """The default recipe as it ships (lookahead, flip-translate TTA, precision auto, the
+    whitening layer) on 20 images per class: 4 steps per epoch, 4 epochs, lookahead every 5
+    steps. Killed at step 10, the run resumes from its step-8 checkpoint, whose slow weights
+    (averaged at step 5) differ from the trained ones: only restoring the lookahead state too
+    ends it as the uninterrupted run."""
+    import yaml
+
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({"models": ["fast-cifar"],
+                                      "model_options": {"widths": [32, 64, 128]}}))
+    args = ["--config", str(config), "--limit-per-class", "20", "--epochs", "4",
+            "--batch-size", "50", "--threads", "1", "--no-report", "-q"]
+    env = {"CNNLAB_CACHE": os.environ["CNNLAB_CACHE"]}
+    straight = cli(str(cifar), *args, "--out", str(tmp_path / "a"), env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    crashed = cli(str(cifar), *args, "--out", str(tmp_path / "b"),
+                  env={**env, "CNNLAB_CRASH_AT": "step-10"})
+    assert crashed.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "b" / "fast-cifar-seed0" / "last.json").read_text())[
+        "step"] == 8
+    resumed = cli("--resume", str(tmp_path / "b"), "-q", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = weights(tmp_path / "a" / "fast-cifar-seed0")
+    b = weights(tmp_path / "b" / "fast-cifar-seed0")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((tmp_path / "a" / "results.json").read_text())["runs"][0]
+    rb = json.loads((tmp_path / "b" / "results.json").read_text())["runs"][0]
+    assert ra["steps"] == rb["steps"] == 16 and ra["test_accuracy"] == rb["test_accuracy"]
+    # The defaults did run: the fast recipe, its TTA, and a lookahead state in the checkpoint.
+    assert (ra["recipe"], ra["tta"]) == ("fast", "flip-translate")
+    from cnnlab import checkpoints
+
+    assert checkpoints.load(tmp_path / "b" / "fast-cifar-seed0", "last").state["extra"]
+
+
 @pytest.mark.dist
 def test_torchrun_two_processes_match_one_and_resume_in_one(cifar, tmp_path):
     env = {"CNNLAB_CACHE": os.environ["CNNLAB_CACHE"]}
@@ -140,7 +176,8 @@ def test_torchrun_two_processes_match_one_and_resume_in_one(cifar, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3), k
 
 
-def test_bad_input_is_one_line(tmp_path, capsys, cifar):
+def test_bad_settings_are_one_line_without_any_data(tmp_path, capsys):
+    """Settings are checked before the data is looked at: no CIFAR needed here."""
     with pytest.raises(CnnlabError, match="lab trained only"):
         from cnnlab.tasks.train import recipe_for
 
@@ -150,8 +187,12 @@ def test_bad_input_is_one_line(tmp_path, capsys, cifar):
     assert main(["train", str(tmp_path / "nope.zip"), "--out", str(tmp_path / "r")]) == 2
     assert "data not found" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-    assert main(["train", str(cifar), "-m", "resnet19"]) == 2
-    assert "unknown model" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope.zip"), "-m", "resnet19"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_too_few_images_for_a_batch_is_one_line(tmp_path, capsys, cifar):
     assert main(["train", str(cifar), "--limit-per-class", "5", "--out", str(tmp_path / "s"),
                  "-q"]) == 2
     assert "do not make one batch" in capsys.readouterr().err

@@ -432,8 +432,7 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
                             "n_train": final["n_train"], "n_test": final["n_test"],
                             "epochs": r["epochs"], "train_seconds": r["train_seconds"],
                             "run_dir": FINAL_DIR}
-    plots = plot_study(study.optuna_study, run_dir)
-    results["plots"] = plots
+    results["plots"], results["plot_errors"] = plot_study(study.optuna_study, run_dir, reporter)
     run_dir.save_results(results)
     if config.report:
         from cnnlab.report.sweep import write_report
@@ -466,18 +465,19 @@ def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
-def plot_study(study: optuna.Study, run_dir: RunDir) -> dict[str, str]:
+def plot_study(study: optuna.Study, run_dir: RunDir, reporter
+               ) -> tuple[dict[str, str], dict[str, str]]:
     """Optuna's matplotlib plots of the study: optimisation history, parameter importances and
-    parallel coordinates; {name: file} of those that could be drawn (importances need two
-    finished trials that differ)."""
-
+    parallel coordinates. Returns ({name: file} of those drawn, {name: why} of those not): a
+    plot Optuna cannot draw (importances need two finished trials that differ) or that fails
+    is left out with one logged line, never silently."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
 
-    out = {}
+    out, errors = {}, {}
     for name, fn in (("history", vis.plot_optimization_history),
                      ("importances", vis.plot_param_importances),
                      ("parallel", vis.plot_parallel_coordinate)):
@@ -493,8 +493,10 @@ def plot_study(study: optuna.Study, run_dir: RunDir) -> dict[str, str]:
             fig.savefig(tmp, format="png", dpi=90)
             tmp.replace(path)
             out[name] = path.name
-        except Exception:  # too few trials for this plot: it is left out
-            continue
+        except Exception as exc:  # a plot is a convenience: the numbers are in results.json
+            first = (str(exc).strip().splitlines() or [""])[0]
+            errors[name] = f"{type(exc).__name__}: {first}"
+            reporter.log(f"sweep: no {name}.png ({errors[name]})")
         finally:
             plt.close("all")
-    return out
+    return out, errors
