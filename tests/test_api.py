@@ -139,6 +139,35 @@ def test_train_api_equals_cli(shared_data, tmp_path, monkeypatch, capsys):
     assert f"{row['test_accuracy_mean']:.2f}%" in printed  # the CLI prints the same row
 
 
+def _numbers(d):
+    """results.json without how long it took, or where: what the same call must repeat."""
+    if isinstance(d, dict):
+        return {k: _numbers(v) for k, v in d.items()
+                if k != "run_dir" and not k.endswith(("seconds", "per_second"))}
+    if isinstance(d, list):
+        return [_numbers(v) for v in d]
+    return d
+
+
+def test_evaluate_api_equals_cli(shared_data, tmp_path, capsys):
+    photos = shared_data("imagenet-samples")
+    flags = ["-m", "efficientnet_lite0", "--limit", "4", "--workers", "0", "--no-explain",
+             "--no-report"]
+    assert main(["evaluate", str(photos), *flags, "--out", str(tmp_path / "cli"), "-q"]) == 0
+    printed = capsys.readouterr().out
+    r = cnnlab.evaluate(photos, models="efficientnet_lite0", limit=4, workers=0,
+                        explain=False, report=False, out=tmp_path / "api", quiet=True)
+    cli = _results(tmp_path / "cli")
+    assert r.run_dir == tmp_path / "api"
+    assert _numbers(_results(r.run_dir)) == _numbers(cli)
+    assert [m["top1_error"] for m in cli["models"]] == list(r.table["top1_error"])
+    row = r.rows[0]
+    assert row["model"] == "efficientnet_lite0" and row["scored"] == 4
+    line = next(line for line in printed.splitlines() if line.startswith("efficientnet_lite0"))
+    assert f"{row['params']:,}" in line and f"{row['top5_error']:.1f}%" in line
+    assert f"run directory: {tmp_path / 'cli'}" in printed
+
+
 def test_charrnn_api_equals_cli(tmp_path, capsys):
     words = ["hello", "green", "start"]
     assert main(["charrnn", "train", "--words", *words, "--epochs", "20", "--out",
@@ -217,3 +246,41 @@ def test_progress_is_live_in_a_notebook_with_widgets(monkeypatch):
     assert reporter.interactive
     monkeypatch.setattr(progress, "_has_widgets", lambda: False)
     assert not reporter.interactive
+
+
+# ------------------------------------------------- every command line is a caller of the API
+
+def _fake(command: str, results: dict, rows: list[dict], run_dir: Path | None = None):
+    from cnnlab.results import Result
+
+    return Result(command=command, results=results, rows=rows, run_dir=run_dir)
+
+
+def _spy(monkeypatch, name: str, result):
+    """Replace cnnlab.api.<name> by a fake that records its arguments and returns `result`."""
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        return result
+
+    monkeypatch.setattr(cnnlab.api, name, fake)
+    return calls
+
+
+def test_evaluate_cli_prints_what_the_api_returns(monkeypatch, tmp_path, capsys):
+    """The command line parses, calls cnnlab.evaluate and prints its rows: nothing of its own."""
+    row = {"model": "made-up-net", "params": 1234567, "top1_error": 12.5, "top5_error": 2.5,
+           "images_per_second": None, "scored": 8, "unreadable": 0}
+    calls = _spy(monkeypatch, "evaluate", _fake(
+        "evaluate", {"n_labelled": 8, "skipped": [], "run_dir": str(tmp_path)}, [row],
+        tmp_path))
+    assert main(["evaluate", "photos", "-m", "a", "-m", "b", "--weights", "a=w.pth",
+                 "--limit", "3", "--no-explain", "--out", "o", "-q"]) == 0
+    (args, kwargs), = calls
+    assert args == ("photos",) and kwargs["models"] == ["a", "b"]
+    assert kwargs["weights"] == ["a=w.pth"] and kwargs["limit"] == 3
+    assert kwargs["explain"] is False and kwargs["out"] == "o" and kwargs["quiet"] is True
+    out = capsys.readouterr().out
+    assert "made-up-net" in out and "1,234,567" in out and "12.5%" in out
+    assert f"run directory: {tmp_path}" in out

@@ -137,10 +137,11 @@ def evaluate(path: str | Path, models: Sequence[str] | str | None = None, *,
     `.models`, `.report` (report.html with every mistake).
 
         >>> r = cnnlab.evaluate("../shared/data/imagenet-samples", models=["efficientnet_lite0"])
-        >>> r.table[["name", "top1_error", "top5_error"]]
+        >>> r.table[["model", "top1_error", "top5_error"]]
     """
     from cnnlab.config import resolve
     from cnnlab.dist import open_run
+    from cnnlab.report.evaluate import summary_rows
     from cnnlab.tasks import evaluate as task
     from cnnlab.tasks import run_task
 
@@ -156,9 +157,7 @@ def evaluate(path: str | Path, models: Sequence[str] | str | None = None, *,
     results = run_task(task.run, cfg, run_dir, reporter(quiet))
     if results is None:  # a torchrun rank other than 0
         return None
-    rows = [{"model": m["name"], "params": m["parameters"], "top1_error": m["top1_error"],
-             "top5_error": m["top5_error"], "images_per_second": m["images_per_second"],
-             "scored": m["n_images"], "unreadable": m["n_skipped"]} for m in results["models"]]
+    rows = summary_rows(results)
     return result("evaluate", results, rows, run_dir.path,
                   title=f"{len(rows)} pretrained model(s) on {Path(str(path)).name}")
 

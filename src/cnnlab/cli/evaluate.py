@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import add_output_options
+from cnnlab.cli.common import add_output_options, print_run_paths
 
 DESCRIPTION = """\
 Run pretrained ImageNet CNNs on a folder of labelled photos and report each model's top-1 and
@@ -96,76 +96,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _weights(values: list[str] | None, models: list[str] | None) -> dict[str, str] | None:
-    from cnnlab.errors import CnnlabError
-
-    if not values:
-        return None
-    out: dict[str, str] = {}
-    for value in values:
-        name, sep, file = value.partition("=")
-        if not sep:
-            if not models or len(models) != 1:
-                raise CnnlabError(
-                    f"--weights {value}: say which model it is for (--weights MODEL=FILE) "
-                    "when there is not exactly one -m"
-                )
-            name, file = models[0], value
-        out[name] = file
-    return out
+KEYS = ("top_k", "batch_size", "workers", "labels", "csv", "match", "skip_unknown", "limit",
+        "draft", "channels_last", "report", "device", "explain", "explain_limit")
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.config import resolve
-    from cnnlab.dist import open_run
+    from cnnlab.api import evaluate
     from cnnlab.progress import Reporter
-    from cnnlab.tasks import evaluate, run_task
 
-    cli = {
-        "path": args.path,
-        "models": tuple(args.models) if args.models else None,
-        "weights": _weights(args.weights, args.models),
-        "top_k": args.top_k,
-        "batch_size": args.batch_size,
-        "workers": args.workers,
-        "labels": args.labels,
-        "csv": args.csv,
-        "match": args.match,
-        "skip_unknown": args.skip_unknown,
-        "limit": args.limit,
-        "draft": args.draft,
-        "channels_last": args.channels_last,
-        "report": args.report,
-        "device": args.device,
-        "explain": args.explain,
-        "explain_limit": args.explain_limit,
-    }
-    config = resolve(evaluate.EvaluateConfig, cli, args.config)
-    reporter = Reporter(quiet=args.quiet)
-    run_dir = open_run("evaluate", args.out, device=config.device)
-    results = run_task(evaluate.run, config, run_dir, reporter)
-    if results is None:  # a torchrun rank other than 0: rank 0 prints
+    result = evaluate(args.path, models=args.models, weights=args.weights, config=args.config,
+                      out=args.out, quiet=args.quiet, **{k: getattr(args, k) for k in KEYS})
+    if result is None:  # a torchrun rank other than 0: rank 0 prints
         return 0
-    print_table(results, reporter)
+    print_table(result, Reporter(quiet=args.quiet))
     return 0
 
 
-def print_table(results: dict, reporter) -> None:
-    rows = []
-    for m in results["models"]:
-        def pct(v):
-            return "-" if v is None else f"{v:.1f}%"
+def print_table(result, reporter) -> None:
+    """The API's rows (report/evaluate.summary_rows) as the terminal's table, then the run."""
+    def pct(v):
+        return "-" if v is None else f"{v:.1f}%"
 
-        ips = m["images_per_second"]
-        rows.append((
-            m["name"], f"{m['parameters']:,}", pct(m["top1_error"]), pct(m["top5_error"]),
-            "-" if ips is None else f"{ips:.1f}", m["n_images"], m["n_skipped"],
-        ))
     reporter.table(
         ["model", "params", "top-1 err", "top-5 err", "images/s", "scored", "unreadable"],
-        rows,
+        [(r["model"], f"{r['params']:,}", pct(r["top1_error"]), pct(r["top5_error"]),
+          "-" if r["images_per_second"] is None else f"{r['images_per_second']:.1f}",
+          r["scored"], r["unreadable"]) for r in result.rows],
         right_align=["params", "top-1 err", "top-5 err", "images/s", "scored", "unreadable"],
     )
+    results = result.results
     ex = results.get("explanations")
     if ex and ex["cams"]:
         reporter.result(f"{ex['method_name']} maps of {len(ex['cams'])} mistake(s) in "
@@ -175,5 +134,5 @@ def print_table(results: dict, reporter) -> None:
     reporter.result(
         f"{results['n_labelled']} labelled images"
         + (f", {n_skipped} file(s) skipped (reasons in results.json)" if n_skipped else "")
-        + f"; run directory: {results['run_dir']}"
     )
+    print_run_paths(reporter, results["run_dir"])

@@ -134,6 +134,15 @@ def fmt_pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
 
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model, numbers unformatted (errors in percent; images_per_second None when
+    nothing was timed): the one table of `cnnlab evaluate`, which its command line prints, its
+    report and the lab's evaluate section render, and the API returns as `.table`."""
+    return [{"model": m["name"], "params": m["parameters"], "top1_error": m["top1_error"],
+             "top5_error": m["top5_error"], "images_per_second": m["images_per_second"],
+             "scored": m["n_images"], "unreadable": m["n_skipped"]} for m in results["models"]]
+
+
 def write_report(run_path: str | Path) -> tuple[Path, Path]:
     """Render report.md and report.html into the run directory; returns their paths."""
     run = RunDir.open(run_path)
@@ -157,6 +166,7 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
         row.thumb_uri = trusted(data_uri(data, "image/jpeg"))
     context = {
         "results": results,
+        "rows": summary_rows(results),
         "models": models,
         "wrong": wrong,
         "n_images": len(images),

@@ -185,10 +185,13 @@ def _alexnet_groups(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
 
 
 def _evaluate(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
+    from cnnlab.report.evaluate import summary_rows
+
     s.tables.append(Table(
         ["model", "parameters", "top-1 error", "top-5 error", "images/s", "scored"],
-        [[m["name"], _n(m["parameters"]), _pct(m["top1_error"]), _pct(m["top5_error"]),
-          f"{m['images_per_second'] or 0:.1f}", m["n_images"]] for m in r["models"]],
+        [[m["model"], _n(m["params"]), _pct(m["top1_error"]), _pct(m["top5_error"]),
+          "-" if m["images_per_second"] is None else f"{m['images_per_second']:.1f}",
+          m["scored"]] for m in summary_rows(r)],
         f"{r['n_labelled']} labelled photos; one photo is {100 / max(r['n_labelled'], 1):.1f} "
         "points of error", numeric=(1, 2, 3, 4, 5)))
     s.notes.append(f"Per-image predictions and the photos some model gets wrong: "
