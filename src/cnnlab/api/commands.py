@@ -19,7 +19,8 @@ from cnnlab.errors import CnnlabError
 
 # What may change when a run is resumed (cli/resume.py reads these too).
 TRAIN_RESUME = Resumable(allowed=("time_limit", "threads"))
-EXPERIMENT_RESUME = Resumable(allowed=("seeds", "budget", "max_seeds", "threads", "report"),
+EXPERIMENT_RESUME = Resumable(allowed=("seeds", "budget", "max_seeds", "threads", "workers",
+                                       "report"),
                               per_invocation=("budget",))
 SWEEP_RESUME = Resumable(allowed=("trials", "budget", "workers"))
 FINETUNE_RESUME = Resumable(allowed=("epochs", "time_limit"), per_invocation=("time_limit",))
@@ -407,14 +408,16 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
                budget: float | None = None, max_seeds: int | None = None,
                limit_per_class: int | None = None, epochs: float | None = None,
                full: bool | None = None, quick: bool | None = None, threads: int | None = None,
-               report: bool | None = None, out: str | Path | None = None,
-               quiet: bool = False, resume: str | Path | None = None):
+               workers: int | None = None, report: bool | None = None,
+               out: str | Path | None = None, quiet: bool = False,
+               resume: str | Path | None = None):
     """Lab B's claims on depth, filters, pooling and ResNet, with data (`cnnlab experiment`).
 
     experiments: "depth", "filters", "pooling", "residual" (one or more). data: a CIFAR-style zip
     (default: data_root/cifar10/cifar10-jpg.zip). seeds per setting (3); budget: minutes, more
-    seed rounds while they fit; quick=True: seconds, no verdicts. resume=RUN continues a run
-    (seeds=, budget=, max_seeds=, threads=, report= may be given with it).
+    seed rounds while they fit; quick=True: seconds, no verdicts. workers=N: the experiments in
+    N processes (groups of about equal time), the same trials as one. resume=RUN continues a run
+    (seeds=, budget=, max_seeds=, threads=, workers=, report= may be given with it).
 
     Returns a Result: `.table` every setting of every experiment (test_mean with its 95%
     interval test_ci, in percent), `.experiments[name]["verdict"]`, `.figures`, `.report`.
@@ -435,7 +438,7 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
         if not experiments:
             raise CnnlabError(f"name an experiment: {', '.join(task.EXPERIMENTS)}")
         keys = ("data", "data_root", "budget", "seeds", "max_seeds", "limit_per_class",
-                "epochs", "full", "quick", "threads", "report")
+                "epochs", "full", "quick", "threads", "workers", "report")
         values = {k: settings[k] for k in keys if settings[k] is not None}
         for k in ("data", "data_root"):
             if k in values:

@@ -35,6 +35,7 @@ Examples:
   cnnlab experiment residual --budget 20               # more seeds, tighter intervals
   cnnlab experiment residual --epochs 30               # longer runs
   cnnlab experiment --resume runs/claims --seeds 5     # two more seeds of every net
+  cnnlab experiment depth filters pooling residual --workers 2   # 2 processes, 1 thread each
 """
 
 
@@ -67,7 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds, not minutes: 1 epoch on 10 images per class; depth 1 2 4, "
                         "kernels 3 5, pooling 2x2 and 4x4 max, residual 20 only; no verdicts "
                         "(cnnlab lab --quick)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (per process with --workers; default: the cores "
+                        "shared among the workers)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes (1): the experiments split into N groups of about equal "
+                        "time, each run by its own process; the same trials as one process")
+    p.add_argument("--worker", metavar="RUN", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
     add_output_options(p)
     add_resume_option(p, allowed=EXPERIMENT_RESUME.allowed,
@@ -78,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 KEYS = ("data", "data_root", "budget", "seeds", "max_seeds", "limit_per_class", "epochs",
-        "full", "quick", "threads", "report")
+        "full", "quick", "threads", "workers", "report")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,9 +94,21 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.progress import Reporter
     from cnnlab.report.experiment import interval, verdict_text
 
+    if args.worker:
+        # A process started by the experiment itself (tasks/experiment.spawn_workers), not a
+        # user's command: its group of the run's experiments, as saved; nothing to print.
+        from cnnlab.config import from_run
+        from cnnlab.runs import RunDir
+        from cnnlab.tasks import experiment as task
+
+        config = from_run(task.ExperimentConfig, args.worker, "experiment")
+        task.work(config, RunDir.open(args.worker), Reporter(quiet=args.quiet),
+                  index=args.worker_index)
+        return 0
     if args.resume:
         refuse_changes(args)
-    result = experiment(args.experiments, out=args.out, quiet=args.quiet, resume=args.resume,
+    # A tuple: the API's default, so that no names with --resume is not a change.
+    result = experiment(tuple(args.experiments), out=args.out, quiet=args.quiet, resume=args.resume,
                         **{k: getattr(args, k) for k in KEYS})
     reporter = Reporter(quiet=args.quiet)
     for name, res in result.results["experiments"].items():

@@ -24,6 +24,14 @@ Seeds and budget. Seeds run in rounds: seed 0 of every setting of every experime
 fits in what is left (up to `max_seeds`): more minutes give more seeds, i.e. tighter intervals,
 never different nets. A trial the budget cuts short is excluded from the comparison and named.
 
+Workers. The experiments are independent (each its own study in RUN/<name>/), and these small
+nets train about as fast on one thread as on two, so `--workers N` splits the named experiments
+into N groups of about equal expected seconds (`ROUND_SECONDS`) and runs each group in its own
+process with cores / N torch threads: the main process runs the first group, `cnnlab experiment
+--worker RUN --worker-index K` the others (`spawn_workers`). Each process runs its group's seed
+rounds exactly as one process would (the same trials, the budget's deadline shared as a wall
+time); the main process then waits for the others and summarises every study.
+
 Verdicts come from `analysis/stats.py`: each claim is one or more contrasts of the settings' mean
 accuracies with 95% Welch intervals over seeds; "held" / "did not hold" only when the intervals
 exclude zero, else "undecided"; one seed gives no verdict; a grid that cannot refute the claim
@@ -53,7 +61,11 @@ import itertools
 import math
 import os
 import statistics
+import subprocess
+import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -109,6 +121,10 @@ TRAIN_EVAL = 1000  # training images (100 per class) whose accuracy is the "trai
 # the nets of the default designs end at 0.02-0.10, a net stopped halfway at 0.25-0.40.
 PLATEAU_SHARE = 0.15
 CHANCE_MARGIN = 0.10  # ... and its training accuracy is at least 10 points above chance
+# Seconds of one seed round of each experiment's default design, for splitting experiments
+# among --workers: BENCHMARKS.md "cnnlab experiment", three rounds on the 2-core Xeon (depth
+# 117 s, filters 115 s, pooling 73 s, residual 252 s), divided by 3. Only their ratios matter.
+ROUND_SECONDS = {"depth": 39.0, "filters": 38.3, "pooling": 24.3, "residual": 84.0}
 
 
 @dataclass(frozen=True)
@@ -160,7 +176,8 @@ class ExperimentConfig:
     epochs: float | None = None  # override every design's epochs (a longer or shorter study)
     full: bool = False  # residual: 20, 32, 44, 56 (default: 20 and 56)
     quick: bool = False  # the lab's --quick: 1 epoch, fewer settings, no verdicts
-    threads: int | None = None
+    threads: int | None = None  # torch threads (with workers: per process; cores / workers)
+    workers: int = 1  # processes, each running a group of the experiments (see `run`)
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -186,6 +203,8 @@ class ExperimentConfig:
             raise CnnlabError(f"--epochs must be positive, not {self.epochs}")
         if self.limit_per_class is not None and self.limit_per_class < 2:
             raise CnnlabError("--limit-per-class must be at least 2")
+        if self.workers < 1:
+            raise CnnlabError(f"--workers must be at least 1, not {self.workers}")
 
     def data_path(self) -> Path:
         return Path(self.data) if self.data else Path(self.data_root) / DEFAULT_DATA
@@ -764,51 +783,112 @@ def gradient_verdict(rows: list[dict[str, Any]]) -> stats.Verdict:
 
 def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = False
         ) -> dict[str, Any]:
-    """Every named experiment into RUN/<name>/, seed round after seed round, then
-    RUN/results.json and the report."""
+    """Every named experiment into RUN/<name>/, seed round after seed round (in `workers`
+    processes, a group of experiments each), then RUN/results.json and the report."""
     from cnnlab.data.cifar import detect_layout
 
     detect_layout(config.data_path())  # a missing data set before any file
-    if config.threads:
-        import torch
-
-        torch.set_num_threads(config.threads)
-    run_dir.save_config(config)  # on resume too: a later resume inherits --seeds N
+    run_dir.save_config(config)  # on resume too: a later resume inherits --seeds N; workers read it
     if not resume:
         run_dir.save_environment()
     start = time.monotonic()
-    deadline = None if config.budget is None else start + 60 * config.budget
-
-    def time_left() -> float | None:
-        return None if deadline is None else deadline - time.monotonic()
-
+    # A wall time, not a monotonic one: the worker processes share it.
+    deadline = None if config.budget is None else time.time() + 60 * config.budget
     data = DataCache(reporter)
-    studies = {}
-    for name in config.experiments:
-        sub = RunDir(run_dir.path / name)
-        sub.path.mkdir(parents=True, exist_ok=True)
-        studies[name] = Study(name, config, sub, reporter, data, time_left)
+    studies = open_studies(config, config.experiments, run_dir, reporter, data, deadline)
     total = sum(len(s.grid.settings) for s in studies.values())
     reporter.log(f"experiments {', '.join(config.experiments)}: {total} nets x "
                  f"{config.seeds} seeds"
                  + (f", more seeds while they fit in {config.budget:g} minutes"
                     if config.budget else ""))
+    failed: dict[str, str] = {}  # experiment -> why its worker stopped
+    groups = worker_groups(config)
+    if len(groups) > 1:
+        failed = run_groups(config, groups, studies, run_dir, reporter, data, deadline)
+    else:
+        if config.threads:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        run_rounds(config, list(studies.values()), reporter, deadline)
+    if deadline is not None and time.time() >= deadline:
+        reporter.log(f"the budget of {config.budget:g} minutes is spent")
+    out: dict[str, Any] = {"experiments": {}}
+    if len(groups) > 1:
+        out["workers"] = {"processes": len(groups), "threads": worker_threads(config, groups),
+                          "groups": groups}
+    for name, study in studies.items():
+        try:
+            res = study.summarise()
+        except CnnlabError as exc:
+            if name not in failed:
+                raise
+            reporter.log(str(exc))  # its worker's failure is the error, below
+            continue
+        res["seconds"] = round(sum(study.round_seconds), 1)
+        if name in failed:
+            res["worker_error"] = failed[name]
+        study.run_dir.save_results(res)
+        out["experiments"][name] = res
+        v = res["verdict"]
+        reporter.log(f"experiment {name}: {v['status'].capitalize()}: {v['sentence']}")
+    out["seconds"] = round(time.monotonic() - start, 1)
+    if out["experiments"]:
+        run_dir.save_results(out)
+        if config.report:
+            from cnnlab.report.experiment import write_report
+
+            write_report(run_dir.path)
+    if failed:
+        # Like a trial that fails, but a whole group's remaining trials: the results and the
+        # report hold what finished, and the run says so with a one-line error.
+        why = "; ".join(dict.fromkeys(failed.values()))
+        raise CnnlabError(f"{why}; the results leave out {', '.join(failed)}'s missing trials: "
+                          f"`cnnlab experiment --resume {run_dir.path}` runs them")
+    out["run_dir"] = str(run_dir.path)
+    return out
+
+
+def open_studies(config: ExperimentConfig, names: tuple[str, ...] | list[str], run_dir: RunDir,
+                 reporter, data: DataCache, deadline: float | None) -> dict[str, Study]:
+    """The studies of `names`, each in RUN/<name>/ (created on first use)."""
+    def time_left() -> float | None:
+        return None if deadline is None else deadline - time.time()
+
+    studies = {}
+    for name in names:
+        sub = RunDir(run_dir.path / name)
+        sub.path.mkdir(parents=True, exist_ok=True)
+        studies[name] = Study(name, config, sub, reporter, data, time_left)
+    return studies
+
+
+def run_rounds(config: ExperimentConfig, studies: list[Study], reporter,
+               deadline: float | None) -> None:
+    """Seed 0 of every setting of every study, then seed 1, ...: at least `config.seeds`
+    rounds, and with a budget more while the next fits (one process's share of the work)."""
+    from cnnlab import checkpoints
+
+    def time_left() -> float | None:
+        return None if deadline is None else deadline - time.time()
+
     last_round = config.max_seeds if config.budget else config.seeds
     for seed in range(last_round):
         ran = False
-        for name, study in studies.items():
+        for study in studies:
             left = time_left()
             if left is not None and left <= 0:
                 break
             extra = seed >= config.seeds and study.round_seconds
             if extra and (left is None or statistics.fmean(study.round_seconds) > left):
                 continue  # an extra round that would not fit
-            reporter.log(f"experiment {name}: seed {seed} of every setting")
+            checkpoints.crash_point(f"experiment:{study.name}:seed-{seed}")
+            reporter.log(f"experiment {study.name}: seed {seed} of every setting")
             study.run_round(seed)
             ran = True
         if not ran:
             break
-        one = sum(st.round_seconds[0] for st in studies.values() if st.round_seconds)
+        one = sum(st.round_seconds[0] for st in studies if st.round_seconds)
         if seed == 0 and one:  # the first round is the estimate of every later one
             need = one * (config.seeds - 1)
             left = time_left()
@@ -817,21 +897,204 @@ def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = Fals
                          + (f"; the budget leaves {max(0.0, left) / 60:.1f} for "
                             f"{need / 60:.1f}, so the last trials will be cut and left out"
                             if left is not None and need > left else ""))
-    if time_left() is not None and time_left() <= 0:
-        reporter.log(f"the budget of {config.budget:g} minutes is spent")
-    out: dict[str, Any] = {"experiments": {}}
-    for name, study in studies.items():
-        res = study.summarise()
-        res["seconds"] = round(sum(study.round_seconds), 1)
-        study.run_dir.save_results(res)
-        out["experiments"][name] = res
-        v = res["verdict"]
-        reporter.log(f"experiment {name}: {v['status'].capitalize()}: {v['sentence']}")
-    out["seconds"] = round(time.monotonic() - start, 1)
-    run_dir.save_results(out)
-    if config.report:
-        from cnnlab.report.experiment import write_report
 
-        write_report(run_dir.path)
-    out["run_dir"] = str(run_dir.path)
-    return out
+
+# ------------------------------------------------------------------------------- workers
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask: `taskset`, a container's limit)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def expected_seconds(name: str, config: ExperimentConfig) -> float:
+    """One seed round of experiment `name` under `config`, in ROUND_SECONDS' units: scaled by
+    its number of nets (--full) and epochs (--epochs); --quick counts nets only."""
+    nets = len(grid(name, config).settings)
+    if config.quick:
+        return float(nets)
+    default = ExperimentConfig(experiments=(name,))
+    return (ROUND_SECONDS[name] * nets / len(grid(name, default).settings)
+            * config.design(name).epochs / default.design(name).epochs)
+
+
+def split_groups(seconds: dict[str, float], n: int) -> list[list[str]]:
+    """`seconds`' names in at most `n` groups of about equal total: the longest first, each
+    into the group with the least so far (ties: the earlier group). Within a group the names
+    keep their order; empty groups are dropped."""
+    groups: list[list[str]] = [[] for _ in range(n)]
+    loads = [0.0] * n
+    for name in sorted(seconds, key=lambda k: -seconds[k]):  # stable: ties keep their order
+        k = loads.index(min(loads))
+        groups[k].append(name)
+        loads[k] += seconds[name]
+    order = list(seconds)
+    return [sorted(g, key=order.index) for g in groups if g]
+
+
+def worker_groups(config: ExperimentConfig) -> list[list[str]]:
+    """The experiments of each process: group 0 runs in the main process."""
+    if config.workers <= 1 or len(config.experiments) <= 1:
+        return [list(config.experiments)]
+    return split_groups({n: expected_seconds(n, config) for n in config.experiments},
+                        config.workers)
+
+
+def worker_threads(config: ExperimentConfig, groups: list[list[str]]) -> int:
+    """Torch threads per process: the user's --threads, else the cores shared out."""
+    return config.threads or max(1, available_cores() // len(groups))
+
+
+WORKERS_FILE = "workers.json"  # the main process's plan: groups, deadline, threads
+
+
+def worker_file(index: int) -> str:
+    return f"worker-{index}.json"  # what worker `index` measured: its rounds' seconds
+
+
+def run_groups(config: ExperimentConfig, groups: list[list[str]], studies: dict[str, Study],
+               run_dir: RunDir, reporter, data: DataCache, deadline: float | None
+               ) -> dict[str, str]:
+    """Group 0 here, every other group in a worker process; wait for them all. Returns, per
+    experiment of a worker that failed, one line on why."""
+    import torch
+
+    threads = worker_threads(config, groups)
+    run_dir.write_json(WORKERS_FILE, {"groups": groups, "deadline": deadline,
+                                      "threads": threads})
+    reporter.log(f"{len(groups)} processes of {threads} thread{'s' if threads > 1 else ''}: "
+                 + " | ".join(", ".join(g) for g in groups))
+    # Decode CIFAR-10 into the disk cache here, once, before the workers would each decode it.
+    data.get(studies[groups[0][0]].base)
+    workers = spawn_workers(run_dir, len(groups) - 1, threads, reporter)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_rounds(config, [studies[n] for n in groups[0]], reporter, deadline)
+        codes = [w.wait() for w in workers]
+    except BaseException:  # Ctrl-C or an error here: the workers' trials would be for nothing
+        for w in workers:
+            w.stop()
+        raise
+    finally:
+        torch.set_num_threads(before)
+    failed: dict[str, str] = {}
+    for k, (w, code) in enumerate(zip(workers, codes, strict=True), start=1):
+        names = groups[k]
+        f = run_dir.file(worker_file(k))
+        if f.is_file():
+            for name, secs in run_dir.read_json(f.name)["round_seconds"].items():
+                studies[name].round_seconds = secs
+        if code == 0:
+            continue
+        why = (f"worker {k} ({', '.join(names)}) stopped with exit status {code}"
+               + (f": {w.last_line()}" if w.last_line() else ""))
+        reporter.log(why)
+        for name in names:
+            failed[name] = why
+            _fail_orphans(studies[name], w.proc.pid, why, reporter)
+    return failed
+
+
+def _fail_orphans(study: Study, pid: int, why: str, reporter) -> None:
+    """The trial a dead worker was running: failed with the worker's error and queued again
+    (study.recover_orphans), so that `--resume` runs it."""
+    from optuna.trial import TrialState
+
+    from cnnlab.tasks import study as machinery
+
+    with study.study.lock():
+        for t in study.study.trials():
+            if t.state == TrialState.RUNNING and t.user_attrs.get("pid") == pid:
+                study.study.set_user_attr(t.number, "error", why[:500])
+        machinery.recover_orphans(study.study, reporter)
+
+
+class Worker:
+    """A worker process and the thread that passes its output on, prefixed, to the reporter."""
+
+    def __init__(self, index: int, proc: subprocess.Popen, reporter):
+        self.index, self.proc = index, proc
+        self.tail: deque[str] = deque(maxlen=20)
+        self.thread = threading.Thread(target=self._relay, args=(reporter,), daemon=True)
+        self.thread.start()
+
+    def _relay(self, reporter) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.tail.append(line)
+            if reporter.quiet:  # a quiet worker prints only errors: never silence them
+                print(f"{reporter.prefix}[worker {self.index}] {line}", file=reporter.err,
+                      flush=True)
+            else:
+                reporter.log(f"[worker {self.index}] {line}")
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self.thread.join()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def last_line(self) -> str:
+        """The worker's last words (a one-line error, or a traceback's last line)."""
+        return next((t.strip() for t in reversed(self.tail) if t.strip()), "")
+
+
+def spawn_workers(run_dir: RunDir, n: int, threads: int, reporter) -> list[Worker]:
+    """Workers 1..n (`cnnlab experiment --worker RUN --worker-index K`, the same Python).
+    Their output comes through a pipe (no progress bars that would cross the main process's),
+    and their stdin is a pipe this process holds: when it ends, however it ends (kill -9
+    included), the workers read end-of-file and stop (`watch_parent`)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    workers = []
+    for k in range(1, n + 1):
+        run_dir.file(worker_file(k)).unlink(missing_ok=True)  # an earlier invocation's
+        cmd = [sys.executable, "-m", "cnnlab", "experiment", "--worker", str(run_dir.path),
+               "--worker-index", str(k)] + (["-q"] if reporter.quiet else [])
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env)
+        workers.append(Worker(k, proc, reporter))
+    return workers
+
+
+def watch_parent() -> None:
+    """End this worker when the main process is gone: its stdin reaches end-of-file (the main
+    process held the only write end). No trial may go on training for nobody; the one it was
+    running stays RUNNING in the study, and `--resume` retries it (orphan recovery)."""
+    def wait() -> None:
+        # os.read on the descriptor, not sys.stdin: a daemon thread blocked inside a buffered
+        # reader aborts the interpreter's shutdown ("could not acquire lock").
+        while os.read(0, 4096):
+            pass
+        os._exit(3)
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def work(config: ExperimentConfig, run_dir: RunDir, reporter, index: int) -> None:
+    """Worker `index`'s share: its group's seed rounds, as the main process planned them
+    (RUN/workers.json); then the seconds of its rounds into RUN/worker-K.json."""
+    import torch
+
+    watch_parent()
+    plan = run_dir.read_json(WORKERS_FILE)
+    names = plan["groups"][index]
+    torch.set_num_threads(plan["threads"])
+    studies = open_studies(config, names, run_dir, reporter, DataCache(reporter),
+                           plan["deadline"])
+    run_rounds(config, list(studies.values()), reporter, plan["deadline"])
+    run_dir.write_json(worker_file(index), {"round_seconds": {
+        n: s.round_seconds for n, s in studies.items()}})

@@ -1,0 +1,161 @@
+"""`cnnlab experiment --workers N`: the experiments split into groups of about equal time, one
+process per group; the same trials as one process, each once; a worker that fails is reported
+(never waited on forever), `--resume` finishes its trials; a worker outlives no main process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import psutil
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
+from cnnlab.runs import RunDir
+from cnnlab.tasks import experiment, study
+from cnnlab.tasks.experiment import ExperimentConfig
+
+QUICK = ["--quick", "--limit-per-class", "10", "--threads", "1", "-q"]
+
+
+def trials(run, name: str) -> list[dict]:
+    """Every trial of one experiment's study, as rows (params, state, pid, value)."""
+    sub = RunDir(run / name)
+    return study.trial_rows(study.open_study(study.storage_url(None, sub), f"experiment-{name}"))
+
+
+def done(rows: list[dict]) -> Counter:
+    """(setting and seed) -> how many trials of it completed."""
+    return Counter(tuple(sorted(r["params"].items())) for r in rows if r["state"] == "COMPLETE")
+
+
+def test_groups_balance_the_measured_seconds():
+    groups = experiment.split_groups(experiment.ROUND_SECONDS, 2)
+    assert groups == [["residual"], ["depth", "filters", "pooling"]]
+    loads = [sum(experiment.ROUND_SECONDS[n] for n in g) for g in groups]
+    assert max(loads) < 0.56 * sum(loads)  # 101.6 of 185.6 s: the best split of these four
+    # Every experiment once; never more groups than experiments; the names keep their order.
+    assert experiment.split_groups({"a": 1.0, "b": 1.0}, 4) == [["a"], ["b"]]
+    assert experiment.worker_groups(ExperimentConfig(workers=1)) == [list(experiment.EXPERIMENTS)]
+    four = experiment.worker_groups(ExperimentConfig(workers=4))
+    assert sorted(n for g in four for n in g) == sorted(experiment.EXPERIMENTS)
+    # --full doubles the residual study's nets, so its expected seconds double.
+    full = ExperimentConfig(full=True)
+    assert experiment.expected_seconds("residual", full) == 2 * experiment.ROUND_SECONDS[
+        "residual"]
+    with pytest.raises(CnnlabError, match="--workers"):
+        ExperimentConfig(workers=0)
+
+
+def test_two_workers_run_the_same_trials_as_one(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data = str(shared_data("cifar10", "cifar10-jpg.zip"))
+    runs = {}
+    for n in (1, 2):
+        runs[n] = tmp_path / f"workers{n}"
+        assert main(["experiment", "depth", "pooling", "--seeds", "2", "--workers", str(n),
+                     "--data", data, "--out", str(runs[n]), *QUICK]) == 0
+    one, two = (json.loads((runs[n] / "results.json").read_text()) for n in (1, 2))
+    # With --quick the groups are weighed by their nets: depth (3) here, pooling (2) in worker 1.
+    assert two["workers"]["groups"] == [["depth"], ["pooling"]] and "workers" not in one
+    for name in ("depth", "pooling"):
+        rows1, rows2 = trials(runs[1], name), trials(runs[2], name)
+        # The same settings x seeds, each trained exactly once, nothing failed or left over.
+        assert done(rows2) == done(rows1) and set(done(rows2).values()) == {1}
+        assert len(done(rows2)) == len(rows2) == {"depth": 3, "pooling": 2}[name] * 2
+        # One thread in both runs, so the very same numbers.
+        e1, e2 = one["experiments"][name], two["experiments"][name]
+        assert [r["test"] for r in e2["rows"]] == [r["test"] for r in e1["rows"]]
+        assert [r["seed_ids"] for r in e2["rows"]] == [[0, 1]] * len(e2["rows"])
+        # Pooling was trained by another process (the worker), depth by this one.
+        pids = {r["pid"] for r in rows2}
+        assert (pids == {os.getpid()}) == (name == "depth")
+        assert e2["seconds"] > 0  # the worker's round seconds came back
+    # One summary and one report, by the main process, of both groups.
+    assert list(two["experiments"]) == ["depth", "pooling"]
+    md = (runs[2] / "report.md").read_text()
+    assert two["experiments"]["pooling"]["verdict"]["sentence"][:40] in md
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
+    return subprocess.run([sys.executable, "-m", "cnnlab", "experiment", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_a_failing_worker_is_reported_and_resume_runs_its_trials(shared_data, tmp_path):
+    env = {"CNNLAB_CACHE": str(tmp_path / "cache")}
+    data = str(shared_data("cifar10", "cifar10-jpg.zip"))
+    out = tmp_path / "run"
+    # SIGKILL worker 1 (pooling) as it starts its second seed round; the main process (depth)
+    # never reaches that point. It must report the worker, not wait for it.
+    proc = _cli("depth", "pooling", "--seeds", "2", "--workers", "2", "--data", data,
+                "--out", str(out), *QUICK,
+                env={**env, "CNNLAB_CRASH_AT": "experiment:pooling:seed-1"}, timeout=300)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "worker 1 (pooling) stopped with exit status -9" in err[0]
+    assert f"--resume {out}" in err[0]
+    res = json.loads((out / "results.json").read_text())["experiments"]
+    assert [r["seeds"] for r in res["depth"]["rows"]] == [2, 2, 2]
+    assert [r["seeds"] for r in res["pooling"]["rows"]] == [1, 1]
+    assert "exit status -9" in res["pooling"]["worker_error"]
+    first = [r["test"][0] for r in res["pooling"]["rows"]]
+    # The interrupted group continues: its missing round runs, the finished trials are kept.
+    proc = _cli("--resume", str(out), "-q", env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((out / "results.json").read_text())["experiments"]
+    assert [r["seeds"] for r in res["pooling"]["rows"]] == [2, 2]
+    assert [r["test"][0] for r in res["pooling"]["rows"]] == first
+    for name, nets in (("depth", 3), ("pooling", 2)):
+        counts = done(trials(out, name))
+        assert len(counts) == 2 * nets and set(counts.values()) == {1}
+
+
+def test_workers_stop_when_the_main_process_is_killed(shared_data, tmp_path):
+    data = str(shared_data("cifar10", "cifar10-jpg.zip"))
+    # Quiet workers write nothing: only the end of their stdin can tell them the main process
+    # is gone. 10 seeds of 40 epochs keep the worker busy for minutes.
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "experiment", "depth", "pooling", "--workers", "2",
+         "--seeds", "10", "--epochs", "40", "--data", data, "--out", str(tmp_path / "run"),
+         *QUICK], env={**os.environ, "CNNLAB_CACHE": str(tmp_path / "cache")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while worker is None and time.monotonic() < deadline:
+            kids = psutil.Process(parent.pid).children()
+            worker = next((k for k in kids if "--worker" in k.cmdline()), None)
+            time.sleep(0.2)
+        assert worker is not None, "no worker started"
+        time.sleep(3)  # into its first trials
+        assert worker.is_running() and parent.poll() is None
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        _gone, alive = psutil.wait_procs([worker], timeout=15)
+        assert not alive, "the worker went on training after the main process was killed"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if worker is not None and worker.is_running():
+            worker.kill()
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 2), (16, 2)])
+def test_the_lab_runs_its_experiments_in_two_processes_on_two_cores(shared_data, monkeypatch,
+                                                                     cores, workers):
+    from cnnlab.tasks import lab
+
+    root = shared_data("cifar10", "cifar10-jpg.zip").parent.parent
+    monkeypatch.setattr(experiment, "available_cores", lambda: cores)
+    for quick in (False, True):
+        plan = lab.plan_experiments(lab.LabConfig(data_root=str(root), quick=quick))
+        assert plan.config.workers == workers
+        assert ("--workers 2" in plan.command) == (workers == 2)
