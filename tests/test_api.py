@@ -284,3 +284,26 @@ def test_evaluate_cli_prints_what_the_api_returns(monkeypatch, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "made-up-net" in out and "1,234,567" in out and "12.5%" in out
     assert f"run directory: {tmp_path}" in out
+
+
+def test_finetune_cli_prints_what_the_api_returns(monkeypatch, tmp_path, capsys):
+    row = {"strategy": "freeze", "epochs": 30, "selected_epoch": 30, "train_accuracy": 99.0,
+           "val_accuracy": 60.0, "top1_error": 20.833, "top1_interval": {"low": 9.2, "high": 40.5},
+           "head_fit": "lbfgs", "cv_accuracy": 77.7, "top_k": 3, "topk_error": None,
+           "seconds": 1.25, "n_test": 24}
+    calls = _spy(monkeypatch, "finetune", _fake(
+        "finetune", {"backbone": "made-up-net", "run_dir": str(tmp_path)}, [row], tmp_path))
+    assert main(["finetune", "photos", "-m", "made-up-net", "--split", "0.5,0.25,0.25",
+                 "--no-explain", "-q"]) == 0
+    (args, kwargs), = calls
+    assert args == ("photos",) and kwargs["backbone"] == "made-up-net"
+    assert kwargs["split"] == (0.5, 0.25, 0.25) and kwargs["explain"] is False
+    assert kwargs["resume"] is None and kwargs["epochs"] is None
+    out = capsys.readouterr().out
+    assert "L-BFGS" in out and "77.7% (CV)" in out and "20.8% (9.2-40.5)" in out
+    assert "backbone made-up-net" in out and f"run directory: {tmp_path}" in out
+    # --resume: a flag that may not change is refused by its flag name, before the API runs.
+    assert main(["finetune", "--resume", str(tmp_path), "--lr", "0.1"]) == 2
+    assert "--lr cannot be given with it" in capsys.readouterr().err and len(calls) == 1
+    assert main(["finetune", "--resume", str(tmp_path), "--epochs", "40", "-q"]) == 0
+    assert calls[1][1]["resume"] == str(tmp_path) and calls[1][1]["epochs"] == 40

@@ -196,6 +196,7 @@ def finetune(data: str | Path | None = None, *, backbone: str | None = None,
     """
     from cnnlab.config import resolve
     from cnnlab.dist import open_run
+    from cnnlab.report.finetune import summary_rows
     from cnnlab.tasks import finetune as task
     from cnnlab.tasks import run_task
 
@@ -221,8 +222,7 @@ def finetune(data: str | Path | None = None, *, backbone: str | None = None,
         results = run_task(task.run, cfg, run_dir, rep)
     if results is None:
         return None
-    rows = results.get("rows") or [task.compare_row(results["settings"]["strategy"], results)]
-    return result("finetune", results, rows, run_dir.path,
+    return result("finetune", results, summary_rows(results), run_dir.path,
                   title=f"transfer learning: {results.get('backbone', '')}")
 
 

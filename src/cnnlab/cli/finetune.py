@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import add_output_options
-from cnnlab.cli.resume import add_resume_option, resume_config
+from cnnlab.api.commands import FINETUNE_RESUME
+from cnnlab.cli.common import add_output_options, print_run_paths
+from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
 Teach a pretrained ImageNet CNN your own classes: its last layer is replaced by a new one for
@@ -161,35 +162,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     add_output_options(p)
     # --time-limit is this session's training time: a resume does not inherit the last one.
-    add_resume_option(p, allowed=("epochs", "time_limit"), per_invocation=("time_limit",),
-                      metavar="RUN_DIR",
+    add_resume_option(p, allowed=FINETUNE_RESUME.allowed,
+                      per_invocation=FINETUNE_RESUME.per_invocation, metavar="RUN_DIR",
                       help="continue this run (its data, split and model) up to --epochs")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cnnlab.config import resolve
-    from cnnlab.dist import open_run
-    from cnnlab.errors import CnnlabError
+    from cnnlab.api import finetune
     from cnnlab.progress import Reporter
-    from cnnlab.tasks import finetune, run_task
 
-    reporter = Reporter(quiet=args.quiet)
     if args.resume:
-        config = resume_config(args, finetune.FinetuneConfig, "finetune")
-        run_dir = open_run("finetune", None, resume=args.resume, device=config.device)
-        results = finetune.run(config, run_dir, reporter, resume=True)
-    else:
-        if args.data is None:
-            raise CnnlabError("give the DATA folder (or --resume RUN_DIR)")
-        cli = {k: getattr(args, k) for k in RUN_KEYS}
-        cli["data"] = args.data
-        config = resolve(finetune.FinetuneConfig, cli, args.config)
-        run_dir = open_run("finetune", args.out, device=config.device)
-        results = run_task(finetune.run, config, run_dir, reporter)
-    if results is None:  # a torchrun rank other than 0
+        refuse_changes(args)  # by flag (--epochs), before the API's by keyword (epochs=)
+    result = finetune(args.data, config=args.config, out=args.out, quiet=args.quiet,
+                      resume=args.resume, **{k: getattr(args, k) for k in RUN_KEYS})
+    if result is None:  # a torchrun rank other than 0
         return 0
-    print_results(results, reporter)
+    print_results(result, Reporter(quiet=args.quiet))
     return 0
 
 
@@ -197,9 +186,11 @@ def _pct(v) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
 
-def print_results(results: dict, reporter) -> None:
-    from cnnlab.tasks.finetune import compare_row
+def print_results(result, reporter) -> None:
+    """The API's rows (report/finetune.summary_rows) as the terminal's table, then the run."""
+    from cnnlab.report.finetune import validation
 
+    results = result.results
     choice = results.get("backbone_choice")
     if choice:
         reporter.table(
@@ -211,34 +202,26 @@ def print_results(results: dict, reporter) -> None:
             title="--model auto: frozen features scored on the train + validation photos",
             right_align=["features", "CV folds", "CV accuracy", "CV log-loss", "time"],
         )
-    rows = results.get("rows") or [compare_row(results["settings"]["strategy"], results)]
+    rows = result.rows
     k = rows[0]["top_k"]
     reporter.table(
         ["strategy", "epochs (kept)", "train acc", "val acc", "test top-1 err (95% CI)",
          f"test top-{k} err", "time"],
-        [(r["strategy"], _epochs(r), _pct(r["train_accuracy"]), _val(r),
+        [(r["strategy"], _epochs(r), _pct(r["train_accuracy"]), validation(r),
           _with_interval(r["top1_error"], r.get("top1_interval")), _pct(r["topk_error"]),
           f"{r['seconds']:.1f} s") for r in rows],
         right_align=["epochs (kept)", "train acc", "val acc", "test top-1 err (95% CI)",
                      f"test top-{k} err", "time"],
     )
-    n_test = rows[0]["n_test"]
-    reporter.result(f"test: {n_test} photos that chose nothing; backbone "
-                    f"{results['backbone']}; run directory: {results['run_dir']}")
+    reporter.result(f"test: {rows[0]['n_test']} photos that chose nothing; backbone "
+                    f"{results['backbone']}")
+    print_run_paths(reporter, results["run_dir"])
 
 
 def _epochs(row: dict) -> str:
     if row.get("head_fit") == "lbfgs":
         return "L-BFGS"
     return f"{row['epochs']} ({row['selected_epoch']})"
-
-
-def _val(row: dict) -> str:
-    """Validation accuracy; for a head fitted on the validation photos, the cross-validated
-    accuracy instead (marked), since its validation accuracy is a training score."""
-    if row.get("head_fit") == "lbfgs" and row.get("cv_accuracy") is not None:
-        return f"{row['cv_accuracy']:.1f}% (CV)"
-    return _pct(row["val_accuracy"])
 
 
 def _with_interval(error, interval) -> str:

@@ -65,6 +65,34 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}%"
 
 
+def summary_row(strategy: str, r: dict[str, Any]) -> dict[str, Any]:
+    """One strategy's run (its results.json) as a row of the summary table, numbers
+    unformatted: what `--compare` stores as results.json "rows" (tasks/finetune.run_compare)."""
+    return {"strategy": strategy, "epochs": r["epochs_run"], "selected_epoch":
+            r["selected_epoch"], "train_accuracy": r["train_accuracy"],
+            "val_accuracy": r["val_accuracy"], "top1_error": r["top1_error"],
+            "top1_interval": r.get("top1_interval"), "head_fit": r["settings"].get("head_fit"),
+            "cv_accuracy": (r.get("head_fit") or {}).get("cv_accuracy"),
+            "top_k": r["top_k"], "topk_error": r["topk_error"],
+            "seconds": r["seconds"]["total"], "n_test": r["n_test"]}
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per strategy (one, or freeze and finetune with --compare): the one table of
+    `cnnlab finetune`, which its command line prints, the --compare report and the lab's
+    finetune section render, and the API returns as `.table`."""
+    return results.get("rows") or [summary_row(results["settings"]["strategy"], results)]
+
+
+def validation(row: dict[str, Any]) -> str:
+    """A row's validation accuracy; for a head fitted on the validation photos (L-BFGS), the
+    cross-validated accuracy instead, marked, since its validation accuracy is a training
+    score."""
+    if row.get("head_fit") == "lbfgs" and row.get("cv_accuracy") is not None:
+        return f"{pct(row['cv_accuracy'])} (CV)"
+    return pct(row["val_accuracy"])
+
+
 def interval(v: dict | None) -> str:
     """' (95% CI 9.2-40.5%, 5 of 24 wrong)': the Wilson interval results.json stores."""
     if not v:
@@ -136,7 +164,8 @@ def write_compare_report(run_path: str | Path) -> tuple[Path, Path]:
         png = Path(sub) / "curves.png"
         if png.is_file():
             curves[strategy] = {"md": f"{strategy}/curves.png", "uri": data_uri(png)}
-    context = {"r": results, "curves": curves}
+    context = {"r": results, "rows": summary_rows(results), "curves": curves,
+               "validation": validation}
     md_path = run.write_text("report.md", _render("finetune_compare.md.j2", context))
     html_path = run.write_text("report.html", _render("finetune_compare.html.j2", context))
     return md_path, html_path

@@ -242,20 +242,14 @@ def _charrnn(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
 
 
 def _finetune(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
-    from cnnlab.report.finetune import interval
+    from cnnlab.report.finetune import interval, summary_rows, validation
 
-    rows = r["rows"]
-
-    def fitted(row: dict) -> bool:  # a frozen head solved by L-BFGS: no epochs, CV accuracy
-        return row.get("head_fit") == "lbfgs"
-
+    rows = summary_rows(r)
     s.tables.append(Table(
         ["strategy", "epochs", "train accuracy", "validation accuracy", "test top-1 error",
          "test top-k error", "seconds"],
-        [[row["strategy"], "L-BFGS" if fitted(row) else row["epochs"],
-          _pct(row["train_accuracy"]),
-          f"{_pct(row['cv_accuracy'])} (CV)" if fitted(row) and row.get("cv_accuracy")
-          is not None else _pct(row["val_accuracy"]),
+        [[row["strategy"], "L-BFGS" if row.get("head_fit") == "lbfgs" else row["epochs"],
+          _pct(row["train_accuracy"]), validation(row),
           _pct(row["top1_error"]) + interval(row.get("top1_interval")),
           "-" if row["topk_error"] is None else f"{_pct(row['topk_error'])} (k={row['top_k']})",
           _seconds(row["seconds"])] for row in rows],

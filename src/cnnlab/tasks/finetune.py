@@ -1016,7 +1016,9 @@ def run_compare(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool 
                                   split_dir=run_dir)
     if not info.is_main:
         return None
-    rows = [compare_row(s, r) for s, r in runs.items()]
+    from cnnlab.report.finetune import summary_row
+
+    rows = [summary_row(s, r) for s, r in runs.items()]
     choice = run_dir.read_json(CHOICE_FILE) if run_dir.file(CHOICE_FILE).is_file() else None
     results = {"schema": SCHEMA + "+compare", "data": runs["freeze"]["data"],
                "backbone": runs["freeze"]["backbone"], "rows": rows,
@@ -1029,13 +1031,3 @@ def run_compare(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool 
         write_compare_report(run_dir.path)
     results["run_dir"] = str(run_dir.path)
     return results
-
-
-def compare_row(strategy: str, r: dict[str, Any]) -> dict[str, Any]:
-    return {"strategy": strategy, "epochs": r["epochs_run"], "selected_epoch":
-            r["selected_epoch"], "train_accuracy": r["train_accuracy"],
-            "val_accuracy": r["val_accuracy"], "top1_error": r["top1_error"],
-            "top1_interval": r.get("top1_interval"), "head_fit": r["settings"].get("head_fit"),
-            "cv_accuracy": (r.get("head_fit") or {}).get("cv_accuracy"),
-            "top_k": r["top_k"], "topk_error": r["topk_error"],
-            "seconds": r["seconds"]["total"], "n_test": r["n_test"]}
