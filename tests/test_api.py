@@ -28,6 +28,12 @@ API = {
 # Destinations that exist on the command line only: how to print (--json) and the process a
 # sweep starts for itself (--worker, --worker-index). Every other flag is an API keyword.
 CLI_ONLY = {"help", "json", "worker", "worker_index"}
+# Keywords that exist in the API only, with the reason: a flag could not say it.
+API_ONLY = {
+    # A function called with each photo's record as soon as it is classified: the command
+    # line passes its printer, so that results stream out as before; a flag cannot be a function.
+    "predict": {"on_record"},
+}
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = ""):
@@ -71,7 +77,7 @@ def test_api_keywords_are_the_cli_options_with_the_same_defaults(command):
     params = inspect.signature(API[command]).parameters
     missing = sorted(set(options) - set(params))
     assert not missing, f"cnnlab {command}: flags missing from the API: {missing}"
-    extra = sorted(set(params) - set(options))
+    extra = sorted(set(params) - set(options) - API_ONLY.get(command, set()))
     assert not extra, f"API keywords of {command} with no flag: {extra}"
     for dest, action in options.items():
         default = params[dest].default
@@ -307,3 +313,40 @@ def test_finetune_cli_prints_what_the_api_returns(monkeypatch, tmp_path, capsys)
     assert "--lr cannot be given with it" in capsys.readouterr().err and len(calls) == 1
     assert main(["finetune", "--resume", str(tmp_path), "--epochs", "40", "-q"]) == 0
     assert calls[1][1]["resume"] == str(tmp_path) and calls[1][1]["epochs"] == 40
+
+
+def test_predict_cli_prints_each_record_as_the_api_classifies_it(monkeypatch, capsys):
+    """cnnlab predict is cnnlab.predict with a printer as on_record: a photo's line is out
+    before the next batch is classified (here, before the task fails on the second)."""
+    from cnnlab.tasks import predict as task
+
+    def batches(config, reporter):
+        yield {"file": "a.jpg", "top": [{"class": "made-up class", "probability": 0.75,
+                                         "index": 3}]}
+        raise KeyboardInterrupt  # the next batch never comes
+
+    monkeypatch.setattr(task, "predict", batches)
+    calls = []
+    real = cnnlab.api.predict
+    monkeypatch.setattr(cnnlab.api, "predict", lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert main(["predict", "some-model", "a.jpg", "-q"]) == 130
+    assert capsys.readouterr().out == "a.jpg  made-up class 75.0%\n"
+    assert len(calls) == 1 and callable(calls[0]["on_record"])
+
+
+def test_predict_api_records_are_the_cli_json_lines(shared_data, capsys):
+    photos = [shared_data("imagenet-samples", name) for name in
+              ("n01440764_tench.JPEG", "n01494475_hammerhead.JPEG")]
+    seen = []
+    r = cnnlab.predict("efficientnet_lite0", photos, top_k=2, workers=0, quiet=True,
+                       on_record=seen.append)
+    assert main(["predict", "efficientnet_lite0", *map(str, photos), "--top-k", "2",
+                 "--workers", "0", "--json", "-q"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert seen == r.records
+    for a, b in zip(r.records, printed, strict=True):
+        assert a["file"] == b["file"] and [g["class"] for g in a["top"]] == [
+            g["class"] for g in b["top"]]
+        assert [g["probability"] for g in a["top"]] == pytest.approx(
+            [g["probability"] for g in b["top"]], abs=1e-6)
+    assert list(r.table["class"]) == [p["top"][0]["class"] for p in printed]

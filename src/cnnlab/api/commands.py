@@ -10,7 +10,7 @@ Nothing heavy is imported at module level: `import cnnlab` stays fast and torch-
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,19 +229,21 @@ def finetune(data: str | Path | None = None, *, backbone: str | None = None,
 def predict(model: str, inputs: Sequence[str | Path] | str | Path, *, top_k: int | None = None,
             weights: str | None = None, batch_size: int = 16, workers: int = 2,
             device: str = "auto", explain: bool = False, out: str | Path | None = None,
-            quiet: bool = False):
+            quiet: bool = False, on_record: Callable[[dict[str, Any]], Any] | None = None):
     """Top-k classes of photos (`cnnlab predict`) from a finetune run directory or a pretrained
     ImageNet model name.
 
     inputs: photos and/or folders (walked, sorted). top_k: classes per photo (the run's k; 5 for
     ImageNet models). explain=True also draws each photo's top-class Grad-CAM map into a run
-    directory (out=, default runs/predict/<timestamp>) with a report.
+    directory (out=, default runs/predict/<timestamp>) with a report. on_record: called with
+    each photo's record as soon as its batch is classified, before the call returns (the
+    command line prints them as they come).
 
-    Returns a Result: `.records` (one dict per photo: file, top [{class, probability, index}] or
-    error), `.table` one row per photo (its top class and probability). A CnnlabError when no
-    photo could be classified.
+    Returns a Result: `.records` (one dict per photo: file, top [{class, probability, index}]
+    and with explain=True cam, the map's file; or error), `.table` one row per photo (its top
+    class and probability). A CnnlabError when no photo could be classified.
     """
-    from cnnlab.tasks.predict import PredictConfig, predict_explained
+    from cnnlab.tasks.predict import PredictConfig, predict_explained, summary_row
     from cnnlab.tasks.predict import predict as run_predict
 
     if isinstance(inputs, str | Path):
@@ -257,20 +259,24 @@ def predict(model: str, inputs: Sequence[str | Path] | str | Path, *, top_k: int
         from cnnlab.dist import open_run
 
         run_dir = open_run("predict", out)
+    records: list[dict[str, Any]] = []
     try:
-        records = list(predict_explained(config, rep, run_dir) if run_dir is not None
-                       else run_predict(config, rep))
+        for record in (predict_explained(config, rep, run_dir) if run_dir is not None
+                       else run_predict(config, rep)):
+            if run_dir is not None and record.get("cam"):  # a new dict: the task reads its own
+                record = {**record, "cam": str(run_dir.file(record["cam"]))}
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
         n_bad = sum("error" in r for r in records)
+        rep.log(f"predict: {len(records) - n_bad} photo(s) classified, {n_bad} skipped")
         if n_bad == len(records):
             raise CnnlabError(f"no photo could be classified ({n_bad} skipped)")
     except BaseException:
         if run_dir is not None:
             run_dir.remove_if_empty()  # a refused run leaves no directory
         raise
-    rows = [{"file": r["file"], "class": r["top"][0]["class"] if "top" in r else None,
-             "probability": r["top"][0]["probability"] if "top" in r else None,
-             "error": r.get("error")} for r in records]
-    return result("predict", {"records": records}, rows,
+    return result("predict", {"records": records}, [summary_row(r) for r in records],
                   None if run_dir is None else run_dir.path, title=f"predictions of {model}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import add_quiet
+from cnnlab.cli.common import add_quiet, print_run_paths
 
 DESCRIPTION = """\
 Classify photos with a model cnnlab fine-tuned (give its run directory) or with any pretrained
@@ -72,57 +72,35 @@ def _safe(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
 
-    from cnnlab.errors import CnnlabError
+    from cnnlab.api import predict
     from cnnlab.progress import Reporter
-    from cnnlab.tasks.predict import PredictConfig, predict, predict_explained
 
-    config = PredictConfig(model=args.model, inputs=tuple(args.inputs), top_k=args.top_k,
-                           weights=args.weights, batch_size=args.batch_size,
-                           workers=args.workers, device=args.device, explain=args.explain)
     reporter = Reporter(quiet=args.quiet)
-    if args.out is not None and not args.explain:
-        raise CnnlabError("--out is where --explain puts its maps; give --explain with it")
-    run_dir = None
-    if config.explain:
-        from cnnlab.dist import open_run
 
-        run_dir = open_run("predict", args.out)
-        records = predict_explained(config, reporter, run_dir)
-    else:
-        records = predict(config, reporter)
-    try:
-        n_ok, n_bad = _print(records, args, reporter, run_dir)
-        reporter.log(f"predict: {n_ok} photo(s) classified, {n_bad} skipped")
-        if n_ok == 0:
-            raise CnnlabError(f"no photo could be classified ({n_bad} skipped)")
-    except BaseException:
-        if run_dir is not None:
-            run_dir.remove_if_empty()  # a refused run leaves no directory
-        raise
-    if run_dir is not None:
-        reporter.result(f"maps and report: {run_dir.file('report.html')}")
+    def show(record: dict) -> None:  # each photo as soon as its batch is done
+        reporter.result(_line(record, args.json))
+
+    result = predict(args.model, args.inputs, top_k=args.top_k, weights=args.weights,
+                     batch_size=args.batch_size, workers=args.workers, device=args.device,
+                     explain=args.explain, out=args.out, quiet=args.quiet, on_record=show)
+    if result.run_dir is not None:
+        # With --json, standard output stays one JSON object per line.
+        print_run_paths(Reporter(quiet=args.quiet, out=sys.stderr) if args.json else reporter,
+                        str(result.run_dir))
     return 0
 
 
-def _print(records, args: argparse.Namespace, reporter, run_dir) -> tuple[int, int]:
+def _line(record: dict, as_json: bool) -> str:
+    """A record of cnnlab.predict as the line printed: JSON, or file, classes and map."""
     import json
 
-    n_ok = n_bad = 0
-    for record in records:
-        if run_dir is not None and record.get("cam"):
-            record = {**record, "cam": str(run_dir.file(record["cam"]))}
-        if "error" in record:
-            n_bad += 1
-        else:
-            n_ok += 1
-        if args.json:
-            reporter.result(json.dumps(record))
-        elif "error" in record:
-            reporter.result(f"{_safe(record['file'])}  skipped: {_safe(record['error'])}")
-        else:
-            guesses = "  ".join(f"{_safe(g['class'])} {100 * g['probability']:.1f}%"
-                                for g in record["top"])
-            cam = f"  map: {_safe(record['cam'])}" if record.get("cam") else ""
-            reporter.result(f"{_safe(record['file'])}  {guesses}{cam}")
-    return n_ok, n_bad
+    if as_json:
+        return json.dumps(record)
+    if "error" in record:
+        return f"{_safe(record['file'])}  skipped: {_safe(record['error'])}"
+    guesses = "  ".join(f"{_safe(g['class'])} {100 * g['probability']:.1f}%"
+                        for g in record["top"])
+    cam = f"  map: {_safe(record['cam'])}" if record.get("cam") else ""
+    return f"{_safe(record['file'])}  {guesses}{cam}"

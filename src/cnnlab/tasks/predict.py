@@ -250,3 +250,11 @@ def predict_explained(config: PredictConfig, reporter, run_dir) -> Iterator[dict
     from cnnlab.report.explain import write_report
 
     write_report(run_dir.path)
+
+
+def summary_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One photo's record as a row of the summary table (the API's `.table`): its top class
+    and probability, or the reason it was skipped."""
+    top = record["top"][0] if "top" in record else {}
+    return {"file": record["file"], "class": top.get("class"),
+            "probability": top.get("probability"), "error": record.get("error")}
