@@ -140,10 +140,9 @@ def compute_features(
     here. Photos that cannot be decoded are returned in `bad` with their reason (and cached as
     bad), never raised.
     """
-    from torch.utils.data import DataLoader
-
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
+    from cnnlab.data.loaders import photo_loader
 
     start = time.perf_counter()
     paths = list(paths)
@@ -164,9 +163,8 @@ def compute_features(
         body = body.eval().to(device=device, memory_format=memory_format)
         dataset = ImageDataset([LabelledImage(first_path[d], "") for d in todo], preprocess,
                                draft=draft)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=dataset.collate,
-                            prefetch_factor=2 if workers > 0 else None)
+        loader = photo_loader(dataset, workers=workers, device=device, batch_size=batch_size,
+                              collate=dataset.collate)
         n_batches = (len(todo) + batch_size - 1) // batch_size
         with torch.inference_mode():
             for images, indices, failed in reporter.track(loader, total=n_batches,

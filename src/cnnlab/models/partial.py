@@ -223,8 +223,7 @@ def compute_activations(early: nn.Module, paths: Sequence[Path], counts: Sequenc
                         label: str = "early stages (one pass)") -> Activations:
     """early(view) for the first counts[i] views of paths[i], from the cache where it is there,
     one pass otherwise; photos that cannot be decoded are returned in `bad`, never raised."""
-    from torch.utils.data import DataLoader
-
+    from cnnlab.data.loaders import photo_loader
     from cnnlab.models.features import file_digest
 
     start = time.perf_counter()
@@ -248,9 +247,8 @@ def compute_activations(early: nn.Module, paths: Sequence[Path], counts: Sequenc
     early = early.eval().to(device)
     if todo:
         dataset = _ViewDataset(todo, preprocess, views, draft)
-        loader = DataLoader(dataset, batch_size=PHOTOS_PER_BATCH, num_workers=workers,
-                            collate_fn=_collate,
-                            prefetch_factor=2 if workers > 0 else None)
+        loader = photo_loader(dataset, workers=workers, device=device,
+                              batch_size=PHOTOS_PER_BATCH, collate=_collate)
         total = (len(todo) + PHOTOS_PER_BATCH - 1) // PHOTOS_PER_BATCH
         with torch.inference_mode():
             for batch in reporter.track(loader, total=total, description=label, unit="batches"):

@@ -161,24 +161,14 @@ def _run_model(
 ) -> ModelPass:
     """Stream this rank's images through one model; keep only the top-k of each."""
     import torch
-    from torch.utils.data import DataLoader
 
     from cnnlab.data.batching import ImageDataset
+    from cnnlab.data.loaders import photo_loader
 
     k = max(config.top_k, 5)  # top-5 error is always reported
     dataset = ImageDataset(items, preprocess, draft=config.draft)
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=False,
-        num_workers=config.workers,
-        collate_fn=dataset.collate,
-        # Each worker holds at most prefetch_factor batches: memory is bounded by
-        # workers x prefetch x batch x 3 x crop^2 x 4 bytes, whatever the folder's size.
-        prefetch_factor=2 if config.workers > 0 else None,
-        persistent_workers=False,
-        pin_memory=device.type == "cuda",
-    )
+    loader = photo_loader(dataset, workers=config.workers, device=device,
+                          batch_size=config.batch_size, collate=dataset.collate)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     out = ModelPass(name, [], [], [], [], 0.0)

@@ -260,15 +260,13 @@ class Prepared:
 
 def _unreadable(paths: list[Path], preprocess, config: FinetuneConfig, reporter) -> dict:
     """Decode every photo once (no model): path -> reason for those that fail."""
-    from torch.utils.data import DataLoader
-
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
+    from cnnlab.data.loaders import photo_loader
 
     dataset = ImageDataset([LabelledImage(p, "") for p in paths], preprocess, draft=config.draft)
-    loader = DataLoader(dataset, batch_size=32, num_workers=config.workers,
-                        collate_fn=dataset.collate,
-                        prefetch_factor=2 if config.workers > 0 else None)
+    loader = photo_loader(dataset, workers=config.workers, batch_size=32,
+                          collate=dataset.collate)
     bad: dict[Path, str] = {}
     for _images, _indices, failed in reporter.track(
         loader, total=math.ceil(len(paths) / 32), description="checking photos", unit="batches"
@@ -390,14 +388,13 @@ def _optimizer(config: FinetuneConfig, groups):
 def _logits_on_images(model, items, preprocess, config, device, batch_size: int = 32):
     """Logits of `model` (eval mode) on photos, in order, through the evaluation transform."""
     import torch
-    from torch.utils.data import DataLoader
 
     from cnnlab.data.batching import ImageDataset
+    from cnnlab.data.loaders import photo_loader
 
     dataset = ImageDataset(list(items), preprocess, draft=config.draft)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=config.workers,
-                        collate_fn=dataset.collate,
-                        prefetch_factor=2 if config.workers > 0 else None)
+    loader = photo_loader(dataset, workers=config.workers, device=device, batch_size=batch_size,
+                          collate=dataset.collate)
     out = []
     with torch.no_grad():
         for images, _indices, failed in loader:
@@ -452,8 +449,8 @@ class _Trainer:
 
     def batches(self, epoch: int):
         import torch
-        from torch.utils.data import DataLoader
 
+        from cnnlab.data.loaders import photo_loader
         from cnnlab.engine import epoch_generator, shard_indices
 
         if self.phases is not None:
@@ -475,9 +472,8 @@ class _Trainer:
                 yield x[b], y[b]
             return
         self.train_images.epoch = epoch  # read by the workers this epoch's iterator forks
-        loader = DataLoader(self.train_images, batch_sampler=[b.tolist() for b in chunks],
-                            num_workers=self.config.workers,
-                            prefetch_factor=2 if self.config.workers > 0 else None)
+        loader = photo_loader(self.train_images, workers=self.config.workers,
+                              device=self.device, batches=chunks)
         for x, y in loader:
             yield x.contiguous(memory_format=torch.channels_last), y
 

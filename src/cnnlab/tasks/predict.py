@@ -153,10 +153,10 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     With a CamWriter (`predict_explained`), each classified photo's record also names its top
     class's map (`cam`, relative to the writer's run directory) and the seconds it took."""
     import torch
-    from torch.utils.data import DataLoader
 
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
+    from cnnlab.data.loaders import photo_loader
 
     files, skipped = expand_inputs(config.inputs)
     if not files and not skipped:
@@ -171,9 +171,8 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     model = predictor.model.to(device=device, memory_format=torch.channels_last).eval()
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
                            draft=config.draft)
-    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
-                        collate_fn=dataset.collate,
-                        prefetch_factor=2 if config.workers > 0 else None)
+    loader = photo_loader(dataset, workers=config.workers, device=device,
+                          batch_size=config.batch_size, collate=dataset.collate)
     n_batches = (len(files) + config.batch_size - 1) // config.batch_size
     for images, indices, bad in reporter.track(loader, total=n_batches, description="predict",
                                                unit="batches"):
