@@ -350,3 +350,21 @@ def test_predict_api_records_are_the_cli_json_lines(shared_data, capsys):
         assert [g["probability"] for g in a["top"]] == pytest.approx(
             [g["probability"] for g in b["top"]], abs=1e-6)
     assert list(r.table["class"]) == [p["top"][0]["class"] for p in printed]
+
+
+def test_explain_cli_prints_what_the_api_returns(monkeypatch, tmp_path, capsys):
+    results = {"photos": [{"file": "a.jpg", "top": []}], "skipped": [], "method_name": "Made-CAM",
+               "model": "made-up-net", "layer": "bn9", "layer_shape": [8, 2, 2],
+               "seconds_per_photo": 0.5, "filters": None, "maps": None}
+    rows = [{"file": "a.jpg", "rank": 1, "class": "made-up class", "probability": 0.625,
+             "cam": "cams/0000-1.png"}]
+    calls = _spy(monkeypatch, "explain", _fake("explain", results, rows, tmp_path))
+    assert main(["explain", "a.jpg", "b/", "-m", "made-up-net", "--top-k", "1", "--out", "o",
+                 "-q"]) == 0
+    (args, kwargs), = calls
+    assert args == (["a.jpg", "b/"],) and kwargs["model"] == "made-up-net"
+    assert kwargs["top_k"] == 1 and kwargs["out"] == "o" and kwargs["method"] == "gradcam"
+    out = capsys.readouterr().out
+    assert "Made-CAM on made-up-net layer bn9 (8x2x2 maps)" in out
+    assert f"  1. made-up class 62.5%  {tmp_path / 'cams/0000-1.png'}" in out
+    assert f"run directory: {tmp_path}" in out

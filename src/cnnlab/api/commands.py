@@ -296,6 +296,7 @@ def explain(inputs: Sequence[str | Path] | str | Path | None = None, *,
     file), `.figures` (filters.png, maps.png where drawn), `.report`.
     """
     from cnnlab.dist import open_run
+    from cnnlab.report.explain import summary_rows
     from cnnlab.tasks import run_task
     from cnnlab.tasks.explain import ExplainConfig
     from cnnlab.tasks.explain import run as task
@@ -307,10 +308,7 @@ def explain(inputs: Sequence[str | Path] | str | Path | None = None, *,
                            filters=filters, maps=maps, limit=limit, device=device, report=report)
     run_dir = open_run("explain", out)
     results = run_task(task, config, run_dir, reporter(quiet))
-    rows = [{"file": p["file"], "rank": g["rank"], "class": g["class"],
-             "probability": g["probability"], "cam": g["cam"]}
-            for p in results["photos"] for g in p["top"]]
-    return result("explain", results, rows, run_dir.path,
+    return result("explain", results, summary_rows(results), run_dir.path,
                   title=f"{results.get('method_name', method)} maps of {model}")
 
 

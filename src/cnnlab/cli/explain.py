@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli.common import add_output_options
+from cnnlab.cli.common import add_output_options, print_run_paths
 
 DESCRIPTION = """\
 See what a CNN looks at. For each photo, the model's top-k classes, each with a class-activation
@@ -72,40 +72,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cnnlab.api import explain
     from cnnlab.cli.predict import _safe
-    from cnnlab.dist import open_run
     from cnnlab.progress import Reporter
-    from cnnlab.tasks import run_task
-    from cnnlab.tasks.explain import ExplainConfig
-    from cnnlab.tasks.explain import run as explain
 
-    config = ExplainConfig(inputs=tuple(args.inputs), model=args.model, method=args.method,
-                           top_k=args.top_k, layer=args.layer, weights=args.weights,
-                           filters=args.filters, maps=args.maps, limit=args.limit,
-                           device=args.device, report=args.report)
+    result = explain(args.inputs, model=args.model, method=args.method, top_k=args.top_k,
+                     layer=args.layer, weights=args.weights, filters=args.filters,
+                     maps=args.maps, limit=args.limit, device=args.device, report=args.report,
+                     out=args.out, quiet=args.quiet)
     reporter = Reporter(quiet=args.quiet)
-    run_dir = open_run("explain", args.out)
-    results = run_task(explain, config, run_dir, reporter)
+    results, run_dir = result.results, result.run_dir
     if results["photos"]:
         reporter.result(f"{results['method_name']} on {_safe(results['model'])} layer "
                         f"{_safe(results['layer'])} "
                         f"({'x'.join(map(str, results['layer_shape']))} maps)")
     for s in results["skipped"]:
         reporter.result(f"{_safe(s['file'])}  skipped: {_safe(s['error'])}")
-    for photo in results["photos"]:
-        reporter.result(_safe(photo["file"]))
-        for g in photo["top"]:
-            reporter.result(f"  {g['rank']}. {_safe(g['class'])} {100 * g['probability']:.1f}%"
-                            f"  {run_dir.file(g['cam'])}")
+    for row in result.rows:  # report/explain.summary_rows: one per photo and class
+        if row["rank"] == 1:  # a photo's first class: its name above its classes
+            reporter.result(_safe(row["file"]))
+        reporter.result(f"  {row['rank']}. {_safe(row['class'])} "
+                        f"{100 * row['probability']:.1f}%  {run_dir / row['cam']}")
     if results["photos"]:
         reporter.result(f"{results['seconds_per_photo']:.2f} s per photo")
     for part in ("filters", "maps"):
         if results[part]:
-            reporter.result(f"{part}: {run_dir.file(results[part]['figure'])}")
+            reporter.result(f"{part}: {run_dir / results[part]['figure']}")
     if results["maps"]:
         for s in results["maps"]["stages"]:
             reporter.result(f"  {_safe(s['name'])}: {'x'.join(map(str, s['shape']))}")
-    if config.report:
-        reporter.log(f"saved {run_dir.file('report.html')} and report.md")
-    reporter.log(f"saved {run_dir.file('results.json')}")
+    print_run_paths(reporter, str(run_dir))
     return 0

@@ -25,6 +25,15 @@ def _uri(run: RunDir, rel: str | None):
     return trusted(data_uri(run.file(rel)))
 
 
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per photo and class explained, numbers unformatted (probability 0..1; cam, the
+    map's file in the run directory, None where no map was drawn): what `cnnlab explain`
+    prints photo by photo and the API returns as `.table`."""
+    return [{"file": p["file"], "rank": g["rank"], "class": g["class"],
+             "probability": g["probability"], "cam": g.get("cam")}
+            for p in results["photos"] for g in p["top"]]
+
+
 def write_report(run_path: str | Path) -> tuple[Path, Path]:
     """Render report.md and report.html into the run directory; returns their paths."""
     run = RunDir.open(run_path)
