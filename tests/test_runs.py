@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.errors import CnnlabError
-from cnnlab.runs import RunDir, atomic_write_text
+from cnnlab.runs import RunDir, atomic_write_text, save_figure
 
 
 def test_default_run_dirs_never_collide(tmp_path):
@@ -92,3 +92,43 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
+
+
+class _FigureThatFailsHalfway:
+    """A figure whose savefig writes part of the image, then fails (a full disk, a glyph
+    matplotlib cannot draw): what a save must survive."""
+
+    def savefig(self, fname, **kwargs):
+        if hasattr(fname, "write"):
+            fname.write(b"\x89PNG half")
+        else:
+            Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+
+def test_save_figure_keeps_the_good_file_when_savefig_fails(tmp_path):
+    good = tmp_path / "curves.png"
+    good.write_bytes(b"the good one")
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(_FigureThatFailsHalfway(), good, format="png")
+    assert good.read_bytes() == b"the good one"  # not truncated, not half-replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temp file left
+
+
+def test_save_figure_writes_a_real_png_by_the_files_ending(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "sub" / "line.png", dpi=50)
+    assert path == tmp_path / "sub" / "line.png"
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    svg = save_figure(fig, tmp_path / "line.svg")
+    assert b"<svg" in svg.read_bytes()[:500]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -76,6 +77,19 @@ def to_jsonable(obj: Any) -> Any:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """A matplotlib figure written atomically: a crash, or a savefig that raises, leaves the
+    previous file whole (never half a PNG). The format is the file's ending unless given."""
+    path = Path(path)
+    savefig_kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    # Rendered in memory, then written by the one atomic writer (temporary file, fsync,
+    # rename, the permissions open() would give): a figure is a few hundred kB at most.
+    buf = io.BytesIO()
+    fig.savefig(buf, **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def git_sha(start: Path | None = None) -> str | None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, suggest
+from cnnlab.runs import save_figure
 
 # --method name -> (grad-cam class, name in captions, what one map costs).
 METHODS = {
@@ -183,14 +184,6 @@ def first_conv(model: nn.Module) -> tuple[str, torch.Tensor]:
     raise CnnlabError("this model has no convolution whose filters could be drawn")
 
 
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)  # atomic: a crash never leaves half a PNG
-    return path
-
-
 def plot_filters(name: str, weight: torch.Tensor, path: Path, max_filters: int = 64) -> Path:
     """The filters as a grid of small images; each scaled on its own to the full colour range
     (RGB when the layer reads 3 channels, else its first input channel in grey)."""
@@ -213,7 +206,7 @@ def plot_filters(name: str, weight: torch.Tensor, path: Path, max_filters: int =
     fig.suptitle(f"{name}: {weight.shape[0]} filters of {weight.shape[1]}x{k}"
                  + (f" (first {max_filters})" if weight.shape[0] > max_filters else ""),
                  fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path, format="png")
 
 
 @dataclass
@@ -290,4 +283,4 @@ def plot_stage_maps(stages: list[StageMap], pixels: np.ndarray, path: Path,
             ax.set_title(f"ch {ch}", fontsize=7)
     fig.suptitle("feature maps after each stage: resolution falls, channels rise", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, format="png")

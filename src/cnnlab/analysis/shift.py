@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cnnlab.models.layers import LocallyConnected2d
+from cnnlab.runs import save_figure
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def plot(original: np.ndarray, moved: np.ndarray, results: list[ShiftResult],
     fig.suptitle(f"shift a photo: whose maps shift with it? ({setup.kernel}x{setup.kernel} "
                  "windows; red frame: compared region)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    save_figure(fig, path, format="png")
 
 
 def shift_demo(image: np.ndarray, setup: ShiftSetup | None = None

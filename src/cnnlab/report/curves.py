@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cnnlab.runs import save_figure
+
 
 def plot_loss_curves(
     records: Iterable[dict[str, Any]], path: str | Path, title: str = "", unit: str = "nats/char"
@@ -38,14 +40,9 @@ def plot_loss_curves(
             ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)  # atomic: a crash never leaves half a PNG
+        return save_figure(fig, path, format="png")
     finally:
         plt.close(fig)
-    return path
 
 
 def plot_epoch_curves(records: Iterable[dict[str, Any]], path: str | Path, title: str = "",
@@ -82,7 +79,7 @@ def plot_epoch_curves(records: Iterable[dict[str, Any]], path: str | Path, title
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        return _save_png(fig, path)
+        return save_figure(fig, path, format="png")
     finally:
         plt.close(fig)
 
@@ -114,7 +111,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: str | Path
         if title:
             ax.set_title(title)
         fig.tight_layout()
-        return _save_png(fig, path)
+        return save_figure(fig, path, format="png")
     finally:
         plt.close(fig)
 
@@ -124,12 +121,3 @@ def _short(name: str, limit: int = 24) -> str:
     `$...$` as mathtext, and fail on an unbalanced `$`)."""
     name = name if len(name) <= limit else name[: limit - 1] + "…"
     return name.replace("$", r"\$")
-
-
-def _save_png(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)  # atomic: a crash never leaves half a PNG
-    return path

@@ -11,7 +11,7 @@ from typing import Any
 
 from cnnlab.report.blocks import Table, figure
 from cnnlab.report.study import Part, write
-from cnnlab.runs import RunDir
+from cnnlab.runs import RunDir, save_figure
 
 TITLES = {"depth": "Depth: how many conv layers?", "filters": "Filter size: 3x3, 5x5 or 7x7?",
           "pooling": "Pooling: 2x2 or 4x4, max or average?",
@@ -34,13 +34,6 @@ def verdict_text(v: dict[str, Any] | str) -> str:
 
 def _n(v: Any) -> str:
     return "-" if v is None else f"{v:,}"
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, format="png", dpi=90)
-    tmp.replace(path)
 
 
 def _band(ax, xs, runs: list[list[float]], color: str, label: str, style: str = "-") -> None:
@@ -114,7 +107,8 @@ def plot_experiment(results: dict[str, Any], folder: Path) -> str:
         ax.grid(alpha=0.3)
         ax.legend()
     try:
-        _save(fig, path)
+        fig.tight_layout()
+        save_figure(fig, path, format="png", dpi=90)
     finally:
         plt.close(fig)
     return path.name

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.report.blocks import data_uri
-from cnnlab.runs import RunDir
+from cnnlab.runs import RunDir, save_figure
 
 
 def epoch_series(run: RunDir, results: dict[str, Any]) -> dict[str, list[tuple[int, float, float]]]:
@@ -63,10 +63,7 @@ def plot_comparison(series: dict[str, list[tuple[int, float, float]]], path: Pat
         if title:
             fig.suptitle(title.replace("$", r"\$"))
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)  # atomic
+        save_figure(fig, path, format="png")
     finally:
         plt.close(fig)
     return path

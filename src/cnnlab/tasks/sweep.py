@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import CnnlabError, suggest
-from cnnlab.runs import RunDir
+from cnnlab.runs import RunDir, save_figure
 from cnnlab.tasks.study import (
     Objective,
     Pruned,
@@ -488,11 +488,7 @@ def plot_study(study: optuna.Study, run_dir: RunDir, reporter
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(8, 4.5)
             fig.tight_layout()
-            path = run_dir.file(f"{name}.png")
-            tmp = path.with_name(f".{path.name}.tmp.png")
-            fig.savefig(tmp, format="png", dpi=90)
-            tmp.replace(path)
-            out[name] = path.name
+            out[name] = save_figure(fig, run_dir.file(f"{name}.png"), format="png", dpi=90).name
         except Exception as exc:  # a plot is a convenience: the numbers are in results.json
             first = (str(exc).strip().splitlines() or [""])[0]
             errors[name] = f"{type(exc).__name__}: {first}"
