@@ -51,6 +51,20 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def photo_digests(paths: Sequence[Path]) -> tuple[list[str], dict[str, Path]]:
+    """Each photo's digest (the caches' key: a renamed or copied photo is found again) and, per
+    digest, the first path with it (a photo present twice is decoded once). A file that cannot
+    be read is a one-line error naming it."""
+    try:
+        digests = [file_digest(p) for p in paths]
+    except OSError as exc:
+        raise CnnlabError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    first_path: dict[str, Path] = {}
+    for p, d in zip(paths, digests, strict=True):
+        first_path.setdefault(d, p)
+    return digests, first_path
+
+
 def feature_key(backbone: str, weights_digest: str, preprocess: Preprocess, draft: bool) -> str:
     """The cache key of one (backbone, weights, preprocessing) combination, hex."""
     spec = {"backbone": backbone, "weights_sha256": weights_digest,
@@ -146,15 +160,9 @@ def compute_features(
 
     start = time.perf_counter()
     paths = list(paths)
-    try:
-        digests = [file_digest(p) for p in paths]
-    except OSError as exc:
-        raise CnnlabError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    digests, first_path = photo_digests(paths)
     cached, cached_bad = cache.load() if cache is not None else ({}, {})
     todo = sorted({d for d in digests if d not in cached and d not in cached_bad})
-    first_path = {}
-    for p, d in zip(paths, digests, strict=True):
-        first_path.setdefault(d, p)
     new_vectors: dict[str, torch.Tensor] = {}
     new_bad: dict[str, str] = {}
     if todo:

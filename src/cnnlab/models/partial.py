@@ -224,22 +224,16 @@ def compute_activations(early: nn.Module, paths: Sequence[Path], counts: Sequenc
     """early(view) for the first counts[i] views of paths[i], from the cache where it is there,
     one pass otherwise; photos that cannot be decoded are returned in `bad`, never raised."""
     from cnnlab.data.loaders import photo_loader
-    from cnnlab.models.features import file_digest
+    from cnnlab.models.features import photo_digests
 
     start = time.perf_counter()
     paths = list(paths)
-    try:
-        digests = [file_digest(p) for p in paths]
-    except OSError as exc:
-        raise CnnlabError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    digests, first_path = photo_digests(paths)
     cached, cached_bad = cache.load() if cache is not None else ({}, {})
     shape: tuple[int, ...] | None = None
     need: dict[str, int] = {}  # digest -> views wanted
     for d, c in zip(digests, counts, strict=True):
         need[d] = max(need.get(d, 0), c)
-    first_path = {}
-    for p, d in zip(paths, digests, strict=True):
-        first_path.setdefault(d, p)
     todo = [(first_path[d], d, c) for d, c in sorted(need.items())
             if d not in cached_bad and any(f"{d}:{v}" not in cached for v in range(c))]
     new: dict[str, torch.Tensor] = {}
