@@ -287,6 +287,26 @@ def test_compare_runs_both_strategies_on_one_split(tmp_path, weights, monkeypatc
     assert "freeze/report.html" in (tmp_path / "cmp" / "report.html").read_text()
 
 
+def test_compare_shows_both_strategies_as_steps_of_one_overall_bar(photos, tmp_path, weights):
+    """Off a terminal every line names its step; on resume a finished strategy is kept."""
+    import io
+
+    config = FinetuneConfig(data=str(photos), backbone=BACKBONE, weights=str(weights),
+                            workers=0, epochs=1, batch_size=8, report=False, compare=True)
+    # freeze on cached features: one pass; finetune: forward + backward per epoch, then a test
+    assert [finetune.compare_cost(config.for_strategy(s)) for s in finetune.COMPARED] == [1, 4]
+    err = io.StringIO()
+    finetune.run(config, RunDir.create("finetune", tmp_path / "cmp"), Reporter(err=err))
+    lines = err.getvalue().splitlines()
+    for k, strategy in enumerate(finetune.COMPARED, start=1):
+        mine = [line for line in lines if line.startswith(f"[finetune {k}/2 {strategy}] ")]
+        assert any(f"finetune: {strategy} " in line for line in mine), (strategy, lines)
+    assert not [line for line in lines if not line.startswith("[finetune ")]
+    err = io.StringIO()
+    finetune.run(config, RunDir.open(tmp_path / "cmp"), Reporter(err=err), resume=True)
+    assert "[finetune 2/2 finetune] finetune: finished earlier, kept" in err.getvalue()
+
+
 # -------------------------------------------------------------------------- kill -9, resume
 
 

@@ -4,11 +4,13 @@ tested once; two worker processes on one SQLite study record every trial exactly
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,71 @@ def test_a_plot_that_fails_is_logged_in_one_line_and_recorded(tmp_path, monkeypa
     assert not (tmp_path / "importances.png").exists()
     for name in plots.values():
         assert_real_png(tmp_path / name)
+
+
+def _fake_training(monkeypatch, seen: list):
+    """train.run replaced by one that reports through the reporter it is given and returns a
+    made-up result: the trial loop and its progress without any training."""
+    from cnnlab.tasks import train
+
+    def fake_run(cfg, run_dir, reporter, after_epoch=None):
+        seen.append(reporter)
+        for _ in reporter.track(range(3), description="epoch"):
+            pass
+        reporter.log("training")
+        return {"runs": [{"epochs": 2, "stopped": None, "params": 10, "n_train": 80,
+                          "train_seconds": 1.0, "val_accuracy": 0.25 * len(seen)}]}
+
+    monkeypatch.setattr(train, "run", fake_run)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_main_process_shows_the_trials_as_steps_of_one_overall_bar(
+        tiny_config, tmp_path, monkeypatch):
+    from cnnlab.progress import Reporter
+    from cnnlab.tasks import sweep
+
+    seen: list = []
+    _fake_training(monkeypatch, seen)
+    config = sweep.load_sweep_yaml(tiny_config, {})
+    run = RunDir.create("sweep", out=tmp_path / "run")
+    err = io.StringIO()  # off a terminal: every line names the trial's step of the study
+    assert sweep.work(config, run, Reporter(err=err, interval=0), worker=0) == 3
+    lines = err.getvalue().splitlines()
+    for k in (1, 2, 3):
+        step = f"[sweep {k}/3 trial {k - 1}] "
+        assert f"{step}training" in lines
+        assert f"{step}trial {k - 1}: {0.25 * k:.4f}" in " ".join(lines)
+        assert any(line.startswith(f"{step}epoch: 3 it") for line in lines)
+    # Resumed with more trials: the count goes on from the trials already finished.
+    config = replace(config, trials=4)
+    err = io.StringIO()
+    assert sweep.work(config, run, Reporter(err=err, interval=0), worker=0) == 1
+    assert "[sweep 4/4 trial 3] training" in err.getvalue().splitlines()
+    # On a terminal: one bar for the whole sweep, with the trial's bars under it.
+    config = replace(config, trials=5)
+    err = _Terminal()
+    assert sweep.work(config, run, Reporter(err=err), worker=0) == 1
+    assert seen[-1].live is not None  # the trial's work draws into the sweep's display
+    assert "sweep 5/5: trial 4" in err.getvalue()
+
+
+def test_a_worker_process_draws_no_bars_and_names_itself(tiny_config, tmp_path, monkeypatch):
+    from cnnlab.progress import Reporter
+    from cnnlab.tasks import sweep
+
+    seen: list = []
+    _fake_training(monkeypatch, seen)
+    config = replace(sweep.load_sweep_yaml(tiny_config, {}), trials=1)
+    run = RunDir.create("sweep", out=tmp_path / "run")
+    err = _Terminal()  # the terminal the main process draws its bars on
+    assert sweep.work(config, run, Reporter(err=err, interval=0), worker=1) == 1
+    out = err.getvalue()
+    assert "\x1b" not in out and "sweep 1/1" not in out  # no live display, no overall bar
+    lines = out.splitlines()
+    assert lines and all(line.startswith("[worker 1] ") for line in lines)
+    assert "[worker 1] training" in lines

@@ -44,6 +44,10 @@ class Reporter:
     err: TextIO = field(default_factory=lambda: sys.stderr)
     prefix: str = ""  # put before every log line: the step this reporter works for
     live: Progress | None = None  # a display shared with an enclosing `overall`, if any
+    # False: plain log lines even on a terminal. For a process that shares its terminal with
+    # another one drawing bars (a `sweep --workers` child): two live displays overwrite
+    # each other's lines.
+    bars: bool = True
 
     def __post_init__(self) -> None:
         # Off a terminal rich would assume 80 columns and wrap table cells; logs and files
@@ -56,6 +60,8 @@ class Reporter:
     def interactive(self) -> bool:
         """Live bars: on a terminal, or in a Jupyter notebook, where rich draws them as a
         widget (ipywidgets); without ipywidgets a notebook gets the plain log lines."""
+        if not self.bars:
+            return False
         return self.err.isatty() or (self.err_console.is_jupyter and _has_widgets())
 
     def log(self, message: str) -> None:

@@ -988,28 +988,50 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     return results
 
 
+def compare_cost(config: FinetuneConfig) -> float:
+    """A strategy's work in passes of the backbone over the photos: its weight in --compare's
+    overall bar, so that the ETA is not that of two equal halves when freeze takes seconds and
+    finetune minutes. A frozen body on cached features is one forward pass (the head's epochs
+    on the vectors cost next to nothing); otherwise every epoch runs the body over the training
+    photos, one forward pass when it is frozen, about three (forward + backward) when it
+    trains, plus one pass to evaluate."""
+    if config.cached:
+        return 1.0
+    per_epoch = 1.0 if config.strategy == "freeze" else 3.0
+    return per_epoch * config.epochs_ + 1.0
+
+
 def run_compare(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
                 ) -> dict[str, Any] | None:
-    """freeze and finetune on one split, each into its own sub-directory, then one table."""
+    """freeze and finetune on one split, each into its own sub-directory, then one table.
+    The two runs are the steps of one overall bar (weighted by `compare_cost`)."""
     from cnnlab import dist
 
     info = dist.from_env()
+    if not info.is_main:
+        from cnnlab.progress import Reporter
+
+        reporter = Reporter(quiet=True)
     if info.is_main and not resume:
         run_dir.save_config(config)
     runs = {}
-    for strategy in COMPARED:
-        sub = RunDir(run_dir.path / strategy)
-        done = sub.read_json("results.json") if sub.file("results.json").is_file() else None
-        if done is not None and done.get("stopped") != "time-limit":  # finished before
-            runs[strategy] = {**done, "run_dir": str(sub.path)}
-            continue
-        again = resume and sub.file("last.json").is_file()
-        if info.is_main:
-            sub.path.mkdir(parents=True, exist_ok=True)
-            if not again:  # a start that died before its first checkpoint: start clean
-                sub.file("metrics.jsonl").unlink(missing_ok=True)
-        runs[strategy] = _run_one(config.for_strategy(strategy), sub, reporter, again,
-                                  split_dir=run_dir)
+    costs = [compare_cost(config.for_strategy(s)) for s in COMPARED]
+    with reporter.overall("finetune", len(COMPARED), costs) as display:
+        for k, strategy in enumerate(COMPARED, start=1):
+            rep = display.step(k, strategy)
+            sub = RunDir(run_dir.path / strategy)
+            done = sub.read_json("results.json") if sub.file("results.json").is_file() else None
+            if done is not None and done.get("stopped") != "time-limit":  # finished before
+                runs[strategy] = {**done, "run_dir": str(sub.path)}
+                rep.log(f"{strategy}: finished earlier, kept")
+                continue
+            again = resume and sub.file("last.json").is_file()
+            if info.is_main:
+                sub.path.mkdir(parents=True, exist_ok=True)
+                if not again:  # a start that died before its first checkpoint: start clean
+                    sub.file("metrics.jsonl").unlink(missing_ok=True)
+            runs[strategy] = _run_one(config.for_strategy(strategy), sub, rep, again,
+                                      split_dir=run_dir)
     if not info.is_main:
         return None
     from cnnlab.report.finetune import summary_row

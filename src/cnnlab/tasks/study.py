@@ -45,6 +45,8 @@ from cnnlab.runs import RunDir
 if TYPE_CHECKING:
     import optuna
 
+    from cnnlab.progress import Overall
+
 STUDY_DB = "study.db"
 TRIALS_DIR = "trials"
 RACE_RETRIES = 5  # attempts to open a new SQLite study that another worker is creating
@@ -211,11 +213,13 @@ def recover_orphans(study: Study, reporter) -> list[int]:
 
 @dataclass
 class Trial:
-    """What an objective gets: the Optuna trial, its directory and its deadline."""
+    """What an objective gets: the Optuna trial, its directory, its deadline and the reporter
+    its work reports through (a step of the study's overall display, when there is one)."""
 
     optuna_trial: optuna.Trial
     run_dir: RunDir
     deadline: float | None  # time.time() after which the trial should stop (the budget)
+    reporter: Any = None
 
 
 Objective = Callable[[Trial], tuple[float, dict[str, Any]]]
@@ -230,10 +234,14 @@ class Pruned(Exception):
 
 
 def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int, reporter,
-              deadline: float | None = None) -> int:
+              deadline: float | None = None, display: Overall | None = None) -> int:
     """Take trials from `study` and run them until `n_trials` trials exist in it (over every
     process), none is queued, or `deadline` (time.time()) passes. Each trial runs in
-    RUN/trials/trial-NNNN/. Returns how many ran here."""
+    RUN/trials/trial-NNNN/. Returns how many ran here.
+
+    With `display` (`reporter.overall(..., n_trials)`), each trial is a step of it: step k
+    when k - 1 trials of the study have finished, in any process or an earlier run, so the bar
+    and its ETA count the whole study, not this process's share."""
     from optuna.trial import TrialState
 
     ran = 0
@@ -248,6 +256,9 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
             # A queued trial first (a retry, a grid point), else a new one.
             trial = study.optuna_study.ask()
             _set_attrs(trial, owner())
+        finished = sum(t.state.is_finished() and takes_slot(t) for t in trials)
+        rep = (display.step(min(finished + 1, n_trials), f"trial {trial.number}")
+               if display is not None else reporter)
         if trial.number not in waiting:
             earlier = [t for t in study.trials() if t.number < trial.number and takes_slot(t)]
             if len(earlier) >= n_trials:  # started past the count in a race (server storage)
@@ -258,19 +269,20 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
         trial.set_user_attr("run_dir", str(folder.relative_to(run_dir.path)))
         start = time.time()
         try:
-            value, attrs = objective(Trial(trial, RunDir.create("trial", out=folder), deadline))
+            value, attrs = objective(Trial(trial, RunDir.create("trial", out=folder), deadline,
+                                           rep))
         except Pruned as exc:
             _set_attrs(trial, {**exc.attrs, "seconds": round(time.time() - start, 1)})
             study.optuna_study.tell(trial, state=TrialState.PRUNED)
-            reporter.log(f"trial {trial.number}: pruned after epoch {exc.attrs.get('epochs')}")
+            rep.log(f"trial {trial.number}: pruned after epoch {exc.attrs.get('epochs')}")
         except Exception as exc:  # one bad setting (or a bug in one trial) must not end it
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
             study.optuna_study.tell(trial, state=TrialState.FAIL)
-            reporter.log(f"trial {trial.number}: failed — {_failure(exc, folder)}")
+            rep.log(f"trial {trial.number}: failed — {_failure(exc, folder)}")
         else:
             _set_attrs(trial, {**attrs, "seconds": round(time.time() - start, 1)})
             study.optuna_study.tell(trial, value)
-            reporter.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
+            rep.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
         ran += 1
         checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
     return ran

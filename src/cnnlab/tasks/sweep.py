@@ -287,9 +287,10 @@ def _max_epochs(config: SweepConfig) -> int:
     return math.ceil(top)
 
 
-def sweep_objective(config: SweepConfig, reporter) -> Objective:
+def sweep_objective(config: SweepConfig) -> Objective:
     """One trial: its settings from the space, `cnnlab train` into its directory on the
-    validation split, validation accuracy after every epoch to the pruner."""
+    validation split (reporting through the trial's reporter), validation accuracy after every
+    epoch to the pruner."""
     import optuna
 
     from cnnlab.tasks import train
@@ -314,7 +315,7 @@ def sweep_objective(config: SweepConfig, reporter) -> Objective:
                 raise optuna.TrialPruned
 
         try:
-            res = train.run(cfg, t.run_dir, reporter, after_epoch=after_epoch)
+            res = train.run(cfg, t.run_dir, t.reporter, after_epoch=after_epoch)
         except optuna.TrialPruned:
             raise Pruned({"epochs": epochs_seen[-1] if epochs_seen else 0,
                           "stopped": "pruned"}) from None
@@ -339,14 +340,21 @@ def spawn_workers(run_dir: RunDir, n: int, quiet: bool) -> list[subprocess.Popen
 
 
 def work(config: SweepConfig, run_dir: RunDir, reporter, worker: int = 0) -> int:
-    """One process's share of the trials (the main process and every `--worker`)."""
+    """One process's share of the trials (the main process and every `--worker`). The main
+    process (worker 0) shows the overall bar over the study's trials; a worker shares its
+    terminal, so it draws no bar and logs plain lines that start with its number."""
+    if worker:
+        reporter = replace(reporter, prefix=f"[worker {worker}] {reporter.prefix}", bars=False)
     url = storage_url(config.storage, run_dir)
     n_existing = len(open_study(url, config.study).trials())
     study = open_study(url, config.study, _sampler(config, worker, n_existing),
                        _pruner(config, _max_epochs(config)))
     deadline = time.time() + 60 * config.budget if config.budget else None
-    return run_study(study, run_dir, sweep_objective(config, reporter), config.trials,
-                     reporter, deadline)
+    with contextlib.ExitStack() as stack:
+        display = None if worker else stack.enter_context(reporter.overall("sweep",
+                                                                           config.trials))
+        return run_study(study, run_dir, sweep_objective(config), config.trials, reporter,
+                         deadline, display=display)
 
 
 def run(config: SweepConfig, run_dir: RunDir, reporter, resume: bool = False,
