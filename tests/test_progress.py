@@ -83,3 +83,38 @@ def test_an_overall_inside_a_lab_step_shares_its_display_and_prefixes_both():
     with outer.overall("lab", 1) as display, display.step(1, "train").overall("train", 2) as inner:
         inner.step(1, "simple-cnn-seed0").log("x")
     assert plain.getvalue() == "[lab 1/1 train] [train 1/2 simple-cnn-seed0] x\n"
+
+
+def _overall_row(display) -> str:
+    """The overall bar's line as the terminal shows it."""
+    from rich.console import Console
+
+    out = io.StringIO()
+    task = next(t for t in display.bar.tasks if t.id == display.task)
+    Console(file=out, width=200).print(display.bar.make_tasks_table([task]))
+    return out.getvalue()
+
+
+def test_the_overall_eta_comes_from_the_finished_steps_however_long_they_took():
+    """Steps of minutes: the time left is the finished steps' seconds per unit of estimated
+    work times the work left, less what the running step has done; a step kept from an earlier
+    run (it ends at once) is not counted as speed."""
+    clock = [0.0]
+    reporter = Reporter(err=FakeTerminal(), out=io.StringIO())
+    reporter.err_console.get_time = lambda: clock[0]  # the display's clock
+    with reporter.overall("train", 3, [100.0, 100.0, 200.0]) as display:
+        display.step(1, "a")
+        assert "-:--:--" in _overall_row(display)  # nothing finished: no guess
+        clock[0] = 300.0  # the first step took 3 s per unit of work
+        display.step(2, "b")
+        assert "0:15:00" in _overall_row(display)  # 300 units left x 3 s
+        clock[0] = 400.0
+        assert "0:13:20" in _overall_row(display)  # less the 100 s step b has run
+    with reporter.overall("train", 3, [100.0, 100.0, 200.0]) as display:
+        clock[0] = 1000.0
+        display.step(1, "a")
+        clock[0] = 1000.5  # a finished earlier, kept
+        display.step(2, "b")
+        clock[0] = 1100.5  # b: 1 s per unit
+        display.step(3, "c")
+        assert "0:03:20" in _overall_row(display)  # 200 units x 1 s, not x 0.5 s

@@ -24,14 +24,20 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 T = TypeVar("T")
+
+# A step of an overall display that ends sooner than this was not run but kept (finished before
+# a resume): it says nothing about speed, so the ETA is measured from after it.
+KEPT_STEP_SECONDS = 1.0
 
 
 @dataclass
@@ -170,11 +176,19 @@ class Overall:
     bar: Progress | None
     task: Any
     weights: list[float] = field(default_factory=list)  # estimated seconds per step
+    # (time, completed) where the ETA's measure starts, and when the current step started
+    _since: tuple[float, float] | None = field(default=None, init=False)
+    _step_start: float | None = field(default=None, init=False)
 
     def step(self, k: int, name: str) -> Reporter:
         if self.bar is not None:
-            self.bar.update(self.task, completed=sum(self.weights[: k - 1]),
-                            description=f"{self.description} {k}/{self.total}: {name}")
+            now, completed = self.bar.get_time(), sum(self.weights[: k - 1])
+            if self._step_start is None or now - self._step_start < KEPT_STEP_SECONDS:
+                self._since = (now, completed)
+            self._step_start = now
+            self.bar.update(self.task, completed=completed,
+                            description=f"{self.description} {k}/{self.total}: {name}",
+                            eta=(*self._since, now))
         # Nested in a lab step, the lines carry both: "[lab 6/8 train] [train 2/9 ...] ".
         return replace(self.parent, prefix=f"{self.parent.prefix}[{self.description.strip()} "
                        f"{k}/{self.total} {name}] ", live=self.bar)
@@ -196,4 +210,29 @@ def _columns() -> list[Any]:
 def _overall_columns() -> list[Any]:
     """The overall bar counts estimated seconds, so it shows a percentage, not 'M of N'."""
     return [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn()]
+            TimeElapsedColumn(), _OverallRemaining()]
+
+
+class _OverallRemaining(ProgressColumn):
+    """Time left on an overall bar: the seconds per unit of estimated work that this run's
+    finished steps took, times the work left, less what the current step has run already.
+    rich's TimeRemainingColumn averages the updates of the last 30 s, and an overall bar moves
+    once a step: with steps of minutes it would never show a time. The steps' own bars in the
+    same display (no `eta` field) keep rich's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rich = TimeRemainingColumn()
+
+    def render(self, task: Any) -> Text:
+        if "eta" not in task.fields:
+            return self.rich.render(task)
+        since, base, step_start = task.fields["eta"]
+        done = task.completed - base
+        if done <= 0 or task.total is None:
+            return Text("-:--:--", style="progress.remaining")
+        left = ((task.total - task.completed) * (step_start - since) / done
+                - (task.get_time() - step_start))
+        minutes, seconds = divmod(int(max(left, 0.0)), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{hours:d}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
