@@ -111,12 +111,21 @@ class Step:
     seconds: float = 1.0
     quick_seconds: float = 1.0
 
+    # On a machine with one CPU, where a step that runs two processes on two gets none of
+    # that (the experiments step): its seconds there.
+    one_cpu_seconds: float | None = None
+
     def estimate(self, config: LabConfig) -> float:
         if config.quick:
             return self.quick_seconds
         share = budget_shares(config).get(self.name)
         if share is not None:  # a training step under the lab's budget
             return 60 * share + (30 if self.name == "train" else 0)
+        if self.one_cpu_seconds is not None:
+            from cnnlab.tasks.experiment import available_cores
+
+            if available_cores() < 2:
+                return self.one_cpu_seconds
         return self.seconds
 
 
@@ -247,19 +256,28 @@ CIFAR_ZIP = ("cifar10", "cifar10-jpg.zip")
 
 TRAIN_SEEDS = 3
 TRAIN_MINUTES = 6.0  # the train step's share of the lab: 9 runs of 40 s each
-# The experiments step without a budget (3 seed rounds): 557 s on the 2-core Xeon
-# (BENCHMARKS.md), the base of its share when the lab has a budget.
+# The experiments step without a budget (3 seed rounds) on the 2-core Xeon (BENCHMARKS.md):
+# 557 s in one process; with two processes (--workers 2, a group of studies each) the longest
+# group, depth + filters + pooling, takes ~305 s (experiment.ROUND_SECONDS). The base of its
+# share when the lab has a budget.
 EXPERIMENT_MINUTES = 9.3
+EXPERIMENT_MINUTES_2_WORKERS = 5.3
+
+
+def experiment_minutes() -> float:
+    from cnnlab.tasks.experiment import available_cores
+
+    return EXPERIMENT_MINUTES_2_WORKERS if available_cores() >= 2 else EXPERIMENT_MINUTES
 TRAINING_STEPS = ("train", "experiments")  # the steps a lab budget scales
 
 
 def budget_shares(cfg: LabConfig) -> dict[str, float]:
     """{step: minutes} for the training steps under the lab's budget ({} without one): the
     budget less the other selected steps' estimates, split in the default plan's proportions
-    (train 6 : experiments 9.3)."""
+    (train 6 : experiments 5.3 with two CPUs, 9.3 with one)."""
     if cfg.budget is None or cfg.quick:
         return {}
-    base = {"train": TRAIN_MINUTES, "experiments": EXPERIMENT_MINUTES}
+    base = {"train": TRAIN_MINUTES, "experiments": experiment_minutes()}
     chosen = [s.name for s in cfg.selected() if s.name in TRAINING_STEPS]
     if not chosen:
         return {}
@@ -277,7 +295,7 @@ def minimum_minutes(cfg: LabConfig) -> float:
     steps = [s for s in STEPS if (not cfg.only or s.name in cfg.only)
              and s.name not in cfg.skip]
     fixed = sum(s.seconds for s in steps if s.name not in TRAINING_STEPS) / 60
-    half = {"train": TRAIN_MINUTES / 2 + 0.5, "experiments": EXPERIMENT_MINUTES / 2}
+    half = {"train": TRAIN_MINUTES / 2 + 0.5, "experiments": experiment_minutes() / 2}
     return fixed + sum(half[s.name] for s in steps if s.name in TRAINING_STEPS)
 
 
@@ -372,7 +390,7 @@ STEPS: tuple[Step, ...] = (
          25),
     Step("charrnn", "A character RNN learns hello, green, start", plan_charrnn, 1, 1),
     Step("experiments", "Lab B's claims checked: depth, filters, pooling, residual connections",
-         plan_experiments, 560, 40),
+         plan_experiments, 320, 40, one_cpu_seconds=560),
 )
 
 
