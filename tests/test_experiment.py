@@ -140,3 +140,17 @@ def test_resume_with_more_seeds_adds_seed_rounds_and_refuses_other_flags(shared_
     assert main(["experiment", "--resume", str(out), "--epochs", "3"]) == 2
     err = capsys.readouterr().err
     assert "--epochs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_progress_lines_carry_the_overall_step_over_every_round(shared_data, tmp_path,
+                                                                monkeypatch, capsys):
+    """One overall display over studies x seed rounds (issue 18): off a terminal every line of
+    a round's trials says which step of the whole job it is."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data = shared_data("cifar10", "cifar10-jpg.zip")
+    assert main(["experiment", "pooling", "--quick", "--seeds", "2", "--limit-per-class", "10",
+                 "--data", str(data), "--out", str(tmp_path / "run"), "--no-report"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    first = [ln for ln in err if ln.startswith("[experiment 1/2 pooling seed 0] ")]
+    second = [ln for ln in err if ln.startswith("[experiment 2/2 pooling seed 1] ")]
+    assert any("trial 0:" in ln for ln in first) and any("trial 3:" in ln for ln in second)

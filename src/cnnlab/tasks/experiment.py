@@ -464,8 +464,9 @@ class Study:
             run_dir.save_config({"experiment": name, "config": config, "train": self.base,
                                  "design": config.design(name), "settings": self.grid.settings})
 
-    def run_round(self, seed: int) -> None:
-        """Every setting with `seed` (queued once; a resumed run finds them queued or done)."""
+    def run_round(self, seed: int, reporter=None) -> None:
+        """Every setting with `seed` (queued once; a resumed run finds them queued or done).
+        `reporter`: the round's step of the overall display (else the study's own)."""
         from cnnlab.tasks import study
 
         with self.study.lock():
@@ -478,7 +479,7 @@ class Study:
                                                           user_attrs={"round": seed})
         t0 = time.monotonic()
         ran = study.run_study(self.study, self.run_dir, self.objective,
-                              len(self.grid.settings) * (seed + 1), self.reporter)
+                              len(self.grid.settings) * (seed + 1), reporter or self.reporter)
         if ran:  # a round found done (a resumed run) says nothing about this machine's speed
             self.round_seconds.append(time.monotonic() - t0)
 
@@ -873,30 +874,44 @@ def run_rounds(config: ExperimentConfig, studies: list[Study], reporter,
         return None if deadline is None else deadline - time.time()
 
     last_round = config.max_seeds if config.budget else config.seeds
-    for seed in range(last_round):
-        ran = False
-        for study in studies:
-            left = time_left()
-            if left is not None and left <= 0:
+    # One bar over the rounds every run trains (studies x --seeds), each weighted by its
+    # expected seconds, so the ETA covers the whole job; a budget's extra rounds come after
+    # it, on the last step's line.
+    weights = [expected_seconds(st.name, config) for _ in range(config.seeds) for st in studies]
+    with reporter.overall("experiment", len(weights), weights) as display:
+        k = 0
+        for seed in range(last_round):
+            ran = False
+            for study in studies:
+                left = time_left()
+                if left is not None and left <= 0:
+                    break
+                extra = seed >= config.seeds and study.round_seconds
+                if extra and (left is None or statistics.fmean(study.round_seconds) > left):
+                    continue  # an extra round that would not fit
+                k = min(k + 1, len(weights))
+                step = display.step(k, f"{study.name} seed {seed}")
+                checkpoints.crash_point(f"experiment:{study.name}:seed-{seed}")
+                step.log(f"experiment {study.name}: seed {seed} of every setting")
+                study.run_round(seed, step)
+                ran = True
+            if not ran:
                 break
-            extra = seed >= config.seeds and study.round_seconds
-            if extra and (left is None or statistics.fmean(study.round_seconds) > left):
-                continue  # an extra round that would not fit
-            checkpoints.crash_point(f"experiment:{study.name}:seed-{seed}")
-            reporter.log(f"experiment {study.name}: seed {seed} of every setting")
-            study.run_round(seed)
-            ran = True
-        if not ran:
-            break
-        one = sum(st.round_seconds[0] for st in studies if st.round_seconds)
-        if seed == 0 and one:  # the first round is the estimate of every later one
-            need = one * (config.seeds - 1)
-            left = time_left()
-            reporter.log(f"one seed of every net took {one:.0f} s: {config.seeds} seeds take "
-                         f"about {(one + need) / 60:.1f} minutes here"
-                         + (f"; the budget leaves {max(0.0, left) / 60:.1f} for "
-                            f"{need / 60:.1f}, so the last trials will be cut and left out"
-                            if left is not None and need > left else ""))
+            _estimate(config, studies, seed, time_left, reporter)
+
+
+def _estimate(config: ExperimentConfig, studies: list[Study], seed: int, time_left,
+              reporter) -> None:
+    """After the first round: what all of them will take here, and whether a budget cuts."""
+    one = sum(st.round_seconds[0] for st in studies if st.round_seconds)
+    if seed == 0 and one:  # the first round is the estimate of every later one
+        need = one * (config.seeds - 1)
+        left = time_left()
+        reporter.log(f"one seed of every net took {one:.0f} s: {config.seeds} seeds take "
+                     f"about {(one + need) / 60:.1f} minutes here"
+                     + (f"; the budget leaves {max(0.0, left) / 60:.1f} for "
+                        f"{need / 60:.1f}, so the last trials will be cut and left out"
+                        if left is not None and need > left else ""))
 
 
 # ------------------------------------------------------------------------------- workers
