@@ -236,6 +236,9 @@ def plan_evaluate(cfg: LabConfig) -> Plan:
     return Plan(evaluate.run, config, command, inputs=[photos])
 
 
+LAB_BACKBONE = "efficientnet_lite0"  # the finetune step's body (its weights ship with cnnlab)
+
+
 def plan_finetune(cfg: LabConfig) -> Plan:
     # Lab A (4): the lab's two experiments — every layer trained vs the body frozen — on one
     # split of the user's photos (default: hymenoptera). --quick: 2 epochs each.
@@ -245,8 +248,14 @@ def plan_finetune(cfg: LabConfig) -> Plan:
     if not data.is_dir():
         raise Skip(f"no transfer-learning photos at {data} (set --data-root or --finetune-data)")
     quick = {"epochs": 2} if cfg.quick else {}
-    config = finetune.FinetuneConfig(data=str(data), compare=True, **quick)
-    command = f"cnnlab finetune {data} --compare" + (" --epochs 2" if cfg.quick else "")
+    # One backbone for both, the lab's way (it used AlexNet for both): Lite0. `--model auto`
+    # would score Lite0/1/2 and pick Lite2 on hymenoptera, and fine-tuning Lite2 for 15 epochs
+    # takes ~39 s an epoch on 2 cores (measured in a fresh `make lab`, 2026-12-02): ~10
+    # minutes, half the lab's 20. The question is freeze against fine-tune, not which body.
+    config = finetune.FinetuneConfig(data=str(data), compare=True, backbone=LAB_BACKBONE,
+                                     **quick)
+    command = (f"cnnlab finetune {data} --compare -m {LAB_BACKBONE}"
+               + (" --epochs 2" if cfg.quick else ""))
     return Plan(finetune.run, config, command, inputs=[data])
 
 
