@@ -801,3 +801,14 @@ def test_resume_of_a_fitted_head_run_refits_to_the_same_head(photos, tmp_path, w
     assert torch.allclose(before["head.weight"], after["head.weight"], atol=1e-6)
     # --epochs asks for the other head fit: refused in one line, not silently switched.
     assert cli_main("finetune", "--resume", str(tmp_path / "run"), "--epochs", "5") == 2
+
+
+def test_compare_epochs_go_to_the_trained_strategy_and_the_frozen_head_stays_fitted():
+    from cnnlab.tasks.finetune import FinetuneConfig
+
+    cfg = FinetuneConfig(data="d", compare=True, epochs=8)
+    freeze, tuned = cfg.for_strategy("freeze"), cfg.for_strategy("finetune")
+    assert freeze.head_fit == "lbfgs" and freeze.epochs is None
+    assert tuned.epochs_ == 8 and tuned.strategy == "finetune"
+    # Without --compare, --epochs still means an epoch-trained frozen head.
+    assert FinetuneConfig(data="d", epochs=8).head_fit == "epochs"

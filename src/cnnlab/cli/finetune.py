@@ -113,7 +113,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="store_true", default=None,
                    help="run freeze and finetune on the same split, side by side")
     p.add_argument("--epochs", type=int, metavar="N",
-                   help="epochs (freeze 30, finetune 15, gradual 20)")
+                   help="epochs (freeze 30, finetune 15, gradual 20); with --compare, the "
+                        "fine-tuned strategy's (the frozen head is still fitted by L-BFGS)")
     p.add_argument("--batch-size", type=int, metavar="N", help="photos per step (32)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimiser (adamw)")
     p.add_argument("--lr", type=float, help="head learning rate (adamw 1e-3, sgd 1e-2)")

@@ -181,8 +181,10 @@ class FinetuneConfig:
 
     def _resolve_head_fit(self) -> None:
         fits = self.strategy == "freeze" and self.cache and self.augment is not True
+        # With --compare, --epochs is the trained strategy's: the frozen head is still fitted.
+        epochs = None if self.compare else self.epochs
         if self.head_fit is None:
-            chosen = "lbfgs" if fits and self.epochs is None and self.lr is None else "epochs"
+            chosen = "lbfgs" if fits and epochs is None and self.lr is None else "epochs"
             object.__setattr__(self, "head_fit", chosen)
             return
         if self.head_fit not in HEAD_FITS:
@@ -190,7 +192,7 @@ class FinetuneConfig:
         if self.head_fit == "lbfgs" and not fits:
             raise CnnlabError("--head-fit lbfgs needs --strategy freeze with the feature cache "
                               "and no --augment")
-        if self.head_fit == "lbfgs" and (self.epochs is not None or self.lr is not None):
+        if self.head_fit == "lbfgs" and (epochs is not None or self.lr is not None):
             raise CnnlabError("--epochs and --lr apply to --head-fit epochs, not lbfgs")
 
     @property
@@ -231,8 +233,10 @@ class FinetuneConfig:
         """This config for one strategy of --compare (its own epoch/augment defaults)."""
         from dataclasses import replace
 
+        fitted = strategy == "freeze" and self.head_fit == "lbfgs"
         return replace(self, strategy=strategy, compare=False,
-                       head_fit=self.head_fit if strategy == "freeze" else None)
+                       head_fit=self.head_fit if strategy == "freeze" else None,
+                       epochs=None if fitted else self.epochs)
 
 
 def top_k_for(n_classes: int, asked: int | None) -> int:
