@@ -58,7 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the search: data, space, train settings (not with --resume)")
     p.add_argument("--trials", type=int, metavar="N", help="trials in all (20)")
     p.add_argument("--budget", type=float, metavar="MINUTES",
-                   help="no new trial after this many minutes; a running one is cut to fit")
+                   help="minutes of search: no new trial after them, and a running one is "
+                        "cut to fit (the best's re-training on train + validation and its one "
+                        "test come after, outside these minutes)")
     p.add_argument("--workers", type=int, metavar="N", help="processes on this machine (1)")
     p.add_argument("--storage", metavar="URL",
                    help="Optuna RDB storage URL (default: sqlite in the run directory)")
