@@ -184,9 +184,14 @@ def test_lab_prints_its_estimate_and_the_overall_bar_advances_by_the_estimates(t
     total = sum(by[n].seconds for n in FAST[1:])
     assert "estimated time" in err and f"; {total:.0f} s in all" in err
 
-    class Bar:  # records what the display is told
+    class Bar:  # records what the display is told; its clock moves 10 s a reading
         def __init__(self):
             self.calls = []
+            self.clock = 0.0
+
+        def get_time(self):
+            self.clock += 10.0
+            return self.clock
 
         def update(self, task, **kw):
             self.calls.append(kw)
