@@ -52,3 +52,22 @@ def chromium() -> str:
     if path is None:
         missing("Chromium not installed (apt-get install -y chromium)")
     return path
+
+
+@pytest.fixture
+def postgres():
+    """A running throw-away PostgreSQL server (tests/postgres.py), stopped after the test; the
+    test is skipped (failed in CI) where PostgreSQL or its Python driver is not installed."""
+    from postgres import PostgresServer, find_bindir
+
+    if find_bindir() is None:
+        missing("PostgreSQL not installed (apt-get install -y postgresql)")
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy's driver for postgresql:// URLs)
+    except ImportError:
+        missing("psycopg not installed (pip install 'cnnlab[postgres]')")
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
