@@ -20,8 +20,12 @@ the storage, so `n_trials` means that many trials over every process and every r
   before it takes a trial, looks for RUNNING trials of this machine whose process is gone (pid
   and start time recorded with the trial): such a trial is marked FAIL ("retried") and its
   settings are queued again as a new trial, which runs it from the start. The failed attempt no
-  longer counts, the retry does: nothing is lost, nothing counted twice. A trial of another
-  machine is left to that machine (or to Optuna's heartbeat).
+  longer counts, the retry does: nothing is lost, nothing counted twice.
+- A trial of another machine is judged by Optuna's heartbeat, on a server storage only (SQLite
+  lives on one machine, where the pid check above is exact): a running trial records a
+  heartbeat every `heartbeat_seconds()` (60 s; `CNNLAB_HEARTBEAT` sets it), and one whose last
+  heartbeat is older than `GRACE_BEATS` of them is failed by whichever process looks next
+  (`optuna.storages.fail_stale_trials`), which queues its settings again the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import hashlib
 import io
 import os
 import socket
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +56,13 @@ if TYPE_CHECKING:
 STUDY_DB = "study.db"
 TRIALS_DIR = "trials"
 RACE_RETRIES = 5  # attempts to open a new SQLite study that another worker is creating
+HEARTBEAT_SECONDS = 60  # a server storage's heartbeat: one small UPDATE a minute per trial
+# A trial is stale after this many missed heartbeats: long enough that a busy machine (a
+# training step holding the GIL, a slow database) is never taken for a dead one.
+GRACE_BEATS = 3
+# User attributes that belong to the process that ran a trial, not to its settings: a retry
+# does not inherit them.
+OWNER_KEYS = ("host", "pid", "process_start", "run_dir")
 
 
 # --------------------------------------------------------------------------- storage, lock
@@ -60,18 +73,37 @@ def storage_url(config_storage: str | None, run_dir: RunDir) -> str:
     return config_storage or f"sqlite:///{run_dir.path.resolve() / STUDY_DB}"
 
 
+def heartbeat_seconds() -> int:
+    """Seconds between a running trial's heartbeats on a server storage (CNNLAB_HEARTBEAT)."""
+    value = os.environ.get("CNNLAB_HEARTBEAT", "")
+    try:
+        seconds = int(value) if value else HEARTBEAT_SECONDS
+    except ValueError:
+        raise CnnlabError(f"CNNLAB_HEARTBEAT={value!r}: not a whole number of seconds") from None
+    if seconds < 1:
+        raise CnnlabError(f"CNNLAB_HEARTBEAT={value!r}: must be at least 1 second")
+    return seconds
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     import optuna
 
     kwargs: dict[str, Any] = {}
+    beats: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Wait for another process's write instead of failing with "database is locked".
         kwargs = {"connect_args": {"timeout": 120}}
+    else:  # a server shared by machines: a dead machine's trials are found by their heartbeat
+        seconds = heartbeat_seconds()
+        beats = {"heartbeat_interval": seconds, "grace_period": GRACE_BEATS * seconds,
+                 "heartbeat_stale_trial_callback": queue_retry}
     # Two workers starting on a new database race to create its tables: the loser sees "table
     # ... already exists" (seen in CI). The winner's tables are then there: try again.
     for attempt in range(RACE_RETRIES):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)
         except (ImportError, ValueError) as exc:
             raise CnnlabError(f"cannot open the study storage {url!r}: {exc}") from None
         except Exception as exc:  # sqlalchemy's errors: a wrong URL, a server that is not there
@@ -176,29 +208,57 @@ def _orphaned(t: optuna.trial.FrozenTrial) -> bool:
     return start is None or abs(start - float(a.get("process_start") or 0)) > 1.0
 
 
-def takes_slot(t: optuna.trial.FrozenTrial) -> bool:
+def retried_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """The numbers of the trials that a later trial retries."""
+    return {int(t.user_attrs["retry_of"]) for t in trials
+            if t.user_attrs.get("retry_of") is not None}
+
+
+def takes_slot(t: optuna.trial.FrozenTrial, retried: set[int] | frozenset = frozenset()
+               ) -> bool:
     """Whether a trial counts towards the number of trials: every trial but a failed one that
-    was retried (its retry counts) or started past the count in a race."""
+    was retried (its retry counts: marked so, or its number in `retried`, see
+    `retried_numbers`) or started past the count in a race."""
     from optuna.trial import TrialState
 
     return not (t.state == TrialState.FAIL
-                and (t.user_attrs.get("retried") or t.user_attrs.get("surplus")))
+                and (t.user_attrs.get("retried") or t.user_attrs.get("surplus")
+                     or t.number in retried))
+
+
+def queue_retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """Queue a dead trial's settings again as a new trial that records what it retries; its
+    other user attributes (e.g. an experiment's seed round) go with it, the dead process's
+    do not. Also Optuna's callback for a trial failed by its stale heartbeat."""
+    attrs = {k: v for k, v in t.user_attrs.items()
+             if k not in (*OWNER_KEYS, "retried", "retry_of")}
+    study.enqueue_trial(dict(t.params), user_attrs={**attrs, "retry_of": t.number})
 
 
 def recover_orphans(study: Study, reporter) -> list[int]:
-    """Fail this machine's trials whose process died and queue their settings again (once).
-    Call under `study.lock()`. Returns the numbers of the trials failed."""
+    """Fail this machine's trials whose process died and queue their settings again (once);
+    on a server storage, also any machine's trials whose heartbeat stopped. Call under
+    `study.lock()`. Returns the numbers of the trials failed here by their process's death."""
+    import optuna
     from optuna.trial import TrialState
 
+    before = {t.number for t in study.trials() if t.state == TrialState.RUNNING}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study.optuna_study)  # no-op without heartbeats
     trials = study.trials()
-    retried_of = {t.user_attrs.get("retry_of") for t in trials}
+    stale = [t.number for t in trials if t.number in before and t.state == TrialState.FAIL]
+    for number in stale:
+        reporter.log(f"trial {number}: no heartbeat for {GRACE_BEATS} beats (its machine "
+                     "stopped?); failed and queued again")
+    retried_of = retried_numbers(trials)
     failed = []
     for t in trials:
         if t.state != TrialState.RUNNING or not _orphaned(t):
             continue
         study.set_user_attr(t.number, "retried", True)
         if t.number not in retried_of:
-            study.optuna_study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+            queue_retry(study.optuna_study, t)
         # Finished meanwhile by someone else (a server storage shared with another machine
         # that took it over): nothing to fail.
         study.optuna_study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -249,18 +309,23 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
         with study.lock():
             recover_orphans(study, reporter)
             trials = study.trials()
-            used = sum(takes_slot(t) for t in trials)
+            retried = retried_numbers(trials)
+            used = sum(takes_slot(t, retried) for t in trials)
             waiting = {t.number for t in trials if t.state == TrialState.WAITING}
             if used >= n_trials and not waiting:
                 break
             # A queued trial first (a retry, a grid point), else a new one.
-            trial = study.optuna_study.ask()
+            with warnings.catch_warnings():  # we beat ourselves (`heartbeat`) around ask/tell
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed")
+                trial = study.optuna_study.ask()
             _set_attrs(trial, owner())
-        finished = sum(t.state.is_finished() and takes_slot(t) for t in trials)
+        finished = sum(t.state.is_finished() and takes_slot(t, retried) for t in trials)
         rep = (display.step(min(finished + 1, n_trials), f"trial {trial.number}")
                if display is not None else reporter)
         if trial.number not in waiting:
-            earlier = [t for t in study.trials() if t.number < trial.number and takes_slot(t)]
+            now = study.trials()
+            earlier = [t for t in now
+                       if t.number < trial.number and takes_slot(t, retried_numbers(now))]
             if len(earlier) >= n_trials:  # started past the count in a race (server storage)
                 trial.set_user_attr("surplus", True)
                 study.optuna_study.tell(trial, state=TrialState.FAIL)
@@ -269,8 +334,9 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
         trial.set_user_attr("run_dir", str(folder.relative_to(run_dir.path)))
         start = time.time()
         try:
-            value, attrs = objective(Trial(trial, RunDir.create("trial", out=folder), deadline,
-                                           rep))
+            with heartbeat(study, trial.number):
+                value, attrs = objective(Trial(trial, RunDir.create("trial", out=folder),
+                                               deadline, rep))
         except Pruned as exc:
             _set_attrs(trial, {**exc.attrs, "seconds": round(time.time() - start, 1)})
             study.optuna_study.tell(trial, state=TrialState.PRUNED)
@@ -286,6 +352,36 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
         ran += 1
         checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
     return ran
+
+
+@contextlib.contextmanager
+def heartbeat(study: Study, number: int) -> Iterator[None]:
+    """Record trial `number`'s heartbeat now and every heartbeat interval until the block
+    ends, on a storage with heartbeats (a server); nothing on SQLite. A daemon thread: a
+    process killed mid-trial stops beating, which is the point."""
+    interval = study.storage.get_heartbeat_interval()
+    if not interval:
+        yield
+        return
+    study_id = study.storage.get_study_id_from_name(study.optuna_study.study_name)
+    trial_id = study.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a database hiccup: the next beat retries
+                study.storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    study.storage.record_heartbeat(trial_id)  # stale-checkable from its first second
+    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _failure(exc: Exception, folder: Path) -> str:
@@ -314,7 +410,9 @@ def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
 def trial_rows(study: Study) -> list[dict[str, Any]]:
     """One row per trial, in number order: settings, value, seconds, state and why."""
     rows = []
-    for t in sorted(study.trials(), key=lambda t: t.number):
+    trials = study.trials()
+    retried = retried_numbers(trials)
+    for t in sorted(trials, key=lambda t: t.number):
         a = t.user_attrs
         rows.append({
             "number": t.number, "state": t.state.name, "params": dict(t.params),
@@ -322,7 +420,8 @@ def trial_rows(study: Study) -> list[dict[str, Any]]:
             "epochs": a.get("epochs"), "stopped": a.get("stopped"),
             "seconds": a.get("seconds"), "params_count": a.get("params_count"),
             "run_dir": a.get("run_dir"), "retry_of": a.get("retry_of"),
-            "retried": bool(a.get("retried")), "surplus": bool(a.get("surplus")),
+            "retried": bool(a.get("retried")) or t.number in retried,
+            "surplus": bool(a.get("surplus")),
             "error": a.get("error"), "host": a.get("host"), "pid": a.get("pid"),
             "intermediate": {int(k): v for k, v in t.intermediate_values.items()},
             **{k: v for k, v in a.items() if k.startswith("metric_")},
