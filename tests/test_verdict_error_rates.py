@@ -2,9 +2,12 @@
 experiments with normal seed-to-seed noise and a known truth, run through the very function the
 verdicts use (`stats.decide_many`; `decide` is checked to agree with it). With no true effect a
 verdict of either kind is false; the rule promises at most ALPHA / 2 of each ("held", "did not
-hold"), ALPHA in all. Monte-Carlo tolerance: a cell passes when the Wilson 95% interval of its
-observed rate reaches down to the promised rate (at 4,000 experiments and a true 2.5% the
-observed rate lies within about +-0.5 points of it).
+hold"), ALPHA in all, when the settings' spreads are equal. Where they differ (up to 3x here)
+Welch's t is a little liberal at 3-5 seeds (2.7% a side, measured over 200,000 experiments), so
+those cells are held to TESTED_FALSE_VERDICT_RATE_UNEQUAL (3% a side). Monte-Carlo tolerance: a
+cell passes when the Wilson 95% interval of its observed rate reaches down to the bound (at
+4,000 experiments and a true 2.5% the observed rate lies within about +-0.5 points of it; every
+bound is at least 3 standard errors above the rate measured over 200,000).
 
 The claim shapes are the lab's claims as `Claim` specs (the ones `cnnlab experiment` decides
 with); `benchmarks/verdict_error_rates.py` prints the same simulation as tables (and the power
@@ -113,16 +116,18 @@ def within(k: int, n: int, rate: float) -> bool:
     return wilson(k, n)[0] <= rate
 
 
-def check_null(claim: Claim) -> list[str]:
+def check_null(claim: Claim, seed: int = 26) -> list[str]:
     """Every cell (spread pattern x seeds) of the no-effect simulation: the cells that break
     the rule's promise (empty when it holds)."""
-    rng = np.random.default_rng(26)
+    rng = np.random.default_rng(seed)
     bad = []
     for seeds in SEEDS:
         for pattern, sigma in spread_patterns(claim.settings).items():
+            bound = (stats.TESTED_FALSE_VERDICT_RATE if pattern == "equal"
+                     else stats.TESTED_FALSE_VERDICT_RATE_UNEQUAL)
             held, refuted = null_rates(claim, seeds, sigma, rng)
-            if not (within(held, N, stats.ALPHA / 2) and within(refuted, N, stats.ALPHA / 2)
-                    and within(held + refuted, N, stats.TESTED_FALSE_VERDICT_RATE)):
+            if not (within(held, N, bound / 2) and within(refuted, N, bound / 2)
+                    and within(held + refuted, N, bound)):
                 bad.append(f"{claim.name}, {seeds} seeds, spreads {pattern}: held {held}, "
                            f"did not hold {refuted} of {N}")
     return bad

@@ -53,9 +53,13 @@ all-parts claim given as intervals):
 Error rates as tested: tests/test_verdict_error_rates.py runs the rule on TESTED_SIMULATIONS
 simulated experiments per claim shape, spread pattern and seed count (3 and 5 seeds, normal
 seed-to-seed noise, no true effect) and asserts a false verdict ("held" or "did not hold") in at
-most TESTED_FALSE_VERDICT_RATE of them, up to Monte-Carlo error (the Wilson interval's low end);
-BENCHMARKS.md gives the table and the power at an effect of 2 spreads. Welch's t is slightly
-liberal at 3 seeds when the settings' spreads differ tenfold (2.8% a side instead of 2.5%).
+most TESTED_FALSE_VERDICT_RATE of them (ALPHA / 2 of each kind) when the settings' spreads are
+equal, and at most TESTED_FALSE_VERDICT_RATE_UNEQUAL when they differ up to 3x, up to
+Monte-Carlo error (the Wilson interval's low end). The second bound is Welch's own: at 3-5 seeds
+with spreads that differ, its t is slightly liberal (measured over 200,000 experiments: 2.7% a
+side instead of 2.5% at 3x, 5.3% in all; about 3% a side at 10x); with equal spreads it is
+conservative (1.7% a side at 3 seeds). BENCHMARKS.md gives the tables and the power at an effect
+of 2 spreads.
 
 Statuses that are not decisions: "not tested" (the settings run cannot refute the claim, e.g. a
 filter grid of 3x3 and 5x5 only, for "use 3x3 or 5x5"), "too short to decide" (the runs were
@@ -74,9 +78,11 @@ import numpy as np
 
 LEVEL = 0.95  # two-sided confidence level of every interval a table shows
 ALPHA = 0.05  # 1 - LEVEL: the chance of a verdict of either kind when nothing is there
-# What tests/test_verdict_error_rates.py asserts, over TESTED_SIMULATIONS experiments per claim
-# shape, spread pattern and seed count (the number a report cites).
+# What tests/test_verdict_error_rates.py asserts with no true effect, over TESTED_SIMULATIONS
+# experiments per claim shape, spread pattern and seed count (the numbers a report cites): false
+# verdicts of either kind at equal spreads, and where the settings' spreads differ up to 3x.
 TESTED_FALSE_VERDICT_RATE = 0.05
+TESTED_FALSE_VERDICT_RATE_UNEQUAL = 0.06
 TESTED_SIMULATIONS = 4000
 
 HELD = "held"
