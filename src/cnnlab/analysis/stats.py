@@ -31,7 +31,7 @@ all-parts claim given as intervals):
      false "held" needs the false part to pass its own test (size <= ALPHA / 2). Its negation is
      "any part is the other way", so "did not hold" is Holm-Bonferroni (Holm 1979) over the
      parts against the claim at ALPHA / 2 (it fires when the first Holm step rejects: the
-     smallest p against the claim <= ALPHA / 2 / m).
+     smallest p against the claim <= ALPHA / 2 / m, m the parts with a direction).
    - ANY ("usually 3x3 or 5x5"): Holm-Bonferroni over the parts: "held" when at least one part
      is shown, i.e. its p <= ALPHA / 2 / m at Holm's first step. Its negation is "every part is
      the other way", so "did not hold" is intersection-union: every part against the claim at
@@ -57,7 +57,7 @@ most TESTED_FALSE_VERDICT_RATE of them (ALPHA / 2 of each kind) when the setting
 equal, and at most TESTED_FALSE_VERDICT_RATE_UNEQUAL when they differ up to 3x, up to
 Monte-Carlo error (the Wilson interval's low end). The second bound is Welch's own: at 3-5 seeds
 with spreads that differ, its t is slightly liberal (measured over 200,000 experiments: 2.7% a
-side instead of 2.5% at 3x, 5.3% in all; about 3% a side at 10x); with equal spreads it is
+side instead of 2.5% at 3x, 5.3% in all; up to 3.3% a side at 10x); with equal spreads it is
 conservative (1.7% a side at 3 seeds). BENCHMARKS.md gives the tables and the power at an effect
 of 2 spreads.
 
