@@ -5,6 +5,7 @@ of means would answer differently from the rule (intervals that must exclude zer
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
 
 import pytest
 from scipy import stats as scipy_stats
@@ -53,11 +54,21 @@ def test_contrast_variance_and_degrees_of_freedom_by_hand():
     assert iv.high - iv.estimate == pytest.approx(half)
 
 
-def test_one_value_gives_no_interval_and_equal_values_a_point():
+def test_one_value_gives_no_interval_and_equal_values_no_verdict():
     assert stats.difference([60.0], [55.0, 56.0]) is None
     assert stats.mean_interval([60.0]) is None
+    # Every seed the same number: Welch has no answer at zero spread. The point is kept for a
+    # table, but it is no evidence: no sign, no verdict (it used to read "held, +5.0 to +5.0").
     point = stats.difference([60.0, 60.0], [55.0, 55.0])
-    assert (point.low, point.high) == (5.0, 5.0) and point.sign() == 1
+    assert (point.low, point.high) == (5.0, 5.0) and point.zero_spread
+    assert point.sign() == 0 and stats.judge([point]) == stats.NO_VERDICT
+    assert "no interval" in point.text()
+    # One setting without spread is enough: its variance is not small, it is unmeasured.
+    half = stats.difference([60.0, 60.0, 60.0], [55.0, 55.4, 54.8])
+    assert half.zero_spread and stats.judge([half]) == stats.NO_VERDICT
+    one = stats.Claim("one", (stats.Comparison.diff("a - b", "a", "b"),))
+    v = stats.decide(one, {"a": [60.0, 60.0], "b": [55.0, 55.0]})
+    assert v.status == stats.NO_VERDICT and "same number" in v.sentence
 
 
 def test_judge_needs_every_part_outside_the_noise():
@@ -220,3 +231,114 @@ def test_trials_cut_by_the_budget_are_left_out_and_named(tmp_path):
     assert res["verdict"]["status"] == stats.HELD
     assert by["2x2 max"]["test_ci"] == pytest.approx(
         (stats.mean_interval([62, 63, 61]).high - stats.mean_interval([62, 63, 61]).low) / 2)
+
+
+# ------------------------------------------------------------------ the rule as data: decide
+
+
+def claim(*parts, combine=stats.ALL):
+    return stats.Claim("c", tuple(parts), combine)
+
+
+def test_decide_one_sided_agrees_with_the_95_interval_and_scipy():
+    # One directional part: held at one-sided 2.5%, i.e. scipy's Welch p (alternative
+    # "greater") <= 0.025, i.e. the 95% interval above zero.
+    a, b = [61.2, 60.1, 62.5, 61.9], [58.0, 59.5, 57.1]
+    up = claim(stats.Comparison.diff("a - b", "a", "b"))
+    v = stats.decide(up, {"a": a, "b": b})
+    p = scipy_stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+    assert v.status == stats.HELD and v.p_values["a - b"]["for"] == pytest.approx(p)
+    assert v.intervals["a - b"].level == pytest.approx(0.95)
+    assert v.intervals["a - b"].low == pytest.approx(stats.difference(a, b).low)
+    # The claim the other way round: refuted, by the same numbers.
+    down = claim(stats.Comparison.diff("a - b", "a", "b", stats.LESS))
+    assert stats.decide(down, {"a": a, "b": b}).status == stats.NOT_HELD
+    # Two-sided: all of ALPHA on "held"; a difference can never be refuted.
+    two = claim(stats.Comparison.diff("a - b", "a", "b", stats.TWO_SIDED))
+    assert astuple(stats.levels(two)) == pytest.approx((0.05, 0.0))
+    assert stats.decide(two, {"a": a, "b": b}).status == stats.HELD
+    assert stats.decide(two, {"a": [1, 2, 3], "b": [1.1, 2.2, 2.9]}).status == stats.UNDECIDED
+
+
+def test_levels_follow_the_rule():
+    g = stats.Comparison.diff
+    assert astuple(stats.levels(claim(g("x", "a", "b")))) == pytest.approx((0.025, 0.025))
+    # ALL: each part at 2.5% (intersection-union), "did not hold" by Holm over the 3 parts.
+    three = claim(g("x", "a", "b"), g("y", "a", "c"), g("z", "c", "b", guard=True))
+    assert astuple(stats.levels(three)) == pytest.approx((0.025, 0.025 / 3))
+    # ANY: "held" by Holm over 2 parts, "did not hold" when both are against (IUT).
+    either = claim(g("x", "a", "c"), g("y", "b", "c"), combine=stats.ANY)
+    assert astuple(stats.levels(either)) == pytest.approx((0.0125, 0.025))
+    # Looks: Bonferroni over looks.
+    assert astuple(stats.levels(either, looks=2)) == pytest.approx((0.00625, 0.0125))
+    with pytest.raises(ValueError, match="looks"):
+        stats.levels(either, looks=0)
+
+
+def test_two_looks_need_a_clearer_result():
+    # p ~ 0.02 one-sided: held at the first look (2.5%), undecided at the second (1.25%).
+    a, b = [3.0, 5.0, 4.2, 6.1], [2.0, 3.1, 1.9, 3.3]
+    up = claim(stats.Comparison.diff("a - b", "a", "b"))
+    p = scipy_stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+    assert 0.0125 < p < 0.025
+    assert stats.decide(up, {"a": a, "b": b}).status == stats.HELD
+    v = stats.decide(up, {"a": a, "b": b}, looks=2)
+    assert v.status == stats.UNDECIDED and v.looks == 2 and "2 looks" in v.rule
+    assert v.as_dict()["looks"] == 2
+
+
+def test_judge_is_the_all_rule_with_holm_for_did_not_hold():
+    # A part 95% below zero refutes a one-part claim, but not a three-part one unless it is
+    # below at 2.5% / 3 (Holm's first step).
+    a, b = [3.0, 5.0, 4.2, 6.1], [2.0, 3.1, 1.9, 3.3]
+    below = stats.difference(b, a)  # one-sided p ~ 0.02 below zero
+    up = stats.difference([10, 11, 12], [1, 2, 3])
+    assert below.sign() == -1 and stats.judge([below]) == stats.NOT_HELD
+    assert stats.judge([up, up, below]) == stats.UNDECIDED
+    assert stats.judge([up, stats.difference([1, 2, 3], [10, 11, 12])]) == stats.NOT_HELD
+
+
+def test_a_guard_refutes_but_need_not_be_shown():
+    g = stats.Comparison.diff
+    c = claim(g("up", "a", "b"), g("not worse", "c", "d", guard=True))
+    clear = {"a": [10, 11, 12], "b": [1, 2, 3]}
+    assert stats.decide(c, {**clear, "c": [5, 7, 6], "d": [6, 5, 7]}).status == stats.HELD
+    assert stats.decide(c, {**clear, "c": [1, 2, 3], "d": [10, 11, 12]}).status == \
+        stats.NOT_HELD
+    with pytest.raises(ValueError, match="guards belong to ALL"):
+        claim(g("x", "a", "b"), g("y", "a", "c", guard=True), combine=stats.ANY)
+
+
+def test_bad_specs_and_samples_are_clear_errors():
+    g = stats.Comparison.diff
+    with pytest.raises(ValueError, match="direction"):
+        g("x", "a", "b", "up")
+    with pytest.raises(ValueError, match="no results for setting 'b'"):
+        stats.decide(claim(g("x", "a", "b")), {"a": [1, 2]})
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.decide(claim(g("x", "a", "b")), {"a": [1, 2], "b": [1, float("nan")]})
+    v = stats.decide(claim(g("x", "a", "b")), {"a": [1.0], "b": [1, 2]})
+    assert v.status == stats.NO_VERDICT and "fewer than two seeds" in v.sentence
+
+
+# The audit cases against `cnnlab experiment`'s claims: they fail until tasks/experiment's claims
+# call `stats.decide` with the specs of tests/test_verdict_error_rates.py (issue 26; wired by
+# the lead after the experiment package split). strict: once wired they pass and the marks go.
+WIRED = pytest.mark.xfail(strict=True, reason="issue 26: experiment claims not yet on decide")
+
+
+@WIRED
+def test_experiment_mixed_filters_case_is_not_held_by_a_union():
+    rows = [row("3x3", {"kernel": 3}, [63.0, 65.0, 64.2, 66.1]),
+            row("5x5", {"kernel": 5}, [55.0, 55.6, 54.8, 55.3]),
+            row("7x7", {"kernel": 7}, [62.0, 63.1, 61.9, 63.3])]
+    assert experiment.verdict("filters", rows).status == stats.UNDECIDED
+
+
+@WIRED
+def test_experiment_pooling_is_not_the_best_by_mean():
+    rows = [row("2x2 max", {"pool": 2, "pool_kind": "max"}, [62.1, 62.4, 61.9]),
+            row("2x2 avg", {"pool": 2, "pool_kind": "avg"}, [54.0, 54.3, 53.8]),
+            row("4x4 max", {"pool": 4, "pool_kind": "max"}, [58.2, 58.0, 58.4]),
+            row("4x4 avg", {"pool": 4, "pool_kind": "avg"}, [57.9, 58.3, 58.1])]
+    assert experiment.verdict("pooling", rows).status == stats.UNDECIDED
