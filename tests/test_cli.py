@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from cnnlab.cli import COMMANDS, main
+from conftest import missing
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -158,15 +160,69 @@ def test_an_out_the_system_refuses_is_one_line_for_every_command(command, unwrit
     assert "not permitted" in err or "denied" in err
 
 
-def test_an_existing_empty_out_that_cannot_be_written_is_refused_before_any_work(tmp_path,
-                                                                                 capsys):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into a read-only folder")
+# The file privileges that let root past mode bits (capabilities(7)).
+FILE_PRIVILEGES = "dac_override,dac_read_search"
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """`cmd` under the file permissions of an ordinary user. For root (CI runs as root):
+    under setpriv with root's file privileges dropped from its bounding and inheritable sets,
+    so the kernel checks the mode bits for it as for anyone, while it still reads its own
+    interpreter and checkout (a switch to `nobody` could not: here the venv's python is a link
+    into /root, mode 700, and a CI checkout may live there too)."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        missing("setpriv (util-linux) not installed: root cannot be made to meet a read-only "
+                "folder")
+    return [setpriv, f"--inh-caps=-{FILE_PRIVILEGES.replace(',', ',-')}",
+            f"--bounding-set=-{FILE_PRIVILEGES.replace(',', ',-')}", *cmd]
+
+
+def test_an_existing_empty_out_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     out = tmp_path / "empty"
     out.mkdir(mode=0o500)
     try:
-        assert main(["params", "resnet18", "--out", str(out)]) == 2
+        proc = subprocess.run(
+            unprivileged([sys.executable, "-m", "cnnlab", "params", "resnet18", "--out",
+                          str(out)]),
+            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+        left = list(out.iterdir())
     finally:
         out.chmod(0o700)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"cnnlab params: error: cannot create the run directory {out}")
+    assert proc.stderr.count("\n") == 1 and not left
+
+
+def test_a_write_the_machine_refuses_is_one_line_naming_the_file_with_exit_1(tmp_path):
+    """A real failure of the machine, not of the input: under a file-size limit of 2 KiB
+    (RLIMIT_FSIZE, `ulimit -f 2`) the kernel refuses the write of results.json (resnet18's
+    per-layer table) with EFBIG, as a full disk refuses one with ENOSPC: one line naming the
+    file cnnlab was writing, not its temporary name, and exit status 1, not a bad input's 2."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "params", "resnet18", "--out", str(out), "-q"],
+        capture_output=True, text=True, timeout=300, preexec_fn=small_files,
+        # no .pyc written under the limit (Python ignores SIGXFSZ only once it has started)
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"cnnlab params: error: File too large: {out / 'results.json'}\n"
+    assert (out / "config.json").is_file()  # the small files before it were written
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    config = tmp_path / "settings.yaml"
+    config.write_bytes("data: caf\u00e9.zip\n".encode("latin-1"))  # an editor's Latin-1
+    assert main(["train", "cifar.zip", "--config", str(config), "--out",
+                 str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "cannot create the run directory" in err and err.count("\n") == 1
+    assert err == (f"cnnlab train: error: config file {config} is not UTF-8 text (invalid "
+                   "continuation byte: byte 0xe9 at offset 9); save it as UTF-8\n")

@@ -259,8 +259,24 @@ def test_partial_settings_are_checked():
     (245, 2, "freeze"),   # hymenoptera's train/ (122 per class)
 ])
 def test_auto_rule_picks_as_documented(photos_, classes, chosen):
-    assert finetune.AUTO_PARTIAL_MAX_PER_CLASS == 20  # the number BENCHMARKS.md states
     assert finetune.auto_strategy(photos_, classes)[0] == chosen
+
+
+def test_auto_rule_switches_where_the_docs_say():
+    """The threshold BENCHMARKS.md and the README state, read from them: partial at that many
+    training photos per class, freeze one photo over it, for any number of classes."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    bench = re.search(r"at most (\d+) per class \(`AUTO_PARTIAL_MAX_PER_CLASS`\)",
+                      (repo / "BENCHMARKS.md").read_text(encoding="utf-8"))
+    readme = re.search(r"partial for at most (\d+) photos per class, else freeze",
+                       " ".join((repo / "README.md").read_text(encoding="utf-8").split()))
+    assert bench and readme and bench.group(1) == readme.group(1)
+    n = int(bench.group(1))
+    for classes in (2, 3, 10):
+        assert finetune.auto_strategy(n * classes, classes)[0] == "partial"
+        assert finetune.auto_strategy(n * classes + 1, classes)[0] == "freeze"
 
 
 def test_auto_counts_train_and_validation_photos_never_test(photos, tmp_path, weights,

@@ -38,6 +38,10 @@ def test_fast_steps_run_cache_and_force(tmp_path, capsys):
         assert f"| {c['prefix']} | {c['completion']} | {c['probability']:.4f} |" in md
     assert "cnnlab's completions of h g s e t: " + " ".join(c["completion"] for c in comps) in md
     assert (out / "report.html").read_text().count("<section") >= 3
+    # The labs' figures are cited to the write-ups a reader has, not to cnnlab's issue tracker.
+    assert ("quoted from: the course's two lab write-ups, Lab A (pretrained CNNs and transfer "
+            "learning, five exercises) and Lab B (CNN basics and ResNet, three questions)") in md
+    assert "issue #" not in md
 
     marker = out / "charrnn" / "results.json"
     mtime = marker.stat().st_mtime_ns

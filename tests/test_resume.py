@@ -1,7 +1,8 @@
 """`--resume RUN` is one helper for train, finetune, charrnn and sweep (`cli/resume.py`): a flag
 that would change the run is refused by name, the few each command allows are applied, and a
-missing, malformed or foreign config.json is one line. Run directories are written by hand: no
-data set is needed."""
+missing, malformed or foreign config.json is one line, and so is a damaged file of train's own
+on resume. Run directories are written by hand: no data set is needed, except by train's own
+files (read after its data: 20 images of the shared CIFAR-10 copy)."""
 
 from __future__ import annotations
 
@@ -134,3 +135,50 @@ def test_another_commands_run_is_named_as_such(tmp_path, capsys):
 def test_a_missing_run_directory_is_one_line(tmp_path, capsys):
     assert main(["sweep", "--resume", str(tmp_path / "nope")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # the 20 images decoded once for every case
+
+
+# (file in the run, its content, the line's words): damaged by a crash or a hand, or another's
+GOOD_RESULTS = {"model": "simple-cnn", "seed": 1, "recipe": "lab-simple-cnn", "tta": "none",
+                "test_accuracy": 0.1, "train_seconds": 1.0, "images_per_second": 9.0,
+                "steps": 1, "batch_size": 32, "n_train": 20, "params": 1, "epochs": 1,
+                "precision": "fp32"}
+CALIBRATION = {"model": "fast-cifar", "chosen": "quarter", "seconds": 3.0, "step_seconds": 0.4}
+DAMAGED = [
+    ("simple-cnn-seed0/results.json", "", "is damaged: not valid JSON"),
+    ("simple-cnn-seed0/results.json", "\udcff", "is damaged: not valid JSON"),
+    ("simple-cnn-seed0/results.json", json.dumps(GOOD_RESULTS),
+     "it holds simple-cnn seed 1, not simple-cnn seed 0"),
+    ("simple-cnn-seed0/results.json", json.dumps({**GOOD_RESULTS, "seed": 0, "steps": "9"}),
+     "no valid 'steps' ('9')"),
+    ("calibration.json", '{"fast-cifar": {"chosen": ', "is damaged: not valid JSON"),
+    ("calibration.json", json.dumps({"fast-cifar": {**CALIBRATION, "chosen": "half"}}),
+     "model 'fast-cifar' chose the unknown shape 'half' (cnnlab has quarter, full)"),
+    ("calibration.json", json.dumps({"fast-cifar": {"chosen": "full"}}),
+     "model 'fast-cifar' has no valid 'model'"),
+    ("calibration.json", "[]", "it holds no mapping of models"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), DAMAGED)
+def test_a_damaged_file_of_a_train_run_is_one_line_on_resume(name, content, message, tmp_path,
+                                                             small_cache, shared_data, capsys,
+                                                             monkeypatch):
+    from cnnlab.tasks.train import TrainConfig
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(small_cache))
+    data = shared_data("cifar10", "cifar10-jpg.zip")
+    models = ("fast-cifar",) if name == "calibration.json" else ("simple-cnn",)
+    config = TrainConfig(data=str(data), models=models, limit_per_class=2, budget=1.0,
+                         recipe="lab" if models == ("simple-cnn",) else "fast", report=False)
+    run = saved_run(tmp_path, lambda: config)
+    (run / name).parent.mkdir(exist_ok=True)
+    (run / name).write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert main(["train", "--resume", str(run), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cnnlab train: error: {run / name} ") and message in err, err
+    assert err.count("\n") == 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +135,53 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_damaged_json_file_is_one_line_naming_it(tmp_path):
+    run = RunDir(tmp_path)
+    for name, content in (("cut.json", b'{"top1": 3'), ("latin.json", b'{"caf\xe9": 1}'),
+                          ("empty.json", b"")):
+        run.file(name).write_bytes(content)
+        with pytest.raises(CnnlabError) as exc:
+            run.read_json(name)
+        assert str(exc.value).startswith(f"{run.file(name)} is damaged: not valid JSON (")
+        assert "\n" not in str(exc.value)
+
+
+def test_a_record_read_back_is_checked_key_by_key(tmp_path):
+    run = RunDir(tmp_path)
+    keys = {"steps": int, "seconds": (int, float), "tta": str}
+    run.write_json("plan.json", {"steps": 3, "seconds": 1, "tta": "none", "extra": None})
+    assert run.read_record("plan.json", keys)["steps"] == 3
+    for record, problem in (([1, 2], "it holds no mapping"),
+                            ({"seconds": 1.0, "tta": "none"}, "no valid 'steps'"),
+                            ({"steps": True, "seconds": 1.0, "tta": "none"},
+                             "no valid 'steps' (True)"),  # JSON true is not a count
+                            ({"steps": 3, "seconds": "1", "tta": "none"},
+                             "no valid 'seconds' ('1')")):
+        run.write_json("plan.json", record)
+        with pytest.raises(CnnlabError) as exc:
+            run.read_record("plan.json", keys)
+        assert str(exc.value).startswith(f"{run.file('plan.json')} is damaged: {problem}; ")
+
+
+@pytest.mark.parametrize("write", ["run.write_json('results.json', {'x': 'a' * 5000})",
+                                   "run.append_metrics({'x': 'a' * 5000})"])
+def test_a_write_the_machine_refuses_names_the_file_not_a_temporary_one(write, tmp_path):
+    """A write's OSError (EFBIG here, under a 2 KiB file-size limit; ENOSPC on a full disk)
+    carries no file name of its own: the writer adds the file it was writing."""
+    code = ("import resource, sys\n"
+            "from cnnlab.runs import RunDir\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))\n"
+            "run = RunDir(sys.argv[1])\n"
+            "try:\n"
+            f"    {write}\n"
+            "except OSError as exc:\n"
+            "    print(exc.errno, exc.filename)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    name = "results.json" if "results" in write else "metrics.jsonl"
+    assert proc.stdout == f"{errno.EFBIG} {tmp_path / name}\n", proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if name == "results.json"
+                                                         else ["metrics.jsonl"])

@@ -140,7 +140,7 @@ def test_quick_filters_grid_is_not_tested_whatever_the_runs_say():
             row("5x5", {"kernel": 5}, [40.0, 41.0, 40.5])]
     for quick in (True, False):
         v = experiment.verdict("filters", rows, quick=quick)
-        assert v.status == stats.NOT_TESTED and v.status != stats.HELD
+        assert v.status == stats.NOT_TESTED and "the full grid adds 7x7" in v.sentence
     # With 7x7 in the grid the same numbers decide.
     rows.append(row("7x7", {"kernel": 7}, [60.0, 61.0, 60.5]))
     assert experiment.verdict("filters", rows).status == stats.HELD
@@ -163,7 +163,7 @@ def test_depth_needs_the_rise_and_the_fall_of_the_gain_outside_the_noise():
             4: [50.0, 50.3, 49.8], 6: [51.0, 51.2, 50.9], 8: [51.5, 51.9, 51.2]}
     v = experiment.verdict("depth", depth_rows(base))
     assert v.status == stats.HELD
-    assert "+6.67 points per layer" in v.sentence or "+6.6" in v.sentence
+    assert "+6.64 points per layer" in v.sentence  # (50.03 - 30.10) / 3 layers, by hand
     # A gain per layer that grows after 4 layers (8 points a layer against 6.7): did not hold.
     steady = {**base, 6: [66.0, 66.3, 65.8], 8: [82.0, 82.1, 81.8]}
     v = experiment.verdict("depth", depth_rows(steady))

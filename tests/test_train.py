@@ -70,6 +70,32 @@ def test_lab_recipe_results_equal_an_independent_evaluation(cifar, tmp_path, cap
     epochs = [r for r in map(json.loads, (out / "simple-cnn-seed0" / "metrics.jsonl")
               .read_text().splitlines()) if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and epochs[-1]["step"] == 2 * (200 // 32)
+    # --precision auto (the default) kept the lab recipe's fp32: the recipe's choice, and said so.
+    env = json.loads((out / "simple-cnn-seed0" / "environment.json").read_text())
+    why = "the lab-simple-cnn recipe's own (--precision auto keeps a recipe's precision)"
+    assert (env["precision"], env["precision_reason"]) == ("fp32", why)
+    assert (m["precision"], res["runs"][0]["precision_reason"]) == ("fp32", why)
+
+
+def test_the_precision_reason_says_who_chose_it():
+    from dataclasses import replace
+
+    from cnnlab.tasks.train import precision_for, recipe_for
+
+    cpu = torch.device("cpu")
+    lab = TrainConfig(data="d", models=("simple-cnn",), recipe="lab")
+    assert precision_for(lab, recipe_for(lab, "simple-cnn"), cpu)[1].startswith(
+        "the lab-simple-cnn recipe's own")
+    for asked in (replace(lab, precision="bf16"),
+                  replace(lab, recipe_overrides=(("precision", "bf16"),))):
+        assert precision_for(asked, recipe_for(asked, "simple-cnn"), cpu) == ("bf16", "asked for")
+    fast = TrainConfig(data="d")  # the fast recipe leaves it to the machine
+    precision, why = precision_for(fast, recipe_for(fast, "fast-cifar"), cpu)
+    flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("flags") for f in line.split(":")[1].split()}
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert (precision, why.startswith("CPU flags include")) == (
+        ("bf16", True) if native else ("fp32", False))
 
 
 def test_val_fraction_tests_the_epoch_of_the_best_validation_accuracy(cifar, tmp_path):

@@ -4,7 +4,10 @@ budget, and the lab's train step on equal terms."""
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,8 +27,10 @@ def test_budget_steps_by_hand():
     # An evaluation of 3,000 images (1 s) after every epoch of 50 steps: 270 steps would be 6
     # epochs (6 s of evaluation) -> 210 steps, 5 epochs -> 220, 5 epochs -> 220.
     assert budget.budget_steps(30, 0.1, 100, 50, 3_000, 1, 0, 1) == 220
-    # The same timings, the same plan; a budget too small for one step still trains one.
-    assert budget.budget_steps(30, 0.1, 100, 50, 3_000, 1, 0, 1) == 220
+    # A timed evaluation pass replaces the guess: at 0.2 ms an image the final test's 60,000
+    # passes take 12 s of the 27, leaving 15 s: 150 steps (the guess of 1/3 ms gave 70).
+    assert budget.budget_steps(30, 0.1, 100, 50, 0, 1, 10_000, 6, forward=2e-4) == 150
+    # A budget too small for one step still trains one.
     assert budget.budget_steps(0.05, 0.1, 100, 50, 0, 1, 0, 1) == 1
 
 
@@ -73,8 +78,12 @@ def test_calibration_chooses_by_its_timings_and_is_deterministic():
     assert [c.steps for c in cands] == [1255, 317]
     assert cands[0].expected_accuracy == pytest.approx(87.03)
     assert cands[1].expected_accuracy == pytest.approx(88.46, abs=0.01)
-    # The same timings, the same choice.
-    assert _choose(600, timings)[:2] == (chosen, cands)
+    # Only the timings decide: a full width 20% slower per step (2.04 s: 264 steps, 5.41
+    # epochs, 86.58 + 1.72 x 0.91 / 1.5 = 87.62%) still wins; 45% slower (2.465 s: 219 steps,
+    # 4.49 epochs, 80.44 + 6.14 x 2.49 / 2.5 = 86.54%) does not.
+    assert _choose(600, {**timings, "full": 1.7 * 1.2})[0].name == "full"
+    slower = _choose(600, {**timings, "full": 1.7 * 1.45})
+    assert slower[0].name == "quarter" and slower[1][1].steps == 219
     # 30 s: quarter gets floor(27 / 0.43) = 62 steps (0.63 epochs). Even at half its MACs
     # ratio per image (0.43 / 512 x 3.29 x 0.5 x 1024 = 1.41 s a step) full would get 19 steps
     # (0.39 epochs): it cannot win, so it is not timed at all.
@@ -138,6 +147,20 @@ def test_budget_run_keeps_to_its_share_and_records_it(shared_data, tmp_path, mon
         assert len({r["tta"] for r in res["runs"] if r["model"] == model}) == 1
 
 
+def test_lab_gives_the_experiments_more_of_a_budget_on_one_cpu(monkeypatch):
+    """The experiments step runs two processes on two CPUs and one on one (lab.py): alone it
+    needs more of the same minutes, taken from the train step. The CPUs are the affinity mask's
+    (experiment.available_cores)."""
+    cfg = lab.LabConfig(data_root="../shared/data", budget=40)
+    shares = {}
+    for cpus in (1, 2):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        shares[cpus] = lab.budget_shares(cfg)
+    assert shares[1]["experiments"] > shares[2]["experiments"]
+    assert shares[1]["train"] < shares[2]["train"]
+    assert sum(shares[1].values()) == pytest.approx(sum(shares[2].values()))
+
+
 def test_lab_budget_shares_the_minutes_among_the_training_steps():
     root = "../shared/data"
     default = lab.LabConfig(data_root=root)
@@ -148,9 +171,6 @@ def test_lab_budget_shares_the_minutes_among_the_training_steps():
     # CPUs: the experiments run in two processes) or 6 : 9.3 (one).
     left = 40 - fixed - 0.5
     e = lab.experiment_minutes()
-    from cnnlab.tasks.experiment import available_cores
-
-    assert e == (5.3 if available_cores() >= 2 else 9.3)
     assert shares["train"] == pytest.approx(left * 6 / (6 + e))
     assert shares["experiments"] == pytest.approx(left * e / (6 + e))
     assert lab.plan_train(cfg).config.budget == pytest.approx(shares["train"], abs=0.01)
@@ -203,3 +223,101 @@ def test_lab_train_section_calls_a_net_near_chance_too_short_to_decide(tmp_path)
                       "train")
     text = " ".join(s.notes)
     assert "too short" not in text and "ResNet-18 is better" in text
+
+
+def _images(n: int, seed: int = 0) -> tuple:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (n,), generator=g))
+
+
+@pytest.mark.parametrize(("n_test", "timed"), [
+    (200, 200),     # a test set smaller than one evaluation batch: timed whole
+    (501, 501),     # just over one batch: whole (the pass the budget pays for)
+    (3_000, 1_000),  # a large one: 2 x EVAL_BATCH images after the untimed batch
+    (0, 100),       # no test images: the training images stand in
+])
+def test_forward_seconds_times_what_a_test_set_has(n_test, timed, monkeypatch):
+    """The budget's timing of an evaluation pass, on any size of test set (200 images, from
+    `--limit-per-class 20`, was an empty slice and a ZeroDivisionError)."""
+    import torch
+
+    train_x, train_y = _images(100, 1)
+    test_x, test_y = _images(n_test)
+    data = SimpleNamespace(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                           mean=(0.5,) * 3, std=(0.25,) * 3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    passes = []
+    real = train.accuracy
+
+    def spy(m, x, y, *args, **kwargs):
+        passes.append(len(x))
+        return real(m, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(train, "accuracy", spy)
+    recipe = SimpleNamespace(normalization="dataset")
+    seconds = train._forward_seconds(model, data, recipe, "fp32", torch.device("cpu"))
+    assert passes == [min(max(n_test, 100), train.EVAL_BATCH), timed]
+    assert seconds > 0 and math.isfinite(seconds)
+
+
+def test_a_resumed_run_keeps_its_plan_and_its_shapes_without_timing(tmp_path, monkeypatch):
+    """--resume reads budget.json and calibration.json back (the schedule a checkpoint was
+    trained under) instead of timing again; a damaged plan is one line naming the file."""
+    from cnnlab.runs import RunDir
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a resumed run timed again")
+
+    monkeypatch.setattr(train, "_seconds_per_step", no_timing)
+    monkeypatch.setattr(train, "_forward_seconds", no_timing)
+    monkeypatch.setattr(train, "_calibrate", no_timing)
+    run = RunDir(tmp_path)
+    plan = {"seconds": 12.0, "seconds_per_step": 0.5, "forward_seconds": 1e-3, "steps": 21,
+            "tta": "flip"}
+    run.write_json("budget.json", plan)
+    cfg = train.TrainConfig(data="d", budget=1)
+    resumed = train._budget_plan(cfg, None, None, None, None, "fp32", None, 10, None, run,
+                                 resume=True, share=99.0)
+    assert resumed == plan
+    calibration = {"fast-cifar": {"model": "fast-cifar", "chosen": "full", "seconds": 4.5,
+                                  "step_seconds": 1.7, "candidates": []}}
+    run.write_json("calibration.json", calibration)
+    assert train._calibration(cfg, None, None, run, None, resume=True) == calibration
+    for damaged, message in ((plan | {"steps": 0}, "a plan of 0 steps"),
+                             (plan | {"tta": "mirror"}, "augmentation 'mirror'"),
+                             ({k: v for k, v in plan.items() if k != "steps"},
+                              "no valid 'steps'"),
+                             ('{"seconds": 12.0, "ste', "not valid JSON")):  # cut short
+        if isinstance(damaged, str):
+            run.file("budget.json").write_text(damaged)
+        else:
+            run.write_json("budget.json", damaged)
+        with pytest.raises(CnnlabError) as exc:
+            train._budget_plan(cfg, None, None, None, None, "fp32", None, 10, None, run,
+                               resume=True, share=99.0)
+        assert str(exc.value).startswith(f"{run.file('budget.json')} is damaged: ")
+        assert message in str(exc.value)
+
+
+def test_an_unknown_shape_is_named():
+    assert budget.shape_named("full") is budget.FULL
+    with pytest.raises(CnnlabError, match=r"unknown budget shape 'ful' \(did you mean: full"):
+        budget.shape_named("ful")
+
+
+@pytest.mark.slow
+def test_a_budget_on_a_tiny_test_set_trains_and_tests(shared_data, tmp_path, monkeypatch):
+    """The command that ended in a ZeroDivisionError: 200 test images, a 12 s budget."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data = shared_data("cifar10", "cifar10-jpg.zip")
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--limit-per-class", "20", "--batch-size", "50",
+                 "--budget", "0.2", "--no-report", "--out", str(out), "-q"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    (r,) = res["runs"]
+    plan = json.loads((out / "fast-cifar-seed0" / "budget.json").read_text())
+    assert r["n_test"] == 200 and plan["forward_seconds"] > 0 and r["steps"] >= 1
+    assert 0 <= r["test_accuracy"] <= 1

@@ -23,6 +23,8 @@ import itertools
 import math
 from dataclasses import asdict, dataclass
 
+from cnnlab.errors import CnnlabError, suggest
+
 BUDGET_MARGIN = 0.9  # plan for 90% of a budget: the timing of a few steps is not exact
 TTA_PASSES = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per test image
 TTA_SHARE = 0.1  # test-time augmentation may take at most this share of a budget
@@ -205,4 +207,10 @@ def choose_shape(seconds: float, time_step, macs: dict[str, int], n_train: int,
 
 
 def shape_named(name: str, shapes: tuple[Shape, ...] = SHAPES) -> Shape:
-    return next(s for s in shapes if s.name == name)
+    """The shape called `name` (a calibration.json read on --resume names its choice)."""
+    for s in shapes:
+        if s.name == name:
+            return s
+    known = [s.name for s in shapes]
+    raise CnnlabError(f"unknown budget shape {name!r}{suggest(str(name), known)} (cnnlab has "
+                      f"{', '.join(known)})")

@@ -38,6 +38,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise CnnlabError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:  # e.g. saved as Latin-1 or UTF-16 by an editor
+        raise CnnlabError(f"config file {path} is not UTF-8 text ({exc.reason}: byte "
+                          f"{exc.object[exc.start]:#04x} at offset {exc.start}); save it as "
+                          "UTF-8") from None
     except yaml.YAMLError as exc:
         raise CnnlabError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

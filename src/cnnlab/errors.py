@@ -2,7 +2,9 @@
 
 Anything a user can get wrong (an unknown model, a bad shape, a missing file) raises
 `CnnlabError`. The command line prints its message as one line on stderr and exits with status 2;
-any other exception is a bug in cnnlab and keeps its traceback.
+an `OSError` is one line naming its file too, with status 2 for a `PermissionError` (the user's to
+fix) and 1 for the rest (a full disk: the machine's failure, not the input's; `cli/__init__.py`).
+Any other exception is a bug in cnnlab and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -42,9 +42,20 @@ def _umask() -> int:
     return mask
 
 
+def _naming(exc: OSError, path: Path) -> OSError:
+    """`exc` with `path` as its file: the OSError of a write (a full disk: ENOSPC) names no
+    file, and a temporary file's name would only puzzle; the command line prints the path."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))  # PermissionError etc. by errno
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)  # its OSError names the folder it failed on
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         # mkstemp creates 0600; a results file should get the permissions open() would give.
         os.fchmod(fd, 0o666 & ~_umask())
@@ -53,8 +64,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
 
 
@@ -140,6 +153,25 @@ def environment(seed: int | None = None, device: str | None = None, **extra: Any
     }
 
 
+def damaged(path: Path, problem: str) -> CnnlabError:
+    """The one-line error for a run's file that cannot be trusted on --resume."""
+    return CnnlabError(f"{path} is damaged: {problem}; it was edited by hand or is not this "
+                       "run's, so the run cannot be resumed as it was")
+
+
+def check_record(path: Path, record: Any, keys: dict[str, Any], what: str = "") -> dict[str, Any]:
+    """`record` (read from `path`) if it is a mapping holding each of `keys` with its JSON
+    type(s) (bool is not a number here); else `damaged`, naming the first key that is not."""
+    if not isinstance(record, dict):
+        raise damaged(path, f"{what or 'it'} holds no mapping")
+    for key, types in keys.items():
+        value = record.get(key)
+        if key not in record or isinstance(value, bool) or not isinstance(value, types):
+            found = f" ({value!r})" if key in record else ""
+            raise damaged(path, f"{what + ' has ' if what else ''}no valid {key!r}{found}")
+    return record
+
+
 def _probe_writable(path: Path) -> None:
     """Raise the OSError that writing a file into `path` would, now rather than after minutes
     of work (an existing empty --out the user may not write to is the usual case)."""
@@ -222,7 +254,19 @@ class RunDir:
         return self.file(name)
 
     def read_json(self, name: str) -> Any:
-        return json.loads(self.file(name).read_text(encoding="utf-8"))
+        """A JSON file of this run; a damaged one (cut short, edited by hand) is a one-line
+        CnnlabError naming it, not a traceback, wherever it is met (--resume, a report)."""
+        path = self.file(name)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CnnlabError(f"{path} is damaged: not valid JSON ({exc}); it was cut short "
+                              "or edited by hand") from None
+
+    def read_record(self, name: str, keys: dict[str, Any]) -> dict[str, Any]:
+        """A JSON mapping this run wrote and now trusts (on --resume), checked: `keys` maps
+        each key it must hold to its type(s); anything else is a one-line CnnlabError."""
+        return check_record(self.file(name), self.read_json(name), keys)
 
     def save_config(self, config: Any) -> Path:
         return self.write_json("config.json", config)
@@ -237,6 +281,12 @@ class RunDir:
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One JSON line, flushed and fsynced: a crash loses at most the line being written."""
         data = (json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode("utf-8")
+        try:
+            self._append(data)
+        except OSError as exc:
+            raise _naming(exc, self.file("metrics.jsonl")) from exc
+
+    def _append(self, data: bytes) -> None:
         with open(self.file("metrics.jsonl"), "ab") as f:
 
             def torn() -> None:  # what a crash mid-write leaves: half a line, on disk

@@ -3,7 +3,9 @@
 Each module in `COMMANDS` defines `add_parser(subparsers)` (arguments only, no heavy imports so
 `--help` is instant) and `run(args) -> int`, which turns the arguments into the task's config
 and calls the library. A `CnnlabError` anywhere becomes one line on stderr and exit status 2, and
-so does a `PermissionError` (a path the system denies: the user's to fix, not a bug).
+so does a `PermissionError` (a path the system denies: the user's to fix, not a bug). Any other
+`OSError` (a full disk, a file too large for the file system, an I/O error) is the machine
+failing, not the input: one line naming the file, and exit status 1.
 """
 
 from __future__ import annotations
@@ -59,14 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except PermissionError as exc:
-        # A file or folder the system does not let cnnlab read or write (an --out, a cache, a
-        # data set): the user's to fix, and the path says all there is, so no traceback.
+    except OSError as exc:
+        # PermissionError: a file or folder the system does not let cnnlab read or write (an
+        # --out, a cache, a data set): the user's to fix, like a bad input (2). Any other: the
+        # machine failed under cnnlab (ENOSPC, EFBIG, EIO; runs.py's writers name the file), an
+        # environment failure (1). Either way the path says all there is, so no traceback.
         if os.environ.get("RANK", "0") == "0":
             where = f": {exc.filename}" if exc.filename else ""
             print(f"cnnlab {args.command}: error: {exc.strerror or exc}{where}",
                   file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, PermissionError) else 1
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
         return 130

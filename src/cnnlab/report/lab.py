@@ -370,7 +370,7 @@ def build_sections(lab_dir: Path) -> tuple[list[Section], dict[str, Any]]:
         s.lab_figures = q.get("figures", [])  # type: ignore[attr-defined]
         results = lab_dir / rec.get("run_dir", name) / "results.json"
         if s.status == "done" and results.is_file() and name in SECTION_BUILDERS:
-            r = json.loads(results.read_text(encoding="utf-8"))
+            r = RunDir(results.parent).read_json(results.name)  # damaged: one line
             SECTION_BUILDERS[name](s, r, lab_dir, rec.get("run_dir", name))
         sections.append(s)
     env = {}

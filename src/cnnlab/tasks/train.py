@@ -46,7 +46,7 @@ from torch import nn
 
 from cnnlab import budget
 from cnnlab.errors import CnnlabError
-from cnnlab.runs import RunDir
+from cnnlab.runs import RunDir, check_record, damaged
 
 RECIPE_CHOICES = ("fast", "lab")
 DEFAULT_MODEL = "fast-cifar"
@@ -262,6 +262,18 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     return ("bf16" if dtype else "fp32"), why
 
 
+def precision_for(config: TrainConfig, recipe, device: torch.device) -> tuple[str, str]:
+    """The run's precision and why (environment.json, results.json). `--precision auto` (the
+    default) leaves a recipe's own precision alone (the lab recipes train in fp32, as the
+    course lab did), and only a precision the user set is "asked for"."""
+    precision, why = resolve_precision(recipe.precision, device)
+    given = config.precision != "auto" or any(k == "precision"
+                                              for k, _ in config.recipe_overrides)
+    if recipe.precision != "auto" and not given:
+        why = f"the {recipe.name} recipe's own (--precision auto keeps a recipe's precision)"
+    return precision, why
+
+
 def _device(requested: str) -> torch.device:
     from cnnlab import dist
 
@@ -298,6 +310,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, devi
     from cnnlab import recipes
     from cnnlab.data.tensor_batches import normalize
 
+    if not len(x):  # a caller's bug: there is no accuracy of no images
+        raise ValueError("accuracy() needs at least one image")
     model.eval()
     hits, loss = 0, 0.0
     for start in range(0, len(x), EVAL_BATCH):
@@ -383,7 +397,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     recipe = recipe_for(config, model_name)
     if shape is not None:
         recipe = apply_shape(recipe, shape)
-    precision, why = resolve_precision(recipe.precision, device)
+    precision, why = precision_for(config, recipe, device)
     mean, std = _norm(recipe, data)
     model, batches, loss_fn = _build(recipe, data, model_name, seed, device)
     if at_start is not None and not resume:
@@ -544,7 +558,7 @@ def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn
     from cnnlab.budget import TTA_PASSES, budget_steps, budget_tta
 
     if resume and run_dir.file("budget.json").is_file():
-        return run_dir.read_json("budget.json")
+        return saved_budget(run_dir)
     step_s = step_seconds
     if step_s is None:
         step_s = _seconds_per_step(recipe, model, batches, loss_fn, precision, device)
@@ -568,23 +582,77 @@ def _budget_plan(config: TrainConfig, recipe, model: nn.Module, batches, loss_fn
     return plan
 
 
+# What a resumed run reads back and trusts: each file's keys and their JSON types
+# (runs.check_record). A file that fails them is named in one line, not a KeyError deep in the
+# run.
+_NUMBER = (int, float)
+BUDGET_KEYS = {"seconds": _NUMBER, "seconds_per_step": _NUMBER, "forward_seconds": _NUMBER,
+               "steps": int, "tta": str}
+CALIBRATION_KEYS = {"model": str, "chosen": str, "seconds": _NUMBER,
+                    "step_seconds": (*_NUMBER, type(None))}
+RESULTS_KEYS = {"model": str, "seed": int, "recipe": str, "tta": str,
+                "test_accuracy": (*_NUMBER, type(None)), "train_seconds": _NUMBER,
+                "images_per_second": (*_NUMBER, type(None)), "steps": int, "batch_size": int,
+                "n_train": int, "params": int, "epochs": int, "precision": str}
+
+
+def saved_budget(run_dir: RunDir) -> dict[str, Any]:
+    """budget.json on --resume: the plan the run started, checked before it is trusted."""
+    plan = run_dir.read_record("budget.json", BUDGET_KEYS)
+    if plan["tta"] not in budget.TTA_PASSES or plan["steps"] < 1:
+        raise damaged(run_dir.file("budget.json"), f"a plan of {plan['steps']} steps with "
+                                                   f"test-time augmentation {plan['tta']!r}")
+    return plan
+
+
+def saved_calibration(run_dir: RunDir) -> dict[str, dict[str, Any]]:
+    """calibration.json on --resume: {model: record}, every chosen shape one cnnlab has."""
+    path = run_dir.file("calibration.json")
+    records = run_dir.read_json("calibration.json")
+    if not isinstance(records, dict):
+        raise damaged(path, "it holds no mapping of models")
+    known = [s.name for s in budget.SHAPES]
+    for model, record in records.items():
+        check_record(path, record, CALIBRATION_KEYS, f"model {model!r}")
+        if record["chosen"] not in known:
+            raise damaged(path, f"model {model!r} chose the unknown shape "
+                                 f"{record['chosen']!r} (cnnlab has {', '.join(known)})")
+    return records
+
+
+def saved_results(sub: RunDir, model_name: str, seed: int) -> dict[str, Any]:
+    """A finished (model, seed)'s results.json, kept on --resume: it must be that run's."""
+    path = sub.file("results.json")
+    record = sub.read_record("results.json", RESULTS_KEYS)
+    if (record["model"], record["seed"]) != (model_name, seed):
+        raise damaged(path, f"it holds {record['model']} seed {record['seed']}, not "
+                             f"{model_name} seed {seed}")
+    return record
+
+
 def _forward_seconds(model: nn.Module, data, recipe, precision: str, device: torch.device,
                      images: int = 2 * EVAL_BATCH) -> float:
     """Seconds per image of an evaluation pass as `accuracy` runs it (batches of EVAL_BATCH,
-    under the run's autocast), timed on `images` test images after one untimed batch."""
+    under the run's autocast), timed on `images` test images after one untimed batch. A test
+    set of at most EVAL_BATCH + `images` is timed whole (after the untimed batch, which may be
+    all of it): that pass is the very cost the budget pays for. Without test images (none
+    loaded), training images of the same shape stand in."""
     mean, std = _norm(recipe, data)
-    x, y = data.test_x[: images + EVAL_BATCH], data.test_y[: images + EVAL_BATCH]
-    if len(x) <= EVAL_BATCH:  # a tiny test set: time what there is, twice
-        x, y = torch.cat([x, x]), torch.cat([y, y])
+    x, y = data.test_x, data.test_y
+    if not len(x):
+        x, y = data.train_x, data.train_y
+    warm_x, warm_y = x[:EVAL_BATCH], y[:EVAL_BATCH]
+    if len(x) > EVAL_BATCH + images:
+        x, y = x[EVAL_BATCH : EVAL_BATCH + images], y[EVAL_BATCH : EVAL_BATCH + images]
     was_training = model.training
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                         enabled=precision == "bf16"):
-        accuracy(model, x[:EVAL_BATCH], y[:EVAL_BATCH], mean, std, device)  # kernels chosen
+        accuracy(model, warm_x, warm_y, mean, std, device)  # kernels chosen
         start = time.perf_counter()
-        accuracy(model, x[EVAL_BATCH:], y[EVAL_BATCH:], mean, std, device)
+        accuracy(model, x, y, mean, std, device)
         seconds = time.perf_counter() - start
     model.train(was_training)
-    return seconds / len(x[EVAL_BATCH:])
+    return seconds / len(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,7 +741,7 @@ def _calibration(config: TrainConfig, data, device: torch.device, run_dir: RunDi
     if not config.budget:
         return {}
     if resume and run_dir.file("calibration.json").is_file():
-        return run_dir.read_json("calibration.json")
+        return saved_calibration(run_dir)
     out = {}
     for m in config.models:
         why = calibration_skipped(config, m, data)
@@ -784,7 +852,7 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
             rep = display.step(k, name) if display is not None else reporter
             sub = RunDir(run_dir.path / name)
             if resume and sub.file("results.json").is_file():
-                rows.append(sub.read_json("results.json"))
+                rows.append(saved_results(sub, model_name, seed))
                 rep.log(f"{sub.path.name}: finished earlier, kept")
                 continue
             again = resume and checkpoints.exists(sub.path, "last")
