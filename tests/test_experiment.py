@@ -154,3 +154,59 @@ def test_progress_lines_carry_the_overall_step_over_every_round(shared_data, tmp
     first = [ln for ln in err if ln.startswith("[experiment 1/2 pooling seed 0] ")]
     second = [ln for ln in err if ln.startswith("[experiment 2/2 pooling seed 1] ")]
     assert any("trial 0:" in ln for ln in first) and any("trial 3:" in ln for ln in second)
+
+
+def test_a_gradient_norm_of_exactly_zero_is_read_at_the_float32_floor(tmp_path):
+    """The vanishing case the residual study exists to measure: a conv layer whose gradient is
+    exactly 0 has no log10. It is read as float32's smallest positive value (the norms are
+    fp32, so a norm that is not 0 is never below it) in the verdict, the figure and the
+    report's table, instead of a ValueError from math.log10."""
+    import math
+    import statistics
+
+    from cnnlab.analysis import stats
+    from cnnlab.report.experiment import experiment_part, plot_experiment
+    from cnnlab.runs import RunDir
+    from cnnlab.tasks.experiment.learning import GRAD_FLOOR, log10_norm
+    from cnnlab.tasks.experiment.tables import summarise
+
+    # The floor is torch's smallest positive float32 (a subnormal): half of it rounds to 0.
+    tiny = torch.nextafter(torch.tensor(0.0), torch.tensor(1.0)).item()
+    assert tiny == GRAD_FLOOR and torch.tensor(GRAD_FLOOR / 2).item() == 0.0
+    assert log10_norm(0.0) == pytest.approx(-149 * math.log10(2))
+    assert log10_norm(0.25) == math.log10(0.25)  # a norm above the floor: as it was
+
+    config = ExperimentConfig(experiments=("residual",))
+    g = experiment.grid("residual", config)
+    resnet_mid = {"resnet56": [0.05, 0.06, 0.04]}
+    rows = []
+    for n, (s, seed) in enumerate((s, seed) for s in g.settings for seed in range(3)):
+        m = s["model"]
+        acc = {"plain20": 0.6, "resnet20": 0.62, "plain56": 0.5, "resnet56": 0.64}[m]
+        acc += 0.003 * seed
+        # plain-56's middle layer lost its gradient entirely, in every seed, after epoch 1;
+        # its last conv at initialisation too (the first-to-last ratio's denominator).
+        mid = 0.0 if m == "plain56" else resnet_mid.get(m, [0.02, 0.03, 0.025])[seed]
+        rows.append({"number": n, "state": "COMPLETE", "params": {**s, "seed": seed},
+                     "metric_test_accuracy": acc, "metric_train_accuracy": acc,
+                     "params_count": 1, "metric_macs": 2, "epochs": 10, "metric_steps": 390,
+                     "stopped": "completed", "metric_train_seconds": 1.0,
+                     "metric_plateau_share": 0.05, "metric_still_learning": False,
+                     "retried": False, "run_dir": None,
+                     "metric_grad_init": [2.0, 1.0, 0.0 if m == "plain56" else 0.5],
+                     "metric_grad_epoch1": [0.5, mid, 1.0],
+                     "metric_curve": [[39, acc, acc]], "metric_loss_curve": [[10, 2.0]]})
+    res = summarise(g, config, experiment.base_train(config, g), rows, RunDir(tmp_path))
+    assert res["grad_floor"] == GRAD_FLOOR
+    grads = res["gradients"]
+    assert grads["status"] == stats.HELD
+    # Oracle: log10 of ResNet-56's smallest norms minus log10 of the floor, by hand.
+    gap = grads["intervals"]["log10_resnet_over_plain"]
+    assert gap["estimate"] == pytest.approx(
+        statistics.fmean(math.log10(v) for v in resnet_mid["resnet56"]) + 149 * math.log10(2))
+    assert "1.43e+45x its last conv's gradient" in grads["sentence"]  # 2.0 / 2**-149
+    res["plot"] = plot_experiment(res, tmp_path)
+    assert (tmp_path / res["plot"]).stat().st_size > 0
+    table = experiment_part(res, tmp_path, "").tables[-1]
+    plain56 = [r for r in table.rows if r[0] == "plain56" and r[1] == "after epoch 1"]
+    assert plain56[0][5].startswith("1.4e-45")  # its smallest layer, at the floor

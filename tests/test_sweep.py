@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -147,6 +149,80 @@ def test_workers_option_runs_more_processes_on_the_run_directorys_study(tiny, tm
     assert all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["run_dir"] for t in trials}) == 4
     assert len(list((out / "trials").iterdir())) == 4
+
+
+def _worker_of(parent: subprocess.Popen, timeout: float = 120) -> psutil.Process:
+    """The `--worker` child of a running `cnnlab sweep --workers 2`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for kid in psutil.Process(parent.pid).children():
+            try:
+                if "--worker" in kid.cmdline():
+                    return kid
+            except psutil.Error:  # a short-lived child (`git`, `lscpu`) that just ended
+                continue
+        assert parent.poll() is None, "the sweep ended before its worker started"
+        time.sleep(0.05)
+    raise AssertionError("no worker started")
+
+
+def test_workers_stop_when_the_main_process_is_killed(tiny, tmp_path):
+    cfg = yaml.safe_load(tiny.read_text())
+    cfg["train"]["epochs"] = 40  # 50 trials of 40 epochs: minutes of work for the worker
+    long = tmp_path / "long.yaml"
+    long.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "cnnlab", "sweep", str(long), "--trials", "50", "--workers",
+             "2", "--no-final", "--no-report", "--out", str(tmp_path / "run")],
+            stdout=subprocess.DEVNULL, stderr=err)
+    worker = None
+    try:
+        worker = _worker_of(parent)
+        # Into its first trial: its lines reach the main process's stderr, named.
+        def training() -> list[str]:
+            return [ln for ln in log.read_text().splitlines()
+                    if ln.startswith("[worker 1] plain-cnn seed")]
+
+        deadline = time.monotonic() + 120
+        while not training() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert training(), log.read_text()[-2000:]
+        assert worker.is_running() and parent.poll() is None
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        _gone, alive = psutil.wait_procs([worker], timeout=15)
+        assert not alive, "the worker went on training after the main process was killed"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if worker is not None and worker.is_running():
+            worker.kill()
+
+
+def test_a_worker_that_dies_is_named_in_one_line_after_the_results(tiny, tmp_path):
+    """kill -9 of the worker: the main process runs the trials, saves the results and the
+    report, then ends with a one-line error that names the worker and how it ended."""
+    out = tmp_path / "run"
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "sweep", str(tiny), "--trials", "3", "--workers", "2",
+         "--no-final", "--out", str(out), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _worker_of(parent).kill()
+        _, err = parent.communicate(timeout=600)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cnnlab sweep: error: worker 1 stopped with exit status -9")
+    assert f"--resume {out}" in lines[0]
+    res = json.loads((out / "results.json").read_text())
+    assert res["counts"]["COMPLETE"] == 3  # the main process ran them
+    assert (out / "report.md").is_file()
 
 
 @pytest.mark.parametrize("crash_at", ["step-3", "sweep:trial-1:told"])
@@ -367,7 +443,9 @@ def test_the_main_process_shows_the_trials_as_steps_of_one_overall_bar(
     assert "sweep 5/5: trial 4" in err.getvalue()
 
 
-def test_a_worker_process_draws_no_bars_and_names_itself(tiny_config, tmp_path, monkeypatch):
+def test_a_worker_process_draws_no_bars(tiny_config, tmp_path, monkeypatch):
+    """A worker's own output: plain lines, no live display. The main process passes them on
+    prefixed `[worker K]` (cnnlab.workers; the real processes' test below checks that)."""
     from cnnlab.progress import Reporter
     from cnnlab.tasks import sweep
 
@@ -379,6 +457,4 @@ def test_a_worker_process_draws_no_bars_and_names_itself(tiny_config, tmp_path, 
     assert sweep.work(config, run, Reporter(err=err, interval=0), worker=1) == 1
     out = err.getvalue()
     assert "\x1b" not in out and "sweep 1/1" not in out  # no live display, no overall bar
-    lines = out.splitlines()
-    assert lines and all(line.startswith("[worker 1] ") for line in lines)
-    assert "[worker 1] training" in lines
+    assert "training" in out.splitlines()

@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.report.experiment import interval, verdict_text
 
     if args.worker:
-        # A process started by the experiment itself (tasks/experiment.spawn_workers), not a
-        # user's command: its group of the run's experiments, as saved; nothing to print.
+        # A process started by the experiment itself (its pool: cnnlab.workers), not a user's
+        # command: its group of the run's experiments, as saved; nothing to print.
         from cnnlab.config import from_run
         from cnnlab.runs import RunDir
         from cnnlab.tasks import experiment as task

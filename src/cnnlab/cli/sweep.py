@@ -88,15 +88,15 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.progress import Reporter
 
     if args.worker:
-        # A process started by the sweep itself (spawn_workers), not a user's command: it
-        # works on the run's study as saved and returns nothing to print.
+        # A process started by the sweep itself (its pool: cnnlab.workers), not a user's
+        # command: it works on the run's study as saved and returns nothing to print.
         from cnnlab.config import from_run
         from cnnlab.runs import RunDir
         from cnnlab.tasks import sweep as task
 
         config = from_run(task.SweepConfig, args.worker, "sweep")
-        task.work(config, RunDir.open(args.worker), Reporter(quiet=args.quiet),
-                  worker=args.worker_index)
+        task.work_as_worker(config, RunDir.open(args.worker), Reporter(quiet=args.quiet),
+                            index=args.worker_index)
         return 0
     if args.resume:
         refuse_changes(args)

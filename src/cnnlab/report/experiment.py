@@ -47,6 +47,14 @@ def _band(ax, xs, runs: list[list[float]], color: str, label: str, style: str = 
                         alpha=0.18, linewidth=0)
 
 
+def _log10(norm: float, results: dict[str, Any]) -> float:
+    """log10 of a gradient norm, a norm of exactly 0 (the vanishing case) read as the floor the
+    task recorded (`grad_floor`: float32's smallest positive value; see the task's
+    learning.GRAD_FLOOR). Results from before it was recorded hold no zero norms: any positive
+    floor reads them the same."""
+    return math.log10(max(norm, results.get("grad_floor") or math.ulp(0.0)))
+
+
 def plot_experiment(results: dict[str, Any], folder: Path) -> str:
     """Draw the experiment's plot into `folder`; returns the file name."""
     import matplotlib
@@ -71,7 +79,7 @@ def plot_experiment(results: dict[str, Any], folder: Path) -> str:
                 norms = [g for g in r.get(key) or [] if g]
                 if norms:
                     n = min(map(len, norms))
-                    logs = [[math.log10(g[j]) for g in norms] for j in range(n)]
+                    logs = [[_log10(g[j], results) for g in norms] for j in range(n)]
                     ax_grad.plot(range(1, n + 1), [10 ** statistics.fmean(v) for v in logs],
                                  style, color=color, marker=marker, markersize=2.5,
                                  linewidth=1, alpha=1 if key == "grad_epoch1" else 0.45,
@@ -200,7 +208,7 @@ def _gradient_table(res: dict[str, Any]) -> Table:
                 continue
 
             def stat(values: list[float]) -> str:
-                gm = 10 ** statistics.fmean(math.log10(v) for v in values)
+                gm = 10 ** statistics.fmean(_log10(v, res) for v in values)
                 return (f"{gm:.3g}" if len(values) < 2
                         else f"{gm:.3g} ({min(values):.3g}–{max(values):.3g})")
 

@@ -31,8 +31,6 @@ import contextlib
 import math
 import os
 import socket
-import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass, fields, replace
@@ -52,6 +50,7 @@ from cnnlab.tasks.study import (
     trial_rows,
     write_trials_csv,
 )
+from cnnlab.workers import Pool, share_cores, watch_parent
 
 if TYPE_CHECKING:
     import optuna
@@ -327,24 +326,14 @@ def sweep_objective(config: SweepConfig) -> Objective:
     return objective
 
 
-def spawn_workers(run_dir: RunDir, n: int, quiet: bool) -> list[subprocess.Popen]:
-    """n more processes of this sweep on this machine (`cnnlab sweep --worker RUN`)."""
-    procs = []
-    for i in range(1, n + 1):
-        cmd = [sys.executable, "-m", "cnnlab", "sweep", "--worker", str(run_dir.path),
-               "--worker-index", str(i)]
-        if quiet:
-            cmd.append("-q")
-        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
-    return procs
-
-
 def work(config: SweepConfig, run_dir: RunDir, reporter, worker: int = 0) -> int:
     """One process's share of the trials (the main process and every `--worker`). The main
-    process (worker 0) shows the overall bar over the study's trials; a worker shares its
-    terminal, so it draws no bar and logs plain lines that start with its number."""
+    process (worker 0) shows the overall bar over the study's trials; a worker draws no bar
+    and logs plain lines, which the main process passes on as `[worker K] ...`."""
     if worker:
-        reporter = replace(reporter, prefix=f"[worker {worker}] {reporter.prefix}", bars=False)
+        # Its output goes through a pipe to the main process, which prefixes each line
+        # `[worker K]` and passes it on (cnnlab.workers): plain lines, no bars.
+        reporter = replace(reporter, bars=False)
     url = storage_url(config.storage, run_dir)
     n_existing = len(open_study(url, config.study).trials())
     study = open_study(url, config.study, _sampler(config, worker, n_existing),
@@ -357,10 +346,18 @@ def work(config: SweepConfig, run_dir: RunDir, reporter, worker: int = 0) -> int
                          deadline, display=display)
 
 
+def work_as_worker(config: SweepConfig, run_dir: RunDir, reporter, index: int) -> int:
+    """`cnnlab sweep --worker RUN --worker-index K`, a process of the main one's pool: it
+    ends when the main process is gone (kill -9 included), then works as `work` does."""
+    watch_parent()
+    return work(config, run_dir, reporter, worker=index)
+
+
 def run(config: SweepConfig, run_dir: RunDir, reporter, resume: bool = False,
         quiet_workers: bool = False) -> dict[str, Any]:
     """The whole sweep: trials (with `workers - 1` more processes), then the best re-trained on
-    train + validation and tested once, then trials.csv, plots, results.json and the report."""
+    train + validation and tested once, then trials.csv, plots, results.json and the report.
+    A worker that failed: all that, then a one-line error that names it."""
     base = config.base_train()
     from cnnlab.models.registry import get_spec
 
@@ -374,13 +371,24 @@ def run(config: SweepConfig, run_dir: RunDir, reporter, resume: bool = False,
         run_dir.save_environment(seed=config.seed)
     reporter.log(f"sweep: {config.trials} trials, storage {storage_url(config.storage, run_dir)}"
                  f"{f', {config.workers} workers' if config.workers > 1 else ''}")
-    procs = spawn_workers(run_dir, config.workers - 1, quiet_workers)
-    try:
+    # `workers - 1` more processes of the one pool (cnnlab.workers): they die with this one,
+    # their lines come prefixed `[worker K]`, the cores are shared out, a failure is named.
+    with Pool(["sweep", "--worker", str(run_dir.path)], config.workers - 1,
+              share_cores(config.workers), reporter, quiet=quiet_workers) as pool:
         work(config, run_dir, reporter, worker=0)
-    finally:
-        for p in procs:
-            p.wait()
-    return finish(config, run_dir, reporter)
+        failed = pool.wait()
+    if not failed:
+        return finish(config, run_dir, reporter)
+    # Like experiment's: the results and the report hold what finished, and the run says
+    # what failed in one line.
+    why = "; ".join(f.why() for f in failed)
+    reporter.log(why)
+    try:
+        finish(config, run_dir, reporter)
+    except CnnlabError as exc:
+        raise CnnlabError(f"{why}; {exc}") from None
+    raise CnnlabError(f"{why}; the results and the report hold the trials that finished: "
+                      f"`cnnlab sweep --resume {run_dir.path}` runs any it left unfinished")
 
 
 def _example(p: Param) -> Any:
