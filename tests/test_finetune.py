@@ -29,7 +29,7 @@ from cnnlab.models import head_fit
 from cnnlab.progress import Reporter
 from cnnlab.runs import RunDir
 from cnnlab.tasks import finetune
-from cnnlab.tasks.finetune import FinetuneConfig, even_batches
+from cnnlab.tasks.finetune import FinetuneConfig, even_batches, pipeline
 
 BACKBONE = "timm/test_efficientnet"
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 180, 30)}
@@ -652,7 +652,7 @@ def test_cross_validation_never_sees_test_photos_and_the_refit_precedes_the_test
 
     events: list[tuple] = []
     real_cv, real_fit, real_scores = (head_fit.cross_validate, head_fit.fit_linear,
-                                      finetune._scores)
+                                      pipeline.score)
 
     def cv(x, y, *a, **kw):
         events.append(("cv", x.clone()))
@@ -668,7 +668,7 @@ def test_cross_validation_never_sees_test_photos_and_the_refit_precedes_the_test
 
     monkeypatch.setattr(head_fit, "cross_validate", cv)
     monkeypatch.setattr(head_fit, "fit_linear", fit)
-    monkeypatch.setattr(finetune, "_scores", scores)
+    monkeypatch.setattr(pipeline, "score", scores)
     r = train_default(photos, tmp_path / "run", weights)
     assert r["head_fit"]["method"] == "lbfgs" and r["head_fit"]["parts"] == ["train", "val"]
 
