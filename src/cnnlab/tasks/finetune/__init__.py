@@ -18,8 +18,8 @@ Steps:
 4. training on the shared engine (`engine.fit`: schedule, checkpoints, resume, early stopping,
    NaN guard, DDP); the last epoch's weights are kept (`keep="best"`: the epoch with the lowest
    validation loss);
-5. the test photos, which chose nothing, scored once: top-1 and top-k error with their Wilson
-   95% intervals (`analysis/binomial.py`), per-class accuracy,
+5. the test photos, held out from training and from every choice, scored once: top-1 and
+   top-k error with their Wilson 95% intervals (`analysis/binomial.py`), per-class accuracy,
    predictions.csv, model.safetensors + model.json for `cnnlab predict`, curves, confusion
    matrix, the class-activation maps (Grad-CAM) of the predicted and of the true class of each
    misclassified test photo (cams/*.jpg; `explain=False` / --no-explain leaves them out) and

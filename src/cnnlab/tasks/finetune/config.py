@@ -16,6 +16,7 @@ KEEP = ("last", "best")
 DEFAULT_BACKBONE = "efficientnet_lite0"  # with --weights, or when it is the only one here
 AUTO = "auto"  # --model auto: chosen by cross-validation among the backbones present
 HEAD_FITS = ("lbfgs", "epochs")
+PRECISIONS = ("fp32", "bf16", "auto")
 PARTIAL_EPOCHS = 10  # passes over the training photos, one cached view of each per pass
 PARTIAL_STAGES = 1  # top body stages trained by partial (Lite0: blocks.6 + conv_head)
 PARTIAL_VIEWS = 4  # cached views per training photo: eval, mirror, 2 random crops
@@ -67,7 +68,10 @@ class FinetuneConfig:
     top_k: int | None = None  # None: 3 for up to 10 classes, else 5 (as the lab argued)
     workers: int = 2  # decoding processes
     draft: bool = True  # JPEG draft decoding (see data/decode.py)
-    precision: str = "fp32"  # or bf16 (autocast)
+    # fp32, bf16 (autocast), or auto: bf16 where the CPU has native bf16 or the GPU supports
+    # it, else fp32 -- train's --precision auto, resolved on the run's device by the same
+    # function (tasks/train.resolve_precision); config.json keeps "auto".
+    precision: str = "fp32"
     time_limit: float | None = None  # seconds of training in this invocation
     device: str = "auto"
     report: bool = True
@@ -119,8 +123,8 @@ class FinetuneConfig:
             raise CnnlabError(f"--top-k must be at least 1, not {self.top_k}")
         if self.workers < 0:
             raise CnnlabError(f"--workers must be 0 or more, not {self.workers}")
-        if self.precision not in ("fp32", "bf16"):
-            raise CnnlabError("--precision must be fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise CnnlabError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
         if self.time_limit is not None and self.time_limit <= 0:

@@ -118,7 +118,9 @@ def export_model(run_dir: RunDir, net, config: FinetuneConfig, classes, preproce
     return run_dir.file("model.safetensors")
 
 
-def settings(config: FinetuneConfig, net) -> dict[str, Any]:
+def settings(config: FinetuneConfig, net, precision: tuple[str, str]) -> dict[str, Any]:
+    """The values the run used (results.json "settings"); `precision`: (fp32 | bf16, why), the
+    resolved --precision. A setting that a fitted head does not use is None."""
     body_lr = config.lr_ * config.body_lr_ratio if config.strategy != "freeze" else None
     epoch_only = None if config.fitted else True  # settings that a fitted head does not use
     return {
@@ -134,6 +136,9 @@ def settings(config: FinetuneConfig, net) -> dict[str, Any]:
         "train_stages": config.train_stages if config.partial else None,
         "views": config.views if config.partial else None,
         "batchnorm": bn_words(config),
+        # the precision of training (a fitted head trains no epochs: None)
+        "precision": epoch_only and precision[0],
+        "precision_reason": epoch_only and precision[1],
         "model": net.describe(),
     }
 

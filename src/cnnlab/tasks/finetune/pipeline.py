@@ -51,6 +51,7 @@ class _SetUp:
     device: Any
     info: Any  # dist.DistInfo of this process
     reporter: Any  # quiet on the ranks other than 0
+    precision: tuple[str, str]  # ("fp32" | "bf16", why): --precision resolved on the device
 
 
 @dataclass
@@ -95,6 +96,7 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     from cnnlab.models.pretrained import fetch, pretrained_spec_of
     from cnnlab.models.registry import create_pretrained, get_spec
     from cnnlab.models.transfer import TransferModel
+    from cnnlab.tasks.train import resolve_precision
 
     info = dist.from_env()
     spec = get_spec(config.backbone)  # a misspelt backbone first, before any work
@@ -108,9 +110,12 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
 
         reporter = Reporter(quiet=True)
     info, device = dist.init(config.device)
+    # --precision auto means what it means to `cnnlab train`: one resolver, train's.
+    precision, why = resolve_precision(config.precision, device)
     if info.is_main and not resume:
         run_dir.save_config(config)
-        run_dir.save_environment(seed=config.seed, device=str(device))
+        run_dir.save_environment(seed=config.seed, device=str(device), precision=precision,
+                                 precision_reason=why)
     torch.manual_seed(config.seed)
     model, preprocess, _ = create_pretrained(spec.name, weights_file)
     net = TransferModel.from_pretrained(model, len(split.classes))
@@ -127,7 +132,8 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
                             reporter)
     if info.is_main and not saved:
         split_dir.write_json("split.json", prepared.split.to_json())
-    return _SetUp(spec.name, weights_file, net, preprocess, prepared, device, info, reporter)
+    return _SetUp(spec.name, weights_file, net, preprocess, prepared, device, info, reporter,
+                  (precision, why))
 
 
 def _train_or_fit(config: FinetuneConfig, setup: _SetUp, trainer: Trainer, run_dir: RunDir,
@@ -144,7 +150,7 @@ def _train_or_fit(config: FinetuneConfig, setup: _SetUp, trainer: Trainer, run_d
     if config.partial:  # the head starts where the frozen default ends (a resume: reloaded)
         head_init = partial_head_init(config, setup.prepared, trainer, setup.net,
                                       setup.reporter)
-    fit_result = train(config, trainer, run_dir, setup.reporter, resume)
+    fit_result = train(config, trainer, run_dir, setup.reporter, resume, setup.precision[0])
     selected = BEST if checkpoints.exists(run_dir.path, BEST) else LAST
     load_weights(trainer.model, run_dir, selected)
     return _Trained(selected, fit_result=fit_result, head_init=head_init)
@@ -217,7 +223,7 @@ def _results(config: FinetuneConfig, setup: _SetUp, trained: _Trained,
         "weights": str(setup.weights_file),
         **split.counts(),
         "n_skipped": len(split.skipped),
-        "settings": settings(config, setup.net),
+        "settings": settings(config, setup.net, setup.precision),
         "epochs_run": training["epochs_run"],
         "stopped": training["stopped"],
         "selected_epoch": training["selected_epoch"],

@@ -167,7 +167,10 @@ class Trainer:
 
 
 
-def train(config: FinetuneConfig, trainer: Trainer, run_dir: RunDir, reporter, resume: bool):
+def train(config: FinetuneConfig, trainer: Trainer, run_dir: RunDir, reporter, resume: bool,
+          precision: str):
+    """`trainer.model` trained on the engine for the config's epochs; `precision`: fp32 or
+    bf16, --precision resolved on the device."""
     from cnnlab.engine import FitConfig, fit, warmup_cosine
 
     net = trainer.net
@@ -176,7 +179,7 @@ def train(config: FinetuneConfig, trainer: Trainer, run_dir: RunDir, reporter, r
     total = trainer.steps_per_epoch * config.epochs_
     schedule = warmup_cosine(total, round(config.warmup_epochs * trainer.steps_per_epoch))
     fit_config = FitConfig(
-        epochs=config.epochs_, seed=config.seed, precision=config.precision,
+        epochs=config.epochs_, seed=config.seed, precision=precision,
         early_stopping=config.early_stopping,
         monitor="val_loss" if config.keep == "best" else None, mode="min",
         time_limit=config.time_limit, log_every=max(1, min(50, trainer.steps_per_epoch)),
