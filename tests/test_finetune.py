@@ -523,7 +523,7 @@ def test_summary_line_says_the_test_photos_were_held_out(capsys):
     assert "chose nothing" not in out
 
 
-def test_precision_auto_is_trains_rule_and_the_run_records_what_it_used(
+def test_precision_auto_is_trains_and_the_run_records_what_it_used(
         photos, tmp_path, weights, monkeypatch):
     """--precision auto means what train's does (recipes.autocast_dtype: bf16 where the CPU
     has native bf16 or the GPU supports it, else fp32): the engine trains at the resolved
