@@ -29,7 +29,7 @@ from cnnlab.models import head_fit
 from cnnlab.progress import Reporter
 from cnnlab.runs import RunDir
 from cnnlab.tasks import finetune
-from cnnlab.tasks.finetune import FinetuneConfig, even_batches
+from cnnlab.tasks.finetune import FinetuneConfig, even_batches, pipeline
 
 BACKBONE = "timm/test_efficientnet"
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 180, 30)}
@@ -487,6 +487,79 @@ def test_help_says_validation_chooses_the_epoch_only_with_keep_best(capsys, monk
     assert re.search(r"--keep \{last,best\}.*lowest validation loss \(last\)", text)
 
 
+def test_help_describes_every_strategy_the_config_accepts(capsys):
+    """The help's "Strategies:" has an entry for each of FinetuneConfig's strategies, and auto's
+    states the threshold the rule uses."""
+    from cnnlab.cli import main
+    from cnnlab.tasks.finetune.config import STRATEGIES
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = capsys.readouterr().out
+    section = out.split("Strategies:\n", 1)[1].split("\n--compare", 1)[0]
+    entries = [line.split()[0] for line in section.splitlines() if line.startswith("  ")
+               and not line.startswith("   ")]
+    assert entries == list(STRATEGIES)
+    auto = section.split("  auto ", 1)[1]
+    assert f"at most {finetune.AUTO_PARTIAL_MAX_PER_CLASS} per class" in " ".join(auto.split())
+
+
+def test_summary_line_says_the_test_photos_were_held_out(capsys):
+    """The line under the table says what the test error was measured on, in words a reader
+    understands (it said "24 photos that chose nothing")."""
+    from cnnlab.cli.finetune import print_results
+    from cnnlab.results import Result
+
+    row = {"strategy": "freeze", "epochs": 0, "selected_epoch": None, "train_accuracy": 99.0,
+           "val_accuracy": None, "top1_error": 20.833, "top1_interval": None,
+           "head_fit": "lbfgs", "cv_accuracy": 77.7, "top_k": 3, "topk_error": None,
+           "seconds": 1.25, "n_test": 24}
+    results = {"backbone": "made-up-net", "run_dir": "runs/x"}
+    print_results(Result(command="finetune", results=results, rows=[row], run_dir=None),
+                  Reporter())
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("test error: measured once, on 24 held-out photos used for no training and no "
+            "choice; backbone made-up-net") in out
+    assert "chose nothing" not in out
+
+
+def test_precision_auto_is_trains_and_the_run_records_what_it_used(
+        photos, tmp_path, weights, monkeypatch):
+    """--precision auto means what train's does (recipes.autocast_dtype: bf16 where the CPU
+    has native bf16 or the GPU supports it, else fp32): the engine trains at the resolved
+    precision, and settings and environment.json record it and why. Checked both ways on any
+    machine by setting what the CPU is said to have."""
+    from cnnlab import engine, recipes
+    from cnnlab.cli import build_parser
+
+    assert build_parser().parse_args(["finetune", "x", "--precision", "auto"]).precision == \
+        "auto"
+    used = []
+    real_fit = engine.fit
+
+    def fit(*args, **kwargs):
+        used.append(args[4].precision)  # the FitConfig the engine trains with
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "fit", fit)
+    for native, asked, expected in ((True, "auto", "bf16"), (False, "auto", "fp32"),
+                                    (True, "fp32", "fp32")):
+        monkeypatch.setattr(recipes, "cpu_has_bf16", lambda native=native: native)
+        assert (recipes.autocast_dtype(asked, "cpu") is not None) == (expected == "bf16")
+        run = tmp_path / f"{native}-{asked}"
+        r = train(photos, run, weights, precision=asked, epochs=1, device="cpu")
+        env = json.loads((run / "environment.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        assert r["settings"]["precision"] == env["precision"] == expected
+        assert r["settings"]["precision_reason"] == env["precision_reason"]
+        assert ("avx512_bf16/amx_bf16" in env["precision_reason"]) == (asked == "auto")
+        assert config["precision"] == asked  # a resume resolves it again, on its machine
+    assert used == ["bf16", "fp32", "fp32"]
+    # A fitted head trains no epochs: no precision to record.
+    r = train_default(photos, tmp_path / "fitted", weights, precision="auto")
+    assert r["settings"]["precision"] is None
+
+
 # ----------------------------------------------------------------------------- real data
 
 
@@ -652,7 +725,7 @@ def test_cross_validation_never_sees_test_photos_and_the_refit_precedes_the_test
 
     events: list[tuple] = []
     real_cv, real_fit, real_scores = (head_fit.cross_validate, head_fit.fit_linear,
-                                      finetune._scores)
+                                      pipeline.score)
 
     def cv(x, y, *a, **kw):
         events.append(("cv", x.clone()))
@@ -668,7 +741,7 @@ def test_cross_validation_never_sees_test_photos_and_the_refit_precedes_the_test
 
     monkeypatch.setattr(head_fit, "cross_validate", cv)
     monkeypatch.setattr(head_fit, "fit_linear", fit)
-    monkeypatch.setattr(finetune, "_scores", scores)
+    monkeypatch.setattr(pipeline, "score", scores)
     r = train_default(photos, tmp_path / "run", weights)
     assert r["head_fit"]["method"] == "lbfgs" and r["head_fit"]["parts"] == ["train", "val"]
 

@@ -26,7 +26,7 @@ from cnnlab.models import head_fit
 from cnnlab.progress import Reporter
 from cnnlab.runs import RunDir
 from cnnlab.tasks import finetune
-from cnnlab.tasks.finetune import FinetuneConfig
+from cnnlab.tasks.finetune import FinetuneConfig, choice, strategies
 
 BACKBONE = "timm/test_efficientnet"
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 180, 30)}
@@ -185,7 +185,7 @@ def test_partial_cross_validation_and_training_never_see_test_photos(photos, tmp
     features only, and every training batch comes from train + validation activations."""
     events = []
     real_cv = head_fit.cross_validate
-    real_batches = finetune._Trainer.batches
+    real_batches = strategies.Trainer.batches
 
     def cv(x, y, *a, **kw):
         events.append(("cv", len(x)))
@@ -197,7 +197,7 @@ def test_partial_cross_validation_and_training_never_see_test_photos(photos, tmp
             yield x, y
 
     monkeypatch.setattr(head_fit, "cross_validate", cv)
-    monkeypatch.setattr(finetune._Trainer, "batches", batches)
+    monkeypatch.setattr(strategies.Trainer, "batches", batches)
     r = partial(photos, tmp_path / "run", weights, views=2)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     n_fit = len(split["train"]) + len(split["val"])
@@ -284,18 +284,18 @@ def test_auto_counts_train_and_validation_photos_never_test(photos, tmp_path, we
     """7 train + validation photos per class (and 2 test): partial at a threshold of 7, freeze
     at 6; adding test photos changes nothing."""
     seen = []
-    real = finetune.auto_strategy
+    real = choice.auto_strategy
 
     def spy(n, c):
         seen.append((n, c))
         return real(n, c)
 
-    monkeypatch.setattr(finetune, "auto_strategy", spy)
+    monkeypatch.setattr(choice, "auto_strategy", spy)
     for extra in range(3):  # more test photos per class
         for c, rgb in COLOURS.items():
             Image.new("RGB", (40, 48), rgb).save(photos / "test" / c / f"extra{extra}.png")
     for threshold, chosen in ((7, "partial"), (6, "freeze")):
-        monkeypatch.setattr(finetune, "AUTO_PARTIAL_MAX_PER_CLASS", threshold)
+        monkeypatch.setattr(choice, "AUTO_PARTIAL_MAX_PER_CLASS", threshold)
         r = partial(photos, tmp_path / chosen, weights, strategy="auto", epochs=None)
         assert r["settings"]["strategy"] == chosen
         config = json.loads((tmp_path / chosen / "config.json").read_text())

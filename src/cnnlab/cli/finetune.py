@@ -10,7 +10,8 @@ from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
 Teach a pretrained ImageNet CNN your own classes: its last layer is replaced by a new one for
-your classes, trained on your photos, and scored on test photos that chose nothing.
+your classes, trained on your photos, and scored once on held-out test photos (used for
+no training and no choice).
 
 Data layouts (DATA is a folder):
   DATA/train/<class>/*.jpg  DATA/val/<class>/*  DATA/test/<class>/*   (val may be valid/ or
@@ -40,6 +41,12 @@ Strategies:
   finetune  every layer trains, the body at a tenth of the head's learning rate; BatchNorm
             statistics stay the ImageNet ones (--bn frozen) unless --bn train.
   gradual   the head first, then the body unfrozen stage by stage from the top.
+  partial   the body's top stage (--train-stages N) and the head train, on cached activations
+            of the frozen early stages for --views fixed views of each training photo (4: the
+            photo, its mirror, 2 random crops), starting from the fitted frozen head; the
+            validation photos train too, and the last of 10 epochs is kept.
+  auto      partial when the train + validation photos are at most 20 per class, else freeze
+            (a provisional rule: BENCHMARKS.md, "--strategy auto").
 --compare runs freeze and finetune on the same split and puts them side by side.
 
 Test errors come with a Wilson 95% interval: with 24 test photos one photo is 4.2 points.
@@ -150,7 +157,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (2)")
     p.add_argument("--no-draft", dest="draft", action="store_false", default=None,
                    help="always decode JPEGs at full size")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="(fp32)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="training in fp32, in bf16 autocast, or auto: bf16 where the CPU has "
+                   "native bf16 (avx512_bf16/amx_bf16) or the GPU supports it, else fp32; the "
+                   "choice and the reason land in environment.json (fp32)")
     p.add_argument("--time-limit", type=float, metavar="S",
                    help="seconds of training, then stop cleanly (resume later)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (auto)")
@@ -214,8 +224,8 @@ def print_results(result, reporter) -> None:
         right_align=["epochs (kept)", "train acc", "val acc", "test top-1 err (95% CI)",
                      f"test top-{k} err", "time"],
     )
-    reporter.result(f"test: {rows[0]['n_test']} photos that chose nothing; backbone "
-                    f"{results['backbone']}")
+    reporter.result(f"test error: measured once, on {rows[0]['n_test']} held-out photos "
+                    f"used for no training and no choice; backbone {results['backbone']}")
     print_run_paths(reporter, results["run_dir"])
 
 

@@ -67,7 +67,8 @@ def pct(v: float | None) -> str:
 
 def summary_row(strategy: str, r: dict[str, Any]) -> dict[str, Any]:
     """One strategy's run (its results.json) as a row of the summary table, numbers
-    unformatted: what `--compare` stores as results.json "rows" (tasks/finetune.run_compare)."""
+    unformatted: what `--compare` stores as results.json "rows"
+    (tasks/finetune/pipeline.run_compare)."""
     return {"strategy": strategy, "epochs": r["epochs_run"], "selected_epoch":
             r["selected_epoch"], "train_accuracy": r["train_accuracy"],
             "val_accuracy": r["val_accuracy"], "top1_error": r["top1_error"],

@@ -1,0 +1,144 @@
+"""What a finetune run leaves for its reader, after the one measurement of the test photos:
+the scores (top-1 / top-k error with Wilson intervals, per-class accuracy), predictions.csv,
+model.safetensors + model.json for `cnnlab predict`, the Grad-CAM maps of the misclassified
+test photos, and the settings the run used (results.json "settings")."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from cnnlab.runs import RunDir
+from cnnlab.tasks.finetune.config import FinetuneConfig, bn_words, top_k_for
+
+
+def score(logits, targets, classes: tuple[str, ...], k: int) -> dict[str, Any]:
+    """Top-1 / top-k error (percent) and per-class accuracy of logits against targets."""
+    from cnnlab.analysis.binomial import error_interval
+
+    n = len(targets)
+    top = logits.topk(min(k, len(classes)), dim=1).indices
+    hit1 = top[:, 0] == targets
+    hitk = (top == targets[:, None]).any(dim=1)
+    per_class = []
+    for c, name in enumerate(classes):
+        mask = targets == c
+        m = int(mask.sum())
+        correct = int(hit1[mask].sum())
+        per_class.append({"class": name, "n": m, "correct": correct,
+                          "accuracy": 100.0 * correct / m if m else None})
+    return {
+        "n": n,
+        "top1_error": 100.0 * (1 - float(hit1.float().mean())) if n else None,
+        "top_k": k,
+        # top-k of k >= the number of classes is every class: always right, so not reported.
+        "topk_error": (100.0 * (1 - float(hitk.float().mean()))
+                       if n and k < len(classes) else None),
+        "per_class": per_class,
+        # Wilson 95% intervals: with 24 test photos one photo is 4.17 points.
+        "top1_interval": error_interval(n - int(hit1.sum()), n) if n else None,
+        "topk_interval": (error_interval(n - int(hitk.sum()), n)
+                          if n and k < len(classes) else None),
+    }
+
+
+def predictions_csv(items, root: Path, targets, logits, classes, k: int) -> str:
+    import torch
+
+    probs = torch.softmax(logits, dim=1)
+    top_p, top_c = probs.topk(min(k, len(classes)), dim=1)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "true_class", "rank", "class", "probability", "correct"])
+    for it, t, cs, ps in zip(items, targets.tolist(), top_c.tolist(), top_p.tolist(),
+                             strict=True):
+        rel = _relative(it.path, root)
+        for r, (c, p) in enumerate(zip(cs, ps, strict=True), start=1):
+            w.writerow([rel, classes[t], r, classes[c], f"{p:.6f}", int(r == 1 and c == t)])
+    return buf.getvalue()
+
+
+EXPLAIN_MAX = 200  # misclassified test photos whose maps are drawn (the report lists as many)
+
+
+def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets, draft: bool,
+                          run_dir: RunDir, reporter) -> dict[str, Any]:
+    """Grad-CAM maps of the predicted and of the true class of each misclassified test photo
+    (the first EXPLAIN_MAX), drawn by the trained network: results.json "explanations"."""
+    from cnnlab.tasks.explain import CamWriter, explain_mistakes, layer_of
+
+    predicted = logits.argmax(dim=1).tolist()
+    wrong = [i for i, (p, t) in enumerate(zip(predicted, targets.tolist(), strict=True))
+             if p != t]
+    writer = CamWriter(net, layer_of(net, backbone), preprocess, run_dir, draft=draft)
+    chosen = wrong[:EXPLAIN_MAX]
+    mistakes = [{"path": split.test[i].path, "predicted": predicted[i],
+                 "true": int(targets[i]), "stem": f"cams/{i:05d}"} for i in chosen]
+    drawn = explain_mistakes(writer, mistakes, reporter, description="CAMs of the mistakes")
+    cams = [{"file": _relative(split.test[i].path, split.root),
+             "predicted": {"index": m["predicted"], "class": split.classes[m["predicted"]],
+                           "cam": d["predicted"]},
+             "true": {"index": m["true"], "class": split.classes[m["true"]], "cam": d["true"]}}
+            for i, m, d in zip(chosen, mistakes, drawn, strict=True) if "error" not in d]
+    about = writer.describe()
+    return {**about, "n_wrong": len(wrong), "limit": EXPLAIN_MAX,
+            "seconds_per_photo": round(about["seconds"] / len(cams), 4) if cams else None,
+            "cams": cams}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def export_model(run_dir: RunDir, net, config: FinetuneConfig, classes, preprocess,
+                 weights_file: Path, selected: str) -> Path:
+    """model.safetensors (the whole network: body + head) + model.json: what `cnnlab predict`
+    loads, self-contained (no ImageNet weights file needed to predict)."""
+    from safetensors.torch import save as st_save
+
+    from cnnlab.runs import atomic_write_bytes
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    atomic_write_bytes(run_dir.file("model.safetensors"), st_save(tensors))
+    run_dir.write_json("model.json", {
+        "format": "cnnlab-finetuned/1",
+        "backbone": config.backbone,
+        "classes": list(classes),
+        "preprocess": preprocess,
+        "strategy": config.strategy,
+        "top_k": top_k_for(len(classes), config.top_k),
+        "imagenet_weights": str(weights_file),
+        "checkpoint": selected,
+    })
+    return run_dir.file("model.safetensors")
+
+
+def settings(config: FinetuneConfig, net, precision: tuple[str, str]) -> dict[str, Any]:
+    """The values the run used (results.json "settings"); `precision`: (fp32 | bf16, why), the
+    resolved --precision. A setting that a fitted head does not use is None."""
+    body_lr = config.lr_ * config.body_lr_ratio if config.strategy != "freeze" else None
+    epoch_only = None if config.fitted else True  # settings that a fitted head does not use
+    return {
+        "strategy": config.strategy, "head_fit": config.head_fit,
+        "epochs": epoch_only and config.epochs_,
+        "optimizer": "lbfgs" if config.fitted else config.optimizer,
+        "lr_head": epoch_only and config.lr_, "lr_body": body_lr,
+        "batch_size": epoch_only and config.batch_size,
+        "weight_decay": config.weight_decay, "label_smoothing": config.label_smoothing,
+        "warmup_epochs": config.warmup_epochs, "augment": config.augment_,
+        "early_stopping": config.early_stopping, "seed": config.seed,
+        "feature_cache": config.cached and config.cache,
+        "train_stages": config.train_stages if config.partial else None,
+        "views": config.views if config.partial else None,
+        "batchnorm": bn_words(config),
+        # the precision of training (a fitted head trains no epochs: None)
+        "precision": epoch_only and precision[0],
+        "precision_reason": epoch_only and precision[1],
+        "model": net.describe(),
+    }
+
