@@ -265,7 +265,7 @@ def _explain_model(model, spec, preprocess, merged: ModelPass, number: int, item
                    accepted: list[tuple[int, ...]], root: Path, classes, config: EvaluateConfig,
                    run_dir: RunDir, reporter) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The CAMs of one model's mistakes: its predicted class and the true class, side by side."""
-    from cnnlab.tasks.explain import CamWriter, explain_mistakes, layer_of
+    from cnnlab.analysis.cams import CamWriter, explain_mistakes, layer_of
 
     wrong = [(i, top) for i, top in zip(merged.indices, merged.top_classes, strict=True)
              if top[0] not in accepted[i]]
