@@ -32,6 +32,16 @@ class Predictor:
     source: str  # "finetuned <run>" or "imagenet <model>"
     top_k: int
     arch: str = ""  # the registry name of the architecture (a finetune run's backbone)
+    weights: Path | None = None  # the weights file (names the exported graph: models/inference)
+
+    def identity(self) -> str:
+        """The net's name and weights digest: the key of its exported ONNX graph."""
+        from cnnlab.models.inference import weights_identity
+
+        kind = "finetuned-" if self.source.startswith("finetuned") else ""
+        if self.weights is None:
+            raise CnnlabError(f"{self.source}: no weights file to name its exported graph")
+        return weights_identity(kind + self.arch, self.weights)
 
 
 def _finetuned_json(model: str) -> Path | None:
@@ -75,7 +85,7 @@ def load_finetuned(meta_path: Path) -> Predictor:
     preprocess = Preprocess(int(pp["resize_size"]), int(pp["crop_size"]), pp["interpolation"],
                             tuple(pp["mean"]), tuple(pp["std"]))
     return Predictor(net.eval(), preprocess, classes, f"finetuned {meta_path.parent}",
-                     int(meta.get("top_k", 5)), meta["backbone"])
+                     int(meta.get("top_k", 5)), meta["backbone"], weights)
 
 
 def load_predictor(model: str, weights: str | None = None) -> Predictor:
@@ -89,9 +99,9 @@ def load_predictor(model: str, weights: str | None = None) -> Predictor:
     from cnnlab.data.imagenet import load_imagenet_classes
     from cnnlab.models.registry import create_pretrained
 
-    net, preprocess, _ = create_pretrained(model, weights)
+    net, preprocess, path = create_pretrained(model, weights)
     return Predictor(net, preprocess, tuple(load_imagenet_classes().names), f"imagenet {model}",
-                     5, model)
+                     5, model, path)
 
 
 def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[dict[str, str]]]:

@@ -40,6 +40,7 @@ class PredictConfig:
     draft: bool = True
     device: str = "auto"
     explain: bool = False  # a Grad-CAM map of each photo's top class (needs a run directory)
+    engine: str = "auto"  # the forward pass's engine: torch, onnxruntime, auto (models/inference)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -52,6 +53,9 @@ class PredictConfig:
             raise CnnlabError(f"--workers must be 0 or more, not {self.workers}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
+        from cnnlab.models.inference import check_engine
+
+        check_engine(self.engine)
 
 
 def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
@@ -64,6 +68,7 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
     from cnnlab.data.loaders import photo_loader
+    from cnnlab.models.inference import prepare_forward
     from cnnlab.models.predictor import expand_inputs, load_predictor
 
     files, skipped = expand_inputs(config.inputs)
@@ -76,7 +81,9 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     k = min(config.top_k or predictor.top_k, len(predictor.classes))
     use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
     device = torch.device("cuda" if use_cuda else "cpu")
-    model = predictor.model.to(device=device, memory_format=torch.channels_last).eval()
+    forward = prepare_forward(predictor.model, config.engine, identity=predictor.identity(),
+                              input_size=predictor.preprocess.crop_size, device=device,
+                              log=reporter.log, label=config.model)
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
                            draft=config.draft)
     loader = photo_loader(dataset, workers=config.workers, device=device,
@@ -87,11 +94,9 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
         out: dict[int, dict[str, Any]] = {i: {"file": str(files[i]), "error": reason}
                                           for i, reason in bad}
         if len(indices):
-            x = images.to(device).contiguous(memory_format=torch.channels_last)
-            # Inference mode per batch only: the records are consumed (and the maps drawn,
-            # which need gradients) outside it.
-            with torch.inference_mode():
-                probs = model(x).float().softmax(dim=1).cpu()
+            # Inference mode per batch only (inside `forward`): the records are consumed (and
+            # the maps drawn, which need gradients) outside it.
+            probs = forward(images).float().softmax(dim=1).cpu()
             top_p, top_c = probs.topk(k, dim=1)
             for i, cs, ps in zip(indices.tolist(), top_c.tolist(), top_p.tolist(),
                                  strict=True):
