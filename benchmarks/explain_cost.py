@@ -7,7 +7,7 @@ decoding process: `workers=0`), alternately:
 - `evaluate` with `explain=False` (--no-explain): scoring, predictions.csv, the report;
 - `evaluate` with `explain=True` (the default): the same, plus the Grad-CAM maps of the
   predicted and of the true class of every photo it gets wrong, embedded in the report;
-then, once, the maps alone (tasks/explain.py's CamWriter, as evaluate draws them) of every one
+then, once, the maps alone (analysis/cams.py's CamWriter, as evaluate draws them) of every one
 of the 250 photos: a pair (predicted and true class) per photo, and the single top-class map of
 `predict --explain` on the first 50. Prints medians over the repeats: seconds per photo, the
 extra seconds explanations add, and the ratio with / without. The grad-cam package's import
@@ -49,10 +49,10 @@ def cams_alone(folder: Path, out: Path, n_single: int = 50) -> dict[str, list[fl
     evaluate's predicted/true pair) for every photo; a single map for the first `n_single`."""
     import torch
 
+    from cnnlab.analysis.cams import CamWriter, target_layer
+    from cnnlab.models.predictor import load_predictor
     from cnnlab.progress import Reporter
     from cnnlab.runs import RunDir
-    from cnnlab.tasks.explain import CamWriter, target_layer
-    from cnnlab.tasks.predict import load_predictor
 
     predictor = load_predictor(MODEL)
     run_dir = RunDir.create("bench", out)

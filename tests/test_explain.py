@@ -182,8 +182,8 @@ def finetune_run(tmp_path_factory):
 
 
 def test_explain_a_finetune_run_with_its_own_classes(finetune_run, tmp_path, capsys):
-    from cnnlab.tasks.explain import target_layer
-    from cnnlab.tasks.predict import load_predictor
+    from cnnlab.analysis.cams import target_layer
+    from cnnlab.models.predictor import load_predictor
 
     run, data = finetune_run
     predictor = load_predictor(str(run))

@@ -224,8 +224,8 @@ def finetuned(tmp_path_factory):
 
 
 def test_finetune_report_shows_both_maps_of_every_misclassified_test_photo(finetuned):
-    from cnnlab.tasks.explain import target_layer
-    from cnnlab.tasks.predict import load_predictor
+    from cnnlab.analysis.cams import target_layer
+    from cnnlab.models.predictor import load_predictor
 
     runs, _ = finetuned
     run = runs["explain"]

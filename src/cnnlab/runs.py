@@ -129,10 +129,10 @@ def environment(seed: int | None = None, device: str | None = None, **extra: Any
     """What produced a run: enough to reproduce it or to explain a different number."""
     import torch
 
-    import cnnlab
-
     return {
-        "cnnlab": cnnlab.__version__,
+        # From the installed metadata, not the package face: runs.py sits below everything the
+        # face imports (DESIGN.md's layers). "unknown" when cnnlab runs from an uninstalled tree.
+        "cnnlab": _installed_version("cnnlab") or "unknown",
         "git_sha": git_sha(),
         "python": platform.python_version(),
         "torch": torch.__version__,

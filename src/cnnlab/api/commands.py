@@ -121,8 +121,9 @@ def evaluate(path: str | Path, models: Sequence[str] | str | None = None, *,
              limit: int | None = None, draft: bool | None = None,
              channels_last: bool | None = None, report: bool | None = None,
              device: str | None = None, explain: bool | None = None,
-             explain_limit: int | None = None, config: str | Path | None = None,
-             out: str | Path | None = None, quiet: bool = False):
+             explain_limit: int | None = None, engine: str | None = None,
+             config: str | Path | None = None, out: str | Path | None = None,
+             quiet: bool = False):
     """Pretrained ImageNet CNNs on a folder of labelled photos, side by side (`cnnlab
     evaluate`): each model's top-1 and top-5 error and every photo's top-k predictions.
 
@@ -131,8 +132,9 @@ def evaluate(path: str | Path, models: Sequence[str] | str | None = None, *,
     weights: {model: weights file}, or ["model=FILE", ...] as on the command line.
     top_k (5), batch_size (16), workers (2), match ("synonym" or the lab's "prefix"),
     skip_unknown (False), limit (all images), report (True), device ("auto"), explain (Grad-CAM
-    maps of the mistakes, True), explain_limit (all); None takes these defaults, or config=
-    (a YAML file of settings).
+    maps of the mistakes, True), explain_limit (all), engine ("auto": ONNX Runtime on the CPU,
+    else PyTorch; "torch", "onnxruntime"); None takes these defaults, or config= (a YAML file
+    of settings).
 
     Returns a Result: `.table` one row per model (top1_error, top5_error in percent),
     `.models`, `.report` (report.html with every mistake).
@@ -152,7 +154,7 @@ def evaluate(path: str | Path, models: Sequence[str] | str | None = None, *,
               "workers": workers, "labels": labels, "csv": csv, "match": match,
               "skip_unknown": skip_unknown, "limit": limit, "draft": draft,
               "channels_last": channels_last, "report": report, "device": device,
-              "explain": explain, "explain_limit": explain_limit}
+              "explain": explain, "explain_limit": explain_limit, "engine": engine}
     cfg = resolve(task.EvaluateConfig, values, config)
     run_dir = open_run("evaluate", out, device=cfg.device)
     results = run_task(task.run, cfg, run_dir, reporter(quiet))
@@ -228,8 +230,9 @@ def finetune(data: str | Path | None = None, *, backbone: str | None = None,
 
 def predict(model: str, inputs: Sequence[str | Path] | str | Path, *, top_k: int | None = None,
             weights: str | None = None, batch_size: int = 16, workers: int = 2,
-            device: str = "auto", explain: bool = False, out: str | Path | None = None,
-            quiet: bool = False, on_record: Callable[[dict[str, Any]], Any] | None = None):
+            device: str = "auto", explain: bool = False, engine: str = "auto",
+            out: str | Path | None = None, quiet: bool = False,
+            on_record: Callable[[dict[str, Any]], Any] | None = None):
     """Top-k classes of photos (`cnnlab predict`) from a finetune run directory or a pretrained
     ImageNet model name.
 
@@ -237,7 +240,8 @@ def predict(model: str, inputs: Sequence[str | Path] | str | Path, *, top_k: int
     ImageNet models). explain=True also draws each photo's top-class Grad-CAM map into a run
     directory (out=, default runs/predict/<timestamp>) with a report. on_record: called with
     each photo's record as soon as its batch is classified, before the call returns (the
-    command line prints them as they come).
+    command line prints them as they come). engine: the forward pass's, "auto" (ONNX Runtime on
+    the CPU, else PyTorch), "torch" or "onnxruntime"; the maps stay in PyTorch.
 
     Returns a Result: `.records` (one dict per photo: file, top [{class, probability, index}]
     and with explain=True cam, the map's file; or error), `.table` one row per photo (its top
@@ -250,7 +254,7 @@ def predict(model: str, inputs: Sequence[str | Path] | str | Path, *, top_k: int
         inputs = [inputs]
     config = PredictConfig(model=str(model), inputs=tuple(str(i) for i in inputs), top_k=top_k,
                            weights=weights, batch_size=batch_size, workers=workers,
-                           device=device, explain=explain)
+                           device=device, explain=explain, engine=engine)
     if out is not None and not explain:
         raise CnnlabError("--out is where --explain puts its maps; give --explain with it")
     rep = reporter(quiet)

@@ -91,13 +91,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "mistake and model on one CPU core)")
     p.add_argument("--explain-limit", type=int, metavar="N",
                    help="maps of each model's first N mistakes only (all)")
+    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"],
+                   help="the forward passes' engine: onnxruntime runs the same weights exported "
+                   "to ONNX (once, cached, checked against PyTorch); auto: onnxruntime on the "
+                   "CPU, torch on a GPU (auto)")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     add_output_options(p)
     p.set_defaults(run=run)
 
 
 KEYS = ("top_k", "batch_size", "workers", "labels", "csv", "match", "skip_unknown", "limit",
-        "draft", "channels_last", "report", "device", "explain", "explain_limit")
+        "draft", "channels_last", "report", "device", "explain", "explain_limit", "engine")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -59,6 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", action="store_true",
                    help="draw each photo's top-class Grad-CAM map; writes a run directory "
                    "with the maps and a report")
+    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="the forward passes' engine: onnxruntime runs the same weights exported "
+                   "to ONNX (once, cached, checked against PyTorch); auto: onnxruntime on the "
+                   "CPU, torch on a GPU (auto)")
     p.add_argument("--out", metavar="DIR",
                    help="--explain: run directory (default: runs/predict/<timestamp>)")
     add_quiet(p)
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = predict(args.model, args.inputs, top_k=args.top_k, weights=args.weights,
                      batch_size=args.batch_size, workers=args.workers, device=args.device,
-                     explain=args.explain, out=args.out, quiet=args.quiet, on_record=show)
+                     explain=args.explain, engine=args.engine, out=args.out, quiet=args.quiet,
+                     on_record=show)
     if result.run_dir is not None:
         # With --json, standard output stays one JSON object per line.
         print_run_paths(Reporter(quiet=args.quiet, out=sys.stderr) if args.json else reporter,

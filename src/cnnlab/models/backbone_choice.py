@@ -36,7 +36,7 @@ def available_backbones() -> list[tuple[str, Path]]:
 
 
 def frozen_features(name: str, weights: str | Path | None, paths: Sequence[Path], reporter, *,
-                    device, workers: int, draft: bool):
+                    device, workers: int, draft: bool, engine: str = "torch"):
     """The frozen body's features of `paths` (the run's cache and key), and its preprocessing."""
     from cnnlab.models.features import FeatureCache, compute_features, feature_key, file_digest
     from cnnlab.models.registry import create_pretrained
@@ -49,20 +49,22 @@ def frozen_features(name: str, weights: str | Path | None, paths: Sequence[Path]
                                         "preprocess": preprocess.__dict__, "draft": draft})
     return compute_features(body, paths, preprocess, cache, reporter, batch_size=32,
                             workers=workers, draft=draft, device=device,
-                            label=f"features of {name}")
+                            label=f"features of {name}", engine=engine, log=reporter.log)
 
 
 def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequence[Path],
                     targets: Sequence[int], n_classes: int, reporter, *, seed: int = 0,
-                    device="cpu", workers: int = 2, draft: bool = True) -> list[dict[str, Any]]:
-    """One row per candidate: its cross-validated head's log-loss and accuracy on `paths`."""
+                    device="cpu", workers: int = 2, draft: bool = True, engine: str = "torch"
+                    ) -> list[dict[str, Any]]:
+    """One row per candidate: its cross-validated head's log-loss and accuracy on `paths`
+    (features from `engine`'s pass: models/inference.py)."""
     from cnnlab.models.head_fit import cross_validate, n_folds
 
     rows = []
     for name, weights in candidates:
         start = time.perf_counter()
         feats = frozen_features(name, weights, paths, reporter, device=device,
-                                workers=workers, draft=draft)
+                                workers=workers, draft=draft, engine=engine)
         keep = [i for i, p in enumerate(paths) if p not in feats.bad]
         y = torch.tensor([targets[i] for i in keep], dtype=torch.long)
         folds = n_folds(y)

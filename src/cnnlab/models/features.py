@@ -147,16 +147,23 @@ def compute_features(
     device: torch.device | str = "cpu",
     channels_last: bool = True,
     label: str = "features",
+    engine: str = "torch",
+    identity: str | None = None,
+    log=None,
 ) -> Features:
     """`body(image)` for every photo, from the cache where it is there, one pass otherwise.
 
     `body` must be a fixed function (eval mode, frozen weights): it is switched to eval mode
     here. Photos that cannot be decoded are returned in `bad` with their reason (and cached as
-    bad), never raised.
+    bad), never raised. `engine` runs the pass (models/inference.py: torch, onnxruntime, auto);
+    the exported graph is named by `identity`, else by the cache's key (a body without either
+    runs in PyTorch). The vectors are cached whichever engine computed them: the two agree to
+    within inference.MAX_ABS_DIFF (checked at export), as CPU and GPU passes already shared it.
     """
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
     from cnnlab.data.loaders import photo_loader
+    from cnnlab.models.inference import prepare_forward, torch_forward
 
     start = time.perf_counter()
     paths = list(paths)
@@ -167,26 +174,29 @@ def compute_features(
     new_bad: dict[str, str] = {}
     if todo:
         device = torch.device(device)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        body = body.eval().to(device=device, memory_format=memory_format)
+        identity = identity or (f"features:{cache.key}" if cache is not None else None)
+        if identity is None:
+            forward = torch_forward(body, device, channels_last)
+        else:
+            forward = prepare_forward(body, engine, identity=identity,
+                                      input_size=preprocess.crop_size, device=device,
+                                      channels_last=channels_last, log=log, label=label)
         dataset = ImageDataset([LabelledImage(first_path[d], "") for d in todo], preprocess,
                                draft=draft)
         loader = photo_loader(dataset, workers=workers, device=device, batch_size=batch_size,
                               collate=dataset.collate)
         n_batches = (len(todo) + batch_size - 1) // batch_size
-        with torch.inference_mode():
-            for images, indices, failed in reporter.track(loader, total=n_batches,
-                                                          description=label, unit="batches"):
-                for i, reason in failed:
-                    new_bad[todo[i]] = reason
-                if len(indices) == 0:
-                    continue
-                x = images.to(device).contiguous(memory_format=memory_format)
-                out = body(x).float().cpu()
-                if out.ndim != 2:
-                    raise ValueError(f"body output {tuple(out.shape)} is not (batch, features)")
-                for i, row in zip(indices.tolist(), out, strict=True):
-                    new_vectors[todo[i]] = row.clone()
+        for images, indices, failed in reporter.track(loader, total=n_batches,
+                                                      description=label, unit="batches"):
+            for i, reason in failed:
+                new_bad[todo[i]] = reason
+            if len(indices) == 0:
+                continue
+            out = forward(images).float().cpu()
+            if out.ndim != 2:
+                raise ValueError(f"body output {tuple(out.shape)} is not (batch, features)")
+            for i, row in zip(indices.tolist(), out, strict=True):
+                new_vectors[todo[i]] = row.clone()
         if cache is not None:
             cache.save(new_vectors, new_bad)
     vectors = {**cached, **new_vectors}

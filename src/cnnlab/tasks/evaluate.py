@@ -69,8 +69,15 @@ class EvaluateConfig:
     # Costs one forward + backward pass per mistake and model (BENCHMARKS.md, "CAMs: cost").
     explain: bool = True
     explain_limit: int | None = None  # only each model's first N mistakes (by path)
+    # The forward passes' engine: torch, onnxruntime (the same weights exported to ONNX, checked
+    # against PyTorch at export; models/inference.py) or auto (onnxruntime on the CPU: faster,
+    # BENCHMARKS.md "Inference engines"). The maps of the mistakes stay in PyTorch.
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        from cnnlab.models.inference import check_engine
+
+        check_engine(self.engine)
         if not self.models:
             raise CnnlabError("no model given; pass -m MODEL (or none for the default trio)")
         if len(set(self.models)) != len(self.models):
@@ -150,7 +157,7 @@ def _prepare_items(
 
 
 def _run_model(
-    model,
+    forward,
     preprocess,
     items: list,
     global_indices: list[int],
@@ -159,7 +166,8 @@ def _run_model(
     reporter,
     name: str,
 ) -> ModelPass:
-    """Stream this rank's images through one model; keep only the top-k of each."""
+    """Stream this rank's images through one model's forward pass (models/inference.Forward,
+    on its engine); keep only the top-k of each."""
     import torch
 
     from cnnlab.data.batching import ImageDataset
@@ -169,8 +177,6 @@ def _run_model(
     dataset = ImageDataset(items, preprocess, draft=config.draft)
     loader = photo_loader(dataset, workers=config.workers, device=device,
                           batch_size=config.batch_size, collate=dataset.collate)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=memory_format)
     out = ModelPass(name, [], [], [], [], 0.0)
     n_batches = (len(items) + config.batch_size - 1) // config.batch_size
     start = time.perf_counter()
@@ -181,8 +187,7 @@ def _run_model(
             out.bad.extend((global_indices[i], reason) for i, reason in bad)
             if images is None or len(indices) == 0:
                 continue
-            x = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            probs = model(x).float().softmax(dim=1)
+            probs = forward(images).float().softmax(dim=1)
             top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
             out.indices.extend(global_indices[i] for i in indices.tolist())
             out.top_classes.extend(top_c.cpu().tolist())
@@ -209,7 +214,7 @@ def _merge(passes: list[ModelPass]) -> ModelPass:
 
 
 def _summarise(merged: ModelPass, accepted: list[tuple[int, ...]], n_params: int, weights: Path,
-               preprocess) -> dict[str, Any]:
+               preprocess, engine: dict[str, Any]) -> dict[str, Any]:
     """Top-1 right when the top class is accepted, top-5 when any of the top 5 is (the lab's
     loop; with the synonym rule each image accepts exactly one class)."""
     n = len(merged.indices)
@@ -228,6 +233,9 @@ def _summarise(merged: ModelPass, accepted: list[tuple[int, ...]], n_params: int
         "top5_error": 100.0 * top5_wrong / n if n else None,
         "seconds": merged.seconds,
         "images_per_second": n / merged.seconds if merged.seconds > 0 else None,
+        # The engine that ran the pass, and for ONNX Runtime its check against PyTorch
+        # (max_abs_diff of the logits on the check batch, the bound) or why it was refused.
+        "engine": engine,
     }
 
 
@@ -265,7 +273,7 @@ def _explain_model(model, spec, preprocess, merged: ModelPass, number: int, item
                    accepted: list[tuple[int, ...]], root: Path, classes, config: EvaluateConfig,
                    run_dir: RunDir, reporter) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The CAMs of one model's mistakes: its predicted class and the true class, side by side."""
-    from cnnlab.tasks.explain import CamWriter, explain_mistakes, layer_of
+    from cnnlab.analysis.cams import CamWriter, explain_mistakes, layer_of
 
     wrong = [(i, top) for i, top in zip(merged.indices, merged.top_classes, strict=True)
              if top[0] not in accepted[i]]
@@ -303,6 +311,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     which share the directory's path but never write to it)."""
     from cnnlab import dist
     from cnnlab.data.imagenet import load_imagenet_classes
+    from cnnlab.models.inference import onnxruntime_version, prepare_forward, weights_identity
     from cnnlab.models.pretrained import fetch, pretrained_spec_of
     from cnnlab.models.registry import count_parameters, create_pretrained, get_spec
 
@@ -336,7 +345,8 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
         reporter = Reporter(quiet=True)
     if info.is_main:
         run_dir.save_config(config)
-        run_dir.save_environment(device=str(device))
+        run_dir.save_environment(device=str(device), engine=config.engine,
+                                 onnxruntime=onnxruntime_version())
     my_indices = dist.shard(list(range(len(items))), info)
     my_items = [items[i] for i in my_indices]
     reporter.log(
@@ -352,7 +362,11 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     for number, (spec, wfile) in enumerate(zip(specs, weight_files, strict=True)):
         model, preprocess, _ = create_pretrained(spec.name, wfile)
         n_params = count_parameters(model)
-        part = _run_model(model, preprocess, my_items, my_indices, config, device,
+        forward = prepare_forward(model, config.engine, identity=weights_identity(spec.name, wfile),
+                                  input_size=preprocess.crop_size, device=device,
+                                  channels_last=config.channels_last, log=reporter.log,
+                                  label=spec.name)
+        part = _run_model(forward, preprocess, my_items, my_indices, config, device,
                           reporter, spec.name)
         gathered = dist.gather_objects(part, info)
         if gathered is None:
@@ -360,7 +374,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
             continue
         merged = _merge(gathered)
         merged_passes.append(merged)
-        summary = _summarise(merged, accepted, n_params, wfile, preprocess)
+        summary = _summarise(merged, accepted, n_params, wfile, preprocess, forward.about)
         summaries.append(summary)
         run_dir.append_metrics({k: v for k, v in summary.items() if k != "preprocess"})
         if config.explain:  # rank 0, while this model is loaded (the others go on meanwhile)
@@ -368,9 +382,13 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
                                             accepted, root, classes, config, run_dir, reporter)
             explained.append(about)
             cams += records
-        del model
+        del model, forward
     if not info.is_main:
         return None
+    # environment.json: which engine each model's pass ran on, with its check against PyTorch.
+    env = run_dir.read_json("environment.json")
+    env["engines"] = {s["name"]: s["engine"] for s in summaries}
+    run_dir.write_json("environment.json", env)
 
     # A file that no model could decode is skipped once, with the reason its decoder gave.
     bad_reasons: dict[int, str] = {}

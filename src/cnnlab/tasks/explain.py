@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnlab.analysis.cams import EXPLAIN_SCHEMA, CamWriter, backbone_of, read_photo, target_layer
 from cnnlab.errors import CnnlabError
 
-SCHEMA = "cnnlab.explain/1"
+SCHEMA = EXPLAIN_SCHEMA
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -70,146 +71,6 @@ def _device(name: str):
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def _backbone(model):
-    """The module the registry's layer names refer to, and its path in `model`: a finetune run's
-    network wraps its backbone as `.body`."""
-    from cnnlab.models.transfer import TransferModel
-
-    return (model.body, "body.") if isinstance(model, TransferModel) else (model, "")
-
-
-def layer_of(model, arch: str = "", override: str | None = None) -> str:
-    """The CAM layer of `model` (a registry network, or a finetune run's TransferModel whose body
-    is the registry network `arch`), as a dotted path in `model`."""
-    from cnnlab.analysis.explanations import cam_layer_name
-    from cnnlab.models.registry import get_spec
-
-    base, prefix = _backbone(model)
-    registered = get_spec(arch).cam_layer if arch else None
-    return prefix + cam_layer_name(base, registered, override)
-
-
-def target_layer(predictor, override: str | None = None) -> str:
-    """The CAM layer of a loaded predictor (a registry model or a finetune run), as a dotted path
-    in `predictor.model`."""
-    return layer_of(predictor.model, predictor.arch, override)
-
-
-def _read(path: Path, preprocess, draft: bool):
-    """Pixels (HWC uint8, the model's crop) and the normalised input (1, 3, H, W)."""
-    from cnnlab.data.decode import load_pixels, to_tensor
-
-    pixels = load_pixels(path, preprocess, draft)
-    return pixels, to_tensor(pixels, preprocess)[None]
-
-
-# JPEG for the CAMs embedded in evaluate / finetune / predict reports: a 224 px overlay is about
-# 10 kB as JPEG (quality 85) against 75 kB as PNG (measured on the 250 sample photos' first 8),
-# and those reports embed one pair per mistake. `cnnlab explain` keeps PNG (few photos, exact).
-REPORT_CAM_FORMAT = "jpg"
-
-
-class CamWriter:
-    """Draws class-activation maps over photos and saves them into a run directory: the one
-    place where cnnlab's commands turn a photo and class indices into CAM image files.
-
-        writer = CamWriter(model, layer_of(model, "efficientnet_lite0"), preprocess, run_dir)
-        files = writer.photo(path, [predicted, true], ["cams/00007-pred", "cams/00007-true"])
-
-    `model` stays where it is (CPU or GPU, any memory format); its parameters stop requiring
-    gradients (grad-cam needs gradients of the activations only). `seconds` adds up the time
-    spent in `write` and `photo`: decoding, the CAMs and the encoding of the files."""
-
-    def __init__(self, model, layer: str, preprocess, run_dir, method: str = "gradcam",
-                 draft: bool = True, fmt: str = REPORT_CAM_FORMAT):
-        self.model, self.layer, self.preprocess = model.eval(), layer, preprocess
-        self.run_dir, self.method, self.draft, self.fmt = run_dir, method, draft, fmt
-        self.layer_shape: tuple[int, ...] = ()
-        self.seconds = 0.0
-
-    def read(self, path: Path):
-        """Pixels and input of one photo (BadImage when it cannot be decoded)."""
-        return _read(Path(path), self.preprocess, self.draft)
-
-    def check_layer(self, x) -> tuple[int, ...]:
-        """The layer's output shape for `x`, checked once: a layer that outputs no (N, C, H, W)
-        map has nothing for a CAM to weigh."""
-        from cnnlab.analysis.explanations import layer_output_shape
-
-        if not self.layer_shape:
-            shape = layer_output_shape(self.model, self.layer, x)
-            if len(shape) != 4:
-                raise CnnlabError(
-                    f"layer {self.layer!r} outputs shape {tuple(shape)}, not a (N, C, H, W) "
-                    "map; choose a convolutional layer with --layer"
-                )
-            self.layer_shape = shape
-        return self.layer_shape
-
-    def write(self, pixels, x, classes: list[int], stems: list[str]) -> list[str]:
-        """One CAM per class over `pixels`, saved as run_dir/<stem>.<fmt>; the relative names.
-        Stems are cnnlab's own (numbered): a user's file name never names a file."""
-        from PIL import Image
-
-        from cnnlab.analysis.explanations import class_activation_maps, overlay
-
-        start = time.perf_counter()
-        device = next(self.model.parameters()).device
-        x = x.to(device)
-        self.check_layer(x)
-        maps = class_activation_maps(self.model, self.layer, x, list(classes), self.method)
-        names = []
-        for stem, cam in zip(stems, maps, strict=True):
-            name = f"{stem}.{self.fmt}"
-            target = self.run_dir.file(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            image = Image.fromarray(overlay(pixels, cam))
-            if self.fmt == "jpg":
-                image.save(target, "JPEG", quality=85)
-            else:
-                image.save(target, "PNG")
-            names.append(name)
-        self.seconds += time.perf_counter() - start
-        return names
-
-    def photo(self, path: Path, classes: list[int], stems: list[str]) -> list[str]:
-        """Read the photo and `write` its CAMs (BadImage when it cannot be decoded)."""
-        start = time.perf_counter()
-        pixels, x = self.read(path)
-        self.seconds += time.perf_counter() - start
-        return self.write(pixels, x, classes, stems)
-
-    def describe(self) -> dict[str, Any]:
-        """What results.json records about the maps: method, layer, its map size, the time."""
-        from cnnlab.analysis.explanations import METHODS
-
-        return {"method": self.method, "method_name": METHODS[self.method][1],
-                "layer": self.layer, "layer_shape": list(self.layer_shape[1:]),
-                "seconds": round(self.seconds, 3)}
-
-
-def explain_mistakes(writer: CamWriter, mistakes: list[dict[str, Any]], reporter,
-                     description: str = "CAMs") -> list[dict[str, Any]]:
-    """The CAMs of the predicted and of the true class of each misclassified photo.
-
-    `mistakes`: {"path", "predicted", "true", "stem"} each (class indices; the stem numbers the
-    files: <stem>-pred and <stem>-true). Returns, in the same order, {"predicted": file, "true":
-    file}, or {"error": reason} for a photo that can no longer be decoded."""
-    from cnnlab.data.decode import BadImage
-
-    out: list[dict[str, Any]] = []
-    for m in reporter.track(mistakes, total=len(mistakes), description=description,
-                            unit="photos"):
-        try:
-            pred, true = writer.photo(m["path"], [m["predicted"], m["true"]],
-                                      [f"{m['stem']}-pred", f"{m['stem']}-true"])
-        except BadImage as exc:
-            out.append({"error": str(exc)})
-            continue
-        out.append({"predicted": pred, "true": true})
-    return out
-
-
 def _nothing_explained(skipped: list[dict[str, str]]) -> CnnlabError:
     reasons = "; ".join(f"{s['file']}: {s['error']}" for s in skipped[:3])
     more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
@@ -223,7 +84,7 @@ def explain_photos(config: ExplainConfig, run_dir, reporter) -> dict[str, Any]:
 
     from cnnlab.analysis.explanations import METHODS
     from cnnlab.data.decode import BadImage
-    from cnnlab.tasks.predict import expand_inputs, load_predictor
+    from cnnlab.models.predictor import expand_inputs, load_predictor
 
     files, skipped = expand_inputs(config.inputs)
     if not files and not skipped:
@@ -280,7 +141,7 @@ def explain_photos(config: ExplainConfig, run_dir, reporter) -> dict[str, Any]:
 
 def draw_filters(model_name: str, weights: str | None, run_dir) -> dict[str, Any]:
     from cnnlab.analysis.explanations import first_conv, plot_filters
-    from cnnlab.tasks.predict import load_predictor
+    from cnnlab.models.predictor import load_predictor
 
     predictor = load_predictor(model_name, weights)
     name, weight = first_conv(predictor.model)
@@ -292,15 +153,15 @@ def draw_filters(model_name: str, weights: str | None, run_dir) -> dict[str, Any
 def draw_maps(config: ExplainConfig, run_dir) -> dict[str, Any]:
     from cnnlab.analysis.explanations import plot_stage_maps, stage_outputs
     from cnnlab.data.decode import BadImage
-    from cnnlab.tasks.predict import load_predictor
+    from cnnlab.models.predictor import load_predictor
 
     assert config.maps is not None
     predictor = load_predictor(config.model, config.weights)
     try:
-        pixels, x = _read(Path(config.maps).expanduser(), predictor.preprocess, config.draft)
+        pixels, x = read_photo(Path(config.maps).expanduser(), predictor.preprocess, config.draft)
     except BadImage as exc:
         raise CnnlabError(f"--maps {config.maps}: {exc}") from None
-    base, _ = _backbone(predictor.model.cpu().eval())
+    base, _ = backbone_of(predictor.model.cpu().eval())
     stages = stage_outputs(base, x)
     plot_stage_maps(stages, pixels, run_dir.file("maps.png"))
     return {"file": config.maps, "model": config.model, "figure": "maps.png",

@@ -423,10 +423,15 @@ def fingerprint(paths: list[Path]) -> str:
 
 
 def step_hash(plan: Plan) -> str:
-    import cnnlab
+    import importlib.metadata
 
+    # The installed version, not the package face's: a task never imports the face (DESIGN.md).
+    try:
+        version = importlib.metadata.version("cnnlab")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
     payload = json.dumps({"config": to_jsonable(plan.config), "task": plan.task.__module__,
-                          "inputs": fingerprint(plan.inputs), "cnnlab": cnnlab.__version__},
+                          "inputs": fingerprint(plan.inputs), "cnnlab": version},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 

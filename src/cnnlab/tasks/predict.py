@@ -5,15 +5,13 @@
         print(record)   # {"file": ..., "top": [{"class": ..., "probability": ...}, ...]}
                         # or {"file": ..., "error": "truncated image (file ends early)"}
 
-A fine-tuned model is read from its run directory (model.json + model.safetensors, written by
-`cnnlab finetune`): architecture, weights, class names and preprocessing, with no need for the
-ImageNet weights file. Any other name is a registry model with its ImageNet weights and the 1000
-ImageNet classes. Folders are walked as `cnnlab evaluate` walks them (sorted, hidden files
-ignored, non-images skipped with a reason) and stream through a DataLoader: records come out
-batch by batch, and memory does not grow with the folder.
+The model is loaded by `models/predictor.py` (a fine-tuned run directory, or a registry model
+with its ImageNet weights and the 1000 ImageNet classes). Folders are walked as `cnnlab
+evaluate` walks them (sorted, hidden files ignored, non-images skipped with a reason) and stream
+through a DataLoader: records come out batch by batch, and memory does not grow with the folder.
 
 With `explain` (`cnnlab predict --explain`), each photo's top class also gets its
-class-activation map (Grad-CAM, drawn by `tasks/explain.py`'s CamWriter into the run
+class-activation map (Grad-CAM, drawn by `analysis/cams.py`'s CamWriter into the run
 directory's cams/, the record's "cam"), and `predict_explained` writes results.json and the
 report of `cnnlab explain` (report/explain.py) when the last record is out.
 """
@@ -23,11 +21,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import CnnlabError
 
-FINETUNED_FORMAT = "cnnlab-finetuned/1"
+if TYPE_CHECKING:  # the predictor module imports torch: loaded when a command runs, not on import
+    from cnnlab.models.predictor import Predictor
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class PredictConfig:
     draft: bool = True
     device: str = "auto"
     explain: bool = False  # a Grad-CAM map of each photo's top class (needs a run directory)
+    engine: str = "auto"  # the forward pass's engine: torch, onnxruntime, auto (models/inference)
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -53,98 +53,9 @@ class PredictConfig:
             raise CnnlabError(f"--workers must be 0 or more, not {self.workers}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
+        from cnnlab.models.inference import check_engine
 
-
-@dataclass
-class Predictor:
-    model: Any  # nn.Module in eval mode
-    preprocess: Any  # data.preprocess.Preprocess
-    classes: tuple[str, ...]
-    source: str  # "finetuned <run>" or "imagenet <model>"
-    top_k: int
-    arch: str = ""  # the registry name of the architecture (a finetune run's backbone)
-
-
-def _finetuned_json(model: str) -> Path | None:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "model.json").is_file():
-            return path / "model.json"
-        subs = sorted(p.name for p in path.iterdir() if (p / "model.json").is_file())
-        hint = f" (did you mean {path / subs[0]}?)" if subs else ""
-        raise CnnlabError(f"{path} holds no model.json: not a finished finetune run{hint}")
-    if path.is_file() and path.name.endswith(".json"):
-        return path
-    return None
-
-
-def load_finetuned(meta_path: Path) -> Predictor:
-    """A fine-tuned model from model.json and the model.safetensors beside it."""
-    import json
-
-    from safetensors.torch import load_file
-
-    from cnnlab.data.preprocess import Preprocess
-    from cnnlab.models.transfer import build_transfer
-
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CnnlabError(f"cannot read {meta_path}: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FINETUNED_FORMAT:
-        raise CnnlabError(f"{meta_path} is not a cnnlab fine-tuned model ({FINETUNED_FORMAT})")
-    weights = meta_path.with_name("model.safetensors")
-    if not weights.is_file():
-        raise CnnlabError(f"{weights} is missing: the run did not finish")
-    classes = tuple(meta["classes"])
-    net = build_transfer(meta["backbone"], len(classes))
-    try:
-        net.load_state_dict(load_file(str(weights)))
-    except Exception as exc:
-        raise CnnlabError(f"{weights} does not fit {meta['backbone']}: {exc}") from None
-    pp = meta["preprocess"]
-    preprocess = Preprocess(int(pp["resize_size"]), int(pp["crop_size"]), pp["interpolation"],
-                            tuple(pp["mean"]), tuple(pp["std"]))
-    return Predictor(net.eval(), preprocess, classes, f"finetuned {meta_path.parent}",
-                     int(meta.get("top_k", 5)), meta["backbone"])
-
-
-def load_predictor(model: str, weights: str | None = None) -> Predictor:
-    meta = _finetuned_json(model)
-    if meta is not None:
-        if weights is not None:
-            raise CnnlabError("--weights is for ImageNet models; a fine-tuned run has its own")
-        return load_finetuned(meta)
-    if Path(model).expanduser().exists():
-        raise CnnlabError(f"{model} is neither a finetune run directory nor its model.json")
-    from cnnlab.data.imagenet import load_imagenet_classes
-    from cnnlab.models.registry import create_pretrained
-
-    net, preprocess, _ = create_pretrained(model, weights)
-    return Predictor(net, preprocess, tuple(load_imagenet_classes().names), f"imagenet {model}",
-                     5, model)
-
-
-def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[dict[str, str]]]:
-    """Image files in order: each file as given, each folder walked (sorted); what is skipped."""
-    from cnnlab.data.folders import IMAGE_EXTENSIONS, discover
-
-    files: list[Path] = []
-    skipped: list[dict[str, str]] = []
-    for text in inputs:
-        path = Path(text).expanduser()
-        if path.is_dir():
-            found = discover(path, labels="filename")
-            files += [it.path for it in found.items]
-            skipped += [{"file": str(path / s.path), "error": s.reason} for s in found.skipped]
-        elif not path.exists():
-            skipped.append({"file": str(path), "error": "file not found"})
-        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-            kind = f"'{path.suffix}'" if path.suffix else "no extension"
-            skipped.append({"file": str(path), "error": f"not an image file ({kind})"})
-        else:
-            files.append(path)
-    return files, skipped
+        check_engine(self.engine)
 
 
 def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
@@ -157,6 +68,8 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
     from cnnlab.data.loaders import photo_loader
+    from cnnlab.models.inference import prepare_forward
+    from cnnlab.models.predictor import expand_inputs, load_predictor
 
     files, skipped = expand_inputs(config.inputs)
     if not files and not skipped:
@@ -168,7 +81,9 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     k = min(config.top_k or predictor.top_k, len(predictor.classes))
     use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
     device = torch.device("cuda" if use_cuda else "cpu")
-    model = predictor.model.to(device=device, memory_format=torch.channels_last).eval()
+    forward = prepare_forward(predictor.model, config.engine, identity=predictor.identity(),
+                              input_size=predictor.preprocess.crop_size, device=device,
+                              log=reporter.log, label=config.model)
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
                            draft=config.draft)
     loader = photo_loader(dataset, workers=config.workers, device=device,
@@ -179,11 +94,9 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
         out: dict[int, dict[str, Any]] = {i: {"file": str(files[i]), "error": reason}
                                           for i, reason in bad}
         if len(indices):
-            x = images.to(device).contiguous(memory_format=torch.channels_last)
-            # Inference mode per batch only: the records are consumed (and the maps drawn,
-            # which need gradients) outside it.
-            with torch.inference_mode():
-                probs = model(x).float().softmax(dim=1).cpu()
+            # Inference mode per batch only (inside `forward`): the records are consumed (and
+            # the maps drawn, which need gradients) outside it.
+            probs = forward(images).float().softmax(dim=1).cpu()
             top_p, top_c = probs.topk(k, dim=1)
             for i, cs, ps in zip(indices.tolist(), top_c.tolist(), top_p.tolist(),
                                  strict=True):
@@ -213,8 +126,9 @@ def predict_explained(config: PredictConfig, reporter, run_dir) -> Iterator[dict
     schema of `cnnlab explain`) and report.md / report.html in `run_dir`."""
     from dataclasses import replace
 
+    from cnnlab.analysis.cams import EXPLAIN_SCHEMA, CamWriter, target_layer
     from cnnlab.analysis.explanations import METHODS
-    from cnnlab.tasks.explain import SCHEMA, CamWriter, target_layer
+    from cnnlab.models.predictor import expand_inputs, load_predictor
 
     config = replace(config, explain=True)
     files, _ = expand_inputs(config.inputs)
@@ -237,7 +151,7 @@ def predict_explained(config: PredictConfig, reporter, run_dir) -> Iterator[dict
                        "top": top})
     if not photos:
         return
-    results = {"schema": SCHEMA, "command": "predict", "model": config.model,
+    results = {"schema": EXPLAIN_SCHEMA, "command": "predict", "model": config.model,
                "source": predictor.source, **writer.describe(),
                "method_cost": METHODS[writer.method][2],
                "top_k": len(photos[0]["top"]), "photos": photos, "skipped": skipped,

@@ -67,7 +67,7 @@ def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets
                           run_dir: RunDir, reporter) -> dict[str, Any]:
     """Grad-CAM maps of the predicted and of the true class of each misclassified test photo
     (the first EXPLAIN_MAX), drawn by the trained network: results.json "explanations"."""
-    from cnnlab.tasks.explain import CamWriter, explain_mistakes, layer_of
+    from cnnlab.analysis.cams import CamWriter, explain_mistakes, layer_of
 
     predicted = logits.argmax(dim=1).tolist()
     wrong = [i for i, (p, t) in enumerate(zip(predicted, targets.tolist(), strict=True))
