@@ -10,8 +10,8 @@ and `runs` (environment.json) can use it as well as the tasks and the engine.
 
 Precision. bf16 autocast pays only where the hardware does bf16 arithmetic natively: a CUDA GPU
 with bf16, or a CPU with AVX512-BF16 or AMX-BF16 (without them oneDNN emulates bf16 and is
-slower than fp32; BENCHMARKS.md). `CNNLAB_PRECISION=fp32` (or `bf16`) in the environment
-overrides every command's `--precision` and recipe, so that a whole run, the lab's steps and
+slower than fp32; BENCHMARKS.md). `CNNLAB_PRECISION=fp32` in the environment overrides
+every command's `--precision` and recipe, so that a whole run, the lab's steps and
 their worker processes included, can be timed in fp32 on a machine that has bf16.
 """
 
@@ -93,23 +93,28 @@ def cpu_info() -> dict[str, object]:
     }
 
 
+def forced_precision(env: Mapping[str, str] | None = None) -> str | None:
+    """"fp32" when CNNLAB_PRECISION=fp32 is in `env` (default os.environ); None when it is unset,
+    empty or "auto" (each command's own --precision then)."""
+    value = (os.environ if env is None else env).get(PRECISION_ENV, "").strip()
+    if value not in ("", "auto", "fp32"):
+        raise CnnlabError(f"{PRECISION_ENV} must be fp32 or auto, not {value!r}")
+    return value if value == "fp32" else None
+
+
 def resolve_precision(requested: str, device: torch.device | str = "cpu", *,
                       source: str = "--precision", env: Mapping[str, str] | None = None,
                       flags: frozenset[str] | None = None, cuda_bf16: bool | None = None
                       ) -> tuple[str, str]:
     """("fp32" | "bf16", why) for a command's `requested` precision (auto, fp32 or bf16).
 
-    CNNLAB_PRECISION in `env` (default os.environ) wins over everything; then an explicit
+    CNNLAB_PRECISION=fp32 in `env` (default os.environ) wins over everything; then an explicit
     fp32/bf16, explained as `f"{source} {requested}"` (a recipe passes its own name); then auto:
     bf16 where the device does it natively. `flags` (the CPU's, default /proc/cpuinfo) and
     `cuda_bf16` (default: torch's answer) are for tests."""
-    env = os.environ if env is None else env
-    forced = env.get(PRECISION_ENV, "").strip()
-    if forced:
-        if forced not in PRECISIONS:
-            raise CnnlabError(f"{PRECISION_ENV} must be auto, fp32 or bf16, not {forced!r}")
-        if forced != "auto":
-            return forced, f"{PRECISION_ENV}={forced}"
+    forced = forced_precision(env)
+    if forced is not None:
+        return forced, f"{PRECISION_ENV}={forced}"
     if requested not in PRECISIONS:
         raise CnnlabError(f"--precision must be auto, fp32 or bf16, not {requested!r}")
     if requested != "auto":

@@ -150,7 +150,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (2)")
     p.add_argument("--no-draft", dest="draft", action="store_false", default=None,
                    help="always decode JPEGs at full size")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="(fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="(fp32; auto: bf16 where the CPU or GPU does it natively)")
     p.add_argument("--time-limit", type=float, metavar="S",
                    help="seconds of training, then stop cleanly (resume later)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (auto)")

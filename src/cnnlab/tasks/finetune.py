@@ -59,6 +59,7 @@ from typing import Any
 
 from cnnlab.data.splits import DEFAULT_FRACTIONS, DEFAULT_VAL_FRACTION
 from cnnlab.errors import CnnlabError
+from cnnlab.hardware import PRECISIONS, resolve_precision
 from cnnlab.runs import RunDir
 
 SCHEMA = "cnnlab.finetune/1"
@@ -120,7 +121,7 @@ class FinetuneConfig:
     top_k: int | None = None  # None: 3 for up to 10 classes, else 5 (as the lab argued)
     workers: int = 2  # decoding processes
     draft: bool = True  # JPEG draft decoding (see data/decode.py)
-    precision: str = "fp32"  # or bf16 (autocast)
+    precision: str = "fp32"  # bf16 (autocast) or auto: bf16 where the CPU/GPU has it natively
     time_limit: float | None = None  # seconds of training in this invocation
     device: str = "auto"
     report: bool = True
@@ -172,8 +173,8 @@ class FinetuneConfig:
             raise CnnlabError(f"--top-k must be at least 1, not {self.top_k}")
         if self.workers < 0:
             raise CnnlabError(f"--workers must be 0 or more, not {self.workers}")
-        if self.precision not in ("fp32", "bf16"):
-            raise CnnlabError("--precision must be fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise CnnlabError("--precision must be auto, fp32 or bf16")
         if self.device not in ("auto", "cpu", "cuda"):
             raise CnnlabError(f"--device must be auto, cpu or cuda, not {self.device}")
         if self.time_limit is not None and self.time_limit <= 0:
@@ -574,8 +575,9 @@ def _train(config: FinetuneConfig, trainer: _Trainer, run_dir: RunDir, reporter,
     optimizer = _optimizer(config, groups)
     total = trainer.steps_per_epoch * config.epochs_
     schedule = warmup_cosine(total, round(config.warmup_epochs * trainer.steps_per_epoch))
+    precision, _ = resolve_precision(config.precision, trainer.device)
     fit_config = FitConfig(
-        epochs=config.epochs_, seed=config.seed, precision=config.precision,
+        epochs=config.epochs_, seed=config.seed, precision=precision,
         early_stopping=config.early_stopping,
         monitor="val_loss" if config.keep == "best" else None, mode="min",
         time_limit=config.time_limit, log_every=max(1, min(50, trainer.steps_per_epoch)),
@@ -873,7 +875,9 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     info, device = dist.init(config.device)
     if info.is_main and not resume:
         run_dir.save_config(config)
-        run_dir.save_environment(seed=config.seed, device=str(device))
+        precision, why = resolve_precision(config.precision, device)
+        run_dir.save_environment(seed=config.seed, device=str(device), precision=precision,
+                                 precision_reason=why)
     torch.manual_seed(config.seed)
     model, preprocess, _ = create_pretrained(spec.name, weights_file)
     net = TransferModel.from_pretrained(model, len(split.classes))

@@ -157,6 +157,7 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
     from cnnlab.data.loaders import photo_loader
+    from cnnlab.hardware import choose_device
 
     files, skipped = expand_inputs(config.inputs)
     if not files and not skipped:
@@ -166,8 +167,7 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     if not files:
         return
     k = min(config.top_k or predictor.top_k, len(predictor.classes))
-    use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = choose_device(config.device)
     model = predictor.model.to(device=device, memory_format=torch.channels_last).eval()
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
                            draft=config.draft)

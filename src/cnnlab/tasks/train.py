@@ -44,8 +44,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab import budget
+from cnnlab import budget, hardware
 from cnnlab.errors import CnnlabError
+from cnnlab.hardware import autocast
 from cnnlab.runs import RunDir
 
 RECIPE_CHOICES = ("fast", "lab")
@@ -247,26 +248,16 @@ def has_normalization(model: str) -> bool:
     return any(isinstance(m, norms) for m in net.modules())
 
 
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """("fp32" | "bf16", why): the choice and the fact it rests on, for environment.json."""
-    from cnnlab import recipes
-
-    if requested != "auto":
-        return requested, "asked for"
-    dtype = recipes.autocast_dtype("auto", device)
-    if device.type == "cuda":
-        why = "GPU supports bf16" if dtype else "GPU has no bf16"
-    else:
-        why = ("CPU flags include avx512_bf16/amx_bf16" if dtype
-               else "CPU has no native bf16 (no avx512_bf16/amx_bf16 flag)")
-    return ("bf16" if dtype else "fp32"), why
+def run_precision(config: TrainConfig, recipe, device: torch.device) -> tuple[str, str]:
+    """("fp32" | "bf16", why) for a run (hardware.resolve_precision, for environment.json): the
+    command line's --precision, else the recipe's."""
+    source = "--precision" if config.precision != "auto" else f"recipe {recipe.name}:"
+    return hardware.resolve_precision(recipe.precision, device, source=source)
 
 
 def _device(requested: str) -> torch.device:
     from cnnlab import dist
 
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda: this machine has no CUDA device (use --device cpu)")
     _, device = dist.init(requested)
     return device
 
@@ -383,7 +374,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     recipe = recipe_for(config, model_name)
     if shape is not None:
         recipe = apply_shape(recipe, shape)
-    precision, why = resolve_precision(recipe.precision, device)
+    precision, why = run_precision(config, recipe, device)
     mean, std = _norm(recipe, data)
     model, batches, loss_fn = _build(recipe, data, model_name, seed, device)
     if at_start is not None and not resume:
@@ -480,8 +471,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
         # whole test set, under the same autocast: a second pass would repeat it.
         test_acc, test_loss = record["test_accuracy"], record["test_loss"]
     elif config.test:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                            enabled=precision == "bf16"):
+        with autocast(precision, device):
             test_acc, test_loss = accuracy(model, data.test_x, data.test_y, mean, std, device,
                                            tta=recipe.tta)
     eval_seconds = time.monotonic() - start
@@ -577,8 +567,7 @@ def _forward_seconds(model: nn.Module, data, recipe, precision: str, device: tor
     if len(x) <= EVAL_BATCH:  # a tiny test set: time what there is, twice
         x, y = torch.cat([x, x]), torch.cat([y, y])
     was_training = model.training
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                        enabled=precision == "bf16"):
+    with autocast(precision, device):
         accuracy(model, x[:EVAL_BATCH], y[:EVAL_BATCH], mean, std, device)  # kernels chosen
         start = time.perf_counter()
         accuracy(model, x[EVAL_BATCH:], y[EVAL_BATCH:], mean, std, device)
@@ -629,7 +618,7 @@ def _calibrate(config: TrainConfig, data, model_name: str, device: torch.device,
     from cnnlab import budget
 
     base = recipe_for(config, model_name)
-    precision, _ = resolve_precision(base.precision, device)
+    precision, _ = run_precision(config, base, device)
     timings: dict[str, float] = {}
 
     def time_step(shape) -> float:
