@@ -1,4 +1,4 @@
-"""The training engine: one epoch loop for every command that trains an image model.
+"""The training engine: the one training loop of every command that trains a model.
 
     result = fit(model, optimizer, batches, steps_per_epoch, FitConfig(epochs=30),
                  run_dir, reporter, evaluate=validate, lr_schedule=warmup_cosine(...))
@@ -9,27 +9,32 @@ What the caller provides, and what the engine owns:
   validation function; `batches(epoch)` yields this rank's (x, y) batches of one epoch, in an
   order fixed by (seed, epoch) — `epoch_generator` gives the generator — and the same number of
   batches on every rank (`steps_per_epoch`);
-- the engine runs the epochs: learning-rate schedule per step, bf16 autocast when asked,
-  gradient clipping, a NaN/Inf guard, per-step hooks (EMA), train loss/accuracy all-reduced
-  over ranks, validation, `metrics.jsonl`, the `best` (by the monitored metric) and `last`
-  checkpoints (`checkpoints.py`: one atomic unit each), early stopping, a time limit, and exact
-  resume: weights, optimiser, RNG states (CPU, CUDA, Python, NumPy), counters and metrics are
-  restored from `last`, so a run stopped by `kill -9` and resumed ends as an uninterrupted run.
+- the engine runs the steps: learning-rate schedule per step, bf16 autocast when asked
+  (hardware.autocast), gradient clipping, a NaN/Inf guard, per-step hooks (EMA), train
+  loss/accuracy all-reduced over ranks, validation, `metrics.jsonl`, the `best` (by the
+  monitored metric) and `last` checkpoints (`checkpoints.py`: one atomic unit each), early
+  stopping, a time limit, and exact resume: weights, optimiser, RNG states (CPU, CUDA, Python,
+  NumPy), counters and metrics are restored from `last`, so a run stopped by `kill -9` and
+  resumed ends as an uninterrupted run.
 - Under torchrun the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on GPU);
   rank 0 alone writes files; every rank reads the checkpoint on resume. One code path: a single
   process is a world of one.
 
-Checkpoints are written at the end of every `checkpoint_every` epochs, after validation, so a
-resumed run restarts at an epoch boundary with the RNG exactly where the original stood.
-
-Step mode (`FitConfig.unit = "steps"`, charrnn's long epochs of running text): the loop also
-stops, validates and checkpoints between epoch ends. The time limit is checked after every step,
-validation runs every `eval_every_steps` steps and at every epoch end, `last` is written at such
-a point once `checkpoint_seconds` have passed since the previous one (and always at the end),
-and a resumed run continues mid-epoch, with the training-loss window not yet logged and the
-caller's state (`extra_state`: an RNN's carried hidden state) as they were. Metrics are "step"
-records (every `log_every` steps and the last) and "eval" records (each validation); one progress
-bar covers the run. A `step_loss(model, x, y)` hook replaces `loss_fn(model(x), y)` for models
+The loop's unit is the step; an epoch is `steps_per_epoch` of them. After a step that is a
+*point* (`_Loop`) the loop validates, logs, checkpoints and stops, by one set of rules.
+`FitConfig.unit` says only how fine the points are:
+- "epochs" (image models): the points are the epoch ends. The time limit is read there, after
+  validation; validation runs every `eval_every` epochs and `last` is written every
+  `checkpoint_every`, so a resumed run restarts at an epoch boundary with the RNG exactly where
+  the original stood. Records: an "epoch" record per epoch (train and validation metrics) and
+  "step" records every `log_every` steps; a progress bar per epoch.
+- "steps" (charrnn's long epochs of running text): the time limit is read after every step,
+  validation also runs every `eval_every_steps` steps, and `last` is written at a point once
+  `checkpoint_seconds` have passed since the previous one (and always at the end), so a resumed
+  run continues mid-epoch, with the training-loss window not yet logged and the caller's state
+  (`extra_state`: an RNN's carried hidden state) as they were. Records: "step" records (every
+  `log_every` steps and the last) and "eval" records (each validation); one progress bar.
+A `step_loss(model, x, y)` hook replaces `loss_fn(model(x), y)` for models
 whose forward is not `logits = model(x)` (an RNN returning its hidden state too).
 """
 
@@ -67,7 +72,7 @@ class FitConfig:
     # Stop after this many optimiser steps, mid-epoch if need be (a recipe of 9.9 epochs runs
     # 10 epochs with the last one cut short); None = epochs * steps_per_epoch.
     max_steps: int | None = None
-    precision: str = "fp32"  # "bf16": autocast matmuls/convs to bfloat16 (see precision.py)
+    precision: str = "fp32"  # "bf16": autocast matmuls/convs (hardware.resolve_precision)
     grad_clip: float = 0.0  # global gradient-norm clip; 0 = off
     early_stopping: int = 0  # stop after this many epochs without improvement; 0 = off
     # Key of evaluate()'s metrics that picks the best checkpoint; None: no `best` checkpoint and
@@ -79,9 +84,9 @@ class FitConfig:
     checkpoint_every: int = 1  # epochs between `last` checkpoints (the final epoch always)
     eval_every: int = 1  # epochs between validations (the final epoch always)
     deterministic: bool = False  # torch.use_deterministic_algorithms; slower, bit-reproducible
-    unit: str = "epochs"  # "steps": step mode (module docstring); every epoch steps_per_epoch long
-    eval_every_steps: int = 0  # step mode: steps between validations (0 = at epoch ends only)
-    # Step mode: seconds between `last` checkpoints, taken at the next validation point (0 = at
+    unit: str = "epochs"  # or "steps": how fine the loop's points are (module docstring)
+    eval_every_steps: int = 0  # step unit: steps between validations (0 = at epoch ends only)
+    # Seconds between `last` checkpoints, taken at the next point (0 = at
     # every one); a crash loses at most this much training.
     checkpoint_seconds: float = 0.0
 
@@ -105,7 +110,7 @@ class FitConfig:
         if self.unit not in ("epochs", "steps"):
             raise CnnlabError(f"unit must be epochs or steps, not {self.unit!r}")
         if self.unit == "steps" and (self.early_stopping or self.monitor is not None):
-            raise CnnlabError("step mode has no best checkpoint: give monitor=None")
+            raise CnnlabError("the step unit has no best checkpoint: give monitor=None")
         if self.eval_every_steps < 0 or not self.checkpoint_seconds >= 0:
             raise CnnlabError("eval_every_steps and checkpoint_seconds must be >= 0")
         if self.eval_every_steps and self.unit != "steps":
@@ -121,9 +126,9 @@ class FitResult:
     best_epoch: int | None
     best_metric: float | None
     train_seconds: float  # training + validation wall time, summed over invocations
-    last: dict[str, Any]  # the last epoch's metrics record (step mode: the last "eval" record)
+    last: dict[str, Any]  # the last epoch's metrics record (step unit: the last "eval" record)
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (or eval)
-    # Step mode: the mean training loss of the latest window (the steps since the last "step"
+    # Step unit: the mean training loss of the latest window (the steps since the last "step"
     # record, else that record's).
     train_loss: float | None = None
 
