@@ -525,11 +525,11 @@ def test_summary_line_says_the_test_photos_were_held_out(capsys):
 
 def test_precision_auto_is_trains_and_the_run_records_what_it_used(
         photos, tmp_path, weights, monkeypatch):
-    """--precision auto means what train's does (recipes.autocast_dtype: bf16 where the CPU
+    """--precision auto means what train's does (hardware.resolve_precision: bf16 where the CPU
     has native bf16 or the GPU supports it, else fp32): the engine trains at the resolved
     precision, and settings and environment.json record it and why. Checked both ways on any
     machine by setting what the CPU is said to have."""
-    from cnnlab import engine, recipes
+    from cnnlab import engine, hardware
     from cnnlab.cli import build_parser
 
     assert build_parser().parse_args(["finetune", "x", "--precision", "auto"]).precision == \
@@ -544,15 +544,16 @@ def test_precision_auto_is_trains_and_the_run_records_what_it_used(
     monkeypatch.setattr(engine, "fit", fit)
     for native, asked, expected in ((True, "auto", "bf16"), (False, "auto", "fp32"),
                                     (True, "fp32", "fp32")):
-        monkeypatch.setattr(recipes, "cpu_has_bf16", lambda native=native: native)
-        assert (recipes.autocast_dtype(asked, "cpu") is not None) == (expected == "bf16")
+        flags = frozenset({"avx512_bf16"} if native else {"avx2"})
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        assert hardware.resolve_precision(asked, "cpu")[0] == expected
         run = tmp_path / f"{native}-{asked}"
         r = train(photos, run, weights, precision=asked, epochs=1, device="cpu")
         env = json.loads((run / "environment.json").read_text())
         config = json.loads((run / "config.json").read_text())
         assert r["settings"]["precision"] == env["precision"] == expected
         assert r["settings"]["precision_reason"] == env["precision_reason"]
-        assert ("avx512_bf16/amx_bf16" in env["precision_reason"]) == (asked == "auto")
+        assert env["precision_reason"].startswith("auto:") == (asked == "auto")
         assert config["precision"] == asked  # a resume resolves it again, on its machine
     assert used == ["bf16", "fp32", "fp32"]
     # A fitted head trains no epochs: no precision to record.

@@ -120,16 +120,6 @@ def test_whiten_bias_trains_for_the_first_epochs_only():
     assert not any(R.whiten_bias_trains(never, e) for e in range(3))
 
 
-def test_bf16_detection_reads_cpu_flags(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    assert R.cpu_has_bf16(cpuinfo)
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
-    assert not R.cpu_has_bf16(cpuinfo)
-    assert not R.cpu_has_bf16(tmp_path / "missing")
-    assert R.autocast_dtype("fp32") is None and R.autocast_dtype("bf16") == torch.bfloat16
-
-
 def test_lab_recipes_are_the_lab():
     cnn = R.LAB_RECIPES["simple-cnn"]
     assert (cnn.optimizer, cnn.lr, cnn.batch_size, cnn.epochs) == ("adam", 1e-3, 32, 5)

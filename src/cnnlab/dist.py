@@ -20,6 +20,7 @@ import torch
 import torch.distributed as tdist
 
 from cnnlab.errors import CnnlabError, RankFailed
+from cnnlab.hardware import choose_device
 
 if TYPE_CHECKING:
     from cnnlab.runs import RunDir
@@ -53,11 +54,8 @@ def from_env() -> DistInfo:
 def init(device: str = "auto") -> tuple[DistInfo, torch.device]:
     """Join the process group if launched by torchrun; returns (info, this rank's device)."""
     info = from_env()
-    if device == "cuda" and not torch.cuda.is_available():
-        # Asked for explicitly: running on the CPU instead would be silent and ~50x slower.
-        raise CnnlabError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    dev = torch.device(f"cuda:{info.local_rank}" if use_cuda else "cpu")
+    dev = choose_device(device, index=info.local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if info.enabled and not tdist.is_initialized():

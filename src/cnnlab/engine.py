@@ -1,4 +1,4 @@
-"""The training engine: one epoch loop for every command that trains an image model.
+"""The training engine: the one training loop of every command that trains a model.
 
     result = fit(model, optimizer, batches, steps_per_epoch, FitConfig(epochs=30),
                  run_dir, reporter, evaluate=validate, lr_schedule=warmup_cosine(...))
@@ -9,27 +9,32 @@ What the caller provides, and what the engine owns:
   validation function; `batches(epoch)` yields this rank's (x, y) batches of one epoch, in an
   order fixed by (seed, epoch) — `epoch_generator` gives the generator — and the same number of
   batches on every rank (`steps_per_epoch`);
-- the engine runs the epochs: learning-rate schedule per step, bf16 autocast when asked,
-  gradient clipping, a NaN/Inf guard, per-step hooks (EMA), train loss/accuracy all-reduced
-  over ranks, validation, `metrics.jsonl`, the `best` (by the monitored metric) and `last`
-  checkpoints (`checkpoints.py`: one atomic unit each), early stopping, a time limit, and exact
-  resume: weights, optimiser, RNG states (CPU, CUDA, Python, NumPy), counters and metrics are
-  restored from `last`, so a run stopped by `kill -9` and resumed ends as an uninterrupted run.
+- the engine runs the steps: learning-rate schedule per step, bf16 autocast when asked
+  (hardware.autocast), gradient clipping, a NaN/Inf guard, per-step hooks (EMA), train
+  loss/accuracy all-reduced over ranks, validation, `metrics.jsonl`, the `best` (by the
+  monitored metric) and `last` checkpoints (`checkpoints.py`: one atomic unit each), early
+  stopping, a time limit, and exact resume: weights, optimiser, RNG states (CPU, CUDA, Python,
+  NumPy), counters and metrics are restored from `last`, so a run stopped by `kill -9` and
+  resumed ends as an uninterrupted run.
 - Under torchrun the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on GPU);
   rank 0 alone writes files; every rank reads the checkpoint on resume. One code path: a single
   process is a world of one.
 
-Checkpoints are written at the end of every `checkpoint_every` epochs, after validation, so a
-resumed run restarts at an epoch boundary with the RNG exactly where the original stood.
-
-Step mode (`FitConfig.unit = "steps"`, charrnn's long epochs of running text): the loop also
-stops, validates and checkpoints between epoch ends. The time limit is checked after every step,
-validation runs every `eval_every_steps` steps and at every epoch end, `last` is written at such
-a point once `checkpoint_seconds` have passed since the previous one (and always at the end),
-and a resumed run continues mid-epoch, with the training-loss window not yet logged and the
-caller's state (`extra_state`: an RNN's carried hidden state) as they were. Metrics are "step"
-records (every `log_every` steps and the last) and "eval" records (each validation); one progress
-bar covers the run. A `step_loss(model, x, y)` hook replaces `loss_fn(model(x), y)` for models
+The loop's unit is the step; an epoch is `steps_per_epoch` of them. After a step that is a
+*point* (`_Loop`) the loop validates, logs, checkpoints and stops, by one set of rules.
+`FitConfig.unit` says only how fine the points are:
+- "epochs" (image models): the points are the epoch ends. The time limit is read there, after
+  validation; validation runs every `eval_every` epochs and `last` is written every
+  `checkpoint_every`, so a resumed run restarts at an epoch boundary with the RNG exactly where
+  the original stood. Records: an "epoch" record per epoch (train and validation metrics) and
+  "step" records every `log_every` steps; a progress bar per epoch.
+- "steps" (charrnn's long epochs of running text): the time limit is read after every step,
+  validation also runs every `eval_every_steps` steps, and `last` is written at a point once
+  `checkpoint_seconds` have passed since the previous one (and always at the end), so a resumed
+  run continues mid-epoch, with the training-loss window not yet logged and the caller's state
+  (`extra_state`: an RNN's carried hidden state) as they were. Records: "step" records (every
+  `log_every` steps and the last) and "eval" records (each validation); one progress bar.
+A `step_loss(model, x, y)` hook replaces `loss_fn(model(x), y)` for models
 whose forward is not `logits = model(x)` (an RNN returning its hidden state too).
 """
 
@@ -49,6 +54,7 @@ from torch.nn import functional as F
 
 from cnnlab import checkpoints, dist
 from cnnlab.errors import CnnlabError
+from cnnlab.hardware import autocast
 from cnnlab.runs import RunDir
 
 PRECISIONS = ("fp32", "bf16")
@@ -66,7 +72,7 @@ class FitConfig:
     # Stop after this many optimiser steps, mid-epoch if need be (a recipe of 9.9 epochs runs
     # 10 epochs with the last one cut short); None = epochs * steps_per_epoch.
     max_steps: int | None = None
-    precision: str = "fp32"  # "bf16": autocast matmuls/convs to bfloat16 (see precision.py)
+    precision: str = "fp32"  # "bf16": autocast matmuls/convs (hardware.resolve_precision)
     grad_clip: float = 0.0  # global gradient-norm clip; 0 = off
     early_stopping: int = 0  # stop after this many epochs without improvement; 0 = off
     # Key of evaluate()'s metrics that picks the best checkpoint; None: no `best` checkpoint and
@@ -78,9 +84,9 @@ class FitConfig:
     checkpoint_every: int = 1  # epochs between `last` checkpoints (the final epoch always)
     eval_every: int = 1  # epochs between validations (the final epoch always)
     deterministic: bool = False  # torch.use_deterministic_algorithms; slower, bit-reproducible
-    unit: str = "epochs"  # "steps": step mode (module docstring); every epoch steps_per_epoch long
-    eval_every_steps: int = 0  # step mode: steps between validations (0 = at epoch ends only)
-    # Step mode: seconds between `last` checkpoints, taken at the next validation point (0 = at
+    unit: str = "epochs"  # or "steps": how fine the loop's points are (module docstring)
+    eval_every_steps: int = 0  # step unit: steps between validations (0 = at epoch ends only)
+    # Seconds between `last` checkpoints, taken at the next point (0 = at
     # every one); a crash loses at most this much training.
     checkpoint_seconds: float = 0.0
 
@@ -104,9 +110,12 @@ class FitConfig:
         if self.unit not in ("epochs", "steps"):
             raise CnnlabError(f"unit must be epochs or steps, not {self.unit!r}")
         if self.unit == "steps" and (self.early_stopping or self.monitor is not None):
-            raise CnnlabError("step mode has no best checkpoint: give monitor=None")
+            raise CnnlabError("the step unit has no best checkpoint: give monitor=None")
         if self.eval_every_steps < 0 or not self.checkpoint_seconds >= 0:
             raise CnnlabError("eval_every_steps and checkpoint_seconds must be >= 0")
+        if self.eval_every_steps and self.unit != "steps":
+            raise CnnlabError("eval_every_steps needs unit='steps' (an epoch is the epoch "
+                              "unit's smallest point)")
 
 
 @dataclass
@@ -117,9 +126,9 @@ class FitResult:
     best_epoch: int | None
     best_metric: float | None
     train_seconds: float  # training + validation wall time, summed over invocations
-    last: dict[str, Any]  # the last epoch's metrics record (step mode: the last "eval" record)
+    last: dict[str, Any]  # the last epoch's metrics record (step unit: the last "eval" record)
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (or eval)
-    # Step mode: the mean training loss of the latest window (the steps since the last "step"
+    # Step unit: the mean training loss of the latest window (the steps since the last "step"
     # record, else that record's).
     train_loss: float | None = None
 
@@ -220,7 +229,7 @@ def seconds_per_step(model: nn.Module, make_optimizer: Callable[[nn.Module], Any
                 it = iter(batches(0))
                 x, y = next(it)
             x, y = x.to(device), y.to(device)
-            with _autocast(precision, device):
+            with autocast(precision, device):
                 loss = loss_fn(m(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -232,14 +241,6 @@ def seconds_per_step(model: nn.Module, make_optimizer: Callable[[nn.Module], Any
         _set_rng_state(state)
 
 
-def _autocast(precision: str, device: torch.device):
-    import contextlib
-
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _better(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
@@ -248,7 +249,7 @@ def _better(value: float, best: float | None, mode: str) -> bool:
 
 @dataclass
 class _Counters:
-    """The loop's running sums, saved with a step-mode checkpoint so that a run resumed
+    """The loop's running sums, saved with the `last` checkpoint so that a run resumed
     mid-epoch logs the numbers of an uninterrupted one."""
 
     loss_sum: float = 0.0  # this epoch so far (summed per-sample losses)
@@ -260,6 +261,21 @@ class _Counters:
 
     def window_mean(self) -> float | None:
         return self.window_loss / self.window_n if self.window_n else self.logged_loss
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    """The caller's pieces of the loop: `fit`'s keyword arguments of the same names."""
+
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    evaluate: Callable[[nn.Module], dict[str, float]] | None
+    lr_schedule: Callable[[int], float] | None
+    after_step: Callable[[nn.Module, int], None] | None
+    before_epoch: Callable[[nn.Module, int], None] | None
+    after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None
+    extra_state: tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]] | None
+    step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None
+    extra_meta: Callable[[], dict[str, Any]] | None
 
 
 def fit(
@@ -296,268 +312,353 @@ def fit(
     logged and its checkpoints are written, with the bare model and that record (1-based
     "epoch", the metrics of `evaluate`); an exception it raises ends `fit` there, with the run
     directory as consistent as after a finished epoch (a hyper-parameter search prunes a trial
-    this way, and a caller can measure the model between epochs). Epoch mode only.
+    this way, and a caller can measure the model between epochs). Epoch unit only.
     `extra_state` = (get, set) saves and restores a caller's own state (an EMA's weights) with
     the `last` checkpoint. `step_loss(model, x, y)` returns a step's loss in place of
     `loss_fn(model(x), y)` (no training accuracy then; every step weighs the same in the
     logged means, its loss being a mean already). `extra_meta()` adds the caller's fields to
     the `last` checkpoint's JSON (what a reader needs to rebuild the model).
     """
-    info = dist.from_env()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    if steps_per_epoch < 1:
-        raise CnnlabError("no training batches: the training set is smaller than one batch")
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    bare = model
-    if info.enabled and not isinstance(model, nn.parallel.DistributedDataParallel):
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    steps_mode = config.unit == "steps"
+    hooks = _Hooks(loss_fn, evaluate, lr_schedule, after_step, before_epoch, after_epoch,
+                   extra_state, step_loss, extra_meta)
+    loop = _Loop(model, optimizer, batches, steps_per_epoch, config, run_dir, reporter, hooks,
+                 device, label)
+    if resume:
+        loop.resume()
+    return loop.run()
 
-    epoch, step, train_seconds = 0, 0, 0.0
-    best: float | None = None
-    best_epoch: int | None = None
-    bad_epochs = 0
-    c = _Counters()
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
-    if resume and checkpoints.exists(run_dir.path, LAST):
+
+class _Loop:
+    """One invocation of `fit`: the position (epoch, step), the running sums and the best
+    metric, and the steps that move them.
+
+    The loop runs steps. After each, `_after_step` decides whether the step is a *point*: an
+    epoch end (every `steps_per_epoch` steps, or the run's last step), and in the step unit
+    also every `eval_every_steps`-th step and a step at which the time limit has passed. At a
+    point the loop validates (when due), logs a record, keeps the best checkpoint, writes `last`
+    (when due) and stops (when done, early-stopped or out of time). The unit decides only the
+    granularity: where the clock is read, which records are logged, and the progress bars.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                 steps_per_epoch: int, config: FitConfig, run_dir: RunDir, reporter,
+                 hooks: _Hooks, device: torch.device | str | None, label: str) -> None:
+        self.info = dist.from_env()
+        self.device = (torch.device(device) if device is not None
+                       else next(model.parameters()).device)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        if steps_per_epoch < 1:
+            raise CnnlabError("no training batches: the training set is smaller than one batch")
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.bare = model
+        if self.info.enabled and not isinstance(model, nn.parallel.DistributedDataParallel):
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.model, self.optimizer, self.batches = model, optimizer, batches
+        self.spe, self.config, self.run_dir, self.reporter = (steps_per_epoch, config, run_dir,
+                                                              reporter)
+        self.hooks, self.label = hooks, label
+        self.steps_unit = config.unit == "steps"
+        self.total_steps = steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.epoch, self.step, self.train_seconds = 0, 0, 0.0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.c = _Counters()
+        self.history: list[dict[str, Any]] = []
+        self.last_record: dict[str, Any] = {}
+        self.stopped = "completed"
+        self.start = self.last_save = time.monotonic()
+        self.lr = optimizer.param_groups[0]["lr"]
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+
+    def resume(self) -> None:
+        """Continue from the `last` checkpoint: weights, optimiser, RNG states, the caller's
+        state, the sums and the position; records logged after it are dropped (logged again)."""
+        run_dir, config = self.run_dir, self.config
+        if not checkpoints.exists(run_dir.path, LAST):
+            raise CnnlabError(f"nothing to resume in {run_dir}: it has no {LAST}.json checkpoint")
         ck = checkpoints.load(run_dir.path, LAST)
-        bare.load_state_dict(ck.weights)
+        self.bare.load_state_dict(ck.weights)
         st = ck.state or {}
-        optimizer.load_state_dict(st["optimizer"])
+        self.optimizer.load_state_dict(st["optimizer"])
         _set_rng_state(st["rng"])
-        if extra_state is not None and "extra" in st:
-            extra_state[1](st["extra"])
+        if self.hooks.extra_state is not None and "extra" in st:
+            self.hooks.extra_state[1](st["extra"])
         if "counters" in st:
-            c = _Counters(**st["counters"])
-        epoch, step = int(ck.meta["epoch"]), int(ck.meta["step"])
-        train_seconds = float(ck.meta["train_seconds"])
-        best, best_epoch = ck.meta.get("best_metric"), ck.meta.get("best_epoch")
-        bad_epochs = int(ck.meta.get("bad_epochs", 0))
-        if info.is_main:
+            self.c = _Counters(**st["counters"])
+        epoch, step = self.epoch, self.step = int(ck.meta["epoch"]), int(ck.meta["step"])
+        self.train_seconds = float(ck.meta["train_seconds"])
+        self.best, self.best_epoch = ck.meta.get("best_metric"), ck.meta.get("best_epoch")
+        self.bad_epochs = int(ck.meta.get("bad_epochs", 0))
+        if self.info.is_main:
             # Records after the checkpoint will be logged again; a torn line goes too.
             run_dir.truncate_metrics(lambda r: r.get("step", 0) <= step)
-        reporter.log(f"{label}: resuming {run_dir} at step {step} (epoch "
-                     f"{step / steps_per_epoch:.2f})" if steps_mode else
-                     f"{label}: resuming {run_dir} after epoch {epoch} (step {step})")
-        if epoch >= config.epochs or step >= min(steps_per_epoch * config.epochs,
+        self.reporter.log(f"{self.label}: resuming {run_dir} at step {step} (epoch "
+                          f"{step / self.spe:.2f})" if self.steps_unit else
+                          f"{self.label}: resuming {run_dir} after epoch {epoch} (step {step})")
+        if epoch >= config.epochs or step >= min(self.spe * config.epochs,
                                                   config.max_steps or step + 1):
             raise CnnlabError(
                 f"{run_dir} already trained {epoch} epochs; give a larger --epochs to continue"
             )
-    elif resume:
-        raise CnnlabError(f"nothing to resume in {run_dir}: it has no {LAST}.json checkpoint")
+        kind = "eval" if self.steps_unit else "epoch"
+        self.history = [r for r in run_dir.read_metrics() if r.get("kind") == kind]
+        self.last_record = self.history[-1] if self.history else {}
 
-    kind = "eval" if steps_mode else "epoch"
-    history = [r for r in run_dir.read_metrics() if r.get("kind") == kind] if resume else []
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    start = time.monotonic()
-    last_save = start
-    stopped = "completed"
-    last_record: dict[str, Any] = history[-1] if history else {}
-    lr = optimizer.param_groups[0]["lr"]
+    def run(self) -> FitResult:
+        """Train from the current position until the run is done, early-stopped or out of time.
+        One progress bar per epoch (epoch unit) or for the whole run (step unit: an epoch of
+        running text can be a single step); a point inside a bar is handled after its step,
+        the bar's last step after the bar has closed."""
+        self.start = self.last_save = time.monotonic()
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.model.train()
+        while self.step < self.total_steps and self.stopped == "completed":
+            if self.steps_unit:
+                end, description = self.total_steps, self.label
+            else:
+                end = min((self.epoch + 1) * self.spe, self.total_steps)
+                description = f"{self.label} epoch {self.epoch + 1}/{self.config.epochs}"
+            bar = self.reporter.track(self._batches(end - self.step), total=end - self.step,
+                                      description=description, unit="steps")
+            try:
+                for x, y in bar:
+                    self._train_step(x, y)
+                    if self.step < end and self._after_step():
+                        break
+            finally:
+                if hasattr(bar, "close"):
+                    bar.close()
+            if self.step == end:
+                self._after_step()
+        return FitResult(self.epoch, self.step, self.stopped, self.best_epoch, self.best,
+                         self._elapsed(), self.last_record, self.history,
+                         train_loss=self.c.window_mean() if self.steps_unit else None)
 
-    def elapsed() -> float:
-        return train_seconds + time.monotonic() - start
+    def _elapsed(self) -> float:
+        return self.train_seconds + time.monotonic() - self.start
 
-    def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
+    def _batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The run's next `n` batches, across epoch ends: each epoch begins with `_start_epoch`;
+        a run resumed mid-epoch skips the batches it has done. An epoch's iterator is read to
+        its end (a DataLoader shuts its workers down there); a run cut short mid-epoch by
+        `max_steps` draws one batch past its last."""
+        while True:
+            epoch = self.epoch
+            k = self.step - epoch * self.spe  # > 0 only in a run resumed mid-epoch
+            if k == 0:
+                self._start_epoch()
+            for batch in itertools.islice(self.batches(epoch), k, None):
+                if n == 0:
+                    return
+                yield batch
+                n -= 1
+            if n == 0:
+                return
+            if self.epoch == epoch:  # a bug in the caller: the loop would not move on
+                raise RuntimeError(f"batches({epoch}) ended after {self.step - epoch * self.spe}"
+                                   f" of its steps_per_epoch = {self.spe} batches")
+
+    def _start_epoch(self) -> None:
+        if self.hooks.before_epoch is not None:
+            self.hooks.before_epoch(self.bare, self.epoch)
+        self.model.train()
+        self.c.loss_sum, self.c.correct, self.c.seen = 0.0, 0, 0
+        if not self.steps_unit:
+            # An epoch's "step" records average from the epoch's start; the step unit's run on
+            # over epoch ends (an epoch of text can be shorter than log_every).
+            self.c.window_loss, self.c.window_n = 0.0, 0
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimiser step on (x, y), its loss added to the running sums."""
-        nonlocal step, lr
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if lr_schedule is not None:
-            factor = lr_schedule(step)
+        hooks, optimizer, c = self.hooks, self.optimizer, self.c
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if hooks.lr_schedule is not None:
+            factor = hooks.lr_schedule(self.step)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
-        lr = optimizer.param_groups[0]["lr"]
+        self.lr = optimizer.param_groups[0]["lr"]
         logits = None
-        with _autocast(config.precision, device):
-            if step_loss is None:
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)
+        with autocast(self.config.precision, self.device):
+            if hooks.step_loss is None:
+                logits = self.model(x)
+                loss = hooks.loss_fn(logits.float(), y)
             else:
-                loss = step_loss(model, x, y)
+                loss = hooks.step_loss(self.model, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         optimizer.step()
-        step += 1
-        checkpoints.crash_point(f"step-{step}")
-        if after_step is not None:
-            after_step(bare, step)
-        n = y.shape[0] if step_loss is None else 1
+        self.step += 1
+        checkpoints.crash_point(f"step-{self.step}")
+        if hooks.after_step is not None:
+            hooks.after_step(self.bare, self.step)
+        n = y.shape[0] if hooks.step_loss is None else 1
         batch_loss = float(loss.detach()) * n
-        if not info.enabled:
+        if not self.info.enabled:
             # One process: stop at the first bad step. Under DDP the ranks must agree, so
             # the check waits for the all-reduced epoch loss.
-            _nan_guard(batch_loss, epoch, step, run_dir, label)
+            _nan_guard(batch_loss, self.epoch, self.step, self.run_dir, self.label)
         c.loss_sum += batch_loss
         if logits is not None:
             c.correct += accuracy_counts(logits.detach(), y)
         c.seen += n
         c.window_loss += batch_loss
         c.window_n += n
-        if step % config.log_every == 0 or (steps_mode and step == total_steps):
-            c.logged_loss = c.window_loss / c.window_n
-            if info.is_main:
-                line = ({"kind": "step", "step": step, "epoch": step / steps_per_epoch,
-                         "train_loss": c.logged_loss, "lr": lr, "elapsed_s": round(elapsed(), 3)}
-                        if steps_mode else
-                        {"kind": "step", "epoch": epoch + 1, "step": step,
-                         "train_loss": c.logged_loss, "lr": lr})
-                run_dir.append_metrics(line)
-            c.window_loss, c.window_n = 0.0, 0
+        if self.step % self.config.log_every == 0 or (
+                self.steps_unit and self.step == self.total_steps):
+            self._log_window()
 
-    def save_last() -> None:
-        nonlocal last_save
-        state = {"optimizer": optimizer.state_dict(), "rng": _rng_state()}
-        if extra_state is not None:
-            state["extra"] = extra_state[0]()
-        if steps_mode:
-            state["counters"] = vars(c).copy()
-        meta = {"epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
-                "total_steps": total_steps, "train_seconds": elapsed(),
-                "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "monitor": config.monitor}
-        if extra_meta is not None:
-            meta = {**extra_meta(), **meta}  # the engine's counters win: resume reads them
-        checkpoints.save(run_dir.path, LAST, bare.state_dict(), meta, state)
-        last_save = time.monotonic()
+    def _log_window(self) -> None:
+        """A "step" record: the mean training loss since the previous one."""
+        c, step = self.c, self.step
+        c.logged_loss = c.window_loss / c.window_n
+        if self.info.is_main:
+            line = ({"kind": "step", "step": step, "epoch": step / self.spe,
+                     "train_loss": c.logged_loss, "lr": self.lr,
+                     "elapsed_s": round(self._elapsed(), 3)}
+                    if self.steps_unit else
+                    {"kind": "step", "epoch": self.epoch + 1, "step": step,
+                     "train_loss": c.logged_loss, "lr": self.lr})
+            self.run_dir.append_metrics(line)
+        c.window_loss, c.window_n = 0.0, 0
 
-    def validate() -> dict[str, float]:
-        if evaluate is None:
-            return {}
-        bare.eval()
-        with torch.no_grad(), _autocast(config.precision, device):
-            metrics = dict(evaluate(bare))
-        bare.train()
-        return metrics
+    def _after_step(self) -> bool:
+        """Handle the step just taken if it is a point (class docstring); True: the run ends."""
+        config, step = self.config, self.step
+        epoch_end = step % self.spe == 0 or step == self.total_steps
+        if not (epoch_end or self.steps_unit):
+            return False
+        train = self._end_epoch() if epoch_end else {}
+        done = step >= self.total_steps
+        # The step unit reads the clock after every step, the epoch unit at epoch ends after
+        # validation; a collective under DDP, so that every rank decides alike.
+        timed_out = self.steps_unit and self._past_time_limit()
+        every = config.eval_every_steps and step % config.eval_every_steps == 0
+        if not (epoch_end or done or timed_out or every):
+            return False
+        if (done or every or (timed_out and not epoch_end)
+                or (epoch_end and self.epoch % config.eval_every == 0)):
+            metrics = self._validate()
+        else:
+            metrics = {}
+        if not self.steps_unit:
+            timed_out = self._past_time_limit()
+        record = self._record(train, metrics)
+        if config.early_stopping and self.bad_epochs >= config.early_stopping:
+            self.stopped = "early-stopping"
+        elif timed_out and not done:
+            self.stopped = "time-limit"
+        final = done or self.stopped != "completed"
+        if self.info.is_main and (final or self._checkpoint_due(epoch_end)):
+            self._save_last()
+        if epoch_end:
+            checkpoints.crash_point(f"epoch-{self.epoch}:end")
+        if epoch_end and record is not None and self.hooks.after_epoch is not None:
+            self.hooks.after_epoch(self.bare, record)
+        if self.stopped != "completed":
+            where = f"at step {step}" if self.steps_unit else f"after epoch {self.epoch}"
+            self.reporter.log(f"{self.label}: stopped {where} ({self.stopped})")
+        return final
 
-    if steps_mode:
-        # ----------------------------------------------------------------- step mode
-        def run_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            e = epoch
-            while e < config.epochs and step < total_steps:
-                k = step - e * steps_per_epoch  # > 0 only for a run resumed mid-epoch
-                if k == 0 and before_epoch is not None:
-                    before_epoch(bare, e)
-                yield from itertools.islice(batches(e), k, None)
-                e += 1
-
-        model.train()
-        bar = reporter.track(run_batches(), total=total_steps - step, description=label,
-                             unit="steps")
-        try:
-            for x, y in bar:
-                train_step(x, y)
-                end_of_epoch = step % steps_per_epoch == 0
-                if end_of_epoch:
-                    epoch += 1
-                    c.loss_sum, c.correct, c.seen = 0.0, 0, 0
-                done = step >= total_steps
-                timed_out = _agree(config.time_limit is not None
-                                   and time.monotonic() - start >= config.time_limit, device)
-                if not (end_of_epoch or done or timed_out or (
-                        config.eval_every_steps and step % config.eval_every_steps == 0)):
-                    continue
-                metrics = validate()
-                if metrics:
-                    record = {"kind": "eval", "step": step, "epoch": step / steps_per_epoch,
-                              **metrics}
-                    history.append(record)
-                    last_record = record
-                    if info.is_main:
-                        run_dir.append_metrics(record)
-                    reporter.log(f"{label} step {step}: "
-                                 + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
-                final = done or timed_out
-                if info.is_main and (final or time.monotonic() - last_save
-                                     >= config.checkpoint_seconds):
-                    save_last()
-                if end_of_epoch:
-                    checkpoints.crash_point(f"epoch-{epoch}:end")
-                if timed_out and not done:
-                    stopped = "time-limit"
-                    reporter.log(f"{label}: stopped at step {step} ({stopped})")
-                    break
-                if done:
-                    break
-        finally:
-            if hasattr(bar, "close"):
-                bar.close()
-        return FitResult(epoch, step, stopped, best_epoch, best, elapsed(), last_record,
-                         history, train_loss=c.window_mean())
-
-    # --------------------------------------------------------------------- epoch mode
-    while epoch < config.epochs and step < total_steps:
-        if before_epoch is not None:
-            before_epoch(bare, epoch)
-        model.train()
-        c.loss_sum, c.correct, c.seen, c.window_loss, c.window_n = 0.0, 0, 0, 0.0, 0
-        this_epoch = min(steps_per_epoch, total_steps - step)
-        for x, y in reporter.track(batches(epoch), total=this_epoch,
-                                   description=f"{label} epoch {epoch + 1}/{config.epochs}",
-                                   unit="steps"):
-            if step >= total_steps:
-                break
-            train_step(x, y)
+    def _end_epoch(self) -> dict[str, float]:
+        """Close an epoch: its training loss and accuracy all-reduced over ranks (the NaN guard
+        under DDP), the epoch counted."""
+        c = self.c
         totals = dist.all_reduce_sum(
-            torch.tensor([c.loss_sum, c.correct, c.seen], dtype=torch.float64, device=device)
+            torch.tensor([c.loss_sum, c.correct, c.seen], dtype=torch.float64,
+                         device=self.device)
         ).tolist()
         train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
-        _nan_guard(train_loss, epoch, step, run_dir, label)
-        epoch += 1
-        metrics: dict[str, float] = {}
-        last_epoch = epoch >= config.epochs or step >= total_steps
-        if last_epoch or epoch % config.eval_every == 0:
-            metrics = validate()
-        record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": train_loss,
-                  "train_accuracy": train_acc, **metrics, "lr": lr,
-                  "elapsed_s": round(elapsed(), 3)}
-        history.append(record)
-        last_record = record
-        improved = False
-        if (config.monitor is not None and config.monitor in metrics
-                and math.isfinite(metrics[config.monitor])):
-            if _better(metrics[config.monitor], best, config.mode):
-                best, best_epoch, bad_epochs, improved = metrics[config.monitor], epoch, 0, True
-            else:
-                bad_epochs += 1
-        if info.is_main:
-            run_dir.append_metrics(record)
+        _nan_guard(train_loss, self.epoch, self.step, self.run_dir, self.label)
+        self.epoch += 1
+        return {"train_loss": train_loss, "train_accuracy": train_acc}
+
+    def _past_time_limit(self) -> bool:
+        limit = self.config.time_limit
+        return _agree(limit is not None and time.monotonic() - self.start >= limit, self.device)
+
+    def _validate(self) -> dict[str, float]:
+        if self.hooks.evaluate is None:
+            return {}
+        self.bare.eval()
+        with torch.no_grad(), autocast(self.config.precision, self.device):
+            metrics = dict(self.hooks.evaluate(self.bare))
+        self.bare.train()
+        return metrics
+
+    def _record(self, train: dict[str, float], metrics: dict[str, float]
+                ) -> dict[str, Any] | None:
+        """Log the point's record: an "epoch" record at each epoch end (epoch unit), an "eval"
+        record at each validation (step unit); the best checkpoint follows the monitor."""
+        label, step = self.label, self.step
+        if self.steps_unit:
+            if not metrics:
+                return None
+            record = {"kind": "eval", "step": step, "epoch": step / self.spe, **metrics}
+            line = f"{label} step {step}: " + ", ".join(f"{k} {_fmt(v)}"
+                                                       for k, v in metrics.items())
+        else:
+            record = {"kind": "epoch", "epoch": self.epoch, "step": step, **train, **metrics,
+                      "lr": self.lr, "elapsed_s": round(self._elapsed(), 3)}
+            line = (f"{label} epoch {self.epoch}/{self.config.epochs}: train loss "
+                    f"{train['train_loss']:.4f}, acc {100 * train['train_accuracy']:.1f}%"
+                    + "".join(f", {k} {_fmt(v)}" for k, v in metrics.items())
+                    + f" ({self._elapsed():.0f} s)")
+        self.history.append(record)
+        self.last_record = record
+        improved = self._track_best(metrics)
+        if self.info.is_main:
+            self.run_dir.append_metrics(record)
             if improved:
-                checkpoints.save(run_dir.path, BEST, bare.state_dict(),
-                                 {"epoch": epoch, "step": step, config.monitor: best})
-        reporter.log(f"{label} epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}, "
-                     f"acc {100 * train_acc:.1f}%"
-                     + "".join(f", {k} {_fmt(v)}" for k, v in metrics.items())
-                     + f" ({elapsed():.0f} s)")
-        early = config.early_stopping and bad_epochs >= config.early_stopping
-        timed_out = _agree(config.time_limit is not None
-                           and time.monotonic() - start >= config.time_limit, device)
-        if early:
-            stopped = "early-stopping"
-        elif timed_out and epoch < config.epochs and step < total_steps:
-            stopped = "time-limit"
-        final = epoch >= config.epochs or step >= total_steps or stopped != "completed"
-        if info.is_main and (final or epoch % config.checkpoint_every == 0):
-            save_last()
-        checkpoints.crash_point(f"epoch-{epoch}:end")
-        if after_epoch is not None:
-            after_epoch(bare, record)
-        if stopped != "completed":
-            reporter.log(f"{label}: stopped after epoch {epoch} ({stopped})")
-            break
-    return FitResult(epoch, step, stopped, best_epoch, best, elapsed(), last_record, history)
+                checkpoints.save(self.run_dir.path, BEST, self.bare.state_dict(),
+                                 {"epoch": self.epoch, "step": step,
+                                  self.config.monitor: self.best})
+        self.reporter.log(line)
+        return record
+
+    def _track_best(self, metrics: dict[str, float]) -> bool:
+        """Whether the monitored metric improved (counting the validations that did not)."""
+        monitor = self.config.monitor
+        if monitor is None or monitor not in metrics or not math.isfinite(metrics[monitor]):
+            return False
+        if _better(metrics[monitor], self.best, self.config.mode):
+            self.best, self.best_epoch, self.bad_epochs = metrics[monitor], self.epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def _checkpoint_due(self, epoch_end: bool) -> bool:
+        """`last` is written every `checkpoint_every` epochs and at most every
+        `checkpoint_seconds` (the final point always)."""
+        config = self.config
+        return (time.monotonic() - self.last_save >= config.checkpoint_seconds
+                and (not epoch_end or self.epoch % config.checkpoint_every == 0))
+
+    def _save_last(self) -> None:
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
+                                 "counters": vars(self.c).copy()}
+        if self.hooks.extra_state is not None:
+            state["extra"] = self.hooks.extra_state[0]()
+        meta = {"epoch": self.epoch, "step": self.step, "steps_per_epoch": self.spe,
+                "total_steps": self.total_steps, "train_seconds": self._elapsed(),
+                "best_metric": self.best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "monitor": self.config.monitor}
+        if self.hooks.extra_meta is not None:
+            meta = {**self.hooks.extra_meta(), **meta}  # the engine's counters win: resume reads
+        checkpoints.save(self.run_dir.path, LAST, self.bare.state_dict(), meta, state)
+        self.last_save = time.monotonic()
 
 
 def _agree(flag: bool, device: torch.device) -> bool:

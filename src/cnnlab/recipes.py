@@ -22,10 +22,8 @@ exactly, which is how its numbers were translated below.)
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -271,32 +269,6 @@ def predict(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tenso
     shifted = [padded[..., 0:h, 0:w], padded[..., 2 : h + 2, 2 : w + 2]]
     translate = sum(predict(model, s, "flip") for s in shifted) / len(shifted)
     return 0.5 * flip + 0.5 * translate
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU does bfloat16 arithmetic natively (AVX512-BF16 or AMX-BF16); without it
-    oneDNN emulates bf16 and autocast is slower than fp32."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    flags = {f for line in re.findall(r"^flags\s*:(.*)$", text, flags=re.M) for f in line.split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
-    """torch.bfloat16 for bf16 autocast, None for fp32. "auto": bf16 on a CUDA device with bf16
-    support and on a CPU with native bf16 (measured here: see recipes' BENCHMARKS entry)."""
-    if precision not in PRECISIONS:
-        raise CnnlabError(f"precision must be one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_bf16() else None
 
 
 def prepare_model(recipe: Recipe, model: nn.Module, train_images: torch.Tensor) -> None:

@@ -126,8 +126,11 @@ def _installed_version(distribution: str) -> str | None:
 
 def environment(seed: int | None = None, device: str | None = None, **extra: Any
                 ) -> dict[str, Any]:
-    """What produced a run: enough to reproduce it or to explain a different number."""
+    """What produced a run: enough to reproduce it or to explain a different number; the CPU's
+    model and speed flags explain a timing (hardware.cpu_info)."""
     import torch
+
+    from cnnlab import hardware
 
     return {
         # From the installed metadata, not the package face: runs.py sits below everything the
@@ -143,8 +146,9 @@ def environment(seed: int | None = None, device: str | None = None, **extra: Any
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        **hardware.cpu_info(),  # cpu_model, cpu_flags, cpu_capability
         "torch_threads": torch.get_num_threads(),
-        "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "device": device or hardware.choose_device("auto").type,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "seed": seed,
         "argv": sys.argv,

@@ -465,13 +465,16 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
 def lab(*, data_root: str | Path | None = None, out: str | Path = "runs/lab",
         quick: bool = False, only: Sequence[str] = (), skip: Sequence[str] = (),
         force: Sequence[str] = (), finetune_data: str | Path | None = None,
-        budget: float | None = None, report: bool = True, quiet: bool = False):
+        budget: float | None = None, precision: str | None = None, report: bool = True,
+        quiet: bool = False):
     """Both course labs end to end into one directory and one report (`cnnlab lab`).
 
     data_root: the folder with imagenet-samples/, hymenoptera/, cifar10/ (default:
     $CNNLAB_DATA or ../shared/data). quick=True: small subsets, minutes. only / skip / force:
     step names (concepts, alexnet, alexnet-groups, evaluate, finetune, train, charrnn,
     experiments). Re-running into the same out= continues: up-to-date steps are kept.
+    precision="fp32": every step in fp32 (CNNLAB_PRECISION=fp32 for the steps), "auto": each
+    step's own choice; None: as the environment's CNNLAB_PRECISION says.
 
     Returns a Result: `.table` one row per step (status, seconds, note), `.exit_status` (0 all
     ran, 3 a step was skipped, 1 a step failed: the command line's exit status), `.report`.
@@ -481,7 +484,8 @@ def lab(*, data_root: str | Path | None = None, out: str | Path = "runs/lab",
     values: dict[str, Any] = {"quick": quick, "only": names(only), "skip": names(skip),
                               "force": names(force),
                               "finetune_data": None if finetune_data is None
-                              else str(finetune_data), "report": report, "budget": budget}
+                              else str(finetune_data), "report": report, "budget": budget,
+                              "precision": precision}
     if data_root:
         values["data_root"] = str(data_root)
     config = task.LabConfig(**values)

@@ -58,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "minutes buy longer training and more seeds, i.e. tighter intervals, "
                         "in the same lab (default: the plan that fits 20 minutes on a 2-core "
                         "machine, install included)")
+    p.add_argument("--precision", choices=["fp32", "auto"],
+                   help="fp32: every step in fp32 (sets CNNLAB_PRECISION=fp32 for them), to time "
+                        "the lab as on a CPU without native bf16; auto: each step's own choice "
+                        "(default: as $CNNLAB_PRECISION says, else auto)")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip report.md / report.html")
     add_quiet(p)
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = lab(data_root=args.data_root, out=args.out, quick=args.quick, only=args.only,
                  skip=args.skip, force=args.force, finetune_data=args.finetune_data,
-                 budget=args.budget, report=args.report, quiet=args.quiet)
+                 budget=args.budget, precision=args.precision, report=args.report,
+                 quiet=args.quiet)
     reporter = Reporter(quiet=args.quiet)
     reporter.table(["step", "status", "seconds", "note"],
                    [[r["step"], r["status"] or "-",

@@ -42,3 +42,16 @@ def figure(root: Path, rel: str, caption: str) -> Figure | None:
     if not path.is_file():
         return None
     return Figure(rel, data_uri(path), caption)
+
+
+# What decides a run's speed, first in an appendix: the CPU, its flags, the precision.
+SPEED_KEYS = ("cpu_model", "cpu_flags", "cpu_capability", "precision", "precision_reason")
+
+
+def environment_rows(env: dict[str, Any]) -> dict[str, Any]:
+    """environment.json as a report's appendix shows it: the keys that decide speed first,
+    lists (the CPU's flags, argv) as one line of text."""
+    first = {k: env[k] for k in SPEED_KEYS if k in env}
+    rest = {k: v for k, v in env.items() if k not in first}
+    return {k: " ".join(map(str, v)) if isinstance(v, list) else v
+            for k, v in {**first, **rest}.items()}

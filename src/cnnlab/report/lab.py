@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from cnnlab.report.blocks import Figure, Table, figure
+from cnnlab.report.blocks import Figure, Table, environment_rows, figure
 from cnnlab.runs import RunDir
 
 FIGURES = Path(__file__).with_name("lab_figures.yaml")
@@ -356,6 +356,21 @@ SECTION_BUILDERS: dict[str, Callable[[Section, dict, Path, str], None]] = {
 }
 
 
+def step_precisions(lab_dir: Path, state: dict[str, Any]) -> str:
+    """Each step's precision and why, from the environment.json files of its runs (a train
+    step holds one per model and seed): "train: bf16 (auto: ...); finetune: fp32 (...)"."""
+    parts = []
+    for name, rec in state["steps"].items():
+        seen: dict[str, None] = {}
+        for path in sorted((lab_dir / rec.get("run_dir", name)).glob("**/environment.json")):
+            env = json.loads(path.read_text(encoding="utf-8"))
+            if env.get("precision"):
+                seen[f"{env['precision']} ({env.get('precision_reason', '?')})"] = None
+        if seen:
+            parts.append(f"{name}: {', '.join(seen)}")
+    return "; ".join(parts) or "-"
+
+
 def build_sections(lab_dir: Path) -> tuple[list[Section], dict[str, Any]]:
     lab = RunDir.open(lab_dir)
     state = lab.read_json("lab.json")
@@ -376,6 +391,7 @@ def build_sections(lab_dir: Path) -> tuple[list[Section], dict[str, Any]]:
     env = {}
     if lab.file("environment.json").is_file():
         env = lab.read_json("environment.json")
+    env = environment_rows({**env, "precision": step_precisions(lab_dir, state)})
     return sections, {"environment": env, "source": quoted.get("source", ""),
                       "config": lab.read_json("config.json") if lab.file("config.json").is_file()
                       else {}}

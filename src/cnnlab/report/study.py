@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnlab.report.blocks import Figure, Table
+from cnnlab.report.blocks import Figure, Table, environment_rows
 from cnnlab.runs import RunDir
 
 
@@ -33,7 +33,8 @@ def write(run_path: str | Path, title: str, intro: list[str], parts: list[Part],
     from cnnlab.report.env import render, trusted
 
     run = RunDir(Path(run_path))
-    context = {"title": title, "intro": intro, "parts": parts, "environment": environment or {},
+    context = {"title": title, "intro": intro, "parts": parts,
+               "environment": environment_rows(environment or {}),
                "trusted": trusted}
     md = run.write_text("report.md", render("study.md.j2", **context))
     html = run.write_text("report.html", render("study.html.j2", **context))

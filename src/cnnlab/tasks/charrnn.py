@@ -45,6 +45,7 @@ from cnnlab import checkpoints
 from cnnlab.data import text as textdata
 from cnnlab.data.text import IGNORE, Vocab
 from cnnlab.errors import CnnlabError
+from cnnlab.hardware import resolve_precision
 from cnnlab.models.char_rnn import CELLS, CharRNN, CharRNNConfig, Hidden, detach
 from cnnlab.progress import Reporter
 from cnnlab.runs import RunDir
@@ -399,6 +400,9 @@ def run(
     total_steps = steps_per_epoch * cfg.epochs  # type: ignore[operator]
     run = run_dir
     continues = resume and checkpoints.exists(run.path, CHECKPOINT)
+    # fp32 always (the recurrent kernels gain nothing from bf16 on the CPU); CNNLAB_PRECISION=fp32
+    # is named as the reason when it is set.
+    precision, why = resolve_precision("fp32", "cpu", source="charrnn trains in")
     if continues:
         if Vocab.from_json(_read_meta(run.path)["vocab"]) != vocab:
             raise CnnlabError(
@@ -414,7 +418,8 @@ def run(
         reporter.log(f"resuming {run} at step 0 (epoch 0.00)")
     else:
         run.save_config(cfg)
-        run.save_environment(seed=cfg.seed, device="cpu")
+        run.save_environment(seed=cfg.seed, device="cpu", precision=precision,
+                             precision_reason=why)
 
     n_params = sum(p.numel() for p in model.parameters())
     val_pairs = eval_pairs(data, data.val, cfg.batch_size) if data.val is not None else None  # type: ignore[arg-type]
@@ -444,6 +449,7 @@ def run(
     fit_config = FitConfig(
         epochs=cfg.epochs,  # type: ignore[arg-type]
         seed=None,
+        precision=precision,
         unit="steps",
         grad_clip=cfg.clip,
         monitor=None,

@@ -63,12 +63,9 @@ class ExplainConfig:
 
 
 def _device(name: str):
-    import torch
+    from cnnlab.hardware import choose_device
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda: no CUDA device here")
-    use_cuda = name in ("auto", "cuda") and torch.cuda.is_available()
-    return torch.device("cuda" if use_cuda else "cpu")
+    return choose_device(name)
 
 
 def _nothing_explained(skipped: list[dict[str, str]]) -> CnnlabError:

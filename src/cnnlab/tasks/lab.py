@@ -20,17 +20,19 @@ State lives in `OUT/lab.json`, rewritten atomically after every change:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cnnlab import hardware
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import RunDir, to_jsonable
 
@@ -56,8 +58,14 @@ class LabConfig:
     # and more seed rounds (tighter intervals), fewer shorten them; the lab stays the same
     # steps, models and claims. None: the default plan (`default_minutes()`).
     budget: float | None = None
+    # "fp32": every step in fp32 (CNNLAB_PRECISION=fp32 for the steps and the processes they
+    # start), so the lab can be timed as on a CPU without bf16; "auto": each step's own choice,
+    # whatever the environment says; None: as the environment says.
+    precision: str | None = None
 
     def __post_init__(self) -> None:
+        if self.precision not in (None, "auto", "fp32"):
+            raise CnnlabError(f"--precision must be fp32 or auto, not {self.precision!r}")
         names = [s.name for s in STEPS]
         for flag in ("only", "skip", "force"):
             for name in getattr(self, flag):
@@ -430,9 +438,12 @@ def step_hash(plan: Plan) -> str:
         version = importlib.metadata.version("cnnlab")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    payload = json.dumps({"config": to_jsonable(plan.config), "task": plan.task.__module__,
-                          "inputs": fingerprint(plan.inputs), "cnnlab": version},
-                         sort_keys=True, default=str)
+    content = {"config": to_jsonable(plan.config), "task": plan.task.__module__,
+               "inputs": fingerprint(plan.inputs), "cnnlab": version}
+    forced = hardware.forced_precision()
+    if forced is not None:  # a step run in forced fp32 is not the same result as its own choice
+        content["precision"] = forced
+    payload = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -502,9 +513,32 @@ def _run_step(step: Step, config: LabConfig, run_dir: RunDir, state: dict[str, A
 
 def run(config: LabConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
     """Run the selected steps in order into `run_dir`; returns lab.json's contents."""
+    with _precision_env(config.precision):
+        return _run_steps(config, run_dir, reporter)
+
+
+@contextlib.contextmanager
+def _precision_env(precision: str | None) -> Iterator[None]:
+    """CNNLAB_PRECISION=`precision` while the steps run (in this process, and inherited by the
+    worker processes they start); the environment as it was afterwards."""
+    if precision is None:
+        yield
+        return
+    before = os.environ.get(hardware.PRECISION_ENV)
+    os.environ[hardware.PRECISION_ENV] = precision
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(hardware.PRECISION_ENV, None)
+        else:
+            os.environ[hardware.PRECISION_ENV] = before
+
+
+def _run_steps(config: LabConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
     state = load_state(run_dir)
     run_dir.save_config(config)
-    run_dir.save_environment()
+    run_dir.save_environment(**{hardware.PRECISION_ENV: os.environ.get(hardware.PRECISION_ENV)})
     steps = config.selected()
     estimates = [s.estimate(config) for s in steps]
     reporter.log("estimated time (measured on a 2-core Xeon; a slower CPU takes longer): "

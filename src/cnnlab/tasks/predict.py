@@ -63,11 +63,11 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     """One record per input image, in input order (skipped files first), as batches finish.
     With a CamWriter (`predict_explained`), each classified photo's record also names its top
     class's map (`cam`, relative to the writer's run directory) and the seconds it took."""
-    import torch
 
     from cnnlab.data.batching import ImageDataset
     from cnnlab.data.folders import LabelledImage
     from cnnlab.data.loaders import photo_loader
+    from cnnlab.hardware import choose_device
     from cnnlab.models.inference import prepare_forward
     from cnnlab.models.predictor import expand_inputs, load_predictor
 
@@ -79,8 +79,7 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     if not files:
         return
     k = min(config.top_k or predictor.top_k, len(predictor.classes))
-    use_cuda = torch.cuda.is_available() and config.device in ("auto", "cuda")
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = choose_device(config.device)
     forward = prepare_forward(predictor.model, config.engine, identity=predictor.identity(),
                               input_size=predictor.preprocess.crop_size, device=device,
                               log=reporter.log, label=config.model)

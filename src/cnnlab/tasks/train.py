@@ -44,8 +44,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab import budget
+from cnnlab import budget, hardware
 from cnnlab.errors import CnnlabError
+from cnnlab.hardware import autocast
 from cnnlab.runs import RunDir, check_record, damaged
 
 RECIPE_CHOICES = ("fast", "lab")
@@ -247,38 +248,22 @@ def has_normalization(model: str) -> bool:
     return any(isinstance(m, norms) for m in net.modules())
 
 
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """("fp32" | "bf16", why): the choice and the fact it rests on, for environment.json."""
-    from cnnlab import recipes
-
-    if requested != "auto":
-        return requested, "asked for"
-    dtype = recipes.autocast_dtype("auto", device)
-    if device.type == "cuda":
-        why = "GPU supports bf16" if dtype else "GPU has no bf16"
-    else:
-        why = ("CPU flags include avx512_bf16/amx_bf16" if dtype
-               else "CPU has no native bf16 (no avx512_bf16/amx_bf16 flag)")
-    return ("bf16" if dtype else "fp32"), why
-
-
 def precision_for(config: TrainConfig, recipe, device: torch.device) -> tuple[str, str]:
     """The run's precision and why (environment.json, results.json). `--precision auto` (the
     default) leaves a recipe's own precision alone (the lab recipes train in fp32, as the
     course lab did), and only a precision the user set is "asked for"."""
-    precision, why = resolve_precision(recipe.precision, device)
     given = config.precision != "auto" or any(k == "precision"
                                               for k, _ in config.recipe_overrides)
-    if recipe.precision != "auto" and not given:
-        why = f"the {recipe.name} recipe's own (--precision auto keeps a recipe's precision)"
+    precision, why = hardware.resolve_precision(recipe.precision, device, source="asked for")
+    if why.startswith("asked for"):
+        why = ("asked for" if given else f"the {recipe.name} recipe's own (--precision auto "
+               "keeps a recipe's precision)")
     return precision, why
 
 
 def _device(requested: str) -> torch.device:
     from cnnlab import dist
 
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda: this machine has no CUDA device (use --device cpu)")
     _, device = dist.init(requested)
     return device
 
@@ -494,8 +479,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
         # whole test set, under the same autocast: a second pass would repeat it.
         test_acc, test_loss = record["test_accuracy"], record["test_loss"]
     elif config.test:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                            enabled=precision == "bf16"):
+        with autocast(precision, device):
             test_acc, test_loss = accuracy(model, data.test_x, data.test_y, mean, std, device,
                                            tta=recipe.tta)
     eval_seconds = time.monotonic() - start
@@ -645,8 +629,7 @@ def _forward_seconds(model: nn.Module, data, recipe, precision: str, device: tor
     if len(x) > EVAL_BATCH + images:
         x, y = x[EVAL_BATCH : EVAL_BATCH + images], y[EVAL_BATCH : EVAL_BATCH + images]
     was_training = model.training
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                        enabled=precision == "bf16"):
+    with autocast(precision, device):
         accuracy(model, warm_x, warm_y, mean, std, device)  # kernels chosen
         start = time.perf_counter()
         accuracy(model, x, y, mean, std, device)
@@ -697,7 +680,7 @@ def _calibrate(config: TrainConfig, data, model_name: str, device: torch.device,
     from cnnlab import budget
 
     base = recipe_for(config, model_name)
-    precision, _ = resolve_precision(base.precision, device)
+    precision, _ = precision_for(config, base, device)
     timings: dict[str, float] = {}
 
     def time_step(shape) -> float:

@@ -70,7 +70,7 @@ class FinetuneConfig:
     draft: bool = True  # JPEG draft decoding (see data/decode.py)
     # fp32, bf16 (autocast), or auto: bf16 where the CPU has native bf16 or the GPU supports
     # it, else fp32 -- train's --precision auto, resolved on the run's device by the same
-    # function (tasks/train.resolve_precision); config.json keeps "auto".
+    # function (hardware.resolve_precision); config.json keeps "auto".
     precision: str = "fp32"
     time_limit: float | None = None  # seconds of training in this invocation
     device: str = "auto"

@@ -93,10 +93,10 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     import torch
 
     from cnnlab import dist
+    from cnnlab.hardware import resolve_precision
     from cnnlab.models.pretrained import fetch, pretrained_spec_of
     from cnnlab.models.registry import create_pretrained, get_spec
     from cnnlab.models.transfer import TransferModel
-    from cnnlab.tasks.train import resolve_precision
 
     info = dist.from_env()
     spec = get_spec(config.backbone)  # a misspelt backbone first, before any work
@@ -110,7 +110,7 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
 
         reporter = Reporter(quiet=True)
     info, device = dist.init(config.device)
-    # --precision auto means what it means to `cnnlab train`: one resolver, train's.
+    # --precision auto means what it means to `cnnlab train`: one resolver (hardware.py).
     precision, why = resolve_precision(config.precision, device)
     if info.is_main and not resume:
         run_dir.save_config(config)
