@@ -175,7 +175,8 @@ def test_truncating_metrics_rewrites_the_events(tmp_path):
     """RunDir alone: what --resume does to metrics.jsonl, the event file follows."""
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    run.save_config({"lr": 0.1, "model": "m", "sizes": [1, 2], "none": None})
+    run.save_config({"lr": 0.1, "model": "m", "sizes": [1, 2], "none": None,
+                     "train": {"model_options": (("depth", 4), ("pool", "max"))}})
     for step in (1, 2, 3):
         run.append_metrics({"kind": "epoch", "step": step, "train_loss": 1 / step})
     run.truncate_metrics(lambda r: r["step"] <= 1)
@@ -184,7 +185,9 @@ def test_truncating_metrics_rewrites_the_events(tmp_path):
     again.append_metrics({"kind": "epoch", "step": 2, "train_loss": 0.25})
     run_scalars = raw_scalars(run.path)
     assert run_scalars == [("epoch/train_loss", 1, 1.0), ("epoch/train_loss", 2, 0.25)]
-    assert hparams(run.path)[0] == {"lr": 0.1, "model": "m", "sizes": "[1, 2]"}
+    assert hparams(run.path)[0] == {"lr": 0.1, "model": "m", "sizes": "[1, 2]",
+                                    "train.model_options.depth": 4,
+                                    "train.model_options.pool": "max"}
     # a record without a step (evaluate's summaries) is no curve; strings are no scalar
     again.append_metrics({"model": "x", "top1_error": 0.5})
     assert raw_scalars(run.path) == run_scalars

@@ -88,12 +88,15 @@ def step_of(record: dict[str, Any]) -> int | None:
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one level of `a.b.c` keys; numbers, strings and booleans kept, lists as
-    JSON text (up to MAX_LIST_CHARS), None left out (TensorBoard's hparams have no null)."""
+    """Nested dicts (and lists of (name, value) pairs) as one level of `a.b.c` keys; numbers,
+    strings and booleans kept, other lists as JSON text (up to MAX_LIST_CHARS), None left out
+    (TensorBoard's hparams have no null)."""
     out: dict[str, Any] = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif _is_pairs(obj):  # a frozen mapping (model_options, recipe_overrides): one column each
+        out.update(flatten({k: v for k, v in obj}, prefix))
     elif isinstance(obj, list | tuple):
         text = json.dumps(obj)
         if len(text) <= MAX_LIST_CHARS:
@@ -101,6 +104,17 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     elif isinstance(obj, bool | int | float | str) and prefix:
         out[prefix] = obj
     return out
+
+
+def _is_pairs(obj: Any) -> bool:
+    """((name, value), ...) with distinct names: how the configs keep a mapping hashable, and
+    how config.json holds it ([["depth", 4], ["pool", 2]])."""
+    if not isinstance(obj, list | tuple) or not obj:
+        return False
+    if not all(isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str)
+               for p in obj):
+        return False
+    return len({p[0] for p in obj}) == len(obj)
 
 
 class EventLog:
