@@ -18,8 +18,10 @@ it writes those files; nothing else does.
   HParams dashboard then lists each run with its settings against every scalar's last value.
 - Resume: `truncate_metrics` cuts metrics.jsonl back to a checkpoint, and the event file is
   then rewritten from what remains (the old one deleted, a new one written from the start), so
-  no step appears twice or with two values; a new file also begins with a session-log START
-  at step 0, which tells a TensorBoard that is watching the folder to drop what it read before.
+  no step appears twice or with two values. A new file begins with a session-log START at
+  step 0, the restart marker `SummaryWriter(purge_step=0)` writes. Checked with TensorBoard
+  2.21: a dashboard left open on the folder shows the rewritten run at its next reload (its
+  default loader; `--load_fast=false` keeps the old points until restarted).
   Every process's first write to a run directory does the same rewrite, so a crash between a
   metrics line and its event, or a metrics.jsonl removed by hand, leaves no disagreement.
   The rewritten events carry the wall time of the rewrite (metrics.jsonl holds no timestamps).
@@ -165,8 +167,7 @@ class EventLog:
         file = self.path / name
         now = time.time()
         head = [tb.event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
-                # TensorBoard drops what it holds at steps >= 0 of this run: a live dashboard
-                # forgets the file this one replaces.
+                # the restart marker: a reader purges what it holds at steps >= 0 of this run
                 tb.event_pb2.Event(wall_time=now, step=0, session_log=tb.event_pb2.SessionLog(
                     status=tb.event_pb2.SessionLog.START))]
         hparams = self._hparams_event(tb, now)
