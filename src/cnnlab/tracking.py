@@ -189,9 +189,9 @@ class EventLog:
         last = max(step_of(r) or 0 for r in records)
         now = time.time()
         finals = {f"{FINAL}/{k}": float(v) for k, v in flatten(results).items() if is_number(v)}
-        end = tb.plugin_data_pb2.HParamsPluginData(session_end_info=tb.plugin_data_pb2
-                                                   .SessionEndInfo(status=tb.api_pb2.STATUS_SUCCESS,
-                                                                   end_time_secs=now))
+        info = tb.plugin_data_pb2.SessionEndInfo(status=tb.api_pb2.STATUS_SUCCESS,
+                                                 end_time_secs=now)
+        end = tb.plugin_data_pb2.HParamsPluginData(session_end_info=info)
         self._write(tb, [self._summary_event(tb, now, last, finals),
                          self._plugin_event(tb, now, tb.metadata.SESSION_END_INFO_TAG, end)])
 
