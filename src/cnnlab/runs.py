@@ -5,6 +5,8 @@ A run directory holds
     environment.json  Python / torch / torchvision / timm versions, git sha, device, threads, seed
     results.json      the command's results
     metrics.jsonl     one JSON object per line, appended during training
+    events.out.tfevents.*.cnnlab
+                      the same metrics for TensorBoard, where it is installed (`tracking.py`)
 plus whatever files the command adds (tables, plots, reports, checkpoints).
 
 Every file is written to a temporary name in the same directory and renamed into place
@@ -32,6 +34,7 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 from cnnlab.faults import crash_point
+from cnnlab.tracking import EventLog
 
 DEFAULT_ROOT = Path("runs")
 
@@ -199,6 +202,8 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        # metrics.jsonl mirrored for TensorBoard: written where the metrics and results are
+        self.events = EventLog(self.path, self.read_metrics, self._config_if_any)
 
     @classmethod
     def create(
@@ -279,8 +284,13 @@ class RunDir:
                          **extra: Any) -> Path:
         return self.write_json("environment.json", environment(seed=seed, device=device, **extra))
 
+    def _config_if_any(self) -> Any:
+        return self.read_json("config.json") if self.file("config.json").is_file() else None
+
     def save_results(self, results: Any) -> Path:
-        return self.write_json("results.json", results)
+        path = self.write_json("results.json", results)
+        self.events.finish(to_jsonable(results))
+        return path
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """One JSON line, flushed and fsynced: a crash loses at most the line being written."""
@@ -302,6 +312,7 @@ class RunDir:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        self.events.append(to_jsonable(record))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete record; a torn last line (a crash mid-write) is left out."""
@@ -328,10 +339,12 @@ class RunDir:
         """
         records, torn = self._metric_lines()
         kept = [r for r in records if keep(r)]
-        if len(kept) == len(records) and not torn:
-            return 0
-        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-        atomic_write_text(self.file("metrics.jsonl"), text)
+        if len(kept) != len(records) or torn:
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+            atomic_write_text(self.file("metrics.jsonl"), text)
+        # TensorBoard's copy too, even where nothing was cut (a crash between a metrics line and
+        # its event leaves the event file one short): from here it is metrics.jsonl again.
+        self.events.sync()
         return len(records) - len(kept)
 
     def __str__(self) -> str:
