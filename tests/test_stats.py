@@ -321,13 +321,10 @@ def test_bad_specs_and_samples_are_clear_errors():
     assert v.status == stats.NO_VERDICT and "fewer than two seeds" in v.sentence
 
 
-# The audit cases against `cnnlab experiment`'s claims: they fail until tasks/experiment's claims
-# call `stats.decide` with the specs of tests/test_verdict_error_rates.py (issue 26; wired by
-# the lead after the experiment package split). strict: once wired they pass and the marks go.
-WIRED = pytest.mark.xfail(strict=True, reason="issue 26: experiment claims not yet on decide")
+# The audit cases against `cnnlab experiment`'s claims (issue 26): both said "held" before the
+# claims went through `stats.decide` (a union of two tests; the best setting by its mean).
 
 
-@WIRED
 def test_experiment_mixed_filters_case_is_not_held_by_a_union():
     rows = [row("3x3", {"kernel": 3}, [63.0, 65.0, 64.2, 66.1]),
             row("5x5", {"kernel": 5}, [55.0, 55.6, 54.8, 55.3]),
@@ -335,7 +332,6 @@ def test_experiment_mixed_filters_case_is_not_held_by_a_union():
     assert experiment.verdict("filters", rows).status == stats.UNDECIDED
 
 
-@WIRED
 def test_experiment_pooling_is_not_the_best_by_mean():
     rows = [row("2x2 max", {"pool": 2, "pool_kind": "max"}, [62.1, 62.4, 61.9]),
             row("2x2 avg", {"pool": 2, "pool_kind": "avg"}, [54.0, 54.3, 53.8]),

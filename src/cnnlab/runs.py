@@ -299,6 +299,7 @@ class RunDir:
             self._append(data)
         except OSError as exc:
             raise _naming(exc, self.file("metrics.jsonl")) from exc
+        self.events.append(to_jsonable(record))  # TensorBoard's copy (tracking.py)
 
     def _append(self, data: bytes) -> None:
         with open(self.file("metrics.jsonl"), "ab") as f:
@@ -312,7 +313,6 @@ class RunDir:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        self.events.append(to_jsonable(record))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete record; a torn last line (a crash mid-write) is left out."""
