@@ -131,8 +131,13 @@ def test_workers_stop_when_the_main_process_is_killed(shared_data, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while worker is None and time.monotonic() < deadline:
-            kids = psutil.Process(parent.pid).children()
-            worker = next((k for k in kids if "--worker" in k.cmdline()), None)
+            assert parent.poll() is None, "the main process ended before its worker started"
+            for kid in psutil.Process(parent.pid).children():
+                try:
+                    if "--worker" in kid.cmdline():
+                        worker = kid
+                except psutil.Error:  # a short-lived child (the decoder's processes) just ended
+                    continue
             time.sleep(0.2)
         assert worker is not None, "no worker started"
         time.sleep(3)  # into its first trials
