@@ -229,7 +229,16 @@ def gradient_verdict(rows: list[dict[str, Any]]) -> stats.Verdict:
     if len(p) < 2 or len(q) < 2:
         return stats.Verdict(stats.NO_VERDICT, "the gradient norms need two or more seeds of "
                              f"plain-{hi} and ResNet-{hi}.")
-    gap = stats.difference(q, p)  # log10(ResNet's smallest) - log10(plain's smallest)
+    floor = log10_norm(0.0)
+    if all(x == floor for x in p):
+        # Every seed of the plain net lost a layer's gradient entirely (read at the float32
+        # floor): a bound known exactly, not a spread of zero in an estimate, so ResNet's
+        # seeds alone carry the noise (a one-sample interval above the floor) rather than
+        # Welch's "no verdict at zero spread" (stats rule 5), which would say nothing exactly
+        # where the vanishing is total.
+        gap = stats.mean_interval([x - floor for x in q])
+    else:
+        gap = stats.difference(q, p)  # log10(ResNet's smallest) - log10(plain's smallest)
     init = [g[0] / max(g[-1], GRAD_FLOOR) for g in plain.get("grad_init") or [] if g]
     sentence = (f"after the first epoch the smallest per-layer gradient norm of ResNet-{hi} is "
                 f"{_times(gap.estimate)} plain-{hi}'s (95% CI {_times(gap.low)} to "
