@@ -94,7 +94,7 @@ def test_the_precision_reason_says_who_chose_it():
     flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines()
              if line.startswith("flags") for f in line.split(":")[1].split()}
     native = bool(flags & {"avx512_bf16", "amx_bf16"})
-    assert (precision, why.startswith("CPU flags include")) == (
+    assert (precision, why.startswith("auto: native bf16 on the CPU")) == (
         ("bf16", True) if native else ("fp32", False))
 
 
@@ -222,3 +222,21 @@ def test_too_few_images_for_a_batch_is_one_line(tmp_path, capsys, cifar):
     assert main(["train", str(cifar), "--limit-per-class", "5", "--out", str(tmp_path / "s"),
                  "-q"]) == 2
     assert "do not make one batch" in capsys.readouterr().err
+
+
+def test_plus_minus_is_the_95_percent_interval_everywhere_not_a_standard_deviation():
+    """Issue 26: "±" means one thing in every table: the half-width of the 95% interval of the
+    mean over seeds. Seeds at 60, 62, 64%: std 2.0; half-width t(0.975, 2) * 2 / sqrt(3) =
+    4.303 * 1.1547 = 4.97 (by hand)."""
+    from cnnlab.report.train import PM, accuracy_text, summary_rows
+
+    results = {"models": [{"model": "m", "test_accuracy_mean": 62.0, "test_accuracy_std": 2.0,
+                           "seeds": 3},
+                          {"model": "one", "test_accuracy_mean": 50.0, "test_accuracy_std": 0.0,
+                           "seeds": 1}],
+               "runs": [{"model": "m", "test_accuracy": a} for a in (0.60, 0.62, 0.64)]
+               + [{"model": "one", "test_accuracy": 0.5}]}
+    assert accuracy_text(results, results["models"][0]) == "62.00% ± 4.97"
+    assert accuracy_text(results, results["models"][1]) == "50.00%"  # one seed: no ±
+    assert summary_rows(results)[0]["test_accuracy_ci95"] == pytest.approx(4.968, abs=1e-3)
+    assert "95% CI half-width" in PM

@@ -338,8 +338,9 @@ def train(data: str | Path | None = None, *, models: Sequence[str] | str | None 
     YAML file). resume=RUN continues an interrupted run (only time_limit= and threads= may be
     given with it).
 
-    Returns a Result: `.table` one row per model (test_accuracy_mean ± test_accuracy_std over
-    seeds, params, MACs, seconds), `.runs` per (model, seed), `.figures` (curves), `.report`.
+    Returns a Result: `.table` one row per model (test_accuracy_mean ± test_accuracy_ci95, the
+    95% interval's half-width, over seeds, params, MACs, seconds), `.runs` per (model, seed),
+    `.figures` (curves), `.report`.
 
         >>> cnnlab.train(CIFAR, models=["simple-cnn", "resnet20"], epochs=1, limit_per_class=50)
     """

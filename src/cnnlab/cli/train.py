@@ -9,8 +9,9 @@ from cnnlab.cli.common import add_output_options, print_run_paths
 from cnnlab.cli.resume import add_resume_option, refuse_changes
 
 DESCRIPTION = """\
-Train image classifiers from scratch and compare them: test accuracy (mean ± std over seeds),
-parameters, MACs, training time and images/s in one table, and the curves in one plot.
+Train image classifiers from scratch and compare them: test accuracy (mean ± the half-width of
+its 95% interval over seeds), parameters, MACs, training time and images/s in one table, and
+the curves in one plot.
 
 DATA: a CIFAR-style zip (train/<class>/*.jpg, test/<class>/*.jpg), such a folder, or the
 official cifar-10-batches-py folder. It is decoded once and cached under ~/.cache/cnnlab
@@ -102,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cnnlab.api import train
     from cnnlab.progress import Reporter
-    from cnnlab.report.train import budget_lines
+    from cnnlab.report.train import accuracy_text, budget_lines
 
     if args.resume:
         refuse_changes(args)
@@ -113,14 +114,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     reporter = Reporter(quiet=args.quiet)
     rows = [[m["model"], m["recipe"], "-" if m["lr"] is None else f"{m['lr']:g}",
-             "-" if m["test_accuracy_mean"] is None
-             else f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
+             accuracy_text(result.results, m), m["seeds"],
              f"{m['params']:,}", f"{(m['macs'] or 0) / 1e6:.1f} M", f"{m['epochs_trained']:.3g}",
              f"{m['train_seconds']:.0f}", f"{m['images_per_second']:.0f}", m["precision"]]
             for m in result.rows]
-    reporter.table(["model", "recipe", "lr", "test acc", "seeds", "params", "MACs", "epochs",
+    acc = "test acc ± 95% CI"
+    reporter.table(["model", "recipe", "lr", acc, "seeds", "params", "MACs", "epochs",
                     "train s", "img/s", "precision"], rows,
-                   right_align=["lr", "test acc", "seeds", "params", "MACs", "epochs", "train s",
+                   right_align=["lr", acc, "seeds", "params", "MACs", "epochs", "train s",
                                 "img/s"])
     for line in budget_lines(result.results):
         reporter.result(line)

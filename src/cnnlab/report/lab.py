@@ -279,14 +279,15 @@ CHANCE_FACTOR = 2.0  # below twice chance at its best seed, a network has not st
 
 def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     from cnnlab.analysis import stats
+    from cnnlab.report.train import PM, accuracy_text
 
     budget = r["models"][0].get("budget_seconds")
     s.tables.append(Table(
-        ["model", "recipe", "lr", "test accuracy", "seeds", "parameters", "MACs",
+        ["model", "recipe", "lr", "test accuracy (± 95% CI)", "seeds", "parameters", "MACs",
          "epochs trained", "train s", "images/s"],
         [[m["model"] + (f" ({m['shape']} width)" if m.get("shape") else ""), m["recipe"],
           "-" if m.get("lr") is None else f"{m['lr']:g}",
-          f"{m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}", m["seeds"],
+          accuracy_text(r, m), m["seeds"],
           _n(m["params"]), _si(m["macs"] or 0),
           f"{m.get('epochs_trained', m['epochs']):.2f}", f"{m['train_seconds']:.0f}",
           f"{m['images_per_second']:.0f}"] for m in r["models"]],
@@ -294,7 +295,7 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
         "model, its learning rate set by the kind of network (recipes.py); "
         + (f"the same budget for every model and seed: {budget:.0f} s of training and test, "
            "the steps fitted to it by timing a few on this machine; " if budget else "")
-        + "test accuracy: mean ± sample std over seeds",
+        + f"test accuracy: {PM}",
         numeric=(2, 3, 4, 5, 6, 7, 8, 9)))
     fig = figure(lab_dir, f"{step_dir}/curves.png", "train loss and test accuracy per epoch")
     if fig:

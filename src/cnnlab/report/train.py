@@ -71,14 +71,38 @@ def plot_comparison(series: dict[str, list[tuple[int, float, float]]], path: Pat
 
 # The summary table's columns (the CLI's table, the API's DataFrame): results.json's per-model
 # summary (tasks/train.summarise), with accuracy in percent and MACs per image.
-SUMMARY_COLUMNS = ("model", "recipe", "lr", "test_accuracy_mean", "test_accuracy_std", "seeds",
-                   "params", "macs", "epochs_trained", "train_seconds", "images_per_second",
-                   "precision")
+SUMMARY_COLUMNS = ("model", "recipe", "lr", "test_accuracy_mean", "test_accuracy_ci95",
+                   "test_accuracy_std", "seeds", "params", "macs", "epochs_trained",
+                   "train_seconds", "images_per_second", "precision")
+# What "±" means in every table cnnlab prints (train, experiment, the lab): the half-width of
+# the 95% confidence interval of the mean over seeds (t distribution), never a standard
+# deviation. The header of every such column says so.
+PM = "mean ± 95% CI half-width over seeds"
+
+
+def ci95(results: dict[str, Any], model: str) -> float | None:
+    """Half-width (points) of the 95% interval of `model`'s mean test accuracy over its seeds
+    (analysis/stats.mean_interval); None with fewer than two seeds."""
+    from cnnlab.analysis import stats
+
+    values = [100 * r["test_accuracy"] for r in results.get("runs", [])
+              if r.get("model") == model and r.get("test_accuracy") is not None]
+    iv = stats.mean_interval(values)
+    return None if iv is None else iv.high - iv.estimate
+
+
+def accuracy_text(results: dict[str, Any], m: dict[str, Any]) -> str:
+    """'61.20% ± 1.30' (± the 95% CI half-width), '61.20%' for one seed, '-' untested."""
+    if m.get("test_accuracy_mean") is None:
+        return "-"
+    half = ci95(results, m["model"])
+    return f"{m['test_accuracy_mean']:.2f}%" + ("" if half is None else f" ± {half:.2f}")
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per model, numbers unformatted: what `cnnlab train` prints and the API's table."""
-    return [{k: m.get(k) for k in SUMMARY_COLUMNS} for m in results["models"]]
+    return [{k: ci95(results, m["model"]) if k == "test_accuracy_ci95" else m.get(k)
+             for k in SUMMARY_COLUMNS} for m in results["models"]]
 
 
 def budget_lines(results: dict[str, Any]) -> list[str]:
@@ -99,7 +123,7 @@ def budget_lines(results: dict[str, Any]) -> list[str]:
         chosen = next(x for x in c["candidates"] if x["shape"] == c["chosen"])
         m = next(m for m in results["models"] if m["model"] == c["model"])
         got = ("" if m["test_accuracy_mean"] is None else
-               f", and measured {m['test_accuracy_mean']:.2f}% ± {m['test_accuracy_std']:.2f}")
+               f", and measured {accuracy_text(results, m)} ({PM})")
         lines.append(
             f"{c['model']}: the {c['chosen']} shape trained {m['steps']:.0f} steps "
             f"({m['epochs_trained']:.2f} epochs); the calibration expected about "
@@ -119,7 +143,8 @@ def write_report(run_path: str | Path) -> tuple[Path, Path]:
                           title=f"{Path(results['data']).name}: {results['n_train']:,} train, "
                                 f"{results['n_test']:,} test images")
     context = {"results": results, "curves_uri": data_uri(png), "curves_path": png.name,
-               "budget_lines": budget_lines(results)}
+               "budget_lines": budget_lines(results), "pm": PM,
+               "accuracy": {m["model"]: accuracy_text(results, m) for m in results["models"]}}
     md = run.write_text("report.md", render("train.md.j2", **context))
     html = run.write_text("report.html", render("train.html.j2", **context))
     return md, html
