@@ -153,7 +153,7 @@ def train_curve(net: str, data, *, width: int, batch: int, steps: int, lr: float
             losses.append([step, statistics.fmean(window)])
             window = []
             curve.append([step, error(model, ex, ey, data.mean, data.std)])
-    from cnnlab.tasks.experiment import plateau_share
+    from cnnlab.tasks.experiment.learning import plateau_share
 
     return {"net": net, "seed": seed, "steps": steps, "final_error": curve[-1][1],
             "plateau_share": plateau_share([v for _, v in losses]),
