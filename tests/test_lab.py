@@ -149,7 +149,13 @@ def test_quick_lab_end_to_end_renders_every_section_in_chromium(shared_data, chr
         "sections": "[...document.querySelectorAll('section[id]')].map(s => s.id)",
         "images": "[...document.images].map(i => i.complete && i.naturalWidth > 0)",
     })
-    assert page.values["sections"] == [s.name for s in STEPS] + ["appendix"]
+    # The answers first (issue 26), each linking to its section, then the sections.
+    assert page.values["sections"] == ["answers"] + [s.name for s in STEPS] + ["appendix"]
+    md = (out / "report.md").read_text()
+    assert md.index("## The answers") < md.index("## 1. ")
+    evaluate = json.loads((out / "evaluate" / "results.json").read_text())["models"]
+    best = min(evaluate, key=lambda m: m["top1_error"])
+    assert f"{best['name']}: {best['top1_error']:.1f}% top-1 error" in md
     assert len(page.values["images"]) >= 5 and all(page.values["images"])
     assert page.console_errors == [] and page.external_requests == []
     # No number typed by hand: the report's AlexNet count is the run's.
@@ -227,3 +233,40 @@ def test_finetune_section_shows_a_fitted_head_and_the_interval(tmp_path):
     assert freeze[1] == "L-BFGS" and freeze[3] == "91.2% (CV)"
     assert freeze[4] == "20.8% (95% CI 9.2-40.5%, 5 of 24 wrong)"
     assert tune[1] == 15 and tune[3] == "93.5%" and tune[4].startswith("4.2% (95% CI 0.7-")
+
+
+def test_the_answers_open_the_report_with_the_verdicts_their_intervals_and_minutes(tmp_path):
+    """Issue 26: one line per question: the verdict, the interval it rests on, the minutes the
+    step took, a link to the section. Built from results, never typed: ResNet-18's seeds
+    beat the plain CNN's outside the noise -> "ResNet-18 is better" with the Welch interval."""
+    from cnnlab.analysis import stats
+    from cnnlab.report.lab import Section, _experiments, _train, answers
+
+    res18, plain = [0.62, 0.64, 0.63], [0.50, 0.52, 0.51]
+    runs = ([{"model": "resnet18", "test_accuracy": a} for a in res18]
+            + [{"model": "simple-cnn", "test_accuracy": a} for a in plain])
+    models = [{"model": m, "recipe": "fast", "lr": 0.1, "test_accuracy_mean": 100 * sum(a) / 3,
+               "test_accuracy_std": 1.0, "seeds": 3, "params": 1, "macs": 1, "epochs": 1,
+               "train_seconds": 40.0, "images_per_second": 1.0, "steps": 100}
+              for m, a in (("resnet18", res18), ("simple-cnn", plain))]
+    train = Section("train", "t", "done")
+    _train(train, {"models": models, "runs": runs, "n_train": 10, "n_test": 10,
+                   "classes": list("abcdefghij")}, tmp_path, "train")
+    gap = stats.difference([100 * a for a in res18], [100 * a for a in plain])
+    assert [(a.answer, a.interval) for a in train.answers] == [
+        ("ResNet-18 is better", f"ResNet-18 minus the plain CNN {gap.text()}")]
+    exp = Section("experiments", "e", "done")
+    verdict = stats.Verdict(stats.UNDECIDED, "s", {"3x3_minus_7x7": gap}).as_dict()
+    from unittest import mock
+
+    with mock.patch("cnnlab.report.experiment.experiment_part", lambda *a: "part"):
+        _experiments(exp, {"experiments": {"filters": {"claim": "filters are 3x3 or 5x5",
+                                                       "verdict": verdict}}}, tmp_path, "exp")
+    line = exp.answers[0]
+    assert (line.question, line.answer) == ("Lab B: \u201cfilters are 3x3 or 5x5\u201d",
+                                            "undecided")
+    assert line.interval == (f"3x3 minus 7x7: {gap.estimate:+.2f} (95% CI {gap.low:+.2f} to "
+                             f"{gap.high:+.2f})")
+    state = {"steps": {"train": {"seconds": 390.0}, "experiments": {"seconds": 60.0}}}
+    got = answers([train, exp], state)
+    assert [(a.section, a.minutes) for a in got] == [("train", 6.5), ("experiments", 1.0)]

@@ -16,10 +16,27 @@ from typing import Any
 
 import yaml
 
+from cnnlab.analysis.stats import (
+    TESTED_FALSE_VERDICT_RATE,
+    TESTED_FALSE_VERDICT_RATE_UNEQUAL,
+    TESTED_SIMULATIONS,
+)
 from cnnlab.report.blocks import Figure, Table, environment_rows, figure
 from cnnlab.runs import RunDir
 
 FIGURES = Path(__file__).with_name("lab_figures.yaml")
+
+
+@dataclass
+class Answer:
+    """One of the labs' questions answered in a line at the top of the report: the answer (a
+    verdict or a measured number), the interval it rests on, and the section that shows how."""
+
+    question: str
+    answer: str
+    interval: str = ""
+    section: str = ""  # the step's name: the section's anchor
+    minutes: float | None = None  # the step's wall time in this lab
 
 
 @dataclass
@@ -41,6 +58,8 @@ class Section:
     parts: list[Any] = field(default_factory=list)
     # Small pictures side by side (the class-activation maps of the evaluate step's mistakes).
     gallery: list[Figure] = field(default_factory=list)
+    # The questions this step answers, in a line each (the report opens with them).
+    answers: list[Answer] = field(default_factory=list)
 
 
 def _n(v: int | float | None) -> str:
@@ -197,6 +216,18 @@ def _evaluate(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     s.notes.append(f"Per-image predictions and the photos some model gets wrong: "
                    f"{step_dir}/report.html")
     _mistake_maps(s, r, lab_dir, step_dir)
+    scored = [m for m in summary_rows(r) if m["top1_error"] is not None]
+    if scored:
+        from cnnlab.analysis.binomial import wilson
+
+        best = min(scored, key=lambda m: m["top1_error"])
+        n = best["scored"]
+        low, high = wilson(round(best["top1_error"] * n / 100), n)
+        s.answers.append(Answer(
+            "How often do pretrained ImageNet CNNs get a photo wrong?",
+            f"{best['model']}: {_pct(best['top1_error'])} top-1 error, "
+            f"{_pct(best['top5_error'])} top-5, the best of {len(scored)} on {n} photos",
+            f"top-1 Wilson 95% CI {100 * low:.1f}% to {100 * high:.1f}%"))
 
 
 LAB_CAMS_SHOWN = 6  # mistakes whose maps the lab report shows; the step's report has the rest
@@ -267,6 +298,14 @@ def _finetune(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
             s.notes.append(f"{row['strategy']}: the backbone's features of {cache['from_cache']} "
                            "photos came from the feature cache of an earlier run, so its "
                            "seconds are the head's training only.")
+    errors = "; ".join(f"{row['strategy']} {_pct(row['top1_error'])}" for row in rows
+                       if row["top1_error"] is not None)
+    if errors:
+        s.answers.append(Answer(
+            "Transfer learning: freeze the pretrained body, or fine-tune all of it?",
+            f"top-1 test error on {rows[0]['n_test']} held-out photos: {errors}",
+            "; ".join(f"{row['strategy']}{interval(row.get('top1_interval'))}" for row in rows
+                      if row.get("top1_interval"))))
     for row in rows:
         fig = figure(lab_dir, f"{step_dir}/{row['strategy']}/curves.png",
                      f"{row['strategy']}: loss and accuracy per epoch, train vs validation")
@@ -315,8 +354,11 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
     chance = 100 / max(1, len(r.get("classes") or []) or 10)
     unlearnt = [m for m in ("resnet18", "simple-cnn") if m in acc
                 and max(acc[m]) < CHANCE_FACTOR * chance]
+    question = "Does ResNet-18 beat the plain CNN on CIFAR-10 (the same minutes each)?"
     if "simple-cnn" in acc and "resnet18" in acc and unlearnt:
         steps = {m["model"]: m.get("steps") for m in r["models"]}
+        s.answers.append(Answer(question, "too short to decide: "
+                                + ", ".join(unlearnt) + " still near chance"))
         s.notes.append(
             "ResNet-18 against the plain CNN: too short to decide. "
             + "; ".join(f"{m} is still near chance ({max(acc[m]):.1f}% at best, chance "
@@ -329,9 +371,14 @@ def _train(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
         gap = stats.difference(acc["resnet18"], acc["simple-cnn"])
         if gap is None:
             s.notes.append("ResNet-18 against the plain CNN: one seed each, no interval.")
+            s.answers.append(Answer(question, "no verdict: one seed each"))
         else:
-            word = {1: "ResNet-18 is better", -1: "the plain CNN is better",
-                    0: "undecided: the interval holds zero"}[gap.sign()]
+            status = stats.judge([gap])
+            word = {stats.HELD: "ResNet-18 is better", stats.NOT_HELD: "the plain CNN is better",
+                    stats.UNDECIDED: "undecided: the interval holds zero",
+                    stats.NO_VERDICT: "no verdict: every seed gave the same accuracy"}[status]
+            s.answers.append(Answer(question, word, f"ResNet-18 minus the plain CNN "
+                                    f"{gap.text()}"))
             s.notes.append(f"ResNet-18 minus the plain CNN: {gap.text()} over "
                            f"{' and '.join(map(str, gap.n))} seeds: {word}"
                            + (f", at an equal budget of {budget:.0f} s." if budget else "."))
@@ -342,7 +389,45 @@ def _experiments(s: Section, r: dict, lab_dir: Path, step_dir: str) -> None:
 
     for name, res in r["experiments"].items():
         s.parts.append(experiment_part(res, lab_dir, f"{step_dir}/{name}/"))
+        for key, what in (("verdict", res["claim"]), ("gradients", GRADIENT_QUESTION)):
+            v = res.get(key)
+            if v:
+                s.answers.append(Answer(f"Lab B: \u201c{what}\u201d", v["status"],
+                                        _first_interval(v)))
     s.notes.append(f"Per-trial runs and the full report: {step_dir}/report.html")
+
+
+# The verdicts' rule and its tested error rate, cited beside the answers (analysis/stats.py).
+RULE_NOTE = (f"analysis/stats.py: each claim's comparisons named in advance, several adjusted "
+             f"by Holm or required together, no verdict at zero spread; tested to at most "
+             f"{100 * TESTED_FALSE_VERDICT_RATE:.0f}% false verdicts with no true effect "
+             f"({100 * TESTED_FALSE_VERDICT_RATE_UNEQUAL:.0f}% where the settings' spreads "
+             f"differ up to 3x) over {TESTED_SIMULATIONS:,} simulated experiments per claim "
+             "shape")
+GRADIENT_QUESTION = ("residual connections counter the derivative going to zero (the smallest "
+                     "layer gradient of a deep net)")
+
+
+def _first_interval(v: dict[str, Any]) -> str:
+    """The first interval a verdict rests on, as '+3.2 (95% CI +1.1 to +5.3)'."""
+    for name, iv in (v.get("intervals") or {}).items():
+        if iv.get("low") is not None:
+            pct = f"{100 * iv.get('level', 0.95):.3g}%"
+            return (f"{name.replace('_', ' ')}: {iv['estimate']:+.2f} ({pct} CI "
+                    f"{iv['low']:+.2f} to {iv['high']:+.2f})")
+    return ""
+
+
+def answers(sections: list[Section], state: dict[str, Any]) -> list[Answer]:
+    """Every section's answers, in the report's order, with the minutes its step took."""
+    out = []
+    for sec in sections:
+        seconds = state["steps"].get(sec.name, {}).get("seconds")
+        for a in sec.answers:
+            a.section = sec.name
+            a.minutes = None if seconds is None else seconds / 60
+            out.append(a)
+    return out
 
 
 SECTION_BUILDERS: dict[str, Callable[[Section, dict, Path, str], None]] = {
@@ -394,6 +479,7 @@ def build_sections(lab_dir: Path) -> tuple[list[Section], dict[str, Any]]:
         env = lab.read_json("environment.json")
     env = environment_rows({**env, "precision": step_precisions(lab_dir, state)})
     return sections, {"environment": env, "source": quoted.get("source", ""),
+                      "answers": answers(sections, state), "rule_note": RULE_NOTE,
                       "config": lab.read_json("config.json") if lab.file("config.json").is_file()
                       else {}}
 
