@@ -338,3 +338,26 @@ def test_experiment_pooling_is_not_the_best_by_mean():
             row("4x4 max", {"pool": 4, "pool_kind": "max"}, [58.2, 58.0, 58.4]),
             row("4x4 avg", {"pool": 4, "pool_kind": "avg"}, [57.9, 58.3, 58.1])]
     assert experiment.verdict("pooling", rows).status == stats.UNDECIDED
+
+
+def test_seeds_added_after_a_verdict_count_as_a_second_look(tmp_path):
+    """Rule 6 in the experiment: a summary after `--resume RUN --seeds N` (more seeds than the
+    verdict already written) is a second look, and every level is halved; re-summarising the
+    same seeds is not a new look. Borderline data: held at one look, not at two."""
+    from cnnlab.runs import RunDir
+    from cnnlab.tasks.experiment.tables import looks
+
+    run = RunDir(tmp_path)
+    assert looks(run, 3) == 1
+    run.write_json("results.json", {"seeds": 3, "quick": False,
+                                    "verdict": {"status": "undecided", "looks": 1}})
+    assert looks(run, 3) == 1 and looks(run, 5) == 2
+    run.write_json("results.json", {"seeds": 5, "quick": False,
+                                    "verdict": {"status": "held", "looks": 2}})
+    assert looks(run, 6) == 3
+    # 2x2 beats 4x4 with p between 0.0125 and 0.025 one-sided: held at 1 look, not at 2.
+    rows = pooling([60.0, 62.0, 61.0, 63.0], [58.5, 60.5, 59.0, 60.0])
+    one, two = (experiment.verdict("pooling", rows, looks=k) for k in (1, 2))
+    p = one.p_values["2x2_minus_4x4"]["for"]
+    assert 0.0125 < p < 0.025, p
+    assert (one.status, one.looks, two.status, two.looks) == (stats.HELD, 1, stats.UNDECIDED, 2)

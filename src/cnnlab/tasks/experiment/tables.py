@@ -90,13 +90,28 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
         # Wall time of every trial (training, evaluation, loading), over all invocations.
         "trial_seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
     }
-    v = verdict(g.name, table, quick=config.quick, excluded=excluded)
+    v = verdict(g.name, table, quick=config.quick, excluded=excluded,
+                looks=looks(run_dir, results["seeds"]))
     results["verdict"] = v.as_dict()
     if g.name == "residual":
         results["gradients"] = gradient_verdict(table).as_dict()
     if g.name == "depth":
         results["gains"] = depth_gains(table)
     return results
+
+
+def looks(run_dir: RunDir, seeds: int) -> int:
+    """The looks at this run's verdict (stats rule 6): 1 on a first summary; the earlier
+    summary's looks + 1 when seeds were added after it (`--resume RUN --seeds N`, the user
+    having read a verdict), so each level is divided by the number of looks."""
+    earlier = run_dir.path / "results.json"
+    if not earlier.is_file():
+        return 1
+    before = run_dir.read_json("results.json")
+    if not isinstance(before, dict) or before.get("quick") or not before.get("verdict"):
+        return 1
+    seen = int(before["verdict"].get("looks") or 1)
+    return seen + 1 if seeds > int(before.get("seeds") or 0) else seen
 
 
 def depth_gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
