@@ -128,6 +128,34 @@ def test_configs_refuse_an_unknown_engine():
         PredictConfig(model="efficientnet_lite0", inputs=("x",), engine="openvino")
 
 
+def test_the_frozen_feature_pass_on_onnxruntime_equals_pytorch(tmp_path, monkeypatch):
+    """finetune's one pass (models/features.compute_features) on either engine: the same
+    vectors to within rounding, the graph named by the feature cache's key."""
+    from PIL import Image
+
+    from cnnlab.data.preprocess import Preprocess
+    from cnnlab.models.features import FeatureCache, compute_features
+    from cnnlab.progress import Reporter
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    small = Preprocess(40, 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (48, 40), (40 * i, 255 - 30 * i, 90)).save(paths[-1])
+    body = tiny_net()[:-1]  # pooled features, (N, 8)
+    runs = {}
+    for engine in ("torch", "onnxruntime"):
+        cache = FeatureCache(f"key-{engine}", root=tmp_path / "features")
+        runs[engine] = compute_features(body, paths, small, cache, Reporter(quiet=True),
+                                        workers=0, engine=engine)
+    assert runs["torch"].engine["engine"] == "torch"
+    assert runs["onnxruntime"].engine["engine"] == "onnxruntime"
+    assert runs["onnxruntime"].rows.shape == (5, 8)
+    torch.testing.assert_close(runs["onnxruntime"].rows, runs["torch"].rows, rtol=1e-5,
+                               atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def sample_batches():
     """The 250 sample photos, decoded once with Lite0's preprocessing, in batches of 32."""

@@ -17,38 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import CnnlabError
+from cnnlab.models.cache import cache_root, file_digest
 from cnnlab.runs import atomic_write_bytes, atomic_write_text
 
 EXTRACTOR_VERSION = 1  # bump when what `body(x)` means changes (head surgery, dtype)
 PACK_PREFIX = "pack-"
-
-
-def cache_root() -> Path:
-    """$CNNLAB_CACHE, else ~/.cache/cnnlab (XDG_CACHE_HOME respected)."""
-    if os.environ.get("CNNLAB_CACHE"):
-        return Path(os.environ["CNNLAB_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnnlab"
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def photo_digests(paths: Sequence[Path]) -> tuple[list[str], dict[str, Path]]:
@@ -81,6 +65,7 @@ class Features:
     bad: dict[Path, str]  # undecodable photos and why
     computed: int  # photos run through the body in this call (0: all from the cache)
     seconds: float
+    engine: dict[str, Any] = field(default_factory=dict)  # the pass's Forward.about ({}: none)
 
 
 class FeatureCache:
@@ -172,6 +157,7 @@ def compute_features(
     todo = sorted({d for d in digests if d not in cached and d not in cached_bad})
     new_vectors: dict[str, torch.Tensor] = {}
     new_bad: dict[str, str] = {}
+    about: dict[str, Any] = {}
     if todo:
         device = torch.device(device)
         identity = identity or (f"features:{cache.key}" if cache is not None else None)
@@ -181,6 +167,7 @@ def compute_features(
             forward = prepare_forward(body, engine, identity=identity,
                                       input_size=preprocess.crop_size, device=device,
                                       channels_last=channels_last, log=log, label=label)
+        about = forward.about
         dataset = ImageDataset([LabelledImage(first_path[d], "") for d in todo], preprocess,
                                draft=draft)
         loader = photo_loader(dataset, workers=workers, device=device, batch_size=batch_size,
@@ -210,4 +197,4 @@ def compute_features(
             rows.append(vectors[d])
     width = rows[0].shape[0] if rows else 0
     matrix = torch.stack(rows) if rows else torch.zeros((0, width))
-    return Features(good_paths, matrix, bad, len(todo), time.perf_counter() - start)
+    return Features(good_paths, matrix, bad, len(todo), time.perf_counter() - start, about)

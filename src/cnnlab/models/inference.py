@@ -70,7 +70,7 @@ def onnxruntime_version() -> str | None:
 
 def weights_identity(name: str, weights_file: str | Path) -> str:
     """What names a net's weights in the graph cache: its name and the SHA-256 of the file."""
-    from cnnlab.models.features import file_digest
+    from cnnlab.models.cache import file_digest
 
     return f"{name}:{file_digest(weights_file)}"
 
@@ -104,7 +104,7 @@ def torch_forward(model: nn.Module, device: torch.device, channels_last: bool = 
 
 def graph_dir(identity: str, input_size: int, root: Path | None = None) -> Path:
     """The cache folder of one exported graph (its key: identity, input size, opset, torch)."""
-    from cnnlab.models.features import cache_root
+    from cnnlab.models.cache import cache_root
 
     spec = {"identity": identity, "input_size": input_size, "opset": OPSET,
             "torch": torch.__version__, "exporter": "torchscript"}
