@@ -180,7 +180,8 @@ def finetune(data: str | Path | None = None, *, backbone: str | None = None,
              workers: int | None = None, draft: bool | None = None,
              precision: str | None = None, time_limit: float | None = None,
              device: str | None = None, report: bool | None = None,
-             explain: bool | None = None, config: str | Path | None = None,
+             explain: bool | None = None, engine: str | None = None,
+             config: str | Path | None = None,
              out: str | Path | None = None, quiet: bool = False,
              resume: str | Path | None = None):
     """Transfer a pretrained ImageNet CNN to your own labelled photos (`cnnlab finetune`).
@@ -216,7 +217,7 @@ def finetune(data: str | Path | None = None, *, backbone: str | None = None,
                 "optimizer", "lr", "body_lr_ratio", "weight_decay", "momentum", "warmup_epochs",
                 "label_smoothing", "augment", "keep", "early_stopping", "bn", "split",
                 "val_fraction", "seed", "cache", "top_k", "workers", "draft", "precision",
-                "time_limit", "device", "report", "explain", "train_stages", "views")
+                "time_limit", "device", "report", "explain", "train_stages", "views", "engine")
         values = {k: settings[k] for k in keys}
         values.update(data=str(data), split=None if split is None else tuple(split))
         cfg = resolve(task.FinetuneConfig, values, config)

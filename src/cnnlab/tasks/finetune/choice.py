@@ -85,7 +85,7 @@ def choose_backbone(config: FinetuneConfig, candidates, run_dir: RunDir, reporte
                  f"{len(items)} train + validation photos")
     rows = score_backbones(candidates, [it.path for it in items], targets, len(split.classes),
                            reporter, seed=config.seed, device=device, workers=config.workers,
-                           draft=config.draft)
+                           draft=config.draft, engine=config.engine)
     chosen = best_of(rows) or DEFAULT_BACKBONE
     for r in rows:
         r["chosen"] = r["backbone"] == chosen

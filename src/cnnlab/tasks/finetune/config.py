@@ -68,6 +68,10 @@ class FinetuneConfig:
     top_k: int | None = None  # None: 3 for up to 10 classes, else 5 (as the lab argued)
     workers: int = 2  # decoding processes
     draft: bool = True  # JPEG draft decoding (see data/decode.py)
+    # The frozen body's feature passes (cached features, --model auto's scoring): torch,
+    # onnxruntime or auto (onnxruntime on the CPU: 2.2-3.5x PyTorch fp32 for Lite0/1/2 here,
+    # BENCHMARKS.md "Inference engines"); training and the maps stay in PyTorch.
+    engine: str = "auto"
     # fp32, bf16 (autocast), or auto: bf16 where the CPU has native bf16 or the GPU supports
     # it, else fp32 -- train's --precision auto, resolved on the run's device by the same
     # function (hardware.resolve_precision); config.json keeps "auto".
@@ -85,6 +89,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         from cnnlab.data.splits import check_fractions
+        from cnnlab.models.inference import check_engine
+
+        check_engine(self.engine)
 
         if self.strategy not in STRATEGIES:
             raise CnnlabError(f"--strategy must be one of {', '.join(STRATEGIES)}")

@@ -84,10 +84,12 @@ def prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path, 
                                             "draft": config.draft})
         feats = compute_features(net.body, wanted, preprocess, cache, reporter,
                                  batch_size=32, workers=config.workers, draft=config.draft,
-                                 device=device, label="features (one pass)")
+                                 device=device, label="features (one pass)",
+                                 engine=config.engine, log=reporter.log)
         info = {"used": True, "photos": len(wanted), "computed": feats.computed,
                 "from_cache": len(set(wanted)) - feats.computed,
-                "seconds": round(feats.seconds, 3), "dir": str(cache.dir)}
+                "seconds": round(feats.seconds, 3), "dir": str(cache.dir),
+                "engine": feats.engine}  # the pass's engine and its check ({}: all cached)
         bad = dict(feats.bad)
         if not config.cached:
             bad.update(_unreadable([it.path for it in split.train], preprocess, config, reporter))
