@@ -321,3 +321,25 @@ def test_a_budget_on_a_tiny_test_set_trains_and_tests(shared_data, tmp_path, mon
     plan = json.loads((out / "fast-cifar-seed0" / "budget.json").read_text())
     assert r["n_test"] == 200 and plan["forward_seconds"] > 0 and r["steps"] >= 1
     assert 0 <= r["test_accuracy"] <= 1
+
+
+def test_the_batch_follows_the_steps_the_budget_buys():
+    """Issue 26: a net the recipe was not tuned for gets the batch that buys it >= 100 steps.
+    ResNet-18's one-thread fp32 step times (BENCHMARKS.md): 0.274 s at 64, 0.434 at 128, 0.763
+    at 256, ~2.9 at 1024 (512 interpolated: 1.5). 40 s x 0.9 = 36 s buys 12 steps at 1024, 24 at
+    512, 47 at 256, 83 at 128, 131 at 64 -> 64, lr 0.1 x sqrt(64/1024) = 0.025 (by hand)."""
+    from cnnlab.budget import batch_for_steps
+
+    resnet18 = {1024: 2.9, 512: 1.5, 256: 0.763, 128: 0.434, 64: 0.274}
+    batch, lr = batch_for_steps(1024, 0.1, 40.0, resnet18)
+    assert (batch, round(lr, 4)) == (64, 0.025)
+    # 60 s: 54 s buys 124 steps at 128 -> 128, lr 0.1 x sqrt(1/8) = 0.0354
+    batch, lr = batch_for_steps(1024, 0.1, 60.0, resnet18)
+    assert (batch, round(lr, 4)) == (128, 0.0354)
+    # simple-cnn: 0.913 s at 1024 buys 39 steps in 40 s; 512 (~0.45 s) 80; 256 (0.194 s) 185
+    simple = {1024: 0.913, 512: 0.45, 256: 0.194}
+    assert batch_for_steps(1024, 0.1, 40.0, simple)[0] == 256
+    # A long budget keeps the recipe's batch and lr, and times nothing else.
+    assert batch_for_steps(1024, 0.1, 600.0, {1024: 2.9}) == (1024, 0.1)
+    # Never below the floor, even when no batch buys the steps.
+    assert batch_for_steps(128, 0.1, 5.0, {128: 1.0, 64: 0.6})[0] == 64

@@ -214,3 +214,35 @@ def shape_named(name: str, shapes: tuple[Shape, ...] = SHAPES) -> Shape:
     known = [s.name for s in shapes]
     raise CnnlabError(f"unknown budget shape {name!r}{suggest(str(name), known)} (cnnlab has "
                       f"{', '.join(known)})")
+
+
+# ----------------------------------------------------------------------------------------------
+# The batch size a budget's steps call for (nets the recipe was not tuned on)
+
+# Fewer optimiser steps than this and a net the recipe was not tuned for barely starts to learn:
+# the lab's ResNet-18 at batch 1024 made 17-18 steps in its 40 s and stayed at chance (9.96 ±
+# 0.54%); at batch 128, 117 steps, it reached 45% (BENCHMARKS.md, "The train step at equal
+# budgets", 2026-12-07, one seed). 100 steps is the smallest count measured to learn.
+MIN_BUDGET_STEPS = 100
+MIN_BUDGET_BATCH = 64  # below this the per-step overhead dominates the small nets' CPU time
+
+
+def batch_for_steps(batch_size: int, lr: float, seconds: float,
+                    step_seconds: dict[int, float], min_steps: int = MIN_BUDGET_STEPS,
+                    floor: int = MIN_BUDGET_BATCH) -> tuple[int, float]:
+    """(batch size, peak learning rate) for a budget of `seconds`: the recipe's batch while it
+    buys at least `min_steps` steps, else half of it, and so on down to `floor`, the first that
+    buys them (or `floor`). `step_seconds[b]`: the seconds of one step at batch b, timed on this
+    machine (a batch the rule never reaches need not be timed: it asks in halving order and
+    stops). The learning rate follows the batch by the square root of their ratio (Krizhevsky
+    2014's rule for SGD, the milder of the usual two: at 1/8 of the batch, lr / 2.8).
+    Pure: the same timings give the same choice (tested)."""
+    if batch_size <= 0 or seconds <= 0:
+        raise CnnlabError("batch_for_steps: batch size and seconds must be positive")
+    batch = batch_size
+    while True:
+        seconds_per_step = step_seconds[batch]
+        if seconds * BUDGET_MARGIN / seconds_per_step >= min_steps or batch // 2 < floor:
+            break
+        batch //= 2
+    return batch, lr * math.sqrt(batch / batch_size)
