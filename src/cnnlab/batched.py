@@ -103,7 +103,8 @@ def _conv(layers: list[nn.Conv2d]) -> nn.Conv2d:
     m, k = layers[0], len(layers)
     out = nn.Conv2d(k * m.in_channels, k * m.out_channels, m.kernel_size, stride=m.stride,
                     padding=m.padding, dilation=m.dilation, groups=k * m.groups,
-                    bias=m.bias is not None, padding_mode=m.padding_mode)
+                    bias=m.bias is not None, padding_mode=m.padding_mode,
+                    device=m.weight.device, dtype=m.weight.dtype)
     with torch.no_grad():
         out.weight.copy_(torch.cat([c.weight for c in layers]))
         if m.bias is not None:
@@ -114,7 +115,9 @@ def _conv(layers: list[nn.Conv2d]) -> nn.Conv2d:
 def _batch_norm(layers: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
     m, k = layers[0], len(layers)
     out = nn.BatchNorm2d(k * m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                         track_running_stats=m.track_running_stats)
+                         track_running_stats=m.track_running_stats,
+                         device=m.running_mean.device if m.running_mean is not None else None,
+                         dtype=m.running_mean.dtype if m.running_mean is not None else None)
     with torch.no_grad():
         for name, t in [*out.named_parameters(recurse=False), *out.named_buffers(recurse=False)]:
             parts = [getattr(b, name) for b in layers]
@@ -287,7 +290,9 @@ class BatchedNets:
         with autocast:
             logits = self(x)
         k, b = y.shape
-        losses = F.cross_entropy(logits.float().reshape(k * b, -1), y.reshape(-1),
+        # The loss in fp32 at least (bf16 logits as engine.fit; float64 nets stay float64).
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        losses = F.cross_entropy(logits.reshape(k * b, -1), y.reshape(-1),
                                  reduction="none", label_smoothing=self.label_smoothing)
         losses = losses.view(k, b).mean(1)
         self.optimizer.zero_grad(set_to_none=True)
