@@ -52,11 +52,10 @@ def build(recipe, data, model_name: str, seed: int, device: torch.device):
 def seconds_per_step(recipe, model, batches, loss_fn, precision, device) -> float:
     """Seconds of one optimiser step of this run here, with the recipe's optimiser (timed
     on a copy: the model and the RNGs are left as they were)."""
-    from cnnlab import recipes
-    from cnnlab.engine import seconds_per_step
+    from cnnlab import recipes, step_timing
 
-    return seconds_per_step(model, lambda m: recipes.make_optimizer(recipe, m), batches,
-                            loss_fn, precision, device)
+    return step_timing.seconds_per_step(model, lambda m: recipes.make_optimizer(recipe, m),
+                                        batches, loss_fn, precision, device)
 
 
 
