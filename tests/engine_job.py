@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from cnnlab import dist
-from cnnlab.engine import FitConfig, epoch_generator, fit, shard_indices
+from cnnlab.dist import shard_indices
+from cnnlab.engine import FitConfig, fit
 from cnnlab.progress import Reporter
+from cnnlab.rng import epoch_generator
 
 N, DIM, CLASSES, GLOBAL_BATCH = 96, 8, 3, 16
 

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 
 from cnnlab import checkpoints
-from cnnlab.dist import DistInfo
-from cnnlab.engine import FitConfig, epoch_generator, fit, shard_indices, warmup_cosine
+from cnnlab.dist import DistInfo, shard_indices
+from cnnlab.engine import FitConfig, fit
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import Reporter
+from cnnlab.recipes import warmup_cosine
+from cnnlab.rng import epoch_generator
 from cnnlab.runs import RunDir
 
 JOB = Path(__file__).with_name("engine_job.py")

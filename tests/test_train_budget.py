@@ -15,6 +15,8 @@ from cnnlab import budget
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks import lab, train
+from cnnlab.tasks.train import budget_plan, measure
+from cnnlab.tasks.train import calibration as train_calibration
 
 
 def test_budget_steps_by_hand():
@@ -250,16 +252,16 @@ def test_forward_seconds_times_what_a_test_set_has(n_test, timed, monkeypatch):
                            mean=(0.5,) * 3, std=(0.25,) * 3)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     passes = []
-    real = train.accuracy
+    real = measure.accuracy
 
     def spy(m, x, y, *args, **kwargs):
         passes.append(len(x))
         return real(m, x, y, *args, **kwargs)
 
-    monkeypatch.setattr(train, "accuracy", spy)
+    monkeypatch.setattr(measure, "accuracy", spy)
     recipe = SimpleNamespace(normalization="dataset")
-    seconds = train._forward_seconds(model, data, recipe, "fp32", torch.device("cpu"))
-    assert passes == [min(max(n_test, 100), train.EVAL_BATCH), timed]
+    seconds = measure.forward_seconds(model, data, recipe, "fp32", torch.device("cpu"))
+    assert passes == [min(max(n_test, 100), measure.EVAL_BATCH), timed]
     assert seconds > 0 and math.isfinite(seconds)
 
 
@@ -271,21 +273,22 @@ def test_a_resumed_run_keeps_its_plan_and_its_shapes_without_timing(tmp_path, mo
     def no_timing(*args, **kwargs):
         raise AssertionError("a resumed run timed again")
 
-    monkeypatch.setattr(train, "_seconds_per_step", no_timing)
-    monkeypatch.setattr(train, "_forward_seconds", no_timing)
-    monkeypatch.setattr(train, "_calibrate", no_timing)
+    monkeypatch.setattr(budget_plan, "seconds_per_step", no_timing)
+    monkeypatch.setattr(budget_plan, "forward_seconds", no_timing)
+    monkeypatch.setattr(train_calibration, "_calibrate", no_timing)
     run = RunDir(tmp_path)
     plan = {"seconds": 12.0, "seconds_per_step": 0.5, "forward_seconds": 1e-3, "steps": 21,
             "tta": "flip"}
     run.write_json("budget.json", plan)
     cfg = train.TrainConfig(data="d", budget=1)
-    resumed = train._budget_plan(cfg, None, None, None, None, "fp32", None, 10, None, run,
-                                 resume=True, share=99.0)
+    resumed = budget_plan.plan_steps(cfg, None, None, None, None, "fp32", None, 10, None,
+                                     run, resume=True, share=99.0)
     assert resumed == plan
     calibration = {"fast-cifar": {"model": "fast-cifar", "chosen": "full", "seconds": 4.5,
                                   "step_seconds": 1.7, "candidates": []}}
     run.write_json("calibration.json", calibration)
-    assert train._calibration(cfg, None, None, run, None, resume=True) == calibration
+    assert train_calibration.calibrate_all(cfg, None, None, run, None,
+                                           resume=True) == calibration
     for damaged, message in ((plan | {"steps": 0}, "a plan of 0 steps"),
                              (plan | {"tta": "mirror"}, "augmentation 'mirror'"),
                              ({k: v for k, v in plan.items() if k != "steps"},
@@ -296,8 +299,8 @@ def test_a_resumed_run_keeps_its_plan_and_its_shapes_without_timing(tmp_path, mo
         else:
             run.write_json("budget.json", damaged)
         with pytest.raises(CnnlabError) as exc:
-            train._budget_plan(cfg, None, None, None, None, "fp32", None, 10, None, run,
-                               resume=True, share=99.0)
+            budget_plan.plan_steps(cfg, None, None, None, None, "fp32", None, 10, None, run,
+                                   resume=True, share=99.0)
         assert str(exc.value).startswith(f"{run.file('budget.json')} is damaged: ")
         assert message in str(exc.value)
 

@@ -14,7 +14,8 @@ same plan (tested with injected timings):
   more epochs in the same seconds and wins on short budgets; the full width wins once the narrow
   one has flattened out.
 
-`tasks/train.py` does the timing and the training; nothing here touches a model.
+`tasks/train/` does the timing (budget_plan.py, calibration.py) and the training; nothing here
+touches a model.
 """
 
 from __future__ import annotations
@@ -157,11 +158,11 @@ def plan_shape(shape: Shape, seconds: float, step_seconds: float, n_train: int,
                test_images: int, eval_images: int, eval_every: int, tta: str,
                test_curve: bool, timed: bool = True) -> Candidate:
     """The steps, epochs, TTA and expected accuracy of one shape in `seconds` at
-    `step_seconds` per step (the plan `tasks/train.py` then trains)."""
+    `step_seconds` per step (the plan `tasks/train/one.py` then trains)."""
     steps_per_epoch = max(1, n_train // shape.batch_size)
     forward = step_seconds / shape.batch_size / 3
     chosen_tta = budget_tta(tta, seconds, forward * test_images)
-    # Without TTA the final test reuses the last evaluation's test pass (tasks/train.py).
+    # Without TTA the final test reuses the last evaluation's test pass (tasks/train/one.py).
     passes = 0 if chosen_tta == "none" and test_curve else TTA_PASSES[chosen_tta]
     steps = budget_steps(seconds, step_seconds, shape.batch_size, steps_per_epoch, eval_images,
                          eval_every, test_images, passes)

@@ -114,6 +114,17 @@ def shard(items: list[Any], info: DistInfo) -> list[Any]:
     return items[info.rank :: info.world_size]
 
 
+def shard_indices(n: int, generator: torch.Generator, info: DistInfo,
+                  shuffle: bool = True) -> torch.Tensor:
+    """This rank's share of one epoch's permutation of range(n): every rank draws the same
+    permutation and takes every world_size-th index, the tail trimmed so that all ranks get the
+    same count (DDP needs equal step counts; at most world_size - 1 samples sit out an epoch,
+    different ones each epoch)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    per_rank = n // info.world_size
+    return order[info.rank :: info.world_size][:per_rank]
+
+
 def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
     """`fn()` run on rank 0 only, its value returned on every rank.
 

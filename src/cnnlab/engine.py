@@ -1,14 +1,15 @@
 """The training engine: the one training loop of every command that trains a model.
 
     result = fit(model, optimizer, batches, steps_per_epoch, FitConfig(epochs=30),
-                 run_dir, reporter, evaluate=validate, lr_schedule=warmup_cosine(...))
+                 run_dir, reporter, evaluate=validate,
+                 lr_schedule=recipes.warmup_cosine(...))
 
 What the caller provides, and what the engine owns:
 
 - the caller builds the model (already on its device), the optimiser, the data and the
   validation function; `batches(epoch)` yields this rank's (x, y) batches of one epoch, in an
-  order fixed by (seed, epoch) — `epoch_generator` gives the generator — and the same number of
-  batches on every rank (`steps_per_epoch`);
+  order fixed by (seed, epoch) — `rng.epoch_generator` gives the generator, `dist.shard_indices`
+  a rank's share — and the same number of batches on every rank (`steps_per_epoch`);
 - the engine runs the steps: learning-rate schedule per step, bf16 autocast when asked
   (hardware.autocast), gradient clipping, a NaN/Inf guard, per-step hooks (EMA), train
   loss/accuracy all-reduced over ranks, validation, `metrics.jsonl`, the `best` (by the
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +55,7 @@ from torch.nn import functional as F
 from cnnlab import checkpoints, dist
 from cnnlab.errors import CnnlabError
 from cnnlab.hardware import autocast
+from cnnlab.rng import rng_state, set_rng_state
 from cnnlab.runs import RunDir
 
 PRECISIONS = ("fp32", "bf16")
@@ -133,37 +134,6 @@ class FitResult:
     train_loss: float | None = None
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator that fixes an epoch's shuffle and augmentation: a function of (seed, epoch)
-    only, so every rank draws the same permutation and a resumed run the same batches."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def shard_indices(n: int, generator: torch.Generator, info: dist.DistInfo,
-                  shuffle: bool = True) -> torch.Tensor:
-    """This rank's share of one epoch's permutation of range(n): every rank draws the same
-    permutation and takes every world_size-th index, the tail trimmed so that all ranks get the
-    same count (DDP needs equal step counts; at most world_size - 1 samples sit out an epoch,
-    different ones each epoch)."""
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    per_rank = n // info.world_size
-    return order[info.rank :: info.world_size][:per_rank]
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int = 0, final: float = 0.0
-                  ) -> Callable[[int], float]:
-    """Learning-rate multiplier: linear warm-up from ~0 to 1, then a cosine to `final`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(total_steps - warmup_steps, 1)
-        frac = min((step - warmup_steps) / span, 1.0)
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac))
-
-    return factor
-
-
 def accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> int:
     """Top-1 hits in a batch (targets as class indices, or soft/one-hot rows)."""
     if target.ndim > 1:
@@ -173,72 +143,6 @@ def accuracy_counts(logits: torch.Tensor, target: torch.Tensor) -> int:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _rng_state() -> dict[str, Any]:
-    import numpy as np
-
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": repr(random.getstate()),  # repr/eval: weights_only loading takes no tuples
-        "numpy": {"key": torch.from_numpy(np_state[1].copy()), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import ast
-
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(_tuples(ast.literal_eval(state["python"])))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy(), n["pos"], n["has_gauss"], n["gauss"]))
-
-
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def seconds_per_step(model: nn.Module, make_optimizer: Callable[[nn.Module], Any],
-                     batches: Callable[[int], Iterable], loss_fn: nn.Module, precision: str,
-                     device: torch.device, steps: int = 3, warmup: int = 2) -> float:
-    """What one optimiser step costs on this machine: `warmup` untimed steps (oneDNN picks its
-    kernels on the first calls), then the mean of `steps` timed ones, on a copy of `model` with
-    a fresh optimiser and the first batches of epoch 0. For fitting a run to a time budget;
-    the model and every RNG are left as they were, so the run itself is unchanged."""
-    import copy
-
-    state = _rng_state()
-    m = copy.deepcopy(model).train()
-    opt = make_optimizer(m)
-    it = iter(batches(0))
-    start = 0.0
-    try:
-        for i in range(warmup + steps):
-            if i == warmup:
-                start = time.perf_counter()
-            try:
-                x, y = next(it)
-            except StopIteration:  # an epoch shorter than the timing: start it again
-                it = iter(batches(0))
-                x, y = next(it)
-            x, y = x.to(device), y.to(device)
-            with autocast(precision, device):
-                loss = loss_fn(m(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) / steps
-    finally:
-        _set_rng_state(state)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -390,7 +294,7 @@ class _Loop:
         self.bare.load_state_dict(ck.weights)
         st = ck.state or {}
         self.optimizer.load_state_dict(st["optimizer"])
-        _set_rng_state(st["rng"])
+        set_rng_state(st["rng"])
         if self.hooks.extra_state is not None and "extra" in st:
             self.hooks.extra_state[1](st["extra"])
         if "counters" in st:
@@ -647,7 +551,7 @@ class _Loop:
                 and (not epoch_end or self.epoch % config.checkpoint_every == 0))
 
     def _save_last(self) -> None:
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "rng": _rng_state(),
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "rng": rng_state(),
                                  "counters": vars(self.c).copy()}
         if self.hooks.extra_state is not None:
             state["extra"] = self.hooks.extra_state[0]()

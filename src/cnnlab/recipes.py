@@ -3,9 +3,9 @@
 A `Recipe` says everything about *how* a model is trained: optimiser, learning-rate schedule,
 batch size, epochs, augmentation, label smoothing, weight averaging, test-time augmentation,
 precision. The engine owns the loop (epochs, checkpoints, DDP); it asks this module for the
-optimiser (`make_optimizer`), the learning-rate factor at a step (`lr_factor` / `lr_lambda`),
-the weight averaging (`LookaheadState`, `ema_update`), the first-layer initialisation
-(`prepare_model`), and predictions (`predict`).
+optimiser (`make_optimizer`), the learning-rate factor at a step (`lr_factor` / `lr_lambda`;
+`warmup_cosine` for the loops without a recipe), the weight averaging (`LookaheadState`,
+`ema_update`), the first-layer initialisation (`prepare_model`), and predictions (`predict`).
 
 Recipes:
 - `lab-simple-cnn`, `lab-resnet18`: the course lab exactly as it was run (`LAB_RECIPES`).
@@ -168,6 +168,21 @@ def lr_factor(schedule: Schedule, step: int, total_steps: int) -> float:
 def lr_lambda(schedule: Schedule, total_steps: int) -> Callable[[int], float]:
     """For `torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(...))`, stepped per batch."""
     return lambda step: lr_factor(schedule, step, total_steps)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int = 0, final: float = 0.0
+                  ) -> Callable[[int], float]:
+    """Learning-rate multiplier for a loop without a recipe (finetune's heads, charrnn): linear
+    warm-up from ~0 to 1 over `warmup_steps`, then a cosine to `final` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(total_steps - warmup_steps, 1)
+        frac = min((step - warmup_steps) / span, 1.0)
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return factor
 
 
 def _is_norm_bias(name: str, module_of: dict[str, nn.Module]) -> bool:

@@ -385,7 +385,8 @@ def run(
 
     With `resume`, `run_dir` is an existing run and `cfg` its own config with only `epochs` /
     `time_limit` changed (`config.from_run` builds it); the run continues in that directory."""
-    from cnnlab.engine import FitConfig, fit, warmup_cosine
+    from cnnlab.engine import FitConfig, fit
+    from cnnlab.recipes import warmup_cosine
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

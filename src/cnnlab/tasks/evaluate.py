@@ -312,7 +312,6 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     from cnnlab import dist
     from cnnlab.data.imagenet import load_imagenet_classes
     from cnnlab.models.inference import onnxruntime_version, prepare_forward, weights_identity
-    from cnnlab.models.pretrained import fetch, pretrained_spec_of
     from cnnlab.models.registry import count_parameters, create_pretrained, get_spec
 
     # Joins the process group under torchrun: a no-op after the CLI's open_run, needed when a
@@ -327,18 +326,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
         lambda: _prepare_items(config, classes), info
     )
 
-    # Every model's weights are found before any model runs: a missing file costs no time.
-    # Rank 0 finds or downloads them while the others wait, then all use its files.
-    def fetch_all() -> list[Path]:
-        return [
-            fetch(pretrained_spec_of(s), s.name, config.weights.get(name))
-            for s, name in zip(specs, config.models, strict=True)
-        ]
-
-    weight_files = dist.broadcast_from_main(fetch_all, info)
-    if any(not p.is_file() for p in weight_files):  # another machine, no shared file system
-        weight_files = fetch_all()  # the hub cache there; downloads are atomic (temp + rename)
-
+    weight_files = _weight_files(config, specs, info)
     if not info.is_main:  # one progress display: rank 0's
         from cnnlab.progress import Reporter
 
@@ -390,11 +378,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     env["engines"] = {s["name"]: s["engine"] for s in summaries}
     run_dir.write_json("environment.json", env)
 
-    # A file that no model could decode is skipped once, with the reason its decoder gave.
-    bad_reasons: dict[int, str] = {}
-    for mp in merged_passes:
-        for i, reason in mp.bad:
-            bad_reasons.setdefault(i, reason)
+    bad_reasons = _undecodable(merged_passes)
     skipped += [{"file": str(items[i].path), "reason": r} for i, r in sorted(bad_reasons.items())]
     results = {
         "path": str(root.resolve()),
@@ -434,6 +418,34 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
         write_report(run_dir.path)
     results["run_dir"] = str(run_dir.path)
     return results
+
+
+def _weight_files(config: EvaluateConfig, specs, info) -> list[Path]:
+    """Every model's weights file, found before any model runs (a missing file costs no
+    time): rank 0 finds or downloads them while the others wait, then all use its files."""
+    from cnnlab import dist
+    from cnnlab.models.pretrained import fetch, pretrained_spec_of
+
+    def fetch_all() -> list[Path]:
+        return [
+            fetch(pretrained_spec_of(s), s.name, config.weights.get(name))
+            for s, name in zip(specs, config.models, strict=True)
+        ]
+
+    weight_files = dist.broadcast_from_main(fetch_all, info)
+    if any(not p.is_file() for p in weight_files):  # another machine, no shared file system
+        weight_files = fetch_all()  # the hub cache there; downloads are atomic (temp + rename)
+    return weight_files
+
+
+def _undecodable(merged_passes) -> dict[int, str]:
+    """{item index: reason} of the files no model could decode: each is skipped once, with
+    the reason its (first) decoder gave."""
+    bad_reasons: dict[int, str] = {}
+    for mp in merged_passes:
+        for i, reason in mp.bad:
+            bad_reasons.setdefault(i, reason)
+    return bad_reasons
 
 
 def _explanations(explained: list[dict[str, Any]], cams: list[dict[str, Any]],

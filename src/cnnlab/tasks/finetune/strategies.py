@@ -107,7 +107,8 @@ class Trainer:
         import torch
 
         from cnnlab.data.loaders import photo_loader
-        from cnnlab.engine import epoch_generator, shard_indices
+        from cnnlab.dist import shard_indices
+        from cnnlab.rng import epoch_generator
 
         if self.phases is not None:
             self.net.unfreeze(self.phases[min(epoch, len(self.phases) - 1)])
@@ -171,7 +172,8 @@ def train(config: FinetuneConfig, trainer: Trainer, run_dir: RunDir, reporter, r
           precision: str):
     """`trainer.model` trained on the engine for the config's epochs; `precision`: fp32 or
     bf16, --precision resolved on the device."""
-    from cnnlab.engine import FitConfig, fit, warmup_cosine
+    from cnnlab.engine import FitConfig, fit
+    from cnnlab.recipes import warmup_cosine
 
     net = trainer.net
     groups = net.param_groups(config.lr_, config.lr_ * config.body_lr_ratio, config.weight_decay)
