@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from cnnlab import budget
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks import lab, train
-from cnnlab.tasks.train import budget_plan, measure
+from cnnlab.tasks.train import TrainConfig, budget_plan, measure
 from cnnlab.tasks.train import calibration as train_calibration
 
 
@@ -346,3 +347,31 @@ def test_the_batch_follows_the_steps_the_budget_buys():
     assert batch_for_steps(1024, 0.1, 600.0, {1024: 2.9}) == (1024, 0.1)
     # Never below the floor, even when no batch buys the steps.
     assert batch_for_steps(128, 0.1, 5.0, {128: 1.0, 64: 0.6})[0] == 64
+
+
+def test_a_net_the_recipe_was_not_tuned_on_gets_the_batch_its_budget_steps_call_for(
+        shared_data, tmp_path, monkeypatch):
+    """Issue 26 item 1, end to end on real CIFAR with injected step timings: under --budget,
+    resnet20 (not the fast recipe's net) trains at the batch batch_for_steps picks from the
+    measured seconds per image, with the lr scaled by sqrt; fast-cifar keeps its recipe's
+    batch; batches.json keeps the choice for --resume and the run records it."""
+    from cnnlab.tasks.train import batch_choice
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    # 4 ms per image: at batch 1024 a step is 4.1 s; the share (0.3 min / 2 runs = 9 s, x 0.9)
+    # buys 1 step at 1024 ... 31 at 64: no batch buys 100 -> the floor, 64; lr x sqrt(1/16).
+    monkeypatch.setattr(batch_choice, "seconds_per_step", lambda recipe, *a: 0.004 * 64)
+    out = tmp_path / "run"
+    assert main(["train", str(shared_data("cifar10", "cifar10-jpg.zip")), "-m", "resnet20",
+                 "--limit-per-class", "20", "--budget", "0.3", "--seeds", "2", "--threads",
+                 "1", "--no-report", "--out", str(out), "-q"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    (rec,) = res["batches"]
+    assert (rec["model"], rec["batch_size"], rec["recipe_batch_size"]) == ("resnet20", 64, 1024)
+    assert rec["lr"] == pytest.approx(rec["recipe_lr"] * 0.25)
+    assert {r["batch_size"] for r in res["runs"]} == {64}
+    assert all(r["lr"] == pytest.approx(rec["lr"]) for r in res["runs"])
+    assert json.loads((out / "batches.json").read_text())["resnet20"] == rec
+    assert batch_choice.batch_skipped(
+        replace(TrainConfig(data="d", budget=1.0), models=("fast-cifar",)), "fast-cifar") == (
+        "the recipe was tuned on this net")

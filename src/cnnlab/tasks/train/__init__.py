@@ -40,6 +40,8 @@ Where each part lives (each module imports only those above it in this list, laz
                   a finished pair's results.json
   budget_plan.py  --budget for one (model, seed): budget_share, plan_steps (budget.json)
   calibration.py  --budget's choice of the default network's shape (calibration.json)
+  batch_choice.py --budget's batch size and learning rate for a net the recipe was not tuned
+                  on: the batch its steps call for (batches.json)
   one.py          train_one: one (model, seed) on the engine, then its test; tested_checkpoint
   summary.py      summarise: per model, mean ± std over the seeds
   task.py         run: every (model, seed), results.json and the report

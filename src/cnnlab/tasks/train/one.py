@@ -16,6 +16,7 @@ from torch import nn
 
 from cnnlab.hardware import autocast
 from cnnlab.runs import RunDir
+from cnnlab.tasks.train.batch_choice import apply_batch
 from cnnlab.tasks.train.budget_plan import budget_share, plan_steps
 from cnnlab.tasks.train.build import build
 from cnnlab.tasks.train.config import TrainConfig
@@ -29,12 +30,14 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
               after_epoch: Callable[[nn.Module, dict[str, Any]], None] | None = None,
               at_start: Callable[[nn.Module], None] | None = None,
               tta: str | None = None, shape=None, share: float | None = None,
-              step_seconds: float | None = None) -> dict[str, Any]:
+              step_seconds: float | None = None,
+              batch: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one model with one seed into `run_dir`; returns its results (also results.json).
     With a budget: `tta` is the test-time augmentation an earlier seed of this model chose (so
     that every seed of a model is tested alike; else each plans its own); `shape` the
     calibration's choice of width, batch and learning rate (budget.Shape), `share` the seconds
-    of this run, `step_seconds` a timing of this shape already made (not repeated).
+    of this run, `step_seconds` a timing of this shape already made (not repeated); `batch`
+    the batch size and learning rate the budget's steps call for (batch_choice.py).
 
     `after_epoch(model, record)` is the engine's hook (`engine.fit`): it sees every epoch's
     metrics (val_accuracy with a validation split) and may raise to stop, e.g. to prune.
@@ -49,6 +52,7 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
     recipe = recipe_for(config, model_name)
     if shape is not None:
         recipe = apply_shape(recipe, shape)
+    recipe = apply_batch(recipe, batch)
     precision, why = precision_for(config, recipe, device)
     model, batches, loss_fn = build(recipe, data, model_name, seed, device)
     if at_start is not None and not resume:

@@ -13,6 +13,7 @@ from torch import nn
 
 from cnnlab import budget
 from cnnlab.runs import RunDir
+from cnnlab.tasks.train.batch_choice import choose_batches
 from cnnlab.tasks.train.budget_plan import budget_share
 from cnnlab.tasks.train.build import macs_of
 from cnnlab.tasks.train.calibration import calibrate_all
@@ -56,6 +57,8 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
         run_dir.save_environment(seed=config.seed, device=str(device))
     calibration = calibrate_all(config, data, device, run_dir, reporter, resume)
     spent = sum(c["seconds"] for c in calibration.values())
+    batches = choose_batches(config, data, device, run_dir, reporter, resume, spent)
+    spent += sum(b["seconds"] for b in batches.values())
     shapes = {m: budget.shape_named(c["chosen"]) for m, c in calibration.items()}
     macs = {}
     for m in config.models:
@@ -95,7 +98,8 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
                                   else None, shape=shapes.get(model_name),
                                   share=budget_share(config, spent) if config.budget else None,
                                   # the first seed reuses the calibration's timing
-                                  step_seconds=None if earlier else timed))
+                                  step_seconds=None if earlier else timed,
+                                  batch=batches.get(model_name)))
             r = rows[-1]
             which, acc = (("test", r["test_accuracy"]) if config.test
                           else ("validation", r["val_accuracy"]))
@@ -110,6 +114,7 @@ def run(config: TrainConfig, run_dir: RunDir, reporter, resume: bool = False,
         "world_size": info.world_size, "device": str(device),
         "models": summarise(rows, macs), "runs": rows,
         "budget_minutes": config.budget, "calibration": list(calibration.values()),
+        "batches": list(batches.values()),
     }
     run_dir.save_results(results)
     if config.report and config.test:  # the report compares test accuracy

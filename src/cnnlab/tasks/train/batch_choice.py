@@ -1,0 +1,105 @@
+"""The batch size a budget's steps call for, for the nets a recipe was not tuned on (issue 26).
+
+The `fast` recipe's batch of 1024 is fast-cifar's; carried over to ResNet-18 under the lab's 40 s
+a run, it buys 17-18 optimiser steps, and the net stays at chance (9.96 ± 0.54% over 3 seeds,
+BENCHMARKS.md). Here each such net gets the largest of the recipe's batch, half of it, ... down
+to 64 that still buys `budget.MIN_BUDGET_STEPS` steps, with the learning rate scaled by the
+square root of the ratio (`budget.batch_for_steps`). One step at the smallest batch is timed
+here (2 warm-up + 3 timed steps) and larger batches are estimated from it in proportion to
+their images: an upper bound on their cost, since a larger batch is no slower per image, so the
+rule never picks a batch that buys too few steps. The chosen batch's own steps are then timed
+by the run's plan as always. Records go to batches.json, so a resumed run keeps them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from cnnlab import budget, dist
+from cnnlab.runs import RunDir, damaged
+from cnnlab.tasks.train.budget_plan import budget_share
+from cnnlab.tasks.train.build import build, seconds_per_step
+from cnnlab.tasks.train.config import TrainConfig
+from cnnlab.tasks.train.recipe import precision_for, recipe_for
+
+BATCHES_FILE = "batches.json"
+
+
+def batch_skipped(config: TrainConfig, model_name: str) -> str | None:
+    """Why `model_name` keeps its recipe's batch under this budget (None: it is chosen here):
+    only under --budget, with calibration on, for a net the named recipe was not written for,
+    with the batch size and learning rate left to the recipe, in one process."""
+    from cnnlab import recipes
+    from cnnlab.models.registry import get_spec
+
+    if not config.budget or not config.calibrate:
+        return "no budget, or calibration off"
+    if config.recipe == "lab" or recipes.get_recipe(config.recipe).model == get_spec(
+            model_name).name:
+        return "the recipe was tuned on this net"
+    touched = {k for k, _ in config.recipe_overrides} & {"batch_size", "lr"}
+    if config.batch_size or config.lr or touched:
+        return "the batch size or learning rate was given"
+    if dist.from_env().enabled:
+        return "chosen in a single process only"
+    return None
+
+
+def _choose(config: TrainConfig, data, model_name: str, device: torch.device, share: float,
+            reporter) -> dict[str, Any]:
+    recipe = recipe_for(config, model_name)
+    precision, _ = precision_for(config, recipe, device)
+    floor = min(budget.MIN_BUDGET_BATCH, recipe.batch_size)
+    start = time.monotonic()
+    timed = replace(recipe, batch_size=floor)
+    model, batches, loss_fn = build(timed, data, model_name, 0, device)
+    per_image = seconds_per_step(timed, model, batches, loss_fn, precision, device) / floor
+    estimates, b = {}, recipe.batch_size
+    while b >= floor:
+        estimates[b] = per_image * b
+        b //= 2
+    batch, lr = budget.batch_for_steps(recipe.batch_size, recipe.lr, share, estimates,
+                                       floor=floor)
+    spent = time.monotonic() - start
+    steps = int(share * budget.BUDGET_MARGIN / estimates[batch])
+    reporter.log(f"{model_name}: batch {batch} (lr {lr:.3g}) buys about {steps} steps in its "
+                 f"{share:.0f} s; the recipe's {recipe.batch_size} would buy "
+                 f"{int(share * budget.BUDGET_MARGIN / estimates[recipe.batch_size])} "
+                 f"(timed at batch {floor} in {spent:.1f} s)")
+    return {"model": model_name, "batch_size": batch, "lr": lr, "seconds": spent,
+            "recipe_batch_size": recipe.batch_size, "recipe_lr": recipe.lr,
+            "seconds_per_image": per_image, "expected_steps": steps}
+
+
+def choose_batches(config: TrainConfig, data, device: torch.device, run_dir: RunDir,
+                   reporter, resume: bool, spent: float) -> dict[str, dict[str, Any]]:
+    """{model: record} for every model whose batch the budget chooses (batches.json); `spent`:
+    the seconds the shape calibration already took from the budget."""
+    if not config.budget:
+        return {}
+    if resume and run_dir.file(BATCHES_FILE).is_file():
+        records = run_dir.read_json(BATCHES_FILE)
+        if not isinstance(records, dict) or not all(
+                isinstance(r, dict) and isinstance(r.get("batch_size"), int)
+                and isinstance(r.get("lr"), int | float) for r in records.values()):
+            raise damaged(run_dir.file(BATCHES_FILE), "it holds no batch size and learning "
+                          "rate per model")
+        return records
+    out = {}
+    for m in config.models:
+        if batch_skipped(config, m) is None:
+            out[m] = _choose(config, data, m, device, budget_share(config, spent), reporter)
+    if dist.from_env().is_main:
+        run_dir.write_json(BATCHES_FILE, out)
+    return out
+
+
+def apply_batch(recipe, record: dict[str, Any] | None):
+    """The recipe with the budget's batch size and learning rate (unchanged without one)."""
+    if record is None:
+        return recipe
+    return replace(recipe, batch_size=int(record["batch_size"]), lr=float(record["lr"]))
