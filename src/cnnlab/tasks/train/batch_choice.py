@@ -7,7 +7,7 @@ to 64 that still buys `budget.MIN_BUDGET_STEPS` steps, with the learning rate sc
 square root of the ratio (`budget.batch_for_steps`). One step at the smallest batch is timed
 here (2 warm-up + 3 timed steps) and larger batches are estimated from it in proportion to
 their images. That is an estimate, not a bound: in the lab's train step (fp32, 2 cores,
-2026-12-07) simple-cnn at batch 512 took 0.284 s a step against 0.24 s estimated, so it made 98
+2026-12-07) simple-cnn at batch 512 took 0.284 s a step against 0.23 s estimated, so it made 98
 steps where 157 were expected. Timing every candidate would cost more of a 40 s share than the
 error does. The chosen batch's own steps are then timed by the run's plan as always. Records go
 to batches.json, so a resumed run keeps them.
