@@ -34,6 +34,10 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
     the budget are left out of the rows and named."""
     n_train = n_test = None
     for r in rows:
+        if r["state"] == "COMPLETE" and r.get("metric_n_train") is not None:
+            n_train, n_test = r["metric_n_train"], r["metric_n_test"]
+            break
+        # A study from before the sizes were recorded with each trial: its folder here.
         f = run_dir.path / (r["run_dir"] or "-") / "results.json"
         if r["state"] == "COMPLETE" and f.is_file():
             first = RunDir(f.parent).read_json("results.json")
@@ -65,7 +69,8 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
                "seconds": statistics.fmean(r["metric_train_seconds"] for r in mine)
                if mine else None,
                "cut": len(cut),
-               "failed": sum(r["state"] == "FAIL" and not r["retried"] for r in rows
+               "failed": sum(r["state"] == "FAIL" and not r["retried"] and not r["surplus"]
+                             for r in rows
                              if all(r["params"].get(k) == v for k, v in s.items()))}
         if g.name == "residual" and mine:
             for key in ("grad_init", "grad_epoch1"):
