@@ -248,9 +248,14 @@ def queue_retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
     """Queue a dead trial's settings again as a new trial that records what it retries; its
     other user attributes (e.g. an experiment's seed round) go with it, the dead process's
     do not. Also Optuna's callback for a trial failed by its stale heartbeat."""
+    import json
+
     attrs = {k: v for k, v in t.user_attrs.items()
              if k not in (*OWNER_KEYS, "retried", "retry_of")}
-    study.enqueue_trial(dict(t.params), user_attrs={**attrs, "retry_of": t.number})
+    # A queued plan entry's settings are in its key: a process that died between taking the
+    # trial and its objective's first suggestion left no params.
+    params = json.loads(attrs[PLAN]) if PLAN in attrs else dict(t.params)
+    study.enqueue_trial(params, user_attrs={**attrs, "retry_of": t.number})
 
 
 def recover_orphans(study: Study, reporter) -> list[int]:
