@@ -91,7 +91,8 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
         "grad_batch": 32 if config.quick else GRAD_BATCH, "grad_floor": GRAD_FLOOR,
         "train_eval": TRAIN_EVAL,
         "plateau_rule": {"share": PLATEAU_SHARE, "chance_margin": CHANCE_MARGIN},
-        "trials": len(rows), "completed": len(done), "excluded": excluded,
+        # A twin that two processes queued at once and that never ran is no trial.
+        "trials": sum(not r["surplus"] for r in rows), "completed": len(done), "excluded": excluded,
         # Wall time of every trial (training, evaluation, loading), over all invocations.
         "trial_seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
     }
