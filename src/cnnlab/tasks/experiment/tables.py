@@ -69,8 +69,8 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
                "seconds": statistics.fmean(r["metric_train_seconds"] for r in mine)
                if mine else None,
                "cut": len(cut),
-               "failed": sum(r["state"] == "FAIL" and not r["retried"] and not r["surplus"]
-                             for r in rows
+               "failed": sum(r["state"] == "FAIL" and not r["retried"]
+                             and not r.get("surplus") for r in rows
                              if all(r["params"].get(k) == v for k, v in s.items()))}
         if g.name == "residual" and mine:
             for key in ("grad_init", "grad_epoch1"):
@@ -92,7 +92,8 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
         "train_eval": TRAIN_EVAL,
         "plateau_rule": {"share": PLATEAU_SHARE, "chance_margin": CHANCE_MARGIN},
         # A twin that two processes queued at once and that never ran is no trial.
-        "trials": sum(not r["surplus"] for r in rows), "completed": len(done), "excluded": excluded,
+        "trials": sum(not r.get("surplus") for r in rows), "completed": len(done),
+        "excluded": excluded,
         # Wall time of every trial (training, evaluation, loading), over all invocations.
         "trial_seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
     }
