@@ -309,3 +309,13 @@ def test_a_process_done_with_its_share_waits_for_a_live_peer_and_reruns_a_dead_o
     assert completed(trials) == [(1, 0), (2, 0), (4, 0)] and ran == 3
     assert [t.user_attrs.get("surplus") for t in trials if t.state.name == "FAIL"
             and t.number != held] == [True]
+    # A machine that trained none of it summarises the same study to the same results (the
+    # sizes too: they are in the storage, not only in the trial folders here).
+    there = RunDir(tmp_path / "elsewhere" / "depth")
+    there.path.mkdir(parents=True)
+    mine = here.summarise()
+    theirs = Study("depth", config, there, rep, DataCache(rep), lambda: None).summarise()
+    assert not (there.path / "trials").exists()
+    assert (theirs["n_train"], theirs["n_test"]) == (mine["n_train"], mine["n_test"]) == (100, 100)
+    for key in ("rows", "verdict", "trials", "completed"):
+        assert json.dumps(theirs[key], default=str) == json.dumps(mine[key], default=str), key
