@@ -319,3 +319,23 @@ def test_a_process_done_with_its_share_waits_for_a_live_peer_and_reruns_a_dead_o
     assert (theirs["n_train"], theirs["n_test"]) == (mine["n_train"], mine["n_test"]) == (100, 100)
     for key in ("rows", "verdict", "trials", "completed"):
         assert json.dumps(theirs[key], default=str) == json.dumps(mine[key], default=str), key
+
+
+def test_what_a_shared_experiment_refuses_is_one_line_each(shared_data, tmp_path, capsys):
+    from cnnlab.cli import main
+
+    url = "postgresql://lab:secret@/cnnlab?host=/nonexistent"
+    for extra, why in ((["--workers", "2"], "--workers with --storage"),
+                       (["--budget", "3"], "--budget with --storage"),
+                       (["--study", " "], "--study must name")):
+        assert main(["experiment", "depth", "--storage", url, *extra, "--out",
+                     str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert why in err and len(err.splitlines()) == 1
+    # A server that is not there: one line, without the password.
+    assert main(["experiment", "depth", "--quick", "--storage", url, "--out",
+                 str(tmp_path / "y"), "--data", str(shared_data("cifar10", "cifar10-jpg.zip"))]
+                ) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot open the study storage" in err and len(err.splitlines()) == 1
+    assert "secret" not in err and "lab:***@" in err

@@ -116,13 +116,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)
         except (ImportError, ValueError) as exc:
-            raise CnnlabError(f"cannot open the study storage {url!r}: {exc}") from None
+            raise CnnlabError(f"cannot open the study storage {redact_url(url)!r}: {exc}") from None
         except Exception as exc:  # sqlalchemy's errors: a wrong URL, a server that is not there
             racing = "already exists" in str(exc) or "UNIQUE constraint" in str(exc)
             if racing and attempt + 1 < RACE_RETRIES:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise CnnlabError(f"cannot open the study storage {url!r}: "
+            raise CnnlabError(f"cannot open the study storage {redact_url(url)!r}: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     raise AssertionError("unreachable")
 
