@@ -26,6 +26,9 @@ the storage, so `n_trials` means that many trials over every process and every r
   heartbeat every `heartbeat_seconds()` (60 s; `CNNLAB_HEARTBEAT` sets it), and one whose last
   heartbeat is older than `GRACE_BEATS` of them is failed by whichever process looks next
   (`optuna.storages.fail_stale_trials`), which queues its settings again the same way.
+- A fixed plan of queued trials (an experiment's grid) may be queued by two machines at once:
+  each queued trial carries its entry's key (`PLAN`), and of twins only the first is run, the
+  other failed as "surplus" unrun (`run_study`, which with `queued_only` never samples).
 """
 
 from __future__ import annotations
