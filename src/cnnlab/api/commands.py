@@ -418,7 +418,8 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
                budget: float | None = None, max_seeds: int | None = None,
                limit_per_class: int | None = None, epochs: float | None = None,
                full: bool | None = None, quick: bool | None = None, threads: int | None = None,
-               workers: int | None = None, report: bool | None = None,
+               workers: int | None = None, storage: str | None = None,
+               study: str | None = None, report: bool | None = None,
                out: str | Path | None = None, quiet: bool = False,
                resume: str | Path | None = None):
     """Lab B's claims on depth, filters, pooling and ResNet, with data (`cnnlab experiment`).
@@ -426,7 +427,9 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
     experiments: "depth", "filters", "pooling", "residual" (one or more). data: a CIFAR-style zip
     (default: data_root/cifar10/cifar10-jpg.zip). seeds per setting (3); budget: minutes, more
     seed rounds while they fit; quick=True: seconds, no verdicts. workers=N: the experiments in
-    N processes (groups of about equal time), the same trials as one. resume=RUN continues a run
+    N processes (groups of about equal time), the same trials as one. storage="postgresql://..."
+    and study=NAME: the same call on several machines shares the trials (studies NAME-<name>);
+    each returns the whole study once no trial is left. resume=RUN continues a run
     (seeds=, budget=, max_seeds=, threads=, workers=, report= may be given with it).
 
     Returns a Result: `.table` every setting of every experiment (test_mean with its 95%
@@ -448,7 +451,7 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
         if not experiments:
             raise CnnlabError(f"name an experiment: {', '.join(task.EXPERIMENTS)}")
         keys = ("data", "data_root", "budget", "seeds", "max_seeds", "limit_per_class",
-                "epochs", "full", "quick", "threads", "workers", "report")
+                "epochs", "full", "quick", "threads", "workers", "storage", "study", "report")
         values = {k: settings[k] for k in keys if settings[k] is not None}
         for k in ("data", "data_root"):
             if k in values:

@@ -36,6 +36,8 @@ Examples:
   cnnlab experiment residual --epochs 30               # longer runs
   cnnlab experiment --resume runs/claims --seeds 5     # two more seeds of every net
   cnnlab experiment depth filters pooling residual --workers 2   # 2 processes, 1 thread each
+  cnnlab experiment depth filters pooling residual --storage postgresql://lab@db/cnnlab \
+      --study lab-b                                   # the same on every machine: they share
 """
 
 
@@ -74,6 +76,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes (1): the experiments split into N groups of about equal "
                         "time, each run by its own process; the same trials as one process")
+    p.add_argument("--storage", metavar="URL",
+                   help="an Optuna RDB URL (postgresql://user@host/db) shared by this command "
+                        "started on several machines: they share each experiment's trials, "
+                        "and each writes the whole study's results when none is left "
+                        "(default: SQLite in the run directory)")
+    p.add_argument("--study", metavar="NAME",
+                   help="with --storage: the studies' name, NAME-<experiment> (experiment)")
     p.add_argument("--worker", metavar="RUN", help=argparse.SUPPRESS)
     p.add_argument("--worker-index", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--no-report", dest="report", action="store_false", default=None)
@@ -86,7 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 KEYS = ("data", "data_root", "budget", "seeds", "max_seeds", "limit_per_class", "epochs",
-        "full", "quick", "threads", "workers", "report")
+        "full", "quick", "threads", "workers", "storage", "study", "report")
 
 
 def run(args: argparse.Namespace) -> int:

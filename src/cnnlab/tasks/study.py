@@ -26,6 +26,9 @@ the storage, so `n_trials` means that many trials over every process and every r
   heartbeat every `heartbeat_seconds()` (60 s; `CNNLAB_HEARTBEAT` sets it), and one whose last
   heartbeat is older than `GRACE_BEATS` of them is failed by whichever process looks next
   (`optuna.storages.fail_stale_trials`), which queues its settings again the same way.
+- A fixed plan of queued trials (an experiment's grid) may be queued by two machines at once:
+  each queued trial carries its entry's key (`PLAN`), and of twins only the first is run, the
+  other failed as "surplus" unrun (`run_study`, which with `queued_only` never samples).
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ GRACE_BEATS = 3
 # User attributes that belong to the process that ran a trial, not to its settings: a retry
 # does not inherit them.
 OWNER_KEYS = ("host", "pid", "process_start", "run_dir")
+# A queued trial's entry in a fixed plan (an experiment's setting and seed). Processes on
+# several machines may queue the same plan at once (a server storage has no lock): of trials
+# with the same entry only the first that counts is run, a later twin is dropped unrun.
+PLAN = "plan"
 
 
 # --------------------------------------------------------------------------- storage, lock
@@ -71,6 +78,13 @@ OWNER_KEYS = ("host", "pid", "process_start", "run_dir")
 def storage_url(config_storage: str | None, run_dir: RunDir) -> str:
     """The user's storage URL, or SQLite in the run directory."""
     return config_storage or f"sqlite:///{run_dir.path.resolve() / STUDY_DB}"
+
+
+def redact_url(url: str) -> str:
+    """A storage URL without its password (results and reports are shared)."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def heartbeat_seconds() -> int:
@@ -105,13 +119,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beats)
         except (ImportError, ValueError) as exc:
-            raise CnnlabError(f"cannot open the study storage {url!r}: {exc}") from None
+            raise CnnlabError(f"cannot open the study storage {redact_url(url)!r}: {exc}") from None
         except Exception as exc:  # sqlalchemy's errors: a wrong URL, a server that is not there
             racing = "already exists" in str(exc) or "UNIQUE constraint" in str(exc)
             if racing and attempt + 1 < RACE_RETRIES:
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise CnnlabError(f"cannot open the study storage {url!r}: "
+            raise CnnlabError(f"cannot open the study storage {redact_url(url)!r}: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     raise AssertionError("unreachable")
 
@@ -173,6 +187,13 @@ def open_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None 
     return Study(url, storage, study)
 
 
+def plan_key(params: dict[str, Any]) -> str:
+    """A plan entry's key: its settings, in a fixed order (user attribute `PLAN`)."""
+    import json
+
+    return json.dumps(params, sort_keys=True)
+
+
 def derived_seed(*parts: Any) -> int:
     """A sampler seed from a study's seed and what makes this process different (its worker
     index, the trials already in the study): reproducible, but two workers or a resume do not
@@ -230,9 +251,14 @@ def queue_retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
     """Queue a dead trial's settings again as a new trial that records what it retries; its
     other user attributes (e.g. an experiment's seed round) go with it, the dead process's
     do not. Also Optuna's callback for a trial failed by its stale heartbeat."""
+    import json
+
     attrs = {k: v for k, v in t.user_attrs.items()
              if k not in (*OWNER_KEYS, "retried", "retry_of")}
-    study.enqueue_trial(dict(t.params), user_attrs={**attrs, "retry_of": t.number})
+    # A queued plan entry's settings are in its key: a process that died between taking the
+    # trial and its objective's first suggestion left no params.
+    params = json.loads(attrs[PLAN]) if PLAN in attrs else dict(t.params)
+    study.enqueue_trial(params, user_attrs={**attrs, "retry_of": t.number})
 
 
 def recover_orphans(study: Study, reporter) -> list[int]:
@@ -294,14 +320,19 @@ class Pruned(Exception):
 
 
 def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int, reporter,
-              deadline: float | None = None, display: Overall | None = None) -> int:
+              deadline: float | None = None, display: Overall | None = None,
+              queued_only: bool = False) -> int:
     """Take trials from `study` and run them until `n_trials` trials exist in it (over every
     process), none is queued, or `deadline` (time.time()) passes. Each trial runs in
     RUN/trials/trial-NNNN/. Returns how many ran here.
 
     With `display` (`reporter.overall(..., n_trials)`), each trial is a step of it: step k
     when k - 1 trials of the study have finished, in any process or an earlier run, so the bar
-    and its ETA count the whole study, not this process's share."""
+    and its ETA count the whole study, not this process's share.
+
+    `queued_only`: the study is a fixed plan of queued trials (an experiment's grid): stop
+    when none is queued, never ask the sampler for a new one (on a shared storage another
+    process may be queueing its plan while this one counts)."""
     from optuna.trial import TrialState
 
     ran = 0
@@ -312,7 +343,7 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
             retried = retried_numbers(trials)
             used = sum(takes_slot(t, retried) for t in trials)
             waiting = {t.number for t in trials if t.state == TrialState.WAITING}
-            if used >= n_trials and not waiting:
+            if not waiting and (queued_only or used >= n_trials):
                 break
             # A queued trial first (a retry, a grid point), else a new one.
             with warnings.catch_warnings():  # we beat ourselves (`heartbeat`) around ask/tell
@@ -322,6 +353,13 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
         finished = sum(t.state.is_finished() and takes_slot(t, retried) for t in trials)
         rep = (display.step(min(finished + 1, n_trials), f"trial {trial.number}")
                if display is not None else reporter)
+        twin = _twin(study, trial) if trial.number in waiting else None
+        if twin is not None:
+            trial.set_user_attr("surplus", True)
+            study.optuna_study.tell(trial, state=TrialState.FAIL)
+            rep.log(f"trial {trial.number}: queued twice (by two processes at once); trial "
+                    f"{twin} runs it")
+            continue
         if trial.number not in waiting:
             now = study.trials()
             earlier = [t for t in now
@@ -352,6 +390,19 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
         ran += 1
         checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
     return ran
+
+
+def _twin(study: Study, trial: optuna.Trial) -> int | None:
+    """The number of an earlier trial that counts and has queued `trial`'s plan entry, if
+    any (see PLAN)."""
+    key = trial.user_attrs.get(PLAN)
+    if key is None:
+        return None
+    trials = study.trials()
+    retried = retried_numbers(trials)
+    return next((t.number for t in sorted(trials, key=lambda t: t.number)
+                 if t.number < trial.number and t.user_attrs.get(PLAN) == key
+                 and takes_slot(t, retried)), None)
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ from cnnlab.tasks.study import (
     Trial,
     derived_seed,
     open_study,
+    redact_url,
     run_study,
     storage_url,
     trial_rows,
@@ -406,7 +407,7 @@ def finish(config: SweepConfig, run_dir: RunDir, reporter) -> dict[str, Any]:
     write_trials_csv(run_dir, rows)
     done = [r for r in rows if r["state"] == "COMPLETE"]
     results: dict[str, Any] = {
-        "study": config.study, "storage": _redact(url), "data": config.data,
+        "study": config.study, "storage": redact_url(url), "data": config.data,
         "val_fraction": config.val_fraction, "trials": rows,
         "counts": {s: sum(r["state"] == s for r in rows)
                    for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
@@ -472,13 +473,6 @@ def _trained_with(final: RunDir, cfg: TrainConfig) -> bool:
     except (OSError, ValueError):
         return False  # a damaged file: re-train rather than trust it
     return saved == json.loads(json.dumps(to_jsonable(cfg)))
-
-
-def _redact(url: str) -> str:
-    """A storage URL without its password (results and reports are shared)."""
-    import re
-
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def plot_study(study: optuna.Study, run_dir: RunDir, reporter

@@ -34,6 +34,13 @@ with `cnnlab sweep`). Each process runs its group's seed
 rounds exactly as one process would (the same trials, the budget's deadline shared as a wall
 time); the main process then waits for the others and summarises every study.
 
+Several machines. `--storage URL --study NAME` puts each experiment's study in one database
+(PostgreSQL), as `NAME-<experiment>`, instead of SQLite in the run directory: the same command
+started on several machines shares the trials (each takes the queued trials no live process
+holds), and every process, when no trial is left anywhere, summarises the whole study into its
+own --out (shared.py). The trial's seed is its `seed` setting (the round) and the training
+sample is the design's fixed one, so which machine trained a trial changes none of its numbers.
+
 Verdicts come from `analysis/stats.py`: each claim is one or more contrasts of the settings' mean
 accuracies with 95% Welch intervals over seeds; "held" / "did not hold" only when the intervals
 exclude zero, else "undecided"; one seed gives no verdict; a grid that cannot refute the claim
@@ -73,6 +80,7 @@ against it):
                  `ROUND_SECONDS` / `expected_seconds`
     parallel.py  `--workers`: `split_groups`, `worker_groups`, `run_groups` (the main side),
                  `work` (a worker's side)
+    shared.py    `--storage`: `await_peers`, the wait for other machines' trials
     task.py      `run`: the command from start to end (rounds, summaries, results, report)
 
 This package's face (below) is what callers outside it use: the CLI, the API and the lab

@@ -37,6 +37,11 @@ class ExperimentConfig:
     quick: bool = False  # the lab's --quick: 1 epoch, fewer settings, no verdicts
     threads: int | None = None  # torch threads (with workers: per process; cores / workers)
     workers: int = 1  # processes, each running a group of the experiments (see `run`)
+    # An Optuna RDB URL (postgresql://...) shared by the same command on several machines,
+    # each of which takes the trials no live process holds (shared.py); default: SQLite in
+    # RUN/<name>/study.db, this run's alone.
+    storage: str | None = None
+    study: str = "experiment"  # each experiment's study is `{study}-{name}` in the storage
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -64,6 +69,25 @@ class ExperimentConfig:
             raise CnnlabError("--limit-per-class must be at least 2")
         if self.workers < 1:
             raise CnnlabError(f"--workers must be at least 1, not {self.workers}")
+        if not self.study.strip():
+            raise CnnlabError("--study must name the study, not be empty")
+        if self.storage is not None:
+            self._check_shared()
+
+    def _check_shared(self) -> None:
+        """What a study shared by several machines cannot do: each machine would decide alone
+        what every machine's share is."""
+        if not self.storage or not self.storage.strip():
+            raise CnnlabError("--storage must be a database URL (e.g. postgresql://...), not "
+                              "empty")
+        if self.workers > 1:
+            raise CnnlabError("--workers with --storage: start the same `cnnlab experiment "
+                              "--storage` command once per process instead (they share the "
+                              "study like machines do)")
+        if self.budget is not None:
+            raise CnnlabError("--budget with --storage: each machine would decide alone how "
+                              "many seed rounds fit; give --seeds N, the plan every machine "
+                              "shares")
 
     def data_path(self) -> Path:
         return Path(self.data) if self.data else Path(self.data_root) / DEFAULT_DATA

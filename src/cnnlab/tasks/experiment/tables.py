@@ -34,6 +34,10 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
     the budget are left out of the rows and named."""
     n_train = n_test = None
     for r in rows:
+        if r["state"] == "COMPLETE" and r.get("metric_n_train") is not None:
+            n_train, n_test = r["metric_n_train"], r["metric_n_test"]
+            break
+        # A study from before the sizes were recorded with each trial: its folder here.
         f = run_dir.path / (r["run_dir"] or "-") / "results.json"
         if r["state"] == "COMPLETE" and f.is_file():
             first = RunDir(f.parent).read_json("results.json")
@@ -65,7 +69,8 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
                "seconds": statistics.fmean(r["metric_train_seconds"] for r in mine)
                if mine else None,
                "cut": len(cut),
-               "failed": sum(r["state"] == "FAIL" and not r["retried"] for r in rows
+               "failed": sum(r["state"] == "FAIL" and not r["retried"]
+                             and not r.get("surplus") for r in rows
                              if all(r["params"].get(k) == v for k, v in s.items()))}
         if g.name == "residual" and mine:
             for key in ("grad_init", "grad_epoch1"):
@@ -86,7 +91,9 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
         "grad_batch": 32 if config.quick else GRAD_BATCH, "grad_floor": GRAD_FLOOR,
         "train_eval": TRAIN_EVAL,
         "plateau_rule": {"share": PLATEAU_SHARE, "chance_margin": CHANCE_MARGIN},
-        "trials": len(rows), "completed": len(done), "excluded": excluded,
+        # A twin that two processes queued at once and that never ran is no trial.
+        "trials": sum(not r.get("surplus") for r in rows), "completed": len(done),
+        "excluded": excluded,
         # Wall time of every trial (training, evaluation, loading), over all invocations.
         "trial_seconds": round(sum(r.get("seconds") or 0 for r in rows), 1),
     }

@@ -13,7 +13,9 @@ from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.config import ExperimentConfig
 from cnnlab.tasks.experiment.parallel import run_groups, worker_groups, worker_threads
 from cnnlab.tasks.experiment.rounds import open_studies, run_rounds
+from cnnlab.tasks.experiment.shared import await_peers
 from cnnlab.tasks.experiment.trials import DataCache
+from cnnlab.tasks.study import redact_url
 
 
 def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = False
@@ -46,9 +48,13 @@ def run(config: ExperimentConfig, run_dir: RunDir, reporter, resume: bool = Fals
 
             torch.set_num_threads(config.threads)
         run_rounds(config, list(studies.values()), reporter, deadline)
+    if config.storage:  # other machines may still train trials of these studies
+        await_peers(list(studies.values()), reporter)
     if deadline is not None and time.time() >= deadline:
         reporter.log(f"the budget of {config.budget:g} minutes is spent")
     out: dict[str, Any] = {"experiments": {}}
+    if config.storage:
+        out["storage"] = {"url": redact_url(config.storage), "study": config.study}
     if len(groups) > 1:
         out["workers"] = {"processes": len(groups), "threads": worker_threads(config, groups),
                           "groups": groups}

@@ -107,6 +107,9 @@ def objective(g: Grid, base, reporter, data: DataCache, time_left: Callable[[], 
             "metric_still_learning": still_learning(share, r.get("train_eval_accuracy"),
                                                     len(trial_data.classes)),
             "metric_train_seconds": round(r["train_seconds"], 1),
+            # In the storage, not only in this machine's trial folder: every machine's summary
+            # of a shared study reports the same sizes.
+            "metric_n_train": res["n_train"], "metric_n_test": res["n_test"],
             # [step, training accuracy (fixed sample, no augmentation), test accuracy]
             "metric_curve": [[rec["step"], rec.get("train_eval_accuracy"),
                               rec.get("test_accuracy")] for rec in epochs],
@@ -131,7 +134,9 @@ class Study:
         self.name, self.config, self.run_dir, self.reporter = name, config, run_dir, reporter
         self.grid = grid(name, config)
         self.base = base_train(config, self.grid)
-        self.study = study.open_study(study.storage_url(None, run_dir), f"experiment-{name}",
+        # Without --storage: RUN/<name>/study.db, named `experiment-<name>` as before.
+        self.study = study.open_study(study.storage_url(config.storage, run_dir),
+                                      f"{config.study}-{name}",
                                       optuna.samplers.RandomSampler(seed=0),
                                       optuna.pruners.NopPruner())
         self.objective = objective(self.grid, self.base, reporter, data, time_left,
@@ -141,24 +146,64 @@ class Study:
             run_dir.save_config({"experiment": name, "config": config, "train": self.base,
                                  "design": config.design(name), "settings": self.grid.settings})
 
-    def run_round(self, seed: int, reporter=None) -> None:
-        """Every setting with `seed` (queued once; a resumed run finds them queued or done).
-        `reporter`: the round's step of the overall display (else the study's own)."""
+    def queue(self, rounds: range) -> None:
+        """Queue every (setting, seed) of these seed rounds that no trial has yet: a round
+        at first, the rest of one that a process died while queueing (shared studies), and
+        nothing on a resume that finds them queued or done."""
         from cnnlab.tasks import study
 
         with self.study.lock():
-            # A queued trial has no params yet: its round is in the user attribute it was
-            # queued with.
-            seeds = {t.params.get("seed", t.user_attrs.get("round")) for t in self.study.trials()}
-            if seed not in seeds:
+            trials = self.study.trials()
+            have = {t.user_attrs.get(study.PLAN) or study.plan_key(t.params) for t in trials}
+            # Queued before trials named their plan entry (an older run, resumed): a queued
+            # trial has no params yet, its round is in the user attribute it was queued with.
+            old = {t.user_attrs.get("round") for t in trials
+                   if study.PLAN not in t.user_attrs and not t.params}
+            for seed in rounds:
+                if seed in old:
+                    continue
                 for s in self.grid.settings:
-                    self.study.optuna_study.enqueue_trial({**s, "seed": seed},
-                                                          user_attrs={"round": seed})
+                    params = {**s, "seed": seed}
+                    key = study.plan_key(params)
+                    if key not in have:
+                        # On a server storage the lock is no lock: two machines may queue an
+                        # entry at once. run_study runs the first of such twins, drops the
+                        # other unrun (study.PLAN).
+                        self.study.optuna_study.enqueue_trial(
+                            params, user_attrs={"round": seed, study.PLAN: key})
+
+    def rounds_queued(self) -> int:
+        """Seed rounds queued so far, by any process (another machine may have been given
+        more --seeds)."""
+        rounds = [t.user_attrs.get("round", t.params.get("seed")) for t in self.study.trials()]
+        return 1 + max((r for r in rounds if r is not None), default=-1)
+
+    def run_round(self, seed: int, reporter=None) -> None:
+        """Every setting with `seed` (queued once; a resumed run finds them queued or done),
+        with any other queued trial of the study. `reporter`: the round's step of the overall
+        display (else the study's own)."""
+        from cnnlab.tasks import study
+
+        self.queue(range(seed, seed + 1))
         t0 = time.monotonic()
         ran = study.run_study(self.study, self.run_dir, self.objective,
-                              len(self.grid.settings) * (seed + 1), reporter or self.reporter)
+                              len(self.grid.settings) * (seed + 1), reporter or self.reporter,
+                              queued_only=True)
         if ran:  # a round found done (a resumed run) says nothing about this machine's speed
             self.round_seconds.append(time.monotonic() - t0)
+
+    def take_queued(self, reporter=None) -> int:
+        """Run here every trial of the plan that is queued and not yet taken (the retry of a
+        trial whose process died: run_study's recovery, first thing, fails and queues it; an
+        entry of a round whose queueing process died), and no new one. Returns how many ran
+        here."""
+        from cnnlab.tasks import study
+
+        rounds = self.rounds_queued()
+        self.queue(range(rounds))
+        return study.run_study(self.study, self.run_dir, self.objective,
+                               len(self.grid.settings) * rounds, reporter or self.reporter,
+                               queued_only=True)
 
     def summarise(self) -> dict[str, Any]:
         from cnnlab.report.experiment import plot_experiment
