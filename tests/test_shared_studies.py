@@ -47,7 +47,10 @@ def test_three_sweeps_on_one_postgres_study_record_every_trial_exactly_once(
     trials = sorted(optuna.load_study(study_name="tiny", storage=url).get_trials(),
                     key=lambda t: t.number)
     done = [t for t in trials if t.state.name == "COMPLETE"]
-    assert [t.number for t in done] == list(range(6)), [(t.number, t.state) for t in trials]
+    # Six trained; a process that started a trial past the count in a race (three processes
+    # asking at once) marked it surplus and trained nothing for it (tasks/study.py).
+    assert len(done) == 6, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state.name != "COMPLETE")
     # Every trial's run directory exists once, in the folder of the process that ran it, and
     # its recorded value is that run's validation accuracy.
     owner = {p.pid: n for p, n in zip(procs, names, strict=True)}
