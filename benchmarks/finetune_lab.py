@@ -82,9 +82,19 @@ def main() -> None:
                         "val_accuracy": 100 * val_correct / val_seen,
                         "elapsed_s": round(time.perf_counter() - start, 1)})
         print(json.dumps(history[-1]), flush=True)
+    # The lab's last cell: the held-out test photos scored once with the trained model (only
+    # where DATA has a test/ folder, as the lab's own data and the few-shot folders do).
+    test = {}
+    if (args.data / "test").is_dir():
+        test_set = ImageFolder(str(args.data / "test"), transform)
+        wrong = 0
+        with torch.no_grad():
+            for x, y in DataLoader(test_set, batch_size=8):
+                wrong += int((model(x).argmax(1) != y).sum())
+        test = {"test_wrong": wrong, "n_test": len(test_set)}
     print(json.dumps({"val_accuracy": history[-1]["val_accuracy"],
                       "train_accuracy": history[-1]["train_accuracy"],
-                      "n_train": len(train_set), "n_val": len(val_set),
+                      "n_train": len(train_set), "n_val": len(val_set), **test,
                       "seconds": time.perf_counter() - start, "history": history}))
 
 
