@@ -56,9 +56,10 @@ def run_command(folder: Path, argv: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, str(folder), json.dumps(HEAVY), *argv],
                           capture_output=True, text=True)
     lines = proc.stderr.strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    result = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"code": None}
+    if result["code"] != 0:
         raise SystemExit(f"failed: {' '.join(argv)}\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return result
 
 
 def import_cpu(modules: str) -> float:
@@ -88,11 +89,10 @@ def main() -> None:
                                       "--no-explain"],
             "predict (1 photo)": ["predict", "efficientnet_lite0", str(photo), "--workers", "0"],
         }
-        for name, argv in commands.items():
+        for number, (name, argv) in enumerate(commands.items()):
             runs = []
             for i in range(args.repeats):
-                out = ["--out", f"{tmp}/{len(runs)}-{name.split()[0]}-{i}"] \
-                    if argv[0] == "evaluate" else []
+                out = ["--out", f"{tmp}/{number}-{i}"] if argv[0] == "evaluate" else []
                 runs.append(run_command(args.folder, [*argv, *out]))
             med = {k: statistics.median(r[k] for r in runs)
                    for k in ("first_wall", "first_cpu", "total_wall", "total_cpu")}
