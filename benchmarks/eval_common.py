@@ -60,7 +60,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
     report = json.loads(out.strip().splitlines()[-1])
     return {"wall_s": wall, "tree_rss_mb": peak_rss / 2**20, "tree_pss_mb": peak_pss / 2**20,
-            "maxrss_mb": report["maxrss_kb"] / 1024}
+            "maxrss_mb": report["maxrss_kb"] / 1024, "cpu_s": report["cpu_s"]}
 
 
 def _child(cmd: list[str]) -> None:
@@ -69,7 +69,9 @@ def _child(cmd: list[str]) -> None:
         sys.stderr.write(proc.stderr)
         raise SystemExit(proc.returncode)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({"maxrss_kb": usage.ru_maxrss}))  # Linux: kilobytes
+    # Linux: kilobytes; CPU: the command and its waited-for children (decoding workers)
+    print(json.dumps({"maxrss_kb": usage.ru_maxrss,
+                      "cpu_s": usage.ru_utime + usage.ru_stime}))
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:

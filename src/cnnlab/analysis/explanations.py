@@ -6,9 +6,16 @@
 
 The CAM methods are the maintained `grad-cam` package's (pytorch-grad-cam, Gildenblat et al.),
 not re-implementations: Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018),
-Score-CAM (Wang et al. 2020) and EigenCAM (Muhammad & Yeasin 2020). cnnlab chooses the layer:
-the registry's `cam_layer` (the last convolutional stage, before the global pooling), else the
-last stage timm's `feature_info` names, else the last `nn.Conv2d`; `--layer` overrides all three.
+Score-CAM (Wang et al. 2020) and EigenCAM (Muhammad & Yeasin 2020). One exception, for speed:
+`gradcam_batch` computes grad-cam's Grad-CAM itself (its formula and scaling, step for step) for
+many photos and classes from one forward pass, with the backward pass stopped at the layer
+(grad-cam runs the backward down to the input, one forward per class, and importing its package
+costs ~2 CPU-s: it loads matplotlib.pyplot, scipy, sklearn and torchvision for methods the maps of
+mistakes never use). tests/test_explain.py holds it equal to grad-cam's GradCAM.
+
+cnnlab chooses the layer: the registry's `cam_layer` (the last convolutional stage, before the
+global pooling), else the last stage timm's `feature_info` names, else the last `nn.Conv2d`;
+`--layer` overrides all three.
 
 Figures are drawn on `matplotlib.figure.Figure` objects, never through pyplot, so nothing here
 touches matplotlib's global backend or figure registry.
@@ -141,6 +148,75 @@ def class_activation_maps(model: nn.Module, layer: str, x: torch.Tensor, classes
     return np.asarray(maps, dtype=np.float32)
 
 
+def gradcam_batch(model: nn.Module, layer: str, x: torch.Tensor,
+                  classes: list[list[int]]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Grad-CAM of K classes for each of N photos `x` (N, 3, H, W) from one forward pass:
+    maps (N, K, H, W) in [0, 1] and the layer's output shape (N, C, h, w).
+
+    The maps are grad-cam's GradCAM's for the same photo and class (tests/test_explain.py): the
+    channel weights are the spatial mean of d(class score)/d(layer output), the map is the ReLU
+    of the weighted sum of the channels, min-max scaled, resized to the input with cv2 (bilinear)
+    and min-max scaled again, as grad-cam's compute_cam_per_layer and aggregate_multi_layers do.
+    What differs is the cost: the layer's output is cut from the graph (a new leaf), so the
+    body before it runs without autograd and each class's backward pass runs through the head
+    alone (global pooling and classifier for the registry's CAM layers); photos of a batch do
+    not interact (eval mode), so one backward per class column serves all N photos."""
+    n = len(x)
+    if len(classes) != n or len({len(c) for c in classes}) > 1:
+        raise ValueError("classes: one list of the same length per photo")
+    captured: dict[str, torch.Tensor] = {}
+
+    def cut(_module, _inputs, out):
+        if not torch.is_tensor(out):
+            return None
+        leaf = out.detach().requires_grad_(True)
+        captured["leaf"] = leaf
+        # A copy goes on: an in-place op after the layer (a ReLU(inplace=True)) may not touch a
+        # leaf; like grad-cam's saved activations, this copy shows what such an op does to it.
+        captured["out"] = leaf.clone()
+        return captured["out"]
+
+    model.eval().requires_grad_(False)  # gradients of the activations only, never the weights
+    handle = model.get_submodule(layer).register_forward_hook(cut)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    if "leaf" not in captured:
+        raise CnnlabError(f"layer {layer!r} outputs no tensor in this model's forward pass")
+    shape = tuple(captured["leaf"].shape)
+    if len(shape) != 4:
+        raise CnnlabError(f"layer {layer!r} outputs shape {shape}, not a (N, C, H, W) map; "
+                          "choose a convolutional layer with --layer")
+    targets = torch.tensor(classes, dtype=torch.long, device=logits.device).reshape(n, -1)
+    rows = torch.arange(n, device=logits.device)
+    activations = captured["out"].detach().float().cpu().numpy()
+    size = (x.shape[-1], x.shape[-2])  # cv2's (width, height)
+    maps = np.empty((n, targets.shape[1], x.shape[-2], x.shape[-1]), dtype=np.float32)
+    for j in range(targets.shape[1]):
+        score = logits[rows, targets[:, j]].sum()
+        (grads,) = torch.autograd.grad(score, captured["leaf"],
+                                       retain_graph=j < targets.shape[1] - 1)
+        weights = np.mean(grads.float().cpu().numpy(), axis=(2, 3))
+        cam = np.maximum((weights[:, :, None, None] * activations).sum(axis=1), 0)
+        maps[:, j] = _min_max(_min_max(cam, size))
+    return maps, shape
+
+
+def _min_max(cams: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """grad-cam's scale_cam_image: each map shifted to 0 and divided by (1e-7 + its max), then
+    resized to `size` (width, height) with cv2's default bilinear interpolation."""
+    import cv2
+
+    out = []
+    for cam in cams:
+        cam = cam - np.min(cam)
+        cam = cam / (1e-7 + np.max(cam))
+        out.append(cv2.resize(np.float32(cam), size) if size is not None else cam)
+    return np.float32(out)
+
+
 def _oriented(eigen_cam: type) -> type:
     """grad-cam's EigenCAM with the principal component's sign fixed.
 
@@ -166,11 +242,15 @@ def _oriented(eigen_cam: type) -> type:
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
-    """The map as a jet heat map over the photo (HWC uint8 -> HWC uint8), grad-cam's way."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    """The map as a jet heat map over the photo (HWC uint8 -> HWC uint8): grad-cam's
+    show_cam_on_image(use_rgb=True), step for step (tests/test_explain.py holds them equal),
+    with cv2 alone: importing grad-cam's utils loads its whole package (module docstring)."""
+    import cv2
 
-    return show_cam_on_image(pixels.astype(np.float32) / 255, cam, use_rgb=True,
-                             image_weight=image_weight)
+    heatmap = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)
+    heatmap = np.float32(cv2.cvtColor(heatmap, cv2.COLOR_BGR2RGB)) / 255
+    mixed = (1 - image_weight) * heatmap + image_weight * (pixels.astype(np.float32) / 255)
+    return np.uint8(255 * (mixed / np.max(mixed)))
 
 
 # ------------------------------------------------------------------ filters and feature maps

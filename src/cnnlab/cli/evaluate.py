@@ -32,10 +32,11 @@ Under torchrun the folder is shared across ranks and rank 0 writes the results:
 The run directory holds results.json, predictions.csv, metrics.jsonl, report.md and
 report.html (every image some model gets wrong, with each model's top-5 and, for each model
 that got it wrong, the Grad-CAM maps of the class it predicted and of the true class: where in
-the photo each model found its evidence; cams/*.jpg). The maps cost one forward and backward
-pass per mistake and model: about 0.2 s per mistake of EfficientNet-Lite0 on one CPU
-core; on the 250 sample photos (26 mistakes) evaluate did 1.5x the work (9.7 -> 14.6
-CPU-seconds; BENCHMARKS.md, "CAMs: cost in evaluate").
+the photo each model found its evidence; cams/*.jpg). The maps are drawn after each model's
+scoring pass, 4 mistakes per forward pass, the backward pass through the head only: about
+0.07 s per mistake of EfficientNet-Lite0 on one CPU core (0.19 s before issue 27); on the 250
+sample photos (26 mistakes) evaluate did 1.27x the work (6.5 -> 8.2 CPU-seconds, scoring on
+ONNX Runtime; BENCHMARKS.md, "CAMs: cost in evaluate").
 --no-explain leaves them out; --explain-limit N draws only each model's first N mistakes.
 Under torchrun, rank 0 draws them.
 
@@ -87,7 +88,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip report.md / report.html")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run (auto)")
     p.add_argument("--no-explain", dest="explain", action="store_false", default=None,
-                   help="no class-activation maps of the mistakes (saves about 0.2 s per "
+                   help="no class-activation maps of the mistakes (saves about 0.07 s per "
                    "mistake and model on one CPU core)")
     p.add_argument("--explain-limit", type=int, metavar="N",
                    help="maps of each model's first N mistakes only (all)")

@@ -172,8 +172,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip curves, confusion matrix and report.md / report.html")
     p.add_argument("--no-explain", dest="explain", action="store_false", default=None,
                    help="no class-activation maps of the misclassified test photos (each "
-                   "costs one forward and backward pass, about 0.2 s per photo for Lite0 on one "
-                   "CPU core)")
+                   "costs a forward pass and a backward pass through the head, about 0.07 s per "
+                   "photo for Lite0 on one CPU core)")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     add_output_options(p)
     # --time-limit is this session's training time: a resume does not inherit the last one.

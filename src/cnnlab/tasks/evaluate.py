@@ -18,10 +18,11 @@ Steps, each of which fails early and in one line where the user can fix somethin
    each image, so memory does not grow with the batch count beyond those few numbers;
 4. under `torchrun` each rank scores every world_size-th image and rank 0 gathers the
    predictions; results do not depend on the number of ranks or workers;
-5. rank 0 draws, while each model is still loaded, the class-activation maps (Grad-CAM,
-   `tasks/explain.py`) of the class it predicted and of the true class for every photo it got
-   wrong (cams/*.jpg; `explain=False` / --no-explain leaves them out, `explain_limit` keeps the
-   first N mistakes of each model);
+5. rank 0 draws, after each model's scoring pass and while it is still loaded, the
+   class-activation maps (Grad-CAM, `analysis/cams.py`) of the class it predicted and of the
+   true class for every photo it got wrong, in batches of mistakes, one forward pass each and
+   the backward pass through the head only (cams/*.jpg; `explain=False` / --no-explain leaves
+   them out, `explain_limit` keeps the first N mistakes of each model);
 6. rank 0 writes results.json, predictions.csv, metrics.jsonl and the report.
 
 A file that cannot be read is skipped with its reason (results.json, report); the run fails only
@@ -66,7 +67,8 @@ class EvaluateConfig:
     report: bool = True  # write report.md / report.html
     device: str = "auto"  # auto, cpu or cuda
     # CAMs of the predicted and the true class of every photo a model gets wrong (report).
-    # Costs one forward + backward pass per mistake and model (BENCHMARKS.md, "CAMs: cost").
+    # Costs one forward pass per mistake and model, 4 mistakes per pass, and a backward pass
+    # through the head (analysis/explanations.gradcam_batch; BENCHMARKS.md, "CAMs: cost").
     explain: bool = True
     explain_limit: int | None = None  # only each model's first N mistakes (by path)
     # The forward passes' engine: torch, onnxruntime (the same weights exported to ONNX, checked

@@ -84,7 +84,7 @@ class FinetuneConfig:
     train_stages: int = PARTIAL_STAGES
     views: int = PARTIAL_VIEWS
     # CAMs of the predicted and the true class of every misclassified test photo (report):
-    # one forward + backward pass of the whole network per mistake.
+    # one forward pass per mistake (4 per batch), the backward pass through the head only.
     explain: bool = True
 
     def __post_init__(self) -> None:
