@@ -268,7 +268,7 @@ def test_the_train_verdict_is_too_short_only_when_a_run_really_was(tmp_path):
     # One seed of three starved (9 steps, at chance), the others learning: too short.
     sec = section([0.45, 0.10, 0.44], [0.49, 0.48, 0.50], [120, 9, 118], [110, 108, 111])
     assert [a.answer for a in sec.answers] == ["too short to decide: resnet18 still near chance"]
-    assert any("resnet18 seed 1 is still near chance (10.0%, chance 10%) after 9 optimizer "
+    assert any("resnet18 is still near chance (10.0% in seed 1; chance 10%) after 9 optimizer "
                "steps in 40 s" in n for n in sec.notes)
     # Near chance after 120 steps each: a result, not a short run. The plain CNN's seeds lie
     # above ResNet-18's outside the noise -> "the plain CNN is better" (by hand: -38.0 points).

@@ -373,13 +373,30 @@ def too_short(runs: list[dict[str, Any]], chance: float) -> list[dict[str, Any]]
             and (run.get("steps") or 0) < MIN_BUDGET_STEPS]
 
 
+def _short_text(short: list[dict[str, Any]], chance: float) -> str:
+    """'resnet18 is still near chance (10.0% in seed 1; chance 10%) after 9 optimizer steps'
+    per model, from the short runs."""
+    parts = []
+    for model in dict.fromkeys(run["model"] for run in short):
+        mine = [run for run in short if run["model"] == model]
+        accs = ", ".join(f"{100 * run['test_accuracy']:.1f}%"
+                         + (f" in seed {run['seed']}" if "seed" in run else "") for run in mine)
+        steps = "/".join(dict.fromkeys(f"{run.get('steps') or 0:.0f}" for run in mine))
+        parts.append(f"{model} is still near chance ({accs}; chance {chance:.0f}%) after "
+                     f"{steps} optimizer steps")
+    return "; ".join(parts)
+
+
 def _train_verdict(s: Section, r: dict, budget: float | None) -> None:
     """Lab B's question (3), "does ResNet-18 beat the plain CNN?", by the one rule
     (stats.decide: one directional comparison, Welch over seeds, held / did not hold at
     one-sided 2.5% each), "too short to decide" only when some run really was (`too_short`)."""
     from cnnlab.analysis import stats
 
-    runs = [run for run in r.get("runs", []) if run["model"] in ("resnet18", "simple-cnn")]
+    # Each run's steps (results.json's runs have them; else the model's mean steps).
+    mean_steps = {m["model"]: m.get("steps") for m in r["models"]}
+    runs = [{**run, "steps": run.get("steps", mean_steps.get(run["model"]))}
+            for run in r.get("runs", []) if run["model"] in ("resnet18", "simple-cnn")]
     acc: dict[str, list[float]] = {}
     for run in runs:
         acc.setdefault(run["model"], []).append(100 * run["test_accuracy"])
@@ -401,10 +418,7 @@ def _train_verdict(s: Section, r: dict, budget: float | None) -> None:
         s.answers.append(Answer(question, "too short to decide: " + ", ".join(names)
                                 + " still near chance"))
         s.notes.append(
-            "ResNet-18 against the plain CNN: too short to decide. "
-            + "; ".join(f"{run['model']} seed {run.get('seed', '?')} is still near chance "
-                        f"({100 * run['test_accuracy']:.1f}%, chance {chance:.0f}%) after "
-                        f"{run.get('steps') or 0:.0f} optimizer steps" for run in short)
+            "ResNet-18 against the plain CNN: too short to decide. " + _short_text(short, chance)
             + (f" in {budget:.0f} s" if budget else "")
             + ": it had not started to learn, so the gap measures the run's length, not the "
               "architecture. More minutes (cnnlab lab --budget) would answer it.")
