@@ -232,7 +232,7 @@ MIN_BUDGET_BATCH = 64  # below this the per-step overhead dominates the small ne
 class EvalCost:
     """What a run's evaluations take out of its share besides its steps (`budget_steps`'
     terms), so that the batch choice counts them as the run's plan will: in the lab's train
-    step the final test over 10,000 images costs ResNet-18 ~6 s of its 40 s (fp32, 2 cores),
+    step the final test over 10,000 images costs ResNet-18 ~10 one-core CPU seconds (fp32),
     which the first batch rule did not count (issue 26: 9-28 steps where 132 were expected)."""
 
     forward: float  # seconds per image of an evaluation pass, timed (tasks/train/measure.py)

@@ -12,10 +12,9 @@ steps where 157 were expected. Timing every candidate would cost more of a 40 s 
 error does. The steps a batch buys are counted after the run's evaluations (the final test over
 the test set, with its TTA, and any evaluations during training), with an evaluation pass timed
 here too: the first rule gave every second to steps; in its run ResNet-18 kept 9-28 of the 132
-steps expected, partly a neighbour's load, partly its final test (10,000 images, ~6 s of its
-40 s on 2 quiet fp32 cores). The chosen batch's own
-steps are then timed by the run's plan as always. Records go to batches.json, so a resumed run
-keeps them.
+steps expected, partly a neighbour's load, partly its final test (10,000 images, ~10 one-core
+CPU seconds in fp32, measured). The chosen batch's own steps are then timed by the run's plan
+as always. Records go to batches.json, so a resumed run keeps them.
 """
 
 from __future__ import annotations
