@@ -319,11 +319,12 @@ CHANCE_FACTOR = 2.0  # below twice chance, a run has not started to learn
 # fp32, one seed, on the 2-core AMD EPYC, 2026-11-27: 72.26% in 193.6 s (BENCHMARKS.md, "Time
 # to accuracy"). Its ResNet-18 (Adam 0.01, batch 16, 5 epochs: 15,625 steps) was not measured.
 LAB_RECIPE_REFERENCE = (
-    "The lab's own recipe, for reference (recorded in BENCHMARKS.md, not run by this step): "
-    "the plain CNN with Adam 1e-3, batch 32, 5 epochs reached 72.26% test accuracy (one seed, "
-    "193.6 s on a 2-core AMD EPYC, the lab's loop transcribed); the lab's ResNet-18 recipe "
-    "(Adam 0.01, batch 16, 5 epochs, 15,625 steps) has not been measured. The labs compared "
-    "the nets at 5 epochs each; this step compares them at equal minutes.")
+    "The lab's own recipe as cnnlab ran it, for reference (recorded in BENCHMARKS.md, not run "
+    "by this step): the plain CNN with Adam 1e-3, batch 32, 5 epochs reached 72.26% test "
+    "accuracy (one seed, 193.6 s on a 2-core AMD EPYC, the lab's loop transcribed); the lab's "
+    "ResNet-18 recipe (Adam 0.01, batch 16, 5 epochs, 15,625 steps) has not been measured. "
+    "The labs compared the nets at 5 epochs each (their own figures: the table above); this "
+    "step compares them at equal minutes.")
 RESNET_CLAIM_PART = "ResNet-18 minus the plain CNN"
 
 
