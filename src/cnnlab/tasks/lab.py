@@ -277,9 +277,10 @@ TRAIN_SEEDS = 3
 # The train step's share of the lab: 9 runs of 40 s each. On a quiet 2-core fp32 CPU, estimated
 # from one-core CPU timings, enough for ResNet-18 to make 100-170 steps at the batch the budget
 # chooses once its final test over 10,000 images (~10 one-core CPU seconds) is paid; at 117
-# steps (batch 128) it reached 45-46% (BENCHMARKS.md, "The evaluations paid
-# first"). Under load the same minutes buy far fewer steps, and the report then says "too short
-# to decide" (report/lab.py: `too_short`).
+# steps (batch 128) it reached 45.4 +- 1.7% over 3 seeds against the plain CNN's 51.3 +- 1.1%
+# at 120 (batch 512): "did not hold" (BENCHMARKS.md, "The evaluations paid first"). Under load
+# the same minutes buy far fewer steps, and the report then says "too short to decide"
+# (report/lab.py: `too_short`).
 TRAIN_MINUTES = 6.0
 # The experiments step without a budget (3 seed rounds) on the 2-core Xeon (BENCHMARKS.md):
 # 557 s in one process; with two processes (--workers 2, a group of studies each) the longest
