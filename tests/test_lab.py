@@ -235,6 +235,59 @@ def test_finetune_section_shows_a_fitted_head_and_the_interval(tmp_path):
     assert tune[1] == 15 and tune[3] == "93.5%" and tune[4].startswith("4.2% (95% CI 0.7-")
 
 
+def _train_results(res18, plain, steps18, steps_plain):
+    """A train step's results.json as the report reads it: per-seed runs with their steps and
+    batches, and the per-model summary."""
+    runs = ([{"model": "resnet18", "seed": k, "test_accuracy": a, "steps": n, "batch_size": 128}
+             for k, (a, n) in enumerate(zip(res18, steps18, strict=True))]
+            + [{"model": "simple-cnn", "seed": k, "test_accuracy": a, "steps": n,
+                "batch_size": 512}
+               for k, (a, n) in enumerate(zip(plain, steps_plain, strict=True))])
+    models = [{"model": m, "recipe": "fast", "lr": 0.1, "batch_size": b,
+               "test_accuracy_mean": 100 * sum(a) / 3, "test_accuracy_std": 1.0, "seeds": 3,
+               "params": 1, "macs": 1, "epochs": 1, "train_seconds": 40.0,
+               "images_per_second": 1.0, "steps": 100, "budget_seconds": 40.0}
+              for m, a, b in (("resnet18", res18, 128), ("simple-cnn", plain, 512))]
+    return {"models": models, "runs": runs, "n_train": 10, "n_test": 10,
+            "classes": list("abcdefghij")}
+
+
+def test_the_train_verdict_is_too_short_only_when_a_run_really_was(tmp_path):
+    """Issue 26 item 1: "too short to decide" only for a run still near chance (< 20% on 10
+    classes) after fewer steps than the batch rule guarantees (100); a net near chance after
+    more steps did not learn in its minutes, and the verdict (stats.decide, one directional
+    comparison at one-sided 2.5%) says so with its Welch interval."""
+    from cnnlab.analysis import stats
+    from cnnlab.report.lab import LAB_RECIPE_REFERENCE, Section, _train
+
+    def section(*args):
+        sec = Section("train", "t", "done")
+        _train(sec, _train_results(*args), tmp_path, "train")
+        return sec
+
+    # One seed of three starved (9 steps, at chance), the others learning: too short.
+    sec = section([0.45, 0.10, 0.44], [0.49, 0.48, 0.50], [120, 9, 118], [110, 108, 111])
+    assert [a.answer for a in sec.answers] == ["too short to decide: resnet18 still near chance"]
+    assert any("resnet18 is still near chance (10.0% in seed 1; chance 10%) after 9 optimizer "
+               "steps in 40 s" in n for n in sec.notes)
+    # Near chance after 120 steps each: a result, not a short run. The plain CNN's seeds lie
+    # above ResNet-18's outside the noise -> "the plain CNN is better" (by hand: -38.0 points).
+    sec = section([0.10, 0.11, 0.12], [0.49, 0.48, 0.50], [120, 121, 119], [110, 108, 111])
+    gap = stats.difference([10.0, 11.0, 12.0], [49.0, 48.0, 50.0])
+    assert round(gap.estimate, 6) == -38.0
+    assert [(a.answer, a.interval) for a in sec.answers] == [
+        ("the plain CNN is better", f"ResNet-18 minus the plain CNN {gap.text()}")]
+    # Learning in fewer than 100 steps is not too short either; overlapping seeds: undecided.
+    sec = section([0.45, 0.50, 0.47], [0.49, 0.46, 0.48], [60, 62, 58], [110, 108, 111])
+    assert [a.answer for a in sec.answers] == ["undecided: the interval holds zero"]
+    notes = " ".join(sec.notes)
+    assert ("Per seed: resnet18: 45.00% (60 steps at batch 128), 50.00% (62 steps at batch "
+            "128), 47.00% (58 steps at batch 128); simple-cnn: 49.00% (110 steps at batch 512)"
+            in notes)
+    assert "one-sided 2.5%" in notes and LAB_RECIPE_REFERENCE in sec.notes
+    assert sec.tables[0].columns[2] == "batch" and sec.tables[0].rows[0][2] == 128
+
+
 def test_the_answers_open_the_report_with_the_verdicts_their_intervals_and_minutes(tmp_path):
     """Issue 26: one line per question: the verdict, the interval it rests on, the minutes the
     step took, a link to the section. Built from results, never typed: ResNet-18's seeds

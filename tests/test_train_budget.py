@@ -349,6 +349,39 @@ def test_the_batch_follows_the_steps_the_budget_buys():
     assert batch_for_steps(128, 0.1, 5.0, {128: 1.0, 64: 0.6})[0] == 64
 
 
+def test_the_batch_choice_pays_for_the_evaluations_first():
+    """Issue 26: the batch rule counts the run's evaluations, as its plan will. ResNet-18's
+    one-thread step times (above) and an evaluation pass of 1.1 ms per image (a third of a
+    training step's 3.4 ms per image at batch 128), 10,000 test images, 50,000 training images,
+    60 s. By hand: 60 x 0.9 = 54 s; the test curve's last pass is the final test (no TTA: 0
+    extra passes), one evaluation in < 1 epoch: 54 - 10,000 x 0.0011 = 43 s buys
+    floor(43 / 0.434) = 99 steps at 128 (< 100) and floor(43 / 0.274) = 156 at 64 -> 64, lr 0.025.
+    Without the evaluations 54 s buy 124 at 128 -> 128 (the rule as it was)."""
+    from cnnlab.budget import EvalCost, batch_for_steps, steps_bought
+
+    resnet18 = {1024: 2.9, 512: 1.5, 256: 0.763, 128: 0.434, 64: 0.274}
+    curve = EvalCost(forward=0.0011, n_train=50_000, eval_images=10_000, eval_every=1,
+                     test_images=10_000, test_passes=0)
+    assert steps_bought(60.0, 128, 0.434) == 124
+    assert steps_bought(60.0, 128, 0.434, curve) == 99
+    assert steps_bought(60.0, 64, 0.274, curve) == 156
+    assert batch_for_steps(1024, 0.1, 60.0, resnet18)[0] == 128
+    batch, lr = batch_for_steps(1024, 0.1, 60.0, resnet18, evals=curve)
+    assert (batch, round(lr, 4)) == (64, 0.025)
+    # No curve, the final test with flip TTA (2 passes): 54 - 2 x 11 = 32 s -> 73 at 128,
+    # 116 at 64.
+    flip = EvalCost(forward=0.0011, n_train=50_000, eval_images=0, eval_every=1,
+                    test_images=10_000, test_passes=2)
+    assert steps_bought(60.0, 128, 0.434, flip) == 73
+    assert batch_for_steps(1024, 0.1, 60.0, resnet18, evals=flip)[0] == 64
+    # Evaluations during training count by the epochs: simple-cnn at 512 (97 steps an epoch,
+    # a 0.3 ms pass over 10,000 = 3 s each): 54 s -> 120 steps = 2 epochs -> 48 s -> 106.
+    simple = {1024: 0.913, 512: 0.45}
+    cheap = replace(curve, forward=0.0003)
+    assert steps_bought(60.0, 512, 0.45, cheap) == 106
+    assert batch_for_steps(1024, 0.1, 60.0, simple, evals=cheap)[0] == 512
+
+
 def test_a_net_the_recipe_was_not_tuned_on_gets_the_batch_its_budget_steps_call_for(
         shared_data, tmp_path, monkeypatch):
     """Issue 26 item 1, end to end on real CIFAR with injected step timings: under --budget,
@@ -361,6 +394,8 @@ def test_a_net_the_recipe_was_not_tuned_on_gets_the_batch_its_budget_steps_call_
     # 4 ms per image: at batch 1024 a step is 4.1 s; the share (0.3 min / 2 runs = 9 s, x 0.9)
     # buys 1 step at 1024 ... 31 at 64: no batch buys 100 -> the floor, 64; lr x sqrt(1/16).
     monkeypatch.setattr(batch_choice, "seconds_per_step", lambda recipe, *a: 0.004 * 64)
+    # 1 ms per image of an evaluation pass: the 200 test images cost 0.2 s a pass.
+    monkeypatch.setattr(batch_choice, "forward_seconds", lambda *a: 0.001)
     out = tmp_path / "run"
     assert main(["train", str(shared_data("cifar10", "cifar10-jpg.zip")), "-m", "resnet20",
                  "--limit-per-class", "20", "--budget", "0.3", "--seeds", "2", "--threads",
@@ -369,6 +404,12 @@ def test_a_net_the_recipe_was_not_tuned_on_gets_the_batch_its_budget_steps_call_
     (rec,) = res["batches"]
     assert (rec["model"], rec["batch_size"], rec["recipe_batch_size"]) == ("resnet20", 64, 1024)
     assert rec["lr"] == pytest.approx(rec["recipe_lr"] * 0.25)
+    # The evaluations paid first (by hand): flip-translate's 5 extra passes (1.0 s) exceed a
+    # tenth of 9 s, flip's one (0.2 s) does not -> flip, 2 passes: 8.1 - 0.4 = 7.7 s; 200
+    # images / 64 = 3 steps an epoch, the test curve 0.2 s an epoch: 30 steps -> 10 passes
+    # -> 22 -> 8 passes -> 23 -> 23 (budget_steps). Without them: floor(8.1 / 0.256) = 31.
+    assert (rec["tta"], rec["expected_steps"]) == ("flip", 23)
+    assert rec["forward_seconds"] == 0.001
     assert {r["batch_size"] for r in res["runs"]} == {64}
     assert all(r["lr"] == pytest.approx(rec["lr"]) for r in res["runs"])
     assert json.loads((out / "batches.json").read_text())["resnet20"] == rec

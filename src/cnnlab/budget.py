@@ -228,22 +228,52 @@ MIN_BUDGET_STEPS = 100
 MIN_BUDGET_BATCH = 64  # below this the per-step overhead dominates the small nets' CPU time
 
 
+@dataclass(frozen=True)
+class EvalCost:
+    """What a run's evaluations take out of its share besides its steps (`budget_steps`'
+    terms), so that the batch choice counts them as the run's plan will: in the lab's train
+    step the final test over 10,000 images costs ResNet-18 ~10 one-core CPU seconds (fp32),
+    which the first batch rule did not count (issue 26: 9-28 steps where 132 were expected)."""
+
+    forward: float  # seconds per image of an evaluation pass, timed (tasks/train/measure.py)
+    n_train: int  # training images: an epoch's steps at each batch (the evaluations' rhythm)
+    eval_images: int  # images of each evaluation during training (0: none)
+    eval_every: int  # epochs between those evaluations
+    test_images: int  # the final test's images
+    test_passes: int  # its forward passes per image (0: the last evaluation already tested)
+
+
+def steps_bought(seconds: float, batch: int, step_seconds: float,
+                 evals: EvalCost | None = None) -> int:
+    """The optimiser steps `seconds` buy at `step_seconds` a step of `batch` images: all of the
+    planned share (BUDGET_MARGIN of it) without `evals`, else what is left once the
+    evaluations are paid for (`budget_steps`, the same count the run's plan makes). Pure."""
+    if evals is None:
+        return math.floor(seconds * BUDGET_MARGIN / step_seconds + 1e-9)
+    return budget_steps(seconds, step_seconds, batch, max(1, evals.n_train // batch),
+                        evals.eval_images, evals.eval_every, evals.test_images,
+                        evals.test_passes, forward=evals.forward)
+
+
 def batch_for_steps(batch_size: int, lr: float, seconds: float,
                     step_seconds: dict[int, float], min_steps: int = MIN_BUDGET_STEPS,
-                    floor: int = MIN_BUDGET_BATCH) -> tuple[int, float]:
+                    floor: int = MIN_BUDGET_BATCH,
+                    evals: EvalCost | None = None) -> tuple[int, float]:
     """(batch size, peak learning rate) for a budget of `seconds`: the recipe's batch while it
     buys at least `min_steps` steps, else half of it, and so on down to `floor`, the first that
     buys them (or `floor`). `step_seconds[b]`: the seconds of one step at batch b, timed on this
     machine (a batch the rule never reaches need not be timed: it asks in halving order and
-    stops). The learning rate follows the batch by the square root of their ratio (Krizhevsky
-    2014's rule for SGD, the milder of the usual two: at 1/8 of the batch, lr / 2.8).
-    Pure: the same timings give the same choice (tested)."""
+    stops). `evals`: the evaluations the run will pay for out of the same seconds
+    (`steps_bought`); without it every second goes to steps. The learning rate follows the
+    batch by the square root of their ratio (Krizhevsky 2014's rule for SGD, the milder of the
+    usual two: at 1/8 of the batch, lr / 2.8). Pure: the same timings give the same choice
+    (tested)."""
     if batch_size <= 0 or seconds <= 0:
         raise CnnlabError("batch_for_steps: batch size and seconds must be positive")
     batch = batch_size
     while True:
-        seconds_per_step = step_seconds[batch]
-        if seconds * BUDGET_MARGIN / seconds_per_step >= min_steps or batch // 2 < floor:
+        if (steps_bought(seconds, batch, step_seconds[batch], evals) >= min_steps
+                or batch // 2 < floor):
             break
         batch //= 2
     return batch, lr * math.sqrt(batch / batch_size)

@@ -9,8 +9,12 @@ here (2 warm-up + 3 timed steps) and larger batches are estimated from it in pro
 their images. That is an estimate, not a bound: in the lab's train step (fp32, 2 cores,
 2026-12-07) simple-cnn at batch 512 took 0.284 s a step against 0.23 s estimated, so it made 98
 steps where 157 were expected. Timing every candidate would cost more of a 40 s share than the
-error does. The chosen batch's own steps are then timed by the run's plan as always. Records go
-to batches.json, so a resumed run keeps them.
+error does. The steps a batch buys are counted after the run's evaluations (the final test over
+the test set, with its TTA, and any evaluations during training), with an evaluation pass timed
+here too: the first rule gave every second to steps; in its run ResNet-18 kept 9-28 of the 132
+steps expected, partly a neighbour's load, partly its final test (10,000 images, ~10 one-core
+CPU seconds in fp32, measured). The chosen batch's own steps are then timed by the run's plan
+as always. Records go to batches.json, so a resumed run keeps them.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import torch
 
 from cnnlab import budget, dist
 from cnnlab.runs import RunDir, damaged
-from cnnlab.tasks.train.budget_plan import budget_share
+from cnnlab.tasks.train.budget_plan import budget_share, eval_images
 from cnnlab.tasks.train.build import build, seconds_per_step
 from cnnlab.tasks.train.config import TrainConfig
+from cnnlab.tasks.train.measure import forward_seconds
 from cnnlab.tasks.train.recipe import precision_for, recipe_for
 
 BATCHES_FILE = "batches.json"
@@ -51,6 +56,18 @@ def batch_skipped(config: TrainConfig, model_name: str) -> str | None:
     return None
 
 
+def eval_cost(config: TrainConfig, data, recipe, share: float, forward: float
+              ) -> tuple[budget.EvalCost, str]:
+    """(what the run's evaluations will cost, its test-time augmentation): the terms the
+    run's own plan counts (budget_plan.plan_steps), from `forward` seconds per image."""
+    test_images = len(data.test_y) if config.test else 0
+    tta = budget.budget_tta(recipe.tta, share, forward * test_images)
+    # Without TTA the final test reuses the last evaluation's test pass (train_one).
+    passes = 0 if tta == "none" and config.test_curve else budget.TTA_PASSES[tta]
+    return budget.EvalCost(forward, len(data.train_y), eval_images(config, data),
+                           config.eval_every, test_images, passes), tta
+
+
 def _choose(config: TrainConfig, data, model_name: str, device: torch.device, share: float,
             reporter) -> dict[str, Any]:
     recipe = recipe_for(config, model_name)
@@ -60,21 +77,28 @@ def _choose(config: TrainConfig, data, model_name: str, device: torch.device, sh
     timed = replace(recipe, batch_size=floor)
     model, batches, loss_fn = build(timed, data, model_name, 0, device)
     per_image = seconds_per_step(timed, model, batches, loss_fn, precision, device) / floor
+    forward = forward_seconds(model, data, timed, precision, device)
+    evals, tta = eval_cost(config, data, recipe, share, forward)
     estimates, b = {}, recipe.batch_size
     while b >= floor:
         estimates[b] = per_image * b
         b //= 2
     batch, lr = budget.batch_for_steps(recipe.batch_size, recipe.lr, share, estimates,
-                                       floor=floor)
+                                       floor=floor, evals=evals)
     spent = time.monotonic() - start
-    steps = int(share * budget.BUDGET_MARGIN / estimates[batch])
+    steps = budget.steps_bought(share, batch, estimates[batch], evals)
+    # The final test (one pass without TTA, when the last evaluation is it).
+    tests = forward * evals.test_images * max(1, evals.test_passes)
+    at_recipe = budget.steps_bought(share, recipe.batch_size, estimates[recipe.batch_size],
+                                    evals)
     reporter.log(f"{model_name}: batch {batch} (lr {lr:.3g}) buys about {steps} steps in its "
-                 f"{share:.0f} s; the recipe's {recipe.batch_size} would buy "
-                 f"{int(share * budget.BUDGET_MARGIN / estimates[recipe.batch_size])} "
-                 f"(timed at batch {floor} in {spent:.1f} s)")
+                 f"{share:.0f} s, its evaluations paid (the final test about {tests:.0f} s, "
+                 f"{tta} TTA); the recipe's {recipe.batch_size} would buy {at_recipe} (timed "
+                 f"at batch {floor} in {spent:.1f} s)")
     return {"model": model_name, "batch_size": batch, "lr": lr, "seconds": spent,
             "recipe_batch_size": recipe.batch_size, "recipe_lr": recipe.lr,
-            "seconds_per_image": per_image, "expected_steps": steps}
+            "seconds_per_image": per_image, "forward_seconds": forward, "tta": tta,
+            "test_seconds": tests, "expected_steps": steps}
 
 
 def choose_batches(config: TrainConfig, data, device: torch.device, run_dir: RunDir,
