@@ -51,6 +51,7 @@ class Design:
     epochs: float
     recipe: dict[str, Any]
     curve_every: int = 10_000  # epochs between curve points (test and training error)
+    classes: int = 10  # CIFAR-10's first `classes` classes (chance: 1 / classes)
     scaled: str = ""  # what was scaled down, and why: printed by the report
 
 
