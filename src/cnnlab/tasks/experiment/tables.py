@@ -12,7 +12,7 @@ from cnnlab.analysis import stats
 from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.claims import gradient_verdict, verdict
 from cnnlab.tasks.experiment.config import ExperimentConfig
-from cnnlab.tasks.experiment.designs import GRAD_BATCH, TRAIN_EVAL
+from cnnlab.tasks.experiment.designs import CLASSES, GRAD_BATCH, TRAIN_EVAL
 from cnnlab.tasks.experiment.grids import Grid
 from cnnlab.tasks.experiment.learning import (
     CHANCE_MARGIN,
@@ -50,7 +50,6 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
             n_train, n_test = first["n_train"], first["n_test"]
             break
     table, excluded = [], []
-    design = config.design(g.name)
     for s in g.settings:
         done = [r for r in rows if r["state"] == "COMPLETE"
                 and all(r["params"].get(k) == v for k, v in s.items())]
@@ -85,10 +84,11 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
             row["curves"] = [r.get("metric_curve") for r in mine]
             row["loss_curves"] = [r.get("metric_loss_curve") for r in mine]
             # the claim's plateau check and Fig. 6's curves with a 95% band (learning.py)
-            row["plateau"] = doubling_test(row["curves"], design.classes).as_dict()
+            row["plateau"] = doubling_test(row["curves"], CLASSES).as_dict()
             row["curve_band"] = error_band(row["curves"])
         table.append(row)
     done = [r for r in rows if r["state"] == "COMPLETE"]
+    design = config.design(g.name)
     results = {
         "experiment": g.name, "claim": g.question, "note": g.note, "scaled": design.scaled,
         "data": base.data, "limit_per_class": base.limit_per_class,
