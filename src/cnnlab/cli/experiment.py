@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     for name, res in result.results["experiments"].items():
         rows = [[r["setting"], interval(r["test_mean"], r["test_ci"]),
                  interval(r["train_mean"], r["train_ci"]), r["seeds"],
-                 f"{r['still_learning']}" if r["still_learning"] else "-",
+                 r.get("plateau") or (f"{r['still_learning']}" if r["still_learning"] else "-"),
                  "-" if r["params"] is None else f"{r['params']:,}"]
                 for r in result.rows if r["experiment"] == name]
         reporter.table(["setting", "test acc (95% CI)", "train acc", "seeds", "still learning",

@@ -267,5 +267,7 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"experiment": name, "setting": r["label"], "test_mean": r["test_mean"],
              "test_ci": r.get("test_ci"), "train_mean": r["train_mean"],
              "train_ci": r.get("train_ci"), "seeds": r["seeds"],
-             "still_learning": r.get("still_learning"), "params": r["params"]}
+             "still_learning": r.get("still_learning"), "params": r["params"],
+             # the residual study: the doubling test's status over the seeds
+             "plateau": (r.get("plateau") or {}).get("status")}
             for name, res in results["experiments"].items() for r in res["rows"]]
