@@ -25,7 +25,7 @@ the difference it rests on excludes zero, else "undecided"; one seed gives no ve
             to zero")
 
 Each experiment's design (image size, training images, epochs, batch, recipe) is fixed so that
-its nets finish a one-cycle schedule: all four at 3 seeds take about 10 minutes on 2 cores.
+its nets finish their schedule: all four at 3 seeds take about 10 minutes on 2 cores.
 Seeds run in rounds (seed 0 of every net, then seed 1, ...). --budget MINUTES adds rounds while
 the next one fits: more minutes give more seeds and tighter intervals, not other nets.
 
