@@ -146,6 +146,11 @@ def test_a_net_still_learning_or_at_chance_makes_it_too_short(tmp_path):
                                   [90, 90.3, 90.2, 90.0]]}
     v = summarised(tmp_path, chance)["verdict"]
     assert v["status"] == stats.TOO_SHORT and "plain56 at chance" in v["sentence"]
+    # every seed exactly at chance: zero spread, which alone would be "no verdict"; the run is
+    # too short, and says so
+    exact = {**FIG6, "plain56": [[90, 90.0, 90.0, 90.0]] * 3}
+    v = summarised(tmp_path, exact)["verdict"]
+    assert v["status"] == stats.TOO_SHORT and "would read \u201cno verdict\u201d" in v["sentence"]
 
 
 def test_overlapping_intervals_of_plateaued_nets_are_undecided_not_too_short(tmp_path):

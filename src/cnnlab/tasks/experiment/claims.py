@@ -68,8 +68,10 @@ def _residual_plateaus(rows: list[dict[str, Any]], spec: stats.Claim, v: stats.V
     verdict stands only when every net it compares passed the doubling test (learning.
     doubling_test, per setting over >= 3 seeds): a net still learning or at chance makes it
     "too short to decide", whatever the intervals say; one without the test (fewer seeds, no
-    curves) gives no verdict. Undecided stays undecided: overlapping intervals of nets that
-    had all plateaued is the answer, not a cut-short run."""
+    curves) gives no verdict. A net not at its plateau comes before the intervals' own "no
+    verdict" (the seeds of a net stuck at chance often all read exactly chance: zero spread),
+    since more steps, not more seeds, is then what the run needs. Undecided stays undecided:
+    overlapping intervals of nets that had all plateaued is the answer, not a cut-short run."""
     compared = [r for r in rows if r["label"] in spec.settings]
     checks = {r["label"]: r.get("plateau") or {"status": UNKNOWN} for r in compared}
     unknown = [k for k, p in checks.items() if p["status"] == UNKNOWN]
@@ -81,7 +83,7 @@ def _residual_plateaus(rows: list[dict[str, Any]], spec: stats.Claim, v: stats.V
             f"the plateau check (training error at S and 2S steps, {DOUBLING_SEEDS} or more "
             f"seeds) could not be made for {', '.join(unknown)}; the intervals would read "
             f"\u201c{v.status}\u201d: {sentence}")
-    elif short and status != stats.NO_VERDICT:
+    elif short:  # before "no verdict": a plain-56 at exactly chance in every seed has no spread
         status, sentence = stats.TOO_SHORT, (
             f"{'; '.join(short)} by the doubling test (its training error at the last step "
             "against at half the steps, over its seeds), so the comparison is not yet the "
