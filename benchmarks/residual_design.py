@@ -102,12 +102,15 @@ def error(model, x, y, mean, std) -> float:
     return 100.0 * (1 - hits / len(x))
 
 
-def one_cycle(step: int, total: int, warmup: float = 0.2, start: float = 0.1) -> float:
-    """RESIDUAL_RECIPE's schedule (recipes.lr_factor, kind linear, end 0)."""
+def one_cycle(step: int, total: int, warmup: float = 0.2, start: float = 0.1,
+              end: float = 0.0) -> float:
+    """recipes.lr_factor's kind "linear": from `start` to 1 over the first `warmup` of the
+    steps, then linearly to `end` (0: the one-cycle schedule; 1: constant after the warm-up)."""
     w = int(total * warmup)
     if step < w:
         return start + (1 - start) * step / w
-    return 1 - (step - w) / max(1, total - w)
+    frac = (step - w) / max(1, total - w)
+    return (1 - frac) + end * frac
 
 
 def autocast(precision: str):
@@ -123,13 +126,28 @@ def batches_forever(data, batch: int, seed: int, augment: Augment):
 
 
 def train_curve(net: str, data, *, width: int, batch: int, steps: int, lr: float, seed: int,
-                every: int, pad: int, precision: str = "fp32", wd: float = 1e-4) -> dict:
-    """One residual-study run; returns its curve, final error and CPU seconds per step."""
+                every: int, pad: int, precision: str = "fp32", wd: float = 1e-4,
+                schedule: str = "onecycle", warmup: float = 0.2) -> dict:
+    """One residual-study run; returns its curve, final error and CPU seconds per step.
+
+    `schedule`: "onecycle" (RESIDUAL_RECIPE's: warm-up, then linearly to 0), "const" (the same
+    warm-up, then constant: the training error at S and 2S steps of one run are then read at
+    the same rate, the doubling test inside one run), "he" (He et al. 2016, section 4.2, for
+    ResNet-110: 0.1 x lr until the training error is below 80%, then the full rate, constant;
+    checked at every curve point)."""
     torch.manual_seed(seed)
     model = create_model(net, width=width, num_classes=data.num_classes)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: one_cycle(s, steps))
+    warm = {"on": schedule == "he"}
+    end = 0.0 if schedule == "onecycle" else 1.0
+
+    def factor(s: int) -> float:
+        if schedule == "he":
+            return 0.1 if warm["on"] else 1.0
+        return one_cycle(s, steps, warmup=warmup, end=end)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     loss_fn = nn.CrossEntropyLoss()
     ex, ey = eval_sample(data)
     curve = [[0, error(model, ex, ey, data.mean, data.std)]]
@@ -153,6 +171,8 @@ def train_curve(net: str, data, *, width: int, batch: int, steps: int, lr: float
             losses.append([step, statistics.fmean(window)])
             window = []
             curve.append([step, error(model, ex, ey, data.mean, data.std)])
+            if curve[-1][1] < 80:
+                warm["on"] = False
     from cnnlab.tasks.experiment.learning import plateau_share
 
     return {"net": net, "seed": seed, "steps": steps, "final_error": curve[-1][1],
@@ -202,10 +222,10 @@ def cmd_curves(a) -> None:
         for net in a.nets:
             r = train_curve(net, data, width=a.width, batch=a.batch, steps=a.steps, lr=a.lr,
                             seed=seed, every=a.every or max(1, a.steps // 40), pad=pad,
-                            precision=a.precision)
+                            precision=a.precision, schedule=a.schedule, warmup=a.warmup)
             r.update({"size": a.size, "width": a.width, "batch": a.batch, "lr": a.lr,
                       "per_class": a.per_class, "classes": a.classes, "pad": pad,
-                      "n_train": len(data.train_y)})
+                      "n_train": len(data.train_y), "schedule": a.schedule})
             print(json.dumps(r), flush=True)
 
 
@@ -288,6 +308,8 @@ def main() -> None:
             s.add_argument("--every", type=int, default=0)
             s.add_argument("--pad", type=int, default=None)
             s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+            s.add_argument("--schedule", choices=("onecycle", "const", "he"), default="onecycle")
+            s.add_argument("--warmup", type=float, default=0.2)
     t = sub.add_parser("trainstep")
     t.add_argument("--model", default="resnet18")
     t.add_argument("--batch", type=int, default=128)

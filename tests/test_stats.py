@@ -174,7 +174,9 @@ def test_depth_needs_the_rise_and_the_fall_of_the_gain_outside_the_noise():
 
 
 def residual_rows(train_acc: dict[str, list[float]]) -> list[dict]:
-    return [row(m, {"model": m}, acc, train=acc) for m, acc in train_acc.items()]
+    # every net past the doubling test (test_residual_plateau.py covers the other cases)
+    return [row(m, {"model": m}, acc, train=acc) | {"plateau": {"status": "plateaued"}}
+            for m, acc in train_acc.items()]
 
 
 def test_residual_degradation_and_shortcuts_by_the_rule():

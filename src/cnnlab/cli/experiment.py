@@ -25,7 +25,7 @@ the difference it rests on excludes zero, else "undecided"; one seed gives no ve
             to zero")
 
 Each experiment's design (image size, training images, epochs, batch, recipe) is fixed so that
-its nets finish a one-cycle schedule: all four at 3 seeds take about 10 minutes on 2 cores.
+its nets finish their schedule: all four at 3 seeds take about 10 minutes on 2 cores.
 Seeds run in rounds (seed 0 of every net, then seed 1, ...). --budget MINUTES adds rounds while
 the next one fits: more minutes give more seeds and tighter intervals, not other nets.
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     for name, res in result.results["experiments"].items():
         rows = [[r["setting"], interval(r["test_mean"], r["test_ci"]),
                  interval(r["train_mean"], r["train_ci"]), r["seeds"],
-                 f"{r['still_learning']}" if r["still_learning"] else "-",
+                 r.get("plateau") or (f"{r['still_learning']}" if r["still_learning"] else "-"),
                  "-" if r["params"] is None else f"{r['params']:,}"]
                 for r in result.rows if r["experiment"] == name]
         reporter.table(["setting", "test acc (95% CI)", "train acc", "seeds", "still learning",

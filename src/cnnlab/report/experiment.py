@@ -37,14 +37,19 @@ def _n(v: Any) -> str:
 
 
 def _band(ax, xs, runs: list[list[float]], color: str, label: str, style: str = "-") -> None:
-    """The mean over seeds as a line, their range as a band."""
+    """The mean over seeds as a line, without a band (results from before `curve_band`)."""
     n = min(len(r) for r in runs)
-    cols = [[r[i] for r in runs] for i in range(n)]
-    ax.plot(xs[:n], [statistics.fmean(c) for c in cols], style, color=color, linewidth=1.6,
-            label=label)
-    if len(runs) > 1:
-        ax.fill_between(xs[:n], [min(c) for c in cols], [max(c) for c in cols], color=color,
-                        alpha=0.18, linewidth=0)
+    ax.plot(xs[:n], [statistics.fmean(r[i] for r in runs) for i in range(n)], style,
+            color=color, linewidth=1.6, label=label)
+
+
+def _t_band(ax, band: dict[str, list[float]], color: str, label: str, style: str) -> None:
+    """He et al.'s Fig. 6 curve: the mean training error over seeds as a line, the 95% t
+    interval of that mean as a band (computed by the task: learning.error_band)."""
+    ax.plot(band["steps"], band["mean"], style, color=color, linewidth=1.6, label=label)
+    if band["low"] != band["high"]:
+        ax.fill_between(band["steps"], band["low"], band["high"], color=color, alpha=0.18,
+                        linewidth=0)
 
 
 def _log10(norm: float, results: dict[str, Any]) -> float:
@@ -71,7 +76,9 @@ def plot_experiment(results: dict[str, Any], folder: Path) -> str:
             color = f"C{i}"
             style = "--" if r["setting"]["model"].startswith("plain") else "-"
             curves = [c for c in r.get("curves") or [] if c]
-            if curves:
+            if r.get("curve_band"):
+                _t_band(ax_err, r["curve_band"], color, r["label"], style)
+            elif curves:
                 steps = [p[0] for p in curves[0]]
                 _band(ax_err, steps, [[100 * (1 - p[1]) for p in c if p[1] is not None]
                                       for c in curves], color, r["label"], style)
@@ -87,7 +94,7 @@ def plot_experiment(results: dict[str, Any], folder: Path) -> str:
                                        f"{'init' if key == 'grad_init' else 'epoch 1'}")
         ax_err.set_xlabel("iterations")
         ax_err.set_ylabel("training error (%)")
-        ax_err.set_title("training error: mean over seeds, band = their range\n"
+        ax_err.set_title("training error: mean over seeds, band = its 95% t interval\n"
                          "dashed: plain, solid: ResNet", fontsize=10)
         ax_grad.set_xlabel("conv layer (input side → output side)")
         ax_grad.set_ylabel("gradient L2 norm (geometric mean over seeds)")
@@ -133,14 +140,26 @@ def design_line(res: dict[str, Any]) -> str:
     size = res.get("image_size") or 32
     budget = (f"; --budget {res['budget_minutes']:g} min buys seeds beyond "
               f"{res.get('min_seeds', 3)}" if res.get("budget_minutes") else "")
+    schedule = _schedule(res.get("recipe") or {})
     return (f"Design: {res['note']}; {data} of {Path(res['data']).name} at {size}x{size}; "
             f"{res['epochs']:g} epoch{'s' if res['epochs'] != 1 else ''} at batch "
-            f"{res.get('batch_size', '-')}, one-cycle learning rate; {res['seeds']} seed"
+            f"{res.get('batch_size', '-')}, {schedule}; {res['seeds']} seed"
             f"{'s' if res['seeds'] != 1 else ''} per setting{budget}. Each trial is tested once "
             "after its last step; nothing is selected on the test set.")
 
 
+def _schedule(recipe: dict[str, Any]) -> str:
+    """The recipe's learning-rate schedule in words (recipes.Schedule, kind "linear")."""
+    sched = recipe.get("schedule") or {}
+    if sched.get("kind") == "linear" and sched.get("end", 0.0) == 1.0:
+        return (f"a learning rate warmed up over the first {sched.get('warmup', 0):.0%} of the "
+                "steps, then constant")
+    return "one-cycle learning rate"
+
+
 def _learning(r: dict[str, Any]) -> str:
+    if r.get("plateau"):  # the residual study: the doubling test over the seeds
+        return r["plateau"]["text"]
     shares = [s for s in r.get("plateau_share") or [] if s is not None]
     mark = f"{r['still_learning']} of {r['seeds']}" if r.get("still_learning") else "no"
     if not shares:
@@ -163,6 +182,7 @@ def experiment_part(res: dict[str, Any], root: Path, prefix: str) -> Part:
         part.paragraphs.append(f"Left out of the comparison (cut short by the budget): "
                                f"{'; '.join(excluded)}.")
     rule = res.get("plateau_rule") or {}
+    doubling = any(r.get("plateau") for r in res["rows"])
     rows = [[r["label"], interval(r["test_mean"], r.get("test_ci")),
              interval(r["train_mean"], r.get("train_ci")), r["seeds"], _learning(r),
              _n(r["params"]), "-" if r["macs"] is None else f"{r['macs'] / 1e6:.1f} M",
@@ -177,7 +197,13 @@ def experiment_part(res: dict[str, Any], root: Path, prefix: str) -> Part:
         f"more than {rule.get('share', 0.15):.0%} of its total drop in the last quarter of the "
         "steps, or whose train accuracy was within "
         f"{100 * rule.get('chance_margin', 0.1):.0f} points of chance (the median share in "
-        "brackets)",
+        "brackets)" if not doubling else "mean ± half-width of the 95% confidence interval "
+        "over seeds (t distribution; no ± for one seed); train accuracy: on "
+        f"{res.get('train_eval', 1000):,} training images without augmentation, after the "
+        "last step; still learning: the doubling test over the seeds, the training error at "
+        "the last step against at half the steps (the change and its 95% paired t "
+        "interval); plateaued when the change reaches zero, at chance within "
+        f"{100 * rule.get('chance_margin', 0.1):.0f} points of it",
         numeric=(1, 2, 3, 5, 6, 7, 8)))
     if name == "depth":
         part.tables.append(_depth_gains(res))
@@ -241,5 +267,7 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"experiment": name, "setting": r["label"], "test_mean": r["test_mean"],
              "test_ci": r.get("test_ci"), "train_mean": r["train_mean"],
              "train_ci": r.get("train_ci"), "seeds": r["seeds"],
-             "still_learning": r.get("still_learning"), "params": r["params"]}
+             "still_learning": r.get("still_learning"), "params": r["params"],
+             # the residual study: the doubling test's status over the seeds
+             "plateau": (r.get("plateau") or {}).get("status")}
             for name, res in results["experiments"].items() for r in res["rows"]]

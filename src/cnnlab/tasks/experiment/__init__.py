@@ -11,14 +11,17 @@ each a normal `cnnlab train` run in `RUN/<experiment>/trials/trial-NNNN/`. Nothi
 every trial is tested once, on the whole CIFAR-10 test set, after its last step.
 
 Runs that can decide. Each experiment has a `Design` (designs.py): image size, training
-images, epochs, batch and recipe, chosen so that its nets train to the end of a one-cycle
-schedule (warm-up, then the learning rate down to zero) within the lab's minutes on a 2-core
-CPU. What was scaled
+images, epochs, batch and recipe, chosen so that its nets train to the end of their schedule
+(the plain-cnn studies: one-cycle, warm-up then the learning rate down to zero; the residual
+study: warm-up then constant) within the lab's minutes on a 2-core CPU. What was scaled
 down, and why, is in each design's `scaled` sentence, which the report prints. Every trial
 records whether it had stopped learning: the share of its training-loss drop that came in the
 last quarter of its steps (`plateau_share`), and its accuracy on a fixed sample of training
 images; a trial still learning (or barely above chance) is marked, and a verdict that rests on
-a setting where most seeds were still learning says "too short to decide".
+a setting where most seeds were still learning says "too short to decide". The residual claim
+is about the plateau's training error, so its nets must pass the doubling test instead
+(`learning.doubling_test`: the training error at the last step against at half the steps,
+over >= 3 seeds, within the noise, and not at chance).
 
 Seeds and budget. Seeds run in rounds: seed 0 of every setting of every experiment, then seed
 1, ...; at least `seeds` (3) rounds. With `--budget MINUTES` the rounds go on while the next one

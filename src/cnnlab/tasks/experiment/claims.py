@@ -9,7 +9,14 @@ from typing import Any
 
 from cnnlab.analysis import stats
 from cnnlab.tasks.experiment.designs import TRAIN_EVAL
-from cnnlab.tasks.experiment.learning import GRAD_FLOOR, log10_norm
+from cnnlab.tasks.experiment.learning import (
+    AT_CHANCE,
+    DOUBLING_SEEDS,
+    GRAD_FLOOR,
+    LEARNING,
+    UNKNOWN,
+    log10_norm,
+)
 
 
 def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
@@ -38,6 +45,8 @@ def verdict(name: str, rows: list[dict[str, Any]], quick: bool = False,
     v = stats.decide(spec, samples, looks=looks)
     sentence = words(v) if v.status != stats.NO_VERDICT else v.sentence
     status = v.status
+    if name == "residual":
+        return _residual_plateaus(rows, spec, v, sentence, excluded, looks)
     # A setting is still learning when most of its seeds are: one seed just over the plateau
     # rule (a heuristic, PLATEAU_SHARE) does not veto what the others show; every such trial
     # is still marked in the table.
@@ -49,6 +58,36 @@ def verdict(name: str, rows: list[dict[str, Any]], quick: bool = False,
                     f"the comparison may still change; the intervals would read \u201c{status}"
                     f"\u201d: {sentence}")
         status = stats.TOO_SHORT
+    return stats.Verdict(status, sentence, v.intervals, excluded, looks=v.looks, rule=v.rule,
+                         p_values=v.p_values)
+
+
+def _residual_plateaus(rows: list[dict[str, Any]], spec: stats.Claim, v: stats.Verdict,
+                       sentence: str, excluded: list[str], looks: int) -> stats.Verdict:
+    """The residual claim is about training error at the plateau (He et al.'s Fig. 6), so its
+    verdict stands only when every net it compares passed the doubling test (learning.
+    doubling_test, per setting over >= 3 seeds): a net still learning or at chance makes it
+    "too short to decide", whatever the intervals say; one without the test (fewer seeds, no
+    curves) gives no verdict. A net not at its plateau comes before the intervals' own "no
+    verdict" (the seeds of a net stuck at chance often all read exactly chance: zero spread),
+    since more steps, not more seeds, is then what the run needs. Undecided stays undecided:
+    overlapping intervals of nets that had all plateaued is the answer, not a cut-short run."""
+    compared = [r for r in rows if r["label"] in spec.settings]
+    checks = {r["label"]: r.get("plateau") or {"status": UNKNOWN} for r in compared}
+    unknown = [k for k, p in checks.items() if p["status"] == UNKNOWN]
+    short = [f"{k} {p['status']}" for k, p in checks.items()
+             if p["status"] in (LEARNING, AT_CHANCE)]
+    status = v.status
+    if unknown and status != stats.NO_VERDICT:
+        status, sentence = stats.NO_VERDICT, (
+            f"the plateau check (training error at S and 2S steps, {DOUBLING_SEEDS} or more "
+            f"seeds) could not be made for {', '.join(unknown)}; the intervals would read "
+            f"\u201c{v.status}\u201d: {sentence}")
+    elif short:  # before "no verdict": a plain-56 at exactly chance in every seed has no spread
+        status, sentence = stats.TOO_SHORT, (
+            f"{'; '.join(short)} by the doubling test (its training error at the last step "
+            "against at half the steps, over its seeds), so the comparison is not yet the "
+            f"plateau's; the intervals would read \u201c{v.status}\u201d: {sentence}")
     return stats.Verdict(status, sentence, v.intervals, excluded, looks=v.looks, rule=v.rule,
                          p_values=v.p_values)
 

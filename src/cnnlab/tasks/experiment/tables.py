@@ -12,9 +12,15 @@ from cnnlab.analysis import stats
 from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.claims import gradient_verdict, verdict
 from cnnlab.tasks.experiment.config import ExperimentConfig
-from cnnlab.tasks.experiment.designs import GRAD_BATCH, TRAIN_EVAL
+from cnnlab.tasks.experiment.designs import CLASSES, GRAD_BATCH, TRAIN_EVAL
 from cnnlab.tasks.experiment.grids import Grid
-from cnnlab.tasks.experiment.learning import CHANCE_MARGIN, GRAD_FLOOR, PLATEAU_SHARE
+from cnnlab.tasks.experiment.learning import (
+    CHANCE_MARGIN,
+    GRAD_FLOOR,
+    PLATEAU_SHARE,
+    doubling_test,
+    error_band,
+)
 
 
 def _ci(values: list[float]) -> dict[str, float | None]:
@@ -77,6 +83,9 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
                 row[key] = [r.get(f"metric_{key}") for r in mine]
             row["curves"] = [r.get("metric_curve") for r in mine]
             row["loss_curves"] = [r.get("metric_loss_curve") for r in mine]
+            # the claim's plateau check and Fig. 6's curves with a 95% band (learning.py)
+            row["plateau"] = doubling_test(row["curves"], CLASSES).as_dict()
+            row["curve_band"] = error_band(row["curves"])
         table.append(row)
     done = [r for r in rows if r["state"] == "COMPLETE"]
     design = config.design(g.name)
