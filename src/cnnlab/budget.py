@@ -70,20 +70,53 @@ def budget_tta(tta: str, seconds: float, test_pass_seconds: float) -> str:
 # Shapes of the default network for a budget
 
 
+# The two kinds of CPU a curve can come from (hardware.resolve_precision decides a run's):
+# "bf16", trained under bf16 autocast on a CPU with native bf16 (avx512_bf16 / amx_bf16), and
+# "fp32", trained in fp32 (a CPU without them, or CNNLAB_PRECISION=fp32 forced on one with).
+# What an epoch buys can differ between them (bf16 rounds every convolution's inputs), so a
+# prediction says when it rests on the other kind's curve (`other_kind_note`).
+CURVE_KINDS = ("bf16", "fp32")
+
+
 @dataclass(frozen=True)
 class Shape:
     """fast-cifar at one width, with the batch size and peak learning rate tuned for it, and
     its test accuracy (%) on CIFAR-10 after E epochs of the `fast` recipe (the one-cycle
-    schedule fitted to E, flip + translate TTA), measured: `curve` = ((E, accuracy), ...)."""
+    schedule fitted to E, flip + translate TTA), measured: `curve` = ((E, accuracy), ...),
+    trained at `curve_precision` (CURVE_KINDS) on a `curve_cpu`.
+
+    `sizes`: progressive resizing, ((fraction of the steps, side in pixels), ...) from the
+    first fraction 0.0 on: the training images are shrunk to that side until the next
+    fraction (data/progressive.py); () trains at the data's own 32 px throughout. The test is
+    always at 32 px, so the last size should be 32."""
 
     name: str
     widths: tuple[int, int, int]
     batch_size: int
     lr: float
     curve: tuple[tuple[float, float], ...]
+    curve_precision: str = "bf16"
+    curve_cpu: str = ""
+    sizes: tuple[tuple[float, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.curve_precision not in CURVE_KINDS:
+            raise CnnlabError(f"shape {self.name}: curve_precision must be one of "
+                              f"{', '.join(CURVE_KINDS)}")
+        if self.sizes and (self.sizes[0][0] != 0.0 or any(
+                b[0] <= a[0] for a, b in itertools.pairwise(self.sizes))):
+            raise CnnlabError(f"shape {self.name}: sizes must start at fraction 0.0 and rise")
 
     def options(self) -> dict:
         return {"widths": self.widths}
+
+    def size_shares(self) -> list[tuple[int, float]]:
+        """[(side in px, share of the steps), ...]: what a step costs on average (timing) and
+        the MACs of an average image (pruning)."""
+        if not self.sizes:
+            return [(32, 1.0)]
+        ends = [f for f, _ in self.sizes[1:]] + [1.0]
+        return [(px, end - f) for (f, px), end in zip(self.sizes, ends, strict=True)]
 
 
 # Measured with `cnnlab train DATA --epochs E` on the shared JPEG copy of CIFAR-10, seed 0
@@ -97,12 +130,15 @@ QUARTER = Shape(
     # (2026-12-02, Intel Xeon, AMX).
     curve=((0.3, 49.78), (0.6, 61.96), (1.2, 72.95), (1.4, 75.04), (2.0, 79.06), (3.0, 82.57),
            (6.0, 85.99), (10.0, 87.03)),
+    # Both machines chose bf16 (`--precision auto`): a bf16 curve.
+    curve_precision="bf16", curve_cpu="bf16-capable CPUs (AMD EPYC avx512_bf16; Intel Xeon AMX)",
 )
 FULL = Shape(
     name="full", widths=(64, 128, 256), batch_size=1024, lr=1.5,
     # 1.24 epochs: 70.78 ± 0.75% (3 seeds); 1.5: 75.66; 2: 80.44; 4.5: 86.58; 6: 88.30;
     # 10: 89.60 (the `fast` recipe's default; 2026-11-27, AMD EPYC).
     curve=((1.24, 70.78), (1.5, 75.66), (2.0, 80.44), (4.5, 86.58), (6.0, 88.30), (10.0, 89.60)),
+    curve_precision="bf16", curve_cpu="a bf16-capable CPU (AMD EPYC, avx512_bf16)",
 )
 SHAPES = (QUARTER, FULL)  # cheapest first: the calibration times them in this order
 CHANCE = 10.0  # % on CIFAR-10's ten balanced classes
@@ -149,6 +185,7 @@ class Candidate:
     tta: str
     expected_accuracy: float
     timed: bool = True
+    curve_precision: str = "bf16"  # the kind of CPU its expected accuracy rests on
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -168,7 +205,19 @@ def plan_shape(shape: Shape, seconds: float, step_seconds: float, n_train: int,
                          eval_every, test_images, passes)
     epochs = steps * shape.batch_size / n_train
     return Candidate(shape.name, step_seconds, steps, round(epochs, 3),
-                     chosen_tta, round(expected_accuracy(shape, epochs, chosen_tta), 2), timed)
+                     chosen_tta, round(expected_accuracy(shape, epochs, chosen_tta), 2), timed,
+                     shape.curve_precision)
+
+
+def other_kind_note(shape: Shape, precision: str) -> str | None:
+    """A sentence for the report and the summary when `shape`'s curve was measured on the other
+    kind of CPU than this run's (`precision`, "bf16" or "fp32", as hardware.resolve_precision
+    chose it); None when it is this kind's own curve."""
+    if shape.curve_precision == precision:
+        return None
+    return (f"the {shape.name} shape's accuracy curve was measured in {shape.curve_precision} "
+            f"(on {shape.curve_cpu or 'another CPU'}) but this run trains in {precision}: the "
+            f"expected accuracy rests on the other kind of CPU's curve")
 
 
 def choose_shape(seconds: float, time_step, macs: dict[str, int], n_train: int,
