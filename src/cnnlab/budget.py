@@ -118,6 +118,10 @@ class Shape:
         ends = [f for f, _ in self.sizes[1:]] + [1.0]
         return [(px, end - f) for (f, px), end in zip(self.sizes, ends, strict=True)]
 
+    def pixel_ratio(self) -> float:
+        """An average training image's pixels over a 32 px one's (1.0 without resizing)."""
+        return sum(share * side**2 for side, share in self.size_shares()) / 32**2
+
 
 # Measured with `cnnlab train DATA --epochs E` on the shared JPEG copy of CIFAR-10, seed 0
 # unless a mean is given (BENCHMARKS.md, "CIFAR-10 time to accuracy" and "accuracy against
@@ -197,7 +201,10 @@ def plan_shape(shape: Shape, seconds: float, step_seconds: float, n_train: int,
     """The steps, epochs, TTA and expected accuracy of one shape in `seconds` at
     `step_seconds` per step (the plan `tasks/train/one.py` then trains)."""
     steps_per_epoch = max(1, n_train // shape.batch_size)
-    forward = step_seconds / shape.batch_size / 3
+    # Evaluation is at 32 px; a progressive shape's step was timed at its smaller sizes: scale
+    # by the pixels (measured, the small sizes cost a little less than their pixels: fp32,
+    # 16 px 0.20x and 24 px 0.46x a 32 px step, BENCHMARKS.md, so this errs on the safe side).
+    forward = step_seconds / shape.batch_size / 3 / shape.pixel_ratio()
     chosen_tta = budget_tta(tta, seconds, forward * test_images)
     # Without TTA the final test reuses the last evaluation's test pass (tasks/train/one.py).
     passes = 0 if chosen_tta == "none" and test_curve else TTA_PASSES[chosen_tta]

@@ -28,9 +28,12 @@ Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 def side_at(sizes: tuple[tuple[float, int], ...], step: int, total_steps: int) -> int:
     """The side (px) of step `step` (0-based) of `total_steps`: the size of the last
-    (fraction, side) whose fraction of the steps has been reached."""
+    (fraction, side) whose fraction of the steps has been reached; the last step always at the
+    last size (the one the net is tested at), however few steps a short run has."""
     if not sizes:
         raise CnnlabError("progressive resizing needs at least one (fraction, side)")
+    if step >= total_steps - 1:
+        return sizes[-1][1]
     side = sizes[0][1]
     for fraction, px in sizes:
         if step >= fraction * total_steps - 1e-9:
