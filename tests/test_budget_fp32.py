@@ -133,16 +133,101 @@ def _calibrate(monkeypatch, flags, timings, minutes):
     injected (by its widths), CIFAR-10's sizes of data; returns its calibration.json record."""
     monkeypatch.delenv("CNNLAB_PRECISION", raising=False)
     monkeypatch.setattr(hardware, "cpu_flags", lambda *a, **k: frozenset(flags))
-    by_widths = {s.widths: s for s in budget.SHAPES}
+    # At 32 px throughout a shape is known by its widths; quarter-resize is the one timed at
+    # its sizes (sized_seconds_per_step).
+    by_widths = {s.widths: s.name for s in budget.SHAPES if not s.sizes}
 
     def step_seconds(recipe, *args, **kwargs):
-        return timings[by_widths[dict(recipe.model_options)["widths"]].name]
+        return timings[by_widths[dict(recipe.model_options)["widths"]]]
 
     monkeypatch.setattr(train_calibration, "build", lambda *a, **k: (None, None, None))
     monkeypatch.setattr(train_calibration, "seconds_per_step", step_seconds)
     monkeypatch.setattr(train_calibration, "sized_seconds_per_step",
-                        lambda recipe, *a, **k: step_seconds(recipe))
+                        lambda *a, **k: timings["quarter-resize"])
     data = SimpleNamespace(train_y=torch.zeros(50_000), test_y=torch.zeros(10_000), val_y=None)
     config = TrainConfig(data="d", budget=minutes)
     return train_calibration._calibrate(config, data, "fast-cifar", torch.device("cpu"),
                                         Reporter(quiet=True))
+
+
+MACS = {"eighth": 6_840_352, "quarter-resize": 9_659_264, "quarter": 19_887_392,
+        "full": 65_431_840}  # per average training image (build.macs_of, sizes weighted)
+
+
+def _choose(seconds, timings):
+    calls = []
+
+    def time_step(shape):
+        calls.append(shape.name)
+        return timings[shape.name]
+
+    chosen, cands = budget.choose_shape(seconds, time_step, MACS, n_train=50_000,
+                                        test_images=0, eval_images=0, eval_every=1,
+                                        tta="flip-translate", test_curve=False)
+    return chosen, {c.shape: c for c in cands}, calls
+
+
+# Seconds per step, injected. fp32-only 2-core CPU: the quarter 0.55 s (issue 25's Xeon without
+# bf16: 67 steps in a 0.95-minute share), eighth and quarter-resize ~0.47x of it (BENCHMARKS.md,
+# one-thread CPU time per image), full ~6x. bf16 CPU (one AMX core, test_train_budget.py):
+# quarter 0.43 s, full 1.7 s; the small shapes gain less from AMX (small channel counts), 0.30 s.
+FP32_CPU = {"eighth": 0.26, "quarter-resize": 0.26, "quarter": 0.55, "full": 3.3}
+BF16_CPU = {"eighth": 0.30, "quarter-resize": 0.30, "quarter": 0.43, "full": 1.7}
+
+
+def test_calibration_chooses_among_the_fp32_shapes_by_each_kinds_timings():
+    e15, r15 = budget.EIGHTH.curve[-1], budget.QUARTER_RESIZE.curve[-1]
+    assert e15[0] == r15[0] == 1.5
+    # 0.95 minutes, 90% planned: 51.3 s. fp32 CPU: eighth and quarter-resize floor(51.3 / 0.26)
+    # = 197 steps x 512 = 2.02 epochs, past their last point (1.5): its value, 69.95% and
+    # 71.39% (quarter-resize is timed: its bound's flat 71.39% beats 69.95%). The quarter is
+    # timed (its bound, 0.26 / 512 x 19.89 / 6.84 x 0.5 x 512 = 0.378 s, 135 steps, 1.38 epochs,
+    # 74.9%, could win) and gets floor(51.3 / 0.55) = 93 steps, 0.952 epochs: 61.96 + 10.99 x
+    # 0.352 / 0.6 = 68.41%. full's bound (2.49 s, 20 steps, 0.41 epochs, ~30%) cannot win.
+    chosen, cands, calls = _choose(57, FP32_CPU)
+    assert calls == ["eighth", "quarter-resize", "quarter"]
+    assert cands["eighth"].steps == cands["quarter-resize"].steps == 197
+    assert cands["quarter"].steps == 93
+    assert cands["quarter"].expected_accuracy == pytest.approx(68.41, abs=0.01)
+    assert cands["eighth"].expected_accuracy == pytest.approx(e15[1])
+    assert cands["quarter-resize"].expected_accuracy == pytest.approx(r15[1])
+    assert not cands["full"].timed
+    assert chosen.name == "quarter-resize"
+    # bf16 CPU, same minutes: the small shapes get floor(51.3 / 0.30) = 171 steps (1.75
+    # epochs: their 1.5 values again), the quarter floor(51.3 / 0.43) = 119 steps, 1.219
+    # epochs: 72.95 + 2.09 x 0.019 / 0.2 = 73.14%, more than 71.39%: the quarter wins.
+    chosen, cands, _ = _choose(57, BF16_CPU)
+    assert cands["quarter"].steps == 119
+    assert cands["quarter"].expected_accuracy == pytest.approx(73.14, abs=0.01)
+    assert chosen.name == "quarter"
+    # fp32 CPU, 4.7 minutes (the lab's fp32 time): 253.8 s. The quarter floor(253.8 / 0.55) =
+    # 461 steps, 4.72 epochs: 82.57 + 3.42 x 1.72 / 3 = 84.53%, past the small shapes' flat
+    # 1.5-epoch values; full's bound (2.49 s: 102 steps, 2.09 epochs, 80.7%) cannot beat it.
+    chosen, cands, _ = _choose(282, FP32_CPU)
+    assert cands["quarter"].steps == 461
+    assert cands["quarter"].expected_accuracy == pytest.approx(84.53, abs=0.01)
+    assert chosen.name == "quarter" and not cands["full"].timed
+
+
+def test_the_calibration_records_the_cpu_kind_and_notes_the_other_kinds_curve(monkeypatch):
+    # fp32-only CPU, 0.95 minutes: an fp32-measured shape is chosen, its own kind: no note.
+    rec = _calibrate(monkeypatch, {"avx2", "avx512f"}, FP32_CPU, 0.95)
+    assert (rec["precision"], rec["cpu_kind"]) == ("fp32", "fp32-only")
+    assert rec["chosen"] == "quarter-resize" and rec["curve_precision"] == "fp32"
+    assert rec["curve_note"] is None
+    assert {c["shape"]: c["curve_precision"] for c in rec["candidates"]} == {
+        "eighth": "fp32", "quarter-resize": "fp32", "quarter": "bf16", "full": "bf16"}
+    # fp32-only CPU, 5 minutes: the quarter, whose curve is bf16's: the note says so.
+    rec = _calibrate(monkeypatch, {"avx2", "avx512f"}, FP32_CPU, 5)
+    assert rec["chosen"] == "quarter" and rec["curve_precision"] == "bf16"
+    assert rec["curve_note"] == budget.other_kind_note(budget.QUARTER, "fp32")
+    # An AMX CPU (auto: bf16), 0.95 minutes: with the evaluation passes paid for (unlike the
+    # pure choice above) quarter-resize wins there too, on the fp32 curve: noted.
+    amx = {"avx512f", "avx512_bf16", "amx_bf16"}
+    rec = _calibrate(monkeypatch, amx, BF16_CPU, 0.95)
+    assert (rec["precision"], rec["cpu_kind"]) == ("bf16", "bf16-capable")
+    assert rec["chosen"] == "quarter-resize"
+    assert rec["curve_note"] == budget.other_kind_note(budget.QUARTER_RESIZE, "bf16")
+    # The same CPU, 5 minutes: the quarter, on its own kind's curve: no note.
+    rec = _calibrate(monkeypatch, amx, BF16_CPU, 5)
+    assert rec["chosen"] == "quarter" and rec["curve_note"] is None

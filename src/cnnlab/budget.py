@@ -144,7 +144,33 @@ FULL = Shape(
     curve=((1.24, 70.78), (1.5, 75.66), (2.0, 80.44), (4.5, 86.58), (6.0, 88.30), (10.0, 89.60)),
     curve_precision="bf16", curve_cpu="a bf16-capable CPU (AMD EPYC, avx512_bf16)",
 )
-SHAPES = (QUARTER, FULL)  # cheapest first: the calibration times them in this order
+# Shapes for a CPU without bf16, where a step costs ~2x the bf16 one (fp32 only or forced):
+# a 0.95-minute budget bought the quarter 67 steps (0.69 epochs, 64.3%) on a 2-core Xeon
+# without bf16 (issue 25). Each does a step in about half the quarter's fp32 arithmetic
+# (BENCHMARKS.md, "--budget on fp32": one-thread CPU time per image, same run, 16 px 0.20x,
+# 24 px 0.46x, the eighth width 0.47x the quarter's), so the same seconds buy ~2x the epochs.
+# Measured with `CNNLAB_PRECISION=fp32 python benchmarks/budget_shapes.py --shapes NAME
+# --epochs E --seeds ...` (2026-12-07, Intel Xeon with AMX, fp32 forced): an fp32 curve.
+# Beyond its last point a curve stays flat, so on longer budgets the quarter and full widths,
+# measured further, win.
+EIGHTH = Shape(
+    name="eighth", widths=(16, 32, 64), batch_size=512, lr=0.75,
+    # 1.1 epochs: 66.80% (seed 0); 1.5: 69.95 ± 0.88% (seeds 0-2: 68.99, 70.73, 70.14).
+    curve=((1.1, 66.80), (1.5, 69.95)),
+    curve_precision="fp32", curve_cpu="Intel Xeon with AMX, CNNLAB_PRECISION=fp32",
+)
+QUARTER_RESIZE = Shape(
+    name="quarter-resize", widths=(32, 64, 128), batch_size=512, lr=0.75,
+    # 1.0 epoch: 64.96% (seed 0); 1.5: 71.39 ± 0.13% (seeds 0-2: 71.53, 71.28, 71.36; no
+    # TTA 70.03 ± 0.39%): less per epoch than the quarter at 32 px throughout (~73.9% at 1.5,
+    # bf16), more per second.
+    curve=((1.0, 64.96), (1.5, 71.39)),
+    curve_precision="fp32", curve_cpu="Intel Xeon with AMX, CNNLAB_PRECISION=fp32",
+    sizes=((0.0, 16), (0.5, 24), (0.75, 32)),
+)
+# Cheapest first (MACs per average training image: 6.8 M, 9.7 M, 19.9 M, 65.4 M): the
+# calibration always times the first and the others only where they could win.
+SHAPES = (EIGHTH, QUARTER_RESIZE, QUARTER, FULL)
 CHANCE = 10.0  # % on CIFAR-10's ten balanced classes
 
 # Points the curve loses without flip + translate TTA, from the same runs: quarter at 1.2
