@@ -162,7 +162,7 @@ EIGHTH = Shape(
 QUARTER_RESIZE = Shape(
     name="quarter-resize", widths=(32, 64, 128), batch_size=512, lr=0.75,
     # 1.0 epoch: 64.96% (seed 0); 1.5: 71.39 ± 0.13% (seeds 0-2: 71.53, 71.28, 71.36; no
-    # TTA 70.03 ± 0.39%): less per epoch than the quarter at 32 px throughout (~73.9% at 1.5,
+    # TTA 70.03 ± 0.39%): less per epoch than the quarter at 32 px throughout (~75.7% at 1.5,
     # bf16), more per second.
     curve=((1.0, 64.96), (1.5, 71.39)),
     curve_precision="fp32", curve_cpu="Intel Xeon with AMX, CNNLAB_PRECISION=fp32",
