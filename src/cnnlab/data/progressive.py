@@ -1,8 +1,8 @@
 """Progressive resizing: train on smaller images first, the data's own size at the end.
 
 A convolutional net's arithmetic per image grows with its pixels, so a step at 16 px costs
-about a quarter of one at 32 px (less in practice: small maps use the cores less well; the
-measured ratios are in BENCHMARKS.md). Early in training the net learns coarse features that a
+about a quarter of one at 32 px (fast-cifar in fp32, one thread: 0.20x at 16 px, 0.46x at
+24 px, BENCHMARKS.md "--budget on fp32"). Early in training the net learns coarse features that a
 shrunk image still shows; the last steps at full size adapt it (and its BatchNorm statistics)
 to the size it is tested at (Howard's progressive resizing in fast.ai's DAWNBench entry, 2018;
 Tan & Le, "EfficientNetV2", 2021, section 4). `cnnlab train --budget` uses it through a
