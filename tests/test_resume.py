@@ -157,7 +157,8 @@ DAMAGED = [
      "no valid 'steps' ('9')"),
     ("calibration.json", '{"fast-cifar": {"chosen": ', "is damaged: not valid JSON"),
     ("calibration.json", json.dumps({"fast-cifar": {**CALIBRATION, "chosen": "half"}}),
-     "model 'fast-cifar' chose the unknown shape 'half' (cnnlab has quarter, full)"),
+     "model 'fast-cifar' chose the unknown shape 'half' (cnnlab has eighth, quarter-resize, "
+     "quarter, full)"),
     ("calibration.json", json.dumps({"fast-cifar": {"chosen": "full"}}),
      "model 'fast-cifar' has no valid 'model'"),
     ("calibration.json", "[]", "it holds no mapping of models"),

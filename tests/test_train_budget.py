@@ -65,9 +65,11 @@ def _choose(seconds, timings, prune=True):
         return timings[shape.name]
 
     macs = {"quarter": 19_900_000, "full": 65_400_000}
+    # The two bf16-measured widths (the fp32 shapes' choice: test_budget_fp32.py).
     chosen, cands = budget.choose_shape(seconds, time_step, macs, n_train=50_000,
                                         test_images=0, eval_images=0, eval_every=1,
-                                        tta="flip-translate", test_curve=False, prune=prune)
+                                        tta="flip-translate", test_curve=False, prune=prune,
+                                        shapes=(budget.QUARTER, budget.FULL))
     return chosen, cands, calls
 
 

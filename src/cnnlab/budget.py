@@ -70,20 +70,57 @@ def budget_tta(tta: str, seconds: float, test_pass_seconds: float) -> str:
 # Shapes of the default network for a budget
 
 
+# The two kinds of CPU a curve can come from (hardware.resolve_precision decides a run's):
+# "bf16", trained under bf16 autocast on a CPU with native bf16 (avx512_bf16 / amx_bf16), and
+# "fp32", trained in fp32 (a CPU without them, or CNNLAB_PRECISION=fp32 forced on one with).
+# What an epoch buys can differ between them (bf16 rounds every convolution's inputs), so a
+# prediction says when it rests on the other kind's curve (`other_kind_note`).
+CURVE_KINDS = ("bf16", "fp32")
+
+
 @dataclass(frozen=True)
 class Shape:
     """fast-cifar at one width, with the batch size and peak learning rate tuned for it, and
     its test accuracy (%) on CIFAR-10 after E epochs of the `fast` recipe (the one-cycle
-    schedule fitted to E, flip + translate TTA), measured: `curve` = ((E, accuracy), ...)."""
+    schedule fitted to E, flip + translate TTA), measured: `curve` = ((E, accuracy), ...),
+    trained at `curve_precision` (CURVE_KINDS) on a `curve_cpu`.
+
+    `sizes`: progressive resizing, ((fraction of the steps, side in pixels), ...) from the
+    first fraction 0.0 on: the training images are shrunk to that side until the next
+    fraction (data/progressive.py); () trains at the data's own 32 px throughout. The test is
+    always at 32 px, so the last size should be 32."""
 
     name: str
     widths: tuple[int, int, int]
     batch_size: int
     lr: float
     curve: tuple[tuple[float, float], ...]
+    curve_precision: str = "bf16"
+    curve_cpu: str = ""
+    sizes: tuple[tuple[float, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.curve_precision not in CURVE_KINDS:
+            raise CnnlabError(f"shape {self.name}: curve_precision must be one of "
+                              f"{', '.join(CURVE_KINDS)}")
+        if self.sizes and (self.sizes[0][0] != 0.0 or any(
+                b[0] <= a[0] for a, b in itertools.pairwise(self.sizes))):
+            raise CnnlabError(f"shape {self.name}: sizes must start at fraction 0.0 and rise")
 
     def options(self) -> dict:
         return {"widths": self.widths}
+
+    def size_shares(self) -> list[tuple[int, float]]:
+        """[(side in px, share of the steps), ...]: what a step costs on average (timing) and
+        the MACs of an average image (pruning)."""
+        if not self.sizes:
+            return [(32, 1.0)]
+        ends = [f for f, _ in self.sizes[1:]] + [1.0]
+        return [(px, end - f) for (f, px), end in zip(self.sizes, ends, strict=True)]
+
+    def pixel_ratio(self) -> float:
+        """An average training image's pixels over a 32 px one's (1.0 without resizing)."""
+        return sum(share * side**2 for side, share in self.size_shares()) / 32**2
 
 
 # Measured with `cnnlab train DATA --epochs E` on the shared JPEG copy of CIFAR-10, seed 0
@@ -97,14 +134,43 @@ QUARTER = Shape(
     # (2026-12-02, Intel Xeon, AMX).
     curve=((0.3, 49.78), (0.6, 61.96), (1.2, 72.95), (1.4, 75.04), (2.0, 79.06), (3.0, 82.57),
            (6.0, 85.99), (10.0, 87.03)),
+    # Both machines chose bf16 (`--precision auto`): a bf16 curve.
+    curve_precision="bf16", curve_cpu="bf16-capable CPUs (AMD EPYC avx512_bf16; Intel Xeon AMX)",
 )
 FULL = Shape(
     name="full", widths=(64, 128, 256), batch_size=1024, lr=1.5,
     # 1.24 epochs: 70.78 ± 0.75% (3 seeds); 1.5: 75.66; 2: 80.44; 4.5: 86.58; 6: 88.30;
     # 10: 89.60 (the `fast` recipe's default; 2026-11-27, AMD EPYC).
     curve=((1.24, 70.78), (1.5, 75.66), (2.0, 80.44), (4.5, 86.58), (6.0, 88.30), (10.0, 89.60)),
+    curve_precision="bf16", curve_cpu="a bf16-capable CPU (AMD EPYC, avx512_bf16)",
 )
-SHAPES = (QUARTER, FULL)  # cheapest first: the calibration times them in this order
+# Shapes for a CPU without bf16, where a step costs ~2x the bf16 one (fp32 only or forced):
+# a 0.95-minute budget bought the quarter 67 steps (0.69 epochs, 64.3%) on a 2-core Xeon
+# without bf16 (issue 25). Each does a step in about half the quarter's fp32 arithmetic
+# (BENCHMARKS.md, "--budget on fp32": one-thread CPU time per image, same run, 16 px 0.20x,
+# 24 px 0.46x, the eighth width 0.47x the quarter's), so the same seconds buy ~2x the epochs.
+# Measured with `CNNLAB_PRECISION=fp32 python benchmarks/budget_shapes.py --shapes NAME
+# --epochs E --seeds ...` (2026-12-07, Intel Xeon with AMX, fp32 forced): an fp32 curve.
+# Beyond its last point a curve stays flat, so on longer budgets the quarter and full widths,
+# measured further, win.
+EIGHTH = Shape(
+    name="eighth", widths=(16, 32, 64), batch_size=512, lr=0.75,
+    # 1.1 epochs: 66.80% (seed 0); 1.5: 69.95 ± 0.88% (seeds 0-2: 68.99, 70.73, 70.14).
+    curve=((1.1, 66.80), (1.5, 69.95)),
+    curve_precision="fp32", curve_cpu="Intel Xeon with AMX, CNNLAB_PRECISION=fp32",
+)
+QUARTER_RESIZE = Shape(
+    name="quarter-resize", widths=(32, 64, 128), batch_size=512, lr=0.75,
+    # 1.0 epoch: 64.96% (seed 0); 1.5: 71.39 ± 0.13% (seeds 0-2: 71.53, 71.28, 71.36; no
+    # TTA 70.03 ± 0.39%): less per epoch than the quarter at 32 px throughout (~75.7% at 1.5,
+    # bf16), more per second.
+    curve=((1.0, 64.96), (1.5, 71.39)),
+    curve_precision="fp32", curve_cpu="Intel Xeon with AMX, CNNLAB_PRECISION=fp32",
+    sizes=((0.0, 16), (0.5, 24), (0.75, 32)),
+)
+# Cheapest first (MACs per average training image: 6.8 M, 9.7 M, 19.9 M, 65.4 M): the
+# calibration always times the first and the others only where they could win.
+SHAPES = (EIGHTH, QUARTER_RESIZE, QUARTER, FULL)
 CHANCE = 10.0  # % on CIFAR-10's ten balanced classes
 
 # Points the curve loses without flip + translate TTA, from the same runs: quarter at 1.2
@@ -149,6 +215,7 @@ class Candidate:
     tta: str
     expected_accuracy: float
     timed: bool = True
+    curve_precision: str = "bf16"  # the kind of CPU its expected accuracy rests on
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -160,7 +227,10 @@ def plan_shape(shape: Shape, seconds: float, step_seconds: float, n_train: int,
     """The steps, epochs, TTA and expected accuracy of one shape in `seconds` at
     `step_seconds` per step (the plan `tasks/train/one.py` then trains)."""
     steps_per_epoch = max(1, n_train // shape.batch_size)
-    forward = step_seconds / shape.batch_size / 3
+    # Evaluation is at 32 px; a progressive shape's step was timed at its smaller sizes: scale
+    # by the pixels (measured, the small sizes cost a little less than their pixels: fp32,
+    # 16 px 0.20x and 24 px 0.46x a 32 px step, BENCHMARKS.md, so this errs on the safe side).
+    forward = step_seconds / shape.batch_size / 3 / shape.pixel_ratio()
     chosen_tta = budget_tta(tta, seconds, forward * test_images)
     # Without TTA the final test reuses the last evaluation's test pass (tasks/train/one.py).
     passes = 0 if chosen_tta == "none" and test_curve else TTA_PASSES[chosen_tta]
@@ -168,7 +238,19 @@ def plan_shape(shape: Shape, seconds: float, step_seconds: float, n_train: int,
                          eval_every, test_images, passes)
     epochs = steps * shape.batch_size / n_train
     return Candidate(shape.name, step_seconds, steps, round(epochs, 3),
-                     chosen_tta, round(expected_accuracy(shape, epochs, chosen_tta), 2), timed)
+                     chosen_tta, round(expected_accuracy(shape, epochs, chosen_tta), 2), timed,
+                     shape.curve_precision)
+
+
+def other_kind_note(shape: Shape, precision: str) -> str | None:
+    """A sentence for the report and the summary when `shape`'s curve was measured on the other
+    kind of CPU than this run's (`precision`, "bf16" or "fp32", as hardware.resolve_precision
+    chose it); None when it is this kind's own curve."""
+    if shape.curve_precision == precision:
+        return None
+    return (f"the {shape.name} shape's accuracy curve was measured in {shape.curve_precision} "
+            f"(on {shape.curve_cpu or 'another CPU'}) but this run trains in {precision}: the "
+            f"expected accuracy rests on the other kind of CPU's curve")
 
 
 def choose_shape(seconds: float, time_step, macs: dict[str, int], n_train: int,

@@ -77,8 +77,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="minutes for the whole run (training and test of every model and "
                         "seed, shared equally): each times a few steps here and trains as "
                         "many as fit, its schedule stretched over them (not with --epochs). "
-                        "The default fast-cifar is first calibrated: a few steps of it at a "
-                        "quarter and at its full width are timed, and the width expected to "
+                        "The default fast-cifar is first calibrated: a few steps of its candidate "
+                        "shapes (an eighth, a quarter with progressive resizing, a quarter, "
+                        "the full width) are timed, and the shape expected to "
                         "reach the higher accuracy in the minutes (from accuracy-per-epoch "
                         "curves measured on CIFAR-10, BENCHMARKS.md) is trained; calibration "
                         "time counts against the budget, data loading does not")

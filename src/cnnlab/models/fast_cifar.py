@@ -6,7 +6,7 @@ Jordan 2024, "94% on CIFAR-10 in 3.29 Seconds on a Single GPU", arXiv:2404.00498
     block1   conv3x3 -> maxpool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU      (31 -> 15)
     block2   the same                                                         (15 -> 7)
     block3   the same                                                         ( 7 -> 3)
-    maxpool 3, flatten, linear (no bias), times 1/9
+    max over the remaining 3x3 map (any size: see below), flatten, linear (no bias), times 1/9
 
 What is airbench's, and why (section numbers of the paper):
 - the whitening layer (3.2): a 2x2 patch-whitening convolution whose 24 filters are the
@@ -124,7 +124,10 @@ class FastCifarNet(nn.Sequential):
         for i, w in enumerate(widths, start=1):
             self.add_module(f"block{i}", ConvGroup(c_in, w, activation, bn_momentum))
             c_in = w
-        self.add_module("pool", nn.MaxPool2d(3))
+        # airbench's MaxPool2d(3) takes the whole 3x3 map left of a 32x32 input; the global max
+        # is the same there and also takes the 1x1 / 2x2 maps of 16-24 px inputs, so that the
+        # budget's progressive resizing (budget.py) can train at those sizes first.
+        self.add_module("pool", nn.AdaptiveMaxPool2d(1))
         self.add_module("flatten", nn.Flatten())
         self.add_module("head", nn.Linear(c_in, num_classes, bias=False))
         self.add_module("scale", Mul(scale))

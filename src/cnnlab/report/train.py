@@ -128,6 +128,8 @@ def budget_lines(results: dict[str, Any]) -> list[str]:
             f"{c['model']}: the {c['chosen']} shape trained {m['steps']:.0f} steps "
             f"({m['epochs_trained']:.2f} epochs); the calibration expected about "
             f"{chosen['expected_accuracy']:.1f}% from the shapes' measured accuracy curves{got}.")
+        if c.get("curve_note"):  # the curve came from the other kind of CPU (budget.py)
+            lines.append(f"Note: {c['curve_note']}.")
         best2 = max(c["twice_the_budget"], key=lambda x: x["expected_accuracy"])
         lines.append(f"Twice the minutes would buy about {best2['expected_accuracy']:.1f}% "
                      f"({best2['shape']} shape, {best2['epochs']:.2f} epochs).")

@@ -58,6 +58,17 @@ def seconds_per_step(recipe, model, batches, loss_fn, precision, device) -> floa
                                         batches, loss_fn, precision, device)
 
 
+def sized_seconds_per_step(recipe, model, batches, loss_fn, precision, device,
+                           size_shares: list[tuple[int, float]]) -> float:
+    """Seconds of one optimiser step averaged over a progressive-resizing schedule: each side
+    timed on its own (small maps use the cores less well than their pixels say), weighted by
+    its share of the steps (budget.Shape.size_shares). One size of 32 px is a plain timing."""
+    from cnnlab.data.progressive import fixed_size
+
+    return sum(share * seconds_per_step(recipe, model, fixed_size(batches, side), loss_fn,
+                                        precision, device)
+               for side, share in size_shares)
+
 
 def macs_of(model_name: str, options: dict[str, Any], shape: tuple[int, ...]) -> int:
     from cnnlab.analysis.profile import profile_registered

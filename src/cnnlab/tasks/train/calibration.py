@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from cnnlab import budget, dist
+from cnnlab import budget, dist, hardware
 from cnnlab.runs import RunDir
 from cnnlab.tasks.train.budget_plan import budget_share, eval_images
-from cnnlab.tasks.train.build import build, macs_of, seconds_per_step
+from cnnlab.tasks.train.build import build, macs_of, seconds_per_step, sized_seconds_per_step
 from cnnlab.tasks.train.config import DEFAULT_MODEL, TrainConfig
 from cnnlab.tasks.train.recipe import apply_shape, precision_for, recipe_for
 from cnnlab.tasks.train.saved import saved_calibration
@@ -55,12 +55,19 @@ def _calibrate(config: TrainConfig, data, model_name: str, device: torch.device,
     def time_step(shape) -> float:
         recipe = apply_shape(base, shape)
         model, batches, loss_fn = build(recipe, data, model_name, 0, device)
-        timings[shape.name] = seconds_per_step(recipe, model, batches, loss_fn, precision,
-                                               device)
+        if shape.sizes:  # progressive resizing: each side timed, weighted by its steps
+            timings[shape.name] = sized_seconds_per_step(recipe, model, batches, loss_fn,
+                                                         precision, device, shape.size_shares())
+        else:
+            timings[shape.name] = seconds_per_step(recipe, model, batches, loss_fn, precision,
+                                                   device)
         return timings[shape.name]
 
     start = time.monotonic()
-    macs = {s.name: macs_of(model_name, {**s.options(), "num_classes": 10}, (3, 32, 32))
+    # MACs of an average training image: a progressive shape's sizes weighted by their steps.
+    macs = {s.name: round(sum(share * macs_of(model_name, {**s.options(), "num_classes": 10},
+                                                (3, side, side))
+                              for side, share in s.size_shares()))
             for s in budget.SHAPES}
     chosen, candidates = budget.choose_shape(
         budget_share(config), time_step, macs, len(data.train_y),
@@ -79,9 +86,23 @@ def _calibrate(config: TrainConfig, data, model_name: str, device: torch.device,
                  f"{spent:.1f} s: " + "; ".join(
                      f"{c.shape} {c.epochs:.2f} epochs -> about {c.expected_accuracy:.1f}%"
                      + ("" if c.timed else " (at best; not timed)") for c in candidates))
+    # Which kind of CPU the promise rests on: the curves' (budget.CURVE_KINDS) against this
+    # run's precision; the report and the summary print the note (report/train.budget_lines).
+    note = budget.other_kind_note(chosen, precision)
+    if note:
+        reporter.log(f"{model_name}: note: {note}")
     return {"model": model_name, "chosen": chosen.name, "seconds": spent,
             "candidates": [c.as_dict() for c in candidates], "twice_the_budget": double,
-            "step_seconds": timings.get(chosen.name)}
+            "step_seconds": timings.get(chosen.name), "precision": precision,
+            "cpu_kind": cpu_kind(), "curve_precision": chosen.curve_precision,
+            "curve_note": note}
+
+
+def cpu_kind(flags: frozenset[str] | None = None) -> str:
+    """"bf16-capable" (avx512_bf16 or amx_bf16: hardware.BF16_FLAGS) or "fp32-only": the kind
+    of CPU this calibration ran on, kept beside the curves' kind in calibration.json."""
+    present = hardware.cpu_flags() if flags is None else flags
+    return "bf16-capable" if any(f in present for f in hardware.BF16_FLAGS) else "fp32-only"
 
 
 def calibrate_all(config: TrainConfig, data, device: torch.device, run_dir: RunDir,

@@ -48,8 +48,9 @@ class TrainConfig:
     # equally: each (model, seed) times a few of its steps on this machine and trains as many
     # as fit its share, its schedule stretched over them (instead of --epochs).
     budget: float | None = None
-    # With a budget, time the default network's candidate shapes (fast-cifar at a quarter and
-    # at its full width, budget.SHAPES) and train the one expected to do best in the minutes.
+    # With a budget, time the default network's candidate shapes (fast-cifar at an eighth, a
+    # quarter (also with progressive resizing) and its full width, budget.SHAPES) and train
+    # the one expected to do best in the minutes.
     calibrate: bool = True
     eval_every: int = 1  # epochs between the test-accuracy points of the curves
     threads: int | None = None  # torch CPU threads (default: torch's, i.e. the cores)

@@ -18,7 +18,7 @@ from cnnlab.hardware import autocast
 from cnnlab.runs import RunDir
 from cnnlab.tasks.train.batch_choice import apply_batch
 from cnnlab.tasks.train.budget_plan import budget_share, plan_steps
-from cnnlab.tasks.train.build import build
+from cnnlab.tasks.train.build import build, sized_seconds_per_step
 from cnnlab.tasks.train.config import TrainConfig
 from cnnlab.tasks.train.data import norm
 from cnnlab.tasks.train.measure import accuracy
@@ -63,7 +63,11 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
                                   info.world_size)
     total_steps = max(1, math.ceil(recipe.epochs * steps_per_epoch))
     plan = None
+    sizes = shape.sizes if shape is not None else ()
     if config.budget:
+        if sizes and step_seconds is None:  # a step's mean cost over the sizes it trains at
+            step_seconds = sized_seconds_per_step(recipe, model, batches, loss_fn, precision,
+                                                  device, shape.size_shares())
         plan = plan_steps(config, recipe, model, batches, loss_fn, precision, device,
                           steps_per_epoch, data, run_dir, resume,
                           budget_share(config) if share is None else share, tta,
@@ -75,6 +79,10 @@ def train_one(config: TrainConfig, data, model_name: str, seed: int, run_dir: Ru
                      f"steps ({total_steps / steps_per_epoch:.2f} epochs), test-time "
                      f"augmentation {recipe.tta}")
     epochs = total_steps / steps_per_epoch if plan else recipe.epochs
+    if sizes:  # progressive resizing over the steps this run will train (data/progressive.py)
+        from cnnlab.data.progressive import progressive
+
+        batches = progressive(batches, sizes, steps_per_epoch, total_steps)
     evaluate = _evaluator(config, data, recipe, device)
     before_epoch, after_step, extra = _recipe_hooks(recipe, model, total_steps)
     fit_cfg = FitConfig(
