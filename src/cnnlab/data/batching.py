@@ -1,10 +1,17 @@
-"""Batching decoded images for a DataLoader: bad files travel beside the good ones."""
+"""Batching decoded images for a DataLoader: bad files travel beside the good ones.
+
+`ImageDataset` decodes each photo for one net; `SharedDecodeDataset` decodes each photo once
+for several nets (`decode.decode_many`) and yields one tensor per net: the one place where
+`evaluate -m A -m B ...` and `finetune --model auto`'s backbone scoring share their decoding.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from cnnlab.data.decode import BadImage, load_image
+from cnnlab.data.decode import BadImage, load_image, load_images
 from cnnlab.data.folders import LabelledImage
 from cnnlab.data.preprocess import Preprocess
 
@@ -30,6 +37,44 @@ class ImageDataset(torch.utils.data.Dataset):
         """`collate_images` with this dataset's image shape, for an all-bad batch."""
         crop = self.preprocess.crop_size
         return collate_images(batch, shape=(3, crop, crop))
+
+
+class SharedDecodeDataset(torch.utils.data.Dataset):
+    """Items -> ((one image per net) or None, index, reason or None, exact per net): each
+    photo read and decoded once, at the largest size any of the nets needs, then resized and
+    cropped by each net's own preprocessing. `exact[k]` says whether net k's image equals
+    its own `ImageDataset`'s bit for bit (`decode.decode_many`)."""
+
+    def __init__(self, items: list[LabelledImage], preprocesses: Sequence[Preprocess],
+                 draft: bool = True):
+        if not preprocesses:
+            raise ValueError("no preprocessing given: one per net")
+        self.items = list(items)
+        self.preprocesses = tuple(preprocesses)
+        self.draft = draft
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        try:
+            images, exact = load_images(self.items[i].path, self.preprocesses, self.draft)
+            return tuple(images), i, None, tuple(exact)
+        except BadImage as exc:
+            return None, i, exc.reason, None
+
+    def collate(self, batch):
+        """(per net: its good images stacked, as `collate_images`), their indices, the bad
+        ones [(index, reason)], and a bool (n_good, n_nets) tensor of `exact`."""
+        per_net = []
+        for k, pp in enumerate(self.preprocesses):
+            one = [(None if images is None else images[k], i, reason)
+                   for images, i, reason, _ in batch]
+            per_net.append(collate_images(one, shape=(3, pp.crop_size, pp.crop_size)))
+        exact = torch.tensor([e for _, _, reason, e in batch if reason is None],
+                             dtype=torch.bool).reshape(-1, len(self.preprocesses))
+        _, indices, bad = per_net[0]
+        return [images for images, _, _ in per_net], indices, bad, exact
 
 
 def collate_images(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,26 +94,57 @@ def _target_size(width: int, height: int, preprocess: Preprocess) -> tuple[int, 
     return _resized_size(width, height, s)
 
 
-def _decode(path: Path, preprocess: Preprocess, draft: bool) -> Image.Image:
-    """Open, decode and resize; Pillow errors propagate to `load_image` for classification."""
+def _draft_request(width: int, height: int, preprocess: Preprocess) -> tuple[int, int] | None:
+    """The size to ask JPEG draft decoding for, so that the resize of `preprocess` still only
+    shrinks; None when no whole reduction factor fits (the picture is under 2x its target).
+
+    JPEG can decode at 1/2, 1/4 or 1/8 scale in the DCT domain, far faster than a full decode.
+    Ask for a size whose short side is still >= resize_size (integer ceil, no float rounding),
+    so the final antialiased resize still only shrinks: pixels differ slightly from a full
+    decode (the DCT reduction is a box-like filter), the content does not. Pillow only reduces
+    by whole factors, so nothing happens below 2x."""
+    w, h = width, height
+    if preprocess.crop_mode == "center":
+        short, target = min(w, h), preprocess.resize_size
+        if short >= 2 * target:
+            return -(-w * target // short), -(-h * target // short)
+        return None
+    tw, th = _target_size(w, h, preprocess)
+    if w >= 2 * tw and h >= 2 * th:  # Pillow picks a scale with both sides >= these
+        return tw, th
+    return None
+
+
+def _draft_scale(width: int, height: int, request: tuple[int, int] | None) -> int:
+    """The reduction factor (1, 2, 4 or 8) Pillow's JpegImageFile.draft picks for `request`:
+    the largest of 8/4/2/1 not above min(width // w, height // h) (Pillow 13, JpegImagePlugin)."""
+    if request is None:
+        return 1
+    most = min(width // request[0], height // request[1])
+    return next(s for s in (8, 4, 2, 1) if most >= s or s == 1)
+
+
+def _open_decoded(path: Path, preprocesses: Sequence[Preprocess], draft: bool
+                  ) -> tuple[Image.Image, list[bool]]:
+    """Open and decode once, upright RGB, at the largest size any of `preprocesses` needs; and
+    per preprocess, whether these are the very pixels its own decode would have given (False
+    when its own JPEG draft factor is coarser than the shared one: see `decode_many`)."""
+    exact = [True] * len(preprocesses)
     with Image.open(path) as im:
         # Animated GIF / APNG / multi-page TIFF / MPO: Pillow opens on the first frame, the
         # picture people see (no seek: counting the frames would read the whole file).
         if draft and im.format in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEG
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale in the DCT domain, far faster than a full
-            # decode. Ask for a size whose short side is still >= resize_size (integer ceil, no
-            # float rounding), so the final antialiased resize still only shrinks: pixels differ
-            # slightly from a full decode (the DCT reduction is a box-like filter), the content
-            # does not. Pillow only reduces by whole factors, so nothing happens below 2x.
             w, h = im.size
-            if preprocess.crop_mode == "center":
-                short, target = min(w, h), preprocess.resize_size
-                if short >= 2 * target:
-                    im.draft(im.mode, (-(-w * target // short), -(-h * target // short)))
+            requests = [_draft_request(w, h, pp) for pp in preprocesses]
+            if all(r is not None for r in requests):  # one net wanting full size: no draft
+                # The elementwise largest request: Pillow's factor for it is the smallest of
+                # the nets' own factors (its floor(min(w // rw, h // rh)) is their minimum).
+                shared = (max(r[0] for r in requests), max(r[1] for r in requests))
+                if im.draft(im.mode, shared) is not None:  # None: Pillow declined (no change)
+                    scale = _draft_scale(w, h, shared)
+                    exact = [_draft_scale(w, h, r) == scale for r in requests]
             else:
-                tw, th = _target_size(w, h, preprocess)
-                if w >= 2 * tw and h >= 2 * th:  # Pillow picks a scale with both sides >= these
-                    im.draft(im.mode, (tw, th))
+                exact = [r is None for r in requests]
         im.load()
         # Phones store portrait photos landscape plus an EXIF rotation; show the model the
         # upright picture, as every viewer does. A malformed EXIF block is ignored, not fatal:
@@ -124,11 +156,24 @@ def _decode(path: Path, preprocess: Preprocess, draft: bool) -> Image.Image:
         # A 1 x 100000 strip passes the pixel-count check but would resize to 256 x 25.6 M:
         # gigabytes for a picture no ImageNet model can read.
         raise BadImage(f"extreme aspect ratio ({rgb.size[0]} x {rgb.size[1]} pixels)")
+    return rgb, exact
+
+
+def _resize_for(rgb: Image.Image, preprocess: Preprocess) -> Image.Image:
+    """The resize step of `preprocess` on a decoded picture."""
     size = _target_size(*rgb.size, preprocess)
     if size != rgb.size:
         # Pillow's resize filters always antialias when shrinking: torchvision antialias=True.
         rgb = rgb.resize(size, _INTERPOLATION[preprocess.interpolation])
     return rgb
+
+
+def _decode(path: Path, preprocesses: Sequence[Preprocess], draft: bool
+            ) -> tuple[list[Image.Image], list[bool]]:
+    """Open, decode once and resize for each preprocess; Pillow errors propagate to `_guarded`
+    for classification."""
+    rgb, exact = _open_decoded(path, preprocesses, draft)
+    return [_resize_for(rgb, pp) for pp in preprocesses], exact
 
 
 def _pad_fill(preprocess: Preprocess) -> tuple[int, int, int]:
@@ -160,6 +205,22 @@ def decode_resized(path: Path, preprocess: Preprocess, draft: bool = True) -> Im
     """Decode one image, upright RGB, its short side resized to `preprocess.resize_size`;
     BadImage if unusable. The common first step of `load_image` and of training-time
     augmentation (`data/augment.py`)."""
+    return decode_many(path, (preprocess,), draft)[0][0]
+
+
+def decode_many(path: Path, preprocesses: Sequence[Preprocess], draft: bool = True
+                ) -> tuple[list[Image.Image], list[bool]]:
+    """Decode one image ONCE and resize it for each of several nets' preprocessing: one read
+    and one decode however many nets look at the photo (`cnnlab evaluate -m A -m B`,
+    `finetune --model auto`); BadImage if unusable.
+
+    The decode is at the largest size any of them needs: with JPEG draft decoding, at the
+    smallest of their reduction factors. A net whose own factor would have been coarser (its
+    resize_size is smaller: Lite0's 256 against Lite2's 292 px, for a short side in
+    [512, 584), [1024, 1168) or [2048, 2336) px) gets pixels resized from a finer decode: close
+    to its own path's, not equal (tests/test_shared_decode.py bounds the difference). Returns
+    the resized pictures and, per preprocess, whether they are exactly its own path's pixels
+    (a feature cache keeps only those: models/features.py)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -169,8 +230,9 @@ def decode_resized(path: Path, preprocess: Preprocess, draft: bool = True) -> Im
         raise BadImage(f"cannot read file ({exc.strerror or type(exc).__name__})") from None
     if size == 0:
         raise BadImage("empty file (0 bytes)")
-    if preprocess.interpolation not in _INTERPOLATION:
-        raise ValueError(f"unsupported interpolation {preprocess.interpolation!r}")
+    for pp in preprocesses:
+        if pp.interpolation not in _INTERPOLATION:
+            raise ValueError(f"unsupported interpolation {pp.interpolation!r}")
     try:
         # Pillow warns (DecompressionBombWarning) above Image.MAX_IMAGE_PIXELS and raises above
         # twice that. Both mean "refuse": a 90-megapixel decode costs ~270 MB and seconds per
@@ -180,7 +242,7 @@ def decode_resized(path: Path, preprocess: Preprocess, draft: bool = True) -> Im
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            rgb = _decode(path, preprocess, draft)
+            pictures, exact = _decode(path, preprocesses, draft)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise BadImage(
             f"too many pixels (over {Image.MAX_IMAGE_PIXELS:,}): refused as a decompression bomb"
@@ -201,7 +263,7 @@ def decode_resized(path: Path, preprocess: Preprocess, draft: bool = True) -> Im
         # struct.error, IndexError, EOFError, ...); all mean the same thing for this file.
         raise BadImage(f"corrupt image ({type(exc).__name__}: {exc})") from None
 
-    return rgb
+    return pictures, exact
 
 
 def load_pixels(path: Path, preprocess: Preprocess, draft: bool = True) -> np.ndarray:
@@ -216,6 +278,17 @@ def load_pixels(path: Path, preprocess: Preprocess, draft: bool = True) -> np.nd
 def load_image(path: Path, preprocess: Preprocess, draft: bool = True) -> torch.Tensor:
     """Decode one image into a float32 (3, crop, crop) tensor, normalised; BadImage if unusable."""
     return to_tensor(load_pixels(path, preprocess, draft), preprocess)
+
+
+def load_images(path: Path, preprocesses: Sequence[Preprocess], draft: bool = True
+                ) -> tuple[list[torch.Tensor], list[bool]]:
+    """`load_image` for several nets from one decode (`decode_many`): one normalised tensor
+    per preprocess, and whether each is exactly its own `load_image`'s; BadImage if unusable."""
+    pictures, exact = decode_many(path, preprocesses, draft)
+    tensors = [to_tensor(_center_crop(np.asarray(rgb, dtype=np.uint8), pp.crop_size,
+                                      _pad_fill(pp)), pp)
+               for rgb, pp in zip(pictures, preprocesses, strict=True)]
+    return tensors, exact
 
 
 def to_tensor(arr: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
