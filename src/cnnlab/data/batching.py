@@ -40,10 +40,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class SharedDecodeDataset(torch.utils.data.Dataset):
-    """Items -> ((one image per net) or None, index, reason or None, exact per net): each
-    photo read and decoded once, at the largest size any of the nets needs, then resized and
-    cropped by each net's own preprocessing. `exact[k]` says whether net k's image equals
-    its own `ImageDataset`'s bit for bit (`decode.decode_many`)."""
+    """Items -> ((one image per net) or None, index, reason or None): each photo read and
+    decoded once for all the nets (`decode.decode_many`), then resized and cropped by each
+    net's own preprocessing; net k's image equals its own `ImageDataset`'s bit for bit."""
 
     def __init__(self, items: list[LabelledImage], preprocesses: Sequence[Preprocess],
                  draft: bool = True):
@@ -58,23 +57,20 @@ class SharedDecodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            images, exact = load_images(self.items[i].path, self.preprocesses, self.draft)
-            return tuple(images), i, None, tuple(exact)
+            return tuple(load_images(self.items[i].path, self.preprocesses, self.draft)), i, None
         except BadImage as exc:
-            return None, i, exc.reason, None
+            return None, i, exc.reason
 
     def collate(self, batch):
-        """(per net: its good images stacked, as `collate_images`), their indices, the bad
-        ones [(index, reason)], and a bool (n_good, n_nets) tensor of `exact`."""
+        """(per net: its good images stacked, as `collate_images`), their indices and the bad
+        ones [(index, reason)]."""
         per_net = []
         for k, pp in enumerate(self.preprocesses):
             one = [(None if images is None else images[k], i, reason)
-                   for images, i, reason, _ in batch]
+                   for images, i, reason in batch]
             per_net.append(collate_images(one, shape=(3, pp.crop_size, pp.crop_size)))
-        exact = torch.tensor([e for _, _, reason, e in batch if reason is None],
-                             dtype=torch.bool).reshape(-1, len(self.preprocesses))
         _, indices, bad = per_net[0]
-        return [images for images, _, _ in per_net], indices, bad, exact
+        return [images for images, _, _ in per_net], indices, bad
 
 
 def collate_images(

@@ -124,39 +124,34 @@ def _draft_scale(width: int, height: int, request: tuple[int, int] | None) -> in
     return next(s for s in (8, 4, 2, 1) if most >= s or s == 1)
 
 
-def _open_decoded(path: Path, preprocesses: Sequence[Preprocess], draft: bool
-                  ) -> tuple[Image.Image, list[bool]]:
-    """Open and decode once, upright RGB, at the largest size any of `preprocesses` needs; and
-    per preprocess, whether these are the very pixels its own decode would have given (False
-    when its own JPEG draft factor is coarser than the shared one: see `decode_many`)."""
-    exact = [True] * len(preprocesses)
-    with Image.open(path) as im:
-        # Animated GIF / APNG / multi-page TIFF / MPO: Pillow opens on the first frame, the
-        # picture people see (no seek: counting the frames would read the whole file).
-        if draft and im.format in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEG
-            w, h = im.size
-            requests = [_draft_request(w, h, pp) for pp in preprocesses]
-            if all(r is not None for r in requests):  # one net wanting full size: no draft
-                # The elementwise largest request: Pillow's factor for it is the smallest of
-                # the nets' own factors (its floor(min(w // rw, h // rh)) is their minimum).
-                shared = (max(r[0] for r in requests), max(r[1] for r in requests))
-                if im.draft(im.mode, shared) is not None:  # None: Pillow declined (no change)
-                    scale = _draft_scale(w, h, shared)
-                    exact = [_draft_scale(w, h, r) == scale for r in requests]
-            else:
-                exact = [r is None for r in requests]
-        im.load()
-        # Phones store portrait photos landscape plus an EXIF rotation; show the model the
-        # upright picture, as every viewer does. A malformed EXIF block is ignored, not fatal:
-        # the pixels themselves are fine.
-        with contextlib.suppress(Exception):  # Pillow raises assorted types on broken EXIF
-            ImageOps.exif_transpose(im, in_place=True)
-        rgb = _to_rgb(im)
+def _plan(im: Image.Image, preprocesses: Sequence[Preprocess], draft: bool
+          ) -> tuple[list[int], list[tuple[int, int] | None]]:
+    """Per preprocess: the JPEG reduction factor its own decode uses, and its draft request."""
+    if not (draft and im.format in ("JPEG", "MPO")):  # MPO: phones' multi-picture JPEG
+        return [1] * len(preprocesses), [None] * len(preprocesses)
+    w, h = im.size
+    requests = [_draft_request(w, h, pp) for pp in preprocesses]
+    return [_draft_scale(w, h, r) for r in requests], requests
+
+
+def _load(im: Image.Image, request: tuple[int, int] | None) -> Image.Image:
+    """Decode an opened image (JPEG draft at `request` when given), upright RGB."""
+    # Animated GIF / APNG / multi-page TIFF / MPO: Pillow opens on the first frame, the
+    # picture people see (no seek: counting the frames would read the whole file).
+    if request is not None:
+        im.draft(im.mode, request)
+    im.load()
+    # Phones store portrait photos landscape plus an EXIF rotation; show the model the
+    # upright picture, as every viewer does. A malformed EXIF block is ignored, not fatal:
+    # the pixels themselves are fine.
+    with contextlib.suppress(Exception):  # Pillow raises assorted types on broken EXIF
+        ImageOps.exif_transpose(im, in_place=True)
+    rgb = _to_rgb(im)
     if max(rgb.size) > MAX_ASPECT * min(rgb.size):
         # A 1 x 100000 strip passes the pixel-count check but would resize to 256 x 25.6 M:
         # gigabytes for a picture no ImageNet model can read.
         raise BadImage(f"extreme aspect ratio ({rgb.size[0]} x {rgb.size[1]} pixels)")
-    return rgb, exact
+    return rgb
 
 
 def _resize_for(rgb: Image.Image, preprocess: Preprocess) -> Image.Image:
@@ -168,12 +163,17 @@ def _resize_for(rgb: Image.Image, preprocess: Preprocess) -> Image.Image:
     return rgb
 
 
-def _decode(path: Path, preprocesses: Sequence[Preprocess], draft: bool
-            ) -> tuple[list[Image.Image], list[bool]]:
-    """Open, decode once and resize for each preprocess; Pillow errors propagate to `_guarded`
-    for classification."""
-    rgb, exact = _open_decoded(path, preprocesses, draft)
-    return [_resize_for(rgb, pp) for pp in preprocesses], exact
+def _decode(path: Path, preprocesses: Sequence[Preprocess], draft: bool) -> list[Image.Image]:
+    """Open, decode once per distinct JPEG reduction factor (finest first) and resize for each
+    preprocess; Pillow errors propagate to `decode_many` for classification."""
+    with Image.open(path) as im:
+        scales, requests = _plan(im, preprocesses, draft)
+        finest = min(scales)
+        decoded = {finest: _load(im, requests[scales.index(finest)])}
+    for scale in sorted(set(scales) - {finest}):  # Pillow drafts an opened image only once
+        with Image.open(path) as im:
+            decoded[scale] = _load(im, requests[scales.index(scale)])
+    return [_resize_for(decoded[s], pp) for s, pp in zip(scales, preprocesses, strict=True)]
 
 
 def _pad_fill(preprocess: Preprocess) -> tuple[int, int, int]:
@@ -205,22 +205,23 @@ def decode_resized(path: Path, preprocess: Preprocess, draft: bool = True) -> Im
     """Decode one image, upright RGB, its short side resized to `preprocess.resize_size`;
     BadImage if unusable. The common first step of `load_image` and of training-time
     augmentation (`data/augment.py`)."""
-    return decode_many(path, (preprocess,), draft)[0][0]
+    return decode_many(path, (preprocess,), draft)[0]
 
 
 def decode_many(path: Path, preprocesses: Sequence[Preprocess], draft: bool = True
-                ) -> tuple[list[Image.Image], list[bool]]:
-    """Decode one image ONCE and resize it for each of several nets' preprocessing: one read
-    and one decode however many nets look at the photo (`cnnlab evaluate -m A -m B`,
-    `finetune --model auto`); BadImage if unusable.
+                ) -> list[Image.Image]:
+    """Decode one image for several nets' preprocessing at once and resize it for each
+    (`cnnlab evaluate -m A -m B`, `finetune --model auto`): for most photos one decode however
+    many nets look at it, each net's pixels exactly those of its own `decode_resized`;
+    BadImage if unusable.
 
-    The decode is at the largest size any of them needs: with JPEG draft decoding, at the
-    smallest of their reduction factors. A net whose own factor would have been coarser (its
-    resize_size is smaller: Lite0's 256 against Lite2's 292 px, for a short side in
-    [512, 584), [1024, 1168) or [2048, 2336) px) gets pixels resized from a finer decode: close
-    to its own path's, not equal (tests/test_shared_decode.py bounds the difference). Returns
-    the resized pictures and, per preprocess, whether they are exactly its own path's pixels
-    (a feature cache keeps only those: models/features.py)."""
+    With JPEG draft decoding each net has its own reduction factor (the largest that keeps
+    its resize a shrink). Where the nets' factors agree -- most photos: 245 of the 250 sample
+    photos and 394 of hymenoptera's 398 for Lite0/1/2 -- the photo is decoded once. Where they
+    do not (e.g. a short side in [512, 584) px: Lite0's 256-px resize drafts at 1/2, Lite2's 292
+    cannot), it is decoded once per distinct factor, finest first: resizing Lite0 from the
+    finer decode instead would change its pixels (up to 103 levels at edges, mean 7 on a
+    sample photo) and, on the fox terrier, its fifth class."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -242,7 +243,7 @@ def decode_many(path: Path, preprocesses: Sequence[Preprocess], draft: bool = Tr
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            pictures, exact = _decode(path, preprocesses, draft)
+            pictures = _decode(path, preprocesses, draft)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise BadImage(
             f"too many pixels (over {Image.MAX_IMAGE_PIXELS:,}): refused as a decompression bomb"
@@ -263,7 +264,7 @@ def decode_many(path: Path, preprocesses: Sequence[Preprocess], draft: bool = Tr
         # struct.error, IndexError, EOFError, ...); all mean the same thing for this file.
         raise BadImage(f"corrupt image ({type(exc).__name__}: {exc})") from None
 
-    return pictures, exact
+    return pictures
 
 
 def load_pixels(path: Path, preprocess: Preprocess, draft: bool = True) -> np.ndarray:
@@ -281,14 +282,13 @@ def load_image(path: Path, preprocess: Preprocess, draft: bool = True) -> torch.
 
 
 def load_images(path: Path, preprocesses: Sequence[Preprocess], draft: bool = True
-                ) -> tuple[list[torch.Tensor], list[bool]]:
-    """`load_image` for several nets from one decode (`decode_many`): one normalised tensor
-    per preprocess, and whether each is exactly its own `load_image`'s; BadImage if unusable."""
-    pictures, exact = decode_many(path, preprocesses, draft)
-    tensors = [to_tensor(_center_crop(np.asarray(rgb, dtype=np.uint8), pp.crop_size,
-                                      _pad_fill(pp)), pp)
-               for rgb, pp in zip(pictures, preprocesses, strict=True)]
-    return tensors, exact
+                ) -> list[torch.Tensor]:
+    """`load_image` for several nets from one decode (`decode_many`): one normalised tensor per
+    preprocess, each equal to its own `load_image`; BadImage if unusable."""
+    pictures = decode_many(path, preprocesses, draft)
+    return [to_tensor(_center_crop(np.asarray(rgb, dtype=np.uint8), pp.crop_size,
+                                   _pad_fill(pp)), pp)
+            for rgb, pp in zip(pictures, preprocesses, strict=True)]
 
 
 def to_tensor(arr: np.ndarray, preprocess: Preprocess) -> torch.Tensor:

@@ -192,11 +192,9 @@ def compute_features_many(
     once for all of them (data/batching.py's SharedDecodeDataset); one `Features` per net.
 
     Each net's cache is read first; a photo is decoded when any net lacks it, and only those
-    nets run on it. A vector is cached only when its pixels are exactly the ones the net's own
-    pass would have decoded (`decode.decode_many`'s `exact`: a photo whose JPEG draft factor
-    for this net is coarser than the shared one is not), so a cache key keeps naming one set of
-    pixels per photo; the few other vectors are returned, not cached. `seconds` of each:
-    its own forward time plus an equal share of the rest (reading caches, decoding, waiting).
+    nets run on it. Each net sees exactly the pixels of its own pass (`decode.decode_many`), so
+    its vectors go to its cache under the same key as a one-net pass's. `seconds` of each: its
+    own forward time plus an equal share of the rest (reading caches, decoding, waiting).
     """
     from cnnlab.data.batching import SharedDecodeDataset
     from cnnlab.data.folders import LabelledImage
@@ -210,7 +208,6 @@ def compute_features_many(
     union = sorted(set().union(*todos))
     new_vectors: list[dict[str, torch.Tensor]] = [{} for _ in nets]
     new_bad: list[dict[str, str]] = [{} for _ in nets]
-    inexact: list[set[str]] = [set() for _ in nets]  # computed from a finer decode: not cached
     abouts: list[dict[str, Any]] = [{} for _ in nets]
     own = [0.0] * len(nets)
     if union:
@@ -224,7 +221,7 @@ def compute_features_many(
         loader = photo_loader(dataset, workers=workers, device=device, batch_size=batch_size,
                               collate=dataset.collate)
         n_batches = (len(union) + batch_size - 1) // batch_size
-        for batches, indices, failed, exact in reporter.track(
+        for batches, indices, failed in reporter.track(
                 loader, total=n_batches, description=label, unit="batches"):
             for i, reason in failed:
                 for k in active:
@@ -242,13 +239,10 @@ def compute_features_many(
                     raise ValueError(f"body output {tuple(out.shape)} is not (batch, features)")
                 for r, row in zip(rows, out, strict=True):
                     new_vectors[k][wanted[r]] = row.clone()
-                    if not exact[r, j]:
-                        inexact[k].add(wanted[r])
                 own[k] += time.perf_counter() - began
         for k in active:
             if nets[k].cache is not None:
-                nets[k].cache.save({d: v for d, v in new_vectors[k].items()
-                                    if d not in inexact[k]}, new_bad[k])
+                nets[k].cache.save(new_vectors[k], new_bad[k])
     shared = (time.perf_counter() - start - sum(own)) / len(nets)
     return [_assemble(paths, digests, {**stored[k][0], **new_vectors[k]},
                       {**stored[k][1], **new_bad[k]}, len(todos[k]), own[k] + shared, abouts[k])

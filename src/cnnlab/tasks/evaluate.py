@@ -13,8 +13,8 @@ Steps, each of which fails early and in one line where the user can fix somethin
 2. find every model's weights before running any model (a missing file is one line that says
    which file to put where);
 3. stream the images through a `DataLoader` once for all the models (worker processes decode
-   each photo once, at the largest size any model needs -- Pillow's draft mode decodes large
-   JPEGs at reduced size --, then resize and crop it by each model's own preprocessing:
+   each photo once for all the models -- Pillow's draft mode decodes large JPEGs at reduced
+   size --, then resize and crop it by each model's own preprocessing:
    data/batching.py's SharedDecodeDataset), batched inference of every model under
    `torch.inference_mode()`; keep only the top-k classes and probabilities of each image, so
    memory does not grow with the batch count beyond those few numbers;
@@ -188,7 +188,7 @@ def _run_models(
     forward_seconds = [0.0] * len(names)
     start = time.perf_counter()
     with torch.inference_mode():
-        for batches, indices, bad, _exact in reporter.track(
+        for batches, indices, bad in reporter.track(
             loader, total=n_batches, description=" + ".join(names), unit="batches"
         ):
             bad_global = [(global_indices[i], reason) for i, reason in bad]
