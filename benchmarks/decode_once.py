@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--only", choices=("evaluate", "finetune"), default=None)
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="the cache's ONNX graphs are already exported (a re-run in --work)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="decode-once-"))
     cache = work / "cache"
@@ -103,7 +105,8 @@ def main() -> None:
     if args.only:
         tasks = {args.only: tasks[args.only]}
     for name, fn in tasks.items():
-        fn("after", -1)  # warm-up: exports the ONNX graphs both versions read, fills page cache
+        if args.warmup:  # exports the ONNX graphs both versions read, fills the page cache
+            fn("after", -1)
         records: dict[str, list[dict]] = {"before": [], "after": []}
         for i in range(args.repeats):
             for version in ("before", "after") if i % 2 == 0 else ("after", "before"):
