@@ -1,10 +1,17 @@
-"""Batching decoded images for a DataLoader: bad files travel beside the good ones."""
+"""Batching decoded images for a DataLoader: bad files travel beside the good ones.
+
+`ImageDataset` decodes each photo for one net; `SharedDecodeDataset` decodes each photo once
+for several nets (`decode.decode_many`) and yields one tensor per net: the one place where
+`evaluate -m A -m B ...` and `finetune --model auto`'s backbone scoring share their decoding.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from cnnlab.data.decode import BadImage, load_image
+from cnnlab.data.decode import BadImage, load_image, load_images
 from cnnlab.data.folders import LabelledImage
 from cnnlab.data.preprocess import Preprocess
 
@@ -30,6 +37,40 @@ class ImageDataset(torch.utils.data.Dataset):
         """`collate_images` with this dataset's image shape, for an all-bad batch."""
         crop = self.preprocess.crop_size
         return collate_images(batch, shape=(3, crop, crop))
+
+
+class SharedDecodeDataset(torch.utils.data.Dataset):
+    """Items -> ((one image per net) or None, index, reason or None): each photo read and
+    decoded once for all the nets (`decode.decode_many`), then resized and cropped by each
+    net's own preprocessing; net k's image equals its own `ImageDataset`'s bit for bit."""
+
+    def __init__(self, items: list[LabelledImage], preprocesses: Sequence[Preprocess],
+                 draft: bool = True):
+        if not preprocesses:
+            raise ValueError("no preprocessing given: one per net")
+        self.items = list(items)
+        self.preprocesses = tuple(preprocesses)
+        self.draft = draft
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        try:
+            return tuple(load_images(self.items[i].path, self.preprocesses, self.draft)), i, None
+        except BadImage as exc:
+            return None, i, exc.reason
+
+    def collate(self, batch):
+        """(per net: its good images stacked, as `collate_images`), their indices and the bad
+        ones [(index, reason)]."""
+        per_net = []
+        for k, pp in enumerate(self.preprocesses):
+            one = [(None if images is None else images[k], i, reason)
+                   for images, i, reason in batch]
+            per_net.append(collate_images(one, shape=(3, pp.crop_size, pp.crop_size)))
+        _, indices, bad = per_net[0]
+        return [images for images, _, _ in per_net], indices, bad
 
 
 def collate_images(

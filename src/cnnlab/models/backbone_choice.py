@@ -3,7 +3,8 @@
 Every registered model whose ImageNet weights are on this machine right now (`locate`: an
 explicit hub-cache file or a pip package, never a download) is a candidate. Each one's frozen
 features of the training photos are computed once (and cached: `models/features.py`, the same
-cache key the run itself uses, so the winner's features are not computed twice), and scored by
+cache key the run itself uses, so the winner's features are not computed twice; all the
+candidates' from one pass that reads and decodes each photo once), and scored by
 the cross-validated log-loss of the linear head fitted on them (`models/head_fit.py`). The
 backbone with the lowest wins. Log-loss rather than accuracy: on ~100 photos accuracy moves in
 steps of one photo and ties often, the log-loss separates backbones whose errors are equal.
@@ -37,19 +38,39 @@ def available_backbones() -> list[tuple[str, Path]]:
 
 def frozen_features(name: str, weights: str | Path | None, paths: Sequence[Path], reporter, *,
                     device, workers: int, draft: bool, engine: str = "torch"):
-    """The frozen body's features of `paths` (the run's cache and key), and its preprocessing."""
-    from cnnlab.models.features import FeatureCache, compute_features, feature_key, file_digest
+    """The frozen body's features of `paths` (the run's cache and key)."""
+    return frozen_features_many([(name, weights)], paths, reporter, device=device,
+                                workers=workers, draft=draft, engine=engine)[0]
+
+
+def frozen_features_many(candidates: Sequence[tuple[str, str | Path | None]],
+                         paths: Sequence[Path], reporter, *, device, workers: int, draft: bool,
+                         engine: str = "torch"):
+    """Each candidate's frozen-body features of `paths`, from one pass that decodes each photo
+    once for all of them (models/features.compute_features_many); each in its own run's cache
+    under its own run's key, so the chosen backbone's run finds them there."""
+    from cnnlab.models.features import (
+        FeatureCache,
+        FeatureNet,
+        compute_features_many,
+        feature_key,
+        file_digest,
+    )
     from cnnlab.models.registry import create_pretrained
     from cnnlab.models.transfer import TransferModel
 
-    model, preprocess, path = create_pretrained(name, weights)
-    body = TransferModel.from_pretrained(model, 2).body  # the body only: any head will do
-    key = feature_key(name, file_digest(path), preprocess, draft)
-    cache = FeatureCache(key, describe={"backbone": name, "weights": str(path),
-                                        "preprocess": preprocess.__dict__, "draft": draft})
-    return compute_features(body, paths, preprocess, cache, reporter, batch_size=32,
-                            workers=workers, draft=draft, device=device,
-                            label=f"features of {name}", engine=engine, log=reporter.log)
+    nets = []
+    for name, weights in candidates:
+        model, preprocess, path = create_pretrained(name, weights)
+        body = TransferModel.from_pretrained(model, 2).body  # the body only: any head will do
+        key = feature_key(name, file_digest(path), preprocess, draft)
+        cache = FeatureCache(key, describe={"backbone": name, "weights": str(path),
+                                            "preprocess": preprocess.__dict__, "draft": draft})
+        nets.append(FeatureNet(body, preprocess, cache, label=f"features of {name}"))
+    names = " + ".join(name for name, _ in candidates)
+    return compute_features_many(nets, paths, reporter, batch_size=32, workers=workers,
+                                 draft=draft, device=device, engine=engine, log=reporter.log,
+                                 label=f"features of {names}")
 
 
 def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequence[Path],
@@ -57,14 +78,15 @@ def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequen
                     device="cpu", workers: int = 2, draft: bool = True, engine: str = "torch"
                     ) -> list[dict[str, Any]]:
     """One row per candidate: its cross-validated head's log-loss and accuracy on `paths`
-    (features from `engine`'s pass: models/inference.py)."""
+    (features from `engine`'s pass: models/inference.py, all candidates' from one decode of
+    each photo). A row's seconds: its features' share of the pass and its cross-validation."""
     from cnnlab.models.head_fit import cross_validate, n_folds
 
     rows = []
-    for name, weights in candidates:
+    all_feats = frozen_features_many(candidates, paths, reporter, device=device,
+                                     workers=workers, draft=draft, engine=engine)
+    for (name, _), feats in zip(candidates, all_feats, strict=True):
         start = time.perf_counter()
-        feats = frozen_features(name, weights, paths, reporter, device=device,
-                                workers=workers, draft=draft, engine=engine)
         keep = [i for i, p in enumerate(paths) if p not in feats.bad]
         y = torch.tensor([targets[i] for i in keep], dtype=torch.long)
         folds = n_folds(y)
@@ -74,7 +96,7 @@ def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequen
                      "photos": len(keep), "folds": folds, "l2": best.get("l2"),
                      "cv_log_loss": best.get("cv_log_loss"),
                      "cv_accuracy": best.get("cv_accuracy"),
-                     "seconds": round(time.perf_counter() - start, 3)})
+                     "seconds": round(feats.seconds + time.perf_counter() - start, 3)})
         reporter.log(f"backbone {name}: cross-validated accuracy "
                      f"{_pct(best.get('cv_accuracy'))}, log-loss {_num(best.get('cv_log_loss'))}")
     return rows

@@ -119,6 +119,18 @@ class FeatureCache:
         return path
 
 
+@dataclass
+class FeatureNet:
+    """One net of a feature pass: its frozen body, preprocessing, cache and the name of its
+    exported graph (None: the cache's key; models/inference.py)."""
+
+    body: nn.Module
+    preprocess: Preprocess
+    cache: FeatureCache | None
+    label: str = "features"
+    identity: str | None = None
+
+
 def compute_features(
     body: nn.Module,
     paths: Sequence[Path],
@@ -145,49 +157,102 @@ def compute_features(
     runs in PyTorch). The vectors are cached whichever engine computed them: the two agree to
     within inference.MAX_ABS_DIFF (checked at export), as CPU and GPU passes already shared it.
     """
-    from cnnlab.data.batching import ImageDataset
+    net = FeatureNet(body, preprocess, cache, label, identity)
+    return compute_features_many([net], paths, reporter, batch_size=batch_size, workers=workers,
+                                 draft=draft, device=device, channels_last=channels_last,
+                                 engine=engine, log=log, label=label)[0]
+
+
+def _forward_of(net: FeatureNet, engine: str, device: torch.device, channels_last: bool, log):
+    from cnnlab.models.inference import prepare_forward, torch_forward
+
+    identity = net.identity or (f"features:{net.cache.key}" if net.cache is not None else None)
+    if identity is None:
+        return torch_forward(net.body, device, channels_last)
+    return prepare_forward(net.body, engine, identity=identity,
+                           input_size=net.preprocess.crop_size, device=device,
+                           channels_last=channels_last, log=log, label=net.label)
+
+
+def compute_features_many(
+    nets: Sequence[FeatureNet],
+    paths: Sequence[Path],
+    reporter,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    draft: bool = True,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+    engine: str = "torch",
+    log=None,
+    label: str = "features",
+) -> list[Features]:
+    """`compute_features` for several nets over the same photos, each photo read and decoded
+    once for all of them (data/batching.py's SharedDecodeDataset); one `Features` per net.
+
+    Each net's cache is read first; a photo is decoded when any net lacks it, and only those
+    nets run on it. Each net sees exactly the pixels of its own pass (`decode.decode_many`), so
+    its vectors go to its cache under the same key as a one-net pass's. `seconds` of each: its
+    own forward time plus an equal share of the rest (reading caches, decoding, waiting).
+    """
+    from cnnlab.data.batching import SharedDecodeDataset
     from cnnlab.data.folders import LabelledImage
     from cnnlab.data.loaders import photo_loader
-    from cnnlab.models.inference import prepare_forward, torch_forward
 
     start = time.perf_counter()
     paths = list(paths)
     digests, first_path = photo_digests(paths)
-    cached, cached_bad = cache.load() if cache is not None else ({}, {})
-    todo = sorted({d for d in digests if d not in cached and d not in cached_bad})
-    new_vectors: dict[str, torch.Tensor] = {}
-    new_bad: dict[str, str] = {}
-    about: dict[str, Any] = {}
-    if todo:
+    stored = [net.cache.load() if net.cache is not None else ({}, {}) for net in nets]
+    todos = [{d for d in first_path if d not in c and d not in b} for c, b in stored]
+    union = sorted(set().union(*todos))
+    new_vectors: list[dict[str, torch.Tensor]] = [{} for _ in nets]
+    new_bad: list[dict[str, str]] = [{} for _ in nets]
+    abouts: list[dict[str, Any]] = [{} for _ in nets]
+    own = [0.0] * len(nets)
+    if union:
         device = torch.device(device)
-        identity = identity or (f"features:{cache.key}" if cache is not None else None)
-        if identity is None:
-            forward = torch_forward(body, device, channels_last)
-        else:
-            forward = prepare_forward(body, engine, identity=identity,
-                                      input_size=preprocess.crop_size, device=device,
-                                      channels_last=channels_last, log=log, label=label)
-        about = forward.about
-        dataset = ImageDataset([LabelledImage(first_path[d], "") for d in todo], preprocess,
-                               draft=draft)
+        active = [k for k, todo in enumerate(todos) if todo]
+        forwards = [_forward_of(nets[k], engine, device, channels_last, log) for k in active]
+        for k, forward in zip(active, forwards, strict=True):
+            abouts[k] = forward.about
+        dataset = SharedDecodeDataset([LabelledImage(first_path[d], "") for d in union],
+                                      [nets[k].preprocess for k in active], draft=draft)
         loader = photo_loader(dataset, workers=workers, device=device, batch_size=batch_size,
                               collate=dataset.collate)
-        n_batches = (len(todo) + batch_size - 1) // batch_size
-        for images, indices, failed in reporter.track(loader, total=n_batches,
-                                                      description=label, unit="batches"):
+        n_batches = (len(union) + batch_size - 1) // batch_size
+        for batches, indices, failed in reporter.track(
+                loader, total=n_batches, description=label, unit="batches"):
             for i, reason in failed:
-                new_bad[todo[i]] = reason
-            if len(indices) == 0:
-                continue
-            out = forward(images).float().cpu()
-            if out.ndim != 2:
-                raise ValueError(f"body output {tuple(out.shape)} is not (batch, features)")
-            for i, row in zip(indices.tolist(), out, strict=True):
-                new_vectors[todo[i]] = row.clone()
-        if cache is not None:
-            cache.save(new_vectors, new_bad)
-    vectors = {**cached, **new_vectors}
-    bad_reasons = {**cached_bad, **new_bad}
+                for k in active:
+                    if union[i] in todos[k]:
+                        new_bad[k][union[i]] = reason
+            wanted = [union[i] for i in indices.tolist()]
+            for j, (k, forward) in enumerate(zip(active, forwards, strict=True)):
+                rows = [r for r, d in enumerate(wanted) if d in todos[k]]
+                if not rows:
+                    continue
+                began = time.perf_counter()
+                images = batches[j] if len(rows) == len(wanted) else batches[j][rows]
+                out = forward(images).float().cpu()
+                if out.ndim != 2:
+                    raise ValueError(f"body output {tuple(out.shape)} is not (batch, features)")
+                for r, row in zip(rows, out, strict=True):
+                    new_vectors[k][wanted[r]] = row.clone()
+                own[k] += time.perf_counter() - began
+        for k in active:
+            if nets[k].cache is not None:
+                nets[k].cache.save(new_vectors[k], new_bad[k])
+    shared = (time.perf_counter() - start - sum(own)) / len(nets)
+    return [_assemble(paths, digests, {**stored[k][0], **new_vectors[k]},
+                      {**stored[k][1], **new_bad[k]}, len(todos[k]), own[k] + shared, abouts[k])
+            for k in range(len(nets))]
+
+
+def _assemble(paths: list[Path], digests: list[str], vectors: dict[str, torch.Tensor],
+              bad_reasons: dict[str, str], computed: int, seconds: float,
+              about: dict[str, Any]) -> Features:
+    """One net's `Features` in the order of `paths` (a photo given twice appears twice)."""
     good_paths, rows, bad = [], [], {}
     for p, d in zip(paths, digests, strict=True):
         if d in bad_reasons:
@@ -197,4 +262,4 @@ def compute_features(
             rows.append(vectors[d])
     width = rows[0].shape[0] if rows else 0
     matrix = torch.stack(rows) if rows else torch.zeros((0, width))
-    return Features(good_paths, matrix, bad, len(todo), time.perf_counter() - start, about)
+    return Features(good_paths, matrix, bad, computed, seconds, about)

@@ -12,10 +12,12 @@ Steps, each of which fails early and in one line where the user can fix somethin
    unresolved labels are reported together before any model runs, unless `skip_unknown`;
 2. find every model's weights before running any model (a missing file is one line that says
    which file to put where);
-3. per model: stream the images through a `DataLoader` (worker processes decode, Pillow's draft
-   mode decodes large JPEGs at reduced size) with the model's own preprocessing, batched
-   inference under `torch.inference_mode()`; keep only the top-k classes and probabilities of
-   each image, so memory does not grow with the batch count beyond those few numbers;
+3. stream the images through a `DataLoader` once for all the models (worker processes decode
+   each photo once for all the models -- Pillow's draft mode decodes large JPEGs at reduced
+   size --, then resize and crop it by each model's own preprocessing:
+   data/batching.py's SharedDecodeDataset), batched inference of every model under
+   `torch.inference_mode()`; keep only the top-k classes and probabilities of each image, so
+   memory does not grow with the batch count beyond those few numbers;
 4. under `torchrun` each rank scores every world_size-th image and rank 0 gathers the
    predictions; results do not depend on the number of ranks or workers;
 5. rank 0 draws, after each model's scoring pass and while it is still loaded, the
@@ -158,44 +160,56 @@ def _prepare_items(
     return kept, accepted, skipped
 
 
-def _run_model(
-    forward,
-    preprocess,
+def _run_models(
+    forwards: list,
+    preprocesses: list,
     items: list,
     global_indices: list[int],
     config: EvaluateConfig,
     device,
     reporter,
-    name: str,
-) -> ModelPass:
-    """Stream this rank's images through one model's forward pass (models/inference.Forward,
-    on its engine); keep only the top-k of each."""
+    names: list[str],
+) -> list[ModelPass]:
+    """Stream this rank's images through every model's forward pass (models/inference.Forward,
+    on its engine), each photo read and decoded once for all of them (data/batching.py's
+    SharedDecodeDataset); keep only the top-k of each.
+
+    A model's `seconds` is its own forward time plus an equal share of the time spent waiting
+    for decoded batches (the decoding is shared, so it is split evenly between the models)."""
     import torch
 
-    from cnnlab.data.batching import ImageDataset
+    from cnnlab.data.batching import SharedDecodeDataset
     from cnnlab.data.loaders import photo_loader
 
     k = max(config.top_k, 5)  # top-5 error is always reported
-    dataset = ImageDataset(items, preprocess, draft=config.draft)
+    dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft)
     loader = photo_loader(dataset, workers=config.workers, device=device,
                           batch_size=config.batch_size, collate=dataset.collate)
-    out = ModelPass(name, [], [], [], [], 0.0)
+    outs = [ModelPass(name, [], [], [], [], 0.0) for name in names]
     n_batches = (len(items) + config.batch_size - 1) // config.batch_size
+    forward_seconds = [0.0] * len(names)
     start = time.perf_counter()
     with torch.inference_mode():
-        for images, indices, bad in reporter.track(
-            loader, total=n_batches, description=name, unit="batches"
+        for batches, indices, bad in reporter.track(
+            loader, total=n_batches, description=" + ".join(names), unit="batches"
         ):
-            out.bad.extend((global_indices[i], reason) for i, reason in bad)
-            if images is None or len(indices) == 0:
-                continue
-            probs = forward(images).float().softmax(dim=1)
-            top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
-            out.indices.extend(global_indices[i] for i in indices.tolist())
-            out.top_classes.extend(top_c.cpu().tolist())
-            out.top_probs.extend(top_p.cpu().tolist())
-    out.seconds = time.perf_counter() - start
-    return out
+            bad_global = [(global_indices[i], reason) for i, reason in bad]
+            good_global = [global_indices[i] for i in indices.tolist()]
+            for m, (out, images) in enumerate(zip(outs, batches, strict=True)):
+                out.bad.extend(bad_global)
+                if len(indices) == 0:
+                    continue
+                began = time.perf_counter()
+                probs = forwards[m](images).float().softmax(dim=1)
+                top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
+                out.indices.extend(good_global)
+                out.top_classes.extend(top_c.cpu().tolist())
+                out.top_probs.extend(top_p.cpu().tolist())
+                forward_seconds[m] += time.perf_counter() - began
+    waiting = time.perf_counter() - start - sum(forward_seconds)
+    for out, own in zip(outs, forward_seconds, strict=True):
+        out.seconds = own + waiting / len(outs)
+    return outs
 
 
 def _merge(passes: list[ModelPass]) -> ModelPass:
@@ -349,22 +363,30 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     explained: list[dict[str, Any]] = []  # per model: method, layer, time, counts
     cams: list[dict[str, Any]] = []  # per mistake and model: the two maps
     root = Path(config.path)
-    for number, (spec, wfile) in enumerate(zip(specs, weight_files, strict=True)):
+    # Every model is loaded before the one pass over the photos, which decodes each photo once
+    # for all of them (the old per-model passes decoded it once per model); the models stay
+    # loaded until their maps are drawn.
+    loaded = []  # (spec, weights file, model, preprocess, forward)
+    for spec, wfile in zip(specs, weight_files, strict=True):
         model, preprocess, _ = create_pretrained(spec.name, wfile)
-        n_params = count_parameters(model)
         forward = prepare_forward(model, config.engine, identity=weights_identity(spec.name, wfile),
                                   input_size=preprocess.crop_size, device=device,
                                   channels_last=config.channels_last, log=reporter.log,
                                   label=spec.name)
-        part = _run_model(forward, preprocess, my_items, my_indices, config, device,
-                          reporter, spec.name)
+        loaded.append((spec, wfile, model, preprocess, forward))
+    parts = _run_models([f for *_, f in loaded], [pp for *_, pp, _ in loaded], my_items,
+                        my_indices, config, device, reporter, [s.name for s, *_ in loaded])
+    for number, ((spec, wfile, model, preprocess, forward), part) in enumerate(
+            zip(loaded, parts, strict=True)):
+        loaded[number] = None  # each model is freed once its maps are drawn
         gathered = dist.gather_objects(part, info)
         if gathered is None:
-            del model
+            del model, forward
             continue
         merged = _merge(gathered)
         merged_passes.append(merged)
-        summary = _summarise(merged, accepted, n_params, wfile, preprocess, forward.about)
+        summary = _summarise(merged, accepted, count_parameters(model), wfile, preprocess,
+                             forward.about)
         summaries.append(summary)
         run_dir.append_metrics({k: v for k, v in summary.items() if k != "preprocess"})
         if config.explain:  # rank 0, while this model is loaded (the others go on meanwhile)
