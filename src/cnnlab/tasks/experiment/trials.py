@@ -15,12 +15,8 @@ from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.config import ExperimentConfig
 from cnnlab.tasks.experiment.designs import GRAD_BATCH, TRAIN_EVAL
 from cnnlab.tasks.experiment.grids import Grid, grid
-from cnnlab.tasks.experiment.learning import (
-    conv_grad_norms,
-    fixed_batch,
-    plateau_share,
-    still_learning,
-)
+from cnnlab.tasks.experiment.learning import conv_grad_norms, fixed_batch
+from cnnlab.tasks.experiment.record import trial_attrs
 from cnnlab.tasks.experiment.tables import summarise
 
 
@@ -92,32 +88,8 @@ def objective(g: Grid, base, reporter, data: DataCache, time_left: Callable[[], 
 
         res = train.run(cfg, t.run_dir, reporter, after_epoch=after_epoch, at_start=at_start,
                         data=trial_data)
-        r = res["runs"][0]
-        sub = RunDir(t.run_dir.path / f"{r['model']}-seed{r['seed']}")
-        metrics = sub.read_metrics()
-        epochs = [rec for rec in metrics if rec.get("kind") == "epoch"]
-        losses = [rec["train_loss"] for rec in metrics if rec.get("kind") == "step"]
-        share = plateau_share(losses)
-        attrs.update({
-            "epochs": r["epochs"], "stopped": r["stopped"], "params_count": r["params"],
-            "metric_macs": res["models"][0]["macs"], "metric_steps": r["steps"],
-            "metric_test_accuracy": r["test_accuracy"],
-            "metric_train_accuracy": r.get("train_eval_accuracy"),
-            "metric_plateau_share": share,
-            "metric_still_learning": still_learning(share, r.get("train_eval_accuracy"),
-                                                    len(trial_data.classes)),
-            "metric_train_seconds": round(r["train_seconds"], 1),
-            # In the storage, not only in this machine's trial folder: every machine's summary
-            # of a shared study reports the same sizes.
-            "metric_n_train": res["n_train"], "metric_n_test": res["n_test"],
-            # [step, training accuracy (fixed sample, no augmentation), test accuracy]
-            "metric_curve": [[rec["step"], rec.get("train_eval_accuracy"),
-                              rec.get("test_accuracy")] for rec in epochs],
-        })
-        if g.name == "residual":  # the training loss of every logged window (4 per epoch)
-            attrs["metric_loss_curve"] = [[rec["step"], rec["train_loss"]] for rec in metrics
-                                          if rec.get("kind") == "step"]
-        return float(r["test_accuracy"]), attrs
+        value, measured = trial_attrs(g.name, res, t.run_dir, len(trial_data.classes))
+        return value, {**attrs, **measured}
 
     return run_trial
 
