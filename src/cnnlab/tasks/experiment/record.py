@@ -10,6 +10,19 @@ from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.learning import plateau_share, still_learning
 
 
+def trial_params(g, optuna_trial) -> dict[str, Any]:
+    """A grid trial's settings and seed, as its queued entry fixes them (each suggested from
+    the grid's choices, so that a sampled trial stays on the grid)."""
+    params: dict[str, Any] = {}
+    for key in (*g.settings[0], "seed"):
+        if key == "seed":
+            params[key] = optuna_trial.suggest_int("seed", 0, 10_000)
+        else:
+            choices = sorted({s[key] for s in g.settings})
+            params[key] = optuna_trial.suggest_categorical(key, choices)
+    return params
+
+
 def trial_attrs(name: str, res: dict[str, Any], run_dir: RunDir, classes: int
                 ) -> tuple[float, dict[str, Any]]:
     """(test accuracy, the metric_* attributes) of experiment `name`'s trial whose training
