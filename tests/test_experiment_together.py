@@ -127,3 +127,75 @@ def test_seeds_trained_together_equal_one_at_a_time(shared_data, tmp_path, cache
     ra, rb = one["experiments"][name]["rows"], both["experiments"][name]["rows"]
     if name == "depth":
         close([r["test"] for r in ra], [r["test"] for r in rb], "rows")
+
+
+def test_worker_groups_rebalance_with_the_seeds_trained_together(monkeypatch):
+    """Injected one-thread seconds per round; by hand: alone, residual (120 s) outweighs the
+    rest, so it runs alone against depth + filters + pooling (144 s); with its seeds together
+    at 2x it is 60 s, and the longest-first split pairs depth (60, first of the tie) with
+    pooling (104 s) against residual with filters (100 s)."""
+    from cnnlab.tasks.experiment import ExperimentConfig, rounds
+    from cnnlab.tasks.experiment.parallel import worker_groups
+
+    monkeypatch.setattr(rounds, "ROUND_SECONDS",
+                        {"depth": 60.0, "filters": 40.0, "pooling": 44.0, "residual": 120.0})
+    monkeypatch.setattr(rounds, "TOGETHER_SPEEDUP", {"residual": 2.0})
+    alone = ExperimentConfig(workers=2, together=False)
+    both = ExperimentConfig(workers=2)
+    assert rounds.expected_seconds("residual", alone) == 120.0
+    assert rounds.expected_seconds("residual", both) == 60.0
+    assert rounds.expected_seconds("depth", both) == 60.0  # trains alone either way
+    assert worker_groups(alone) == [["residual"], ["depth", "filters", "pooling"]]
+    assert worker_groups(both) == [["depth", "pooling"], ["filters", "residual"]]
+    # One seed: nothing to train together.
+    assert rounds.expected_seconds("residual", ExperimentConfig(seeds=1)) == 120.0
+
+
+def test_rounds_come_in_chunks_of_the_seeds_trained_together():
+    from cnnlab.tasks.experiment.rounds import chunks
+
+    assert chunks(3, 3) == [range(0, 3)]
+    assert chunks(5, 3) == [range(0, 3), range(3, 5)]
+    assert chunks(3, 1) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+def test_a_setting_s_queued_seeds_are_claimed_as_one_group(tmp_path):
+    """run_study_groups: up to `size` queued trials of one setting per call of the objective,
+    in the queue's order; each trial told on its own (a failure is that trial's alone), with
+    its share of the group's seconds and its group's numbers."""
+    from cnnlab.progress import Reporter
+    from cnnlab.runs import RunDir
+    from cnnlab.tasks import study
+
+    s = study.open_study(f"sqlite:///{tmp_path / 'study.db'}", "groups")
+    for setting in ("a", "b"):
+        for seed in range(3):
+            params = {"x": setting, "seed": seed}
+            s.optuna_study.enqueue_trial(params, user_attrs={study.PLAN: study.plan_key(params)})
+    calls = []
+
+    def objective(trials):
+        calls.append([t.optuna_trial.number for t in trials])
+        out = []
+        for t in trials:
+            x = t.optuna_trial.suggest_categorical("x", ["a", "b"])
+            seed = t.optuna_trial.suggest_int("seed", 0, 10)
+            out.append(ValueError("boom") if (x, seed) == ("b", 1)
+                       else (float(seed), {"metric_x": x}))
+        return out
+
+    reporter = Reporter(quiet=True)
+    ran = study.run_study_groups(s, RunDir(tmp_path), objective, 6, reporter,
+                                 together.setting_of, 2)
+    assert ran == 6
+    # Size 2: seeds 0, 1 of a; seed 2 of a alone (the next queued trial is b's); then b.
+    assert calls == [[0, 1], [2], [3, 4], [5]]
+    rows = {r["number"]: r for r in study.trial_rows(s)}
+    assert [rows[n]["state"] for n in range(6)] == ["COMPLETE"] * 4 + ["FAIL", "COMPLETE"]
+    assert rows[4]["error"] == "ValueError: boom" and rows[3]["value"] == 0.0
+    frozen = {t.number: t for t in s.trials()}
+    assert frozen[0].user_attrs["together"] == [0, 1] and "together" not in frozen[2].user_attrs
+    assert rows[0]["seconds"] == rows[1]["seconds"]
+    # Nothing queued: nothing claimed, nothing run.
+    assert study.run_study_groups(s, RunDir(tmp_path), objective, 6, reporter,
+                                  together.setting_of, 3) == 0 and len(calls) == 4

@@ -10,23 +10,33 @@ import time
 from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.config import ExperimentConfig
 from cnnlab.tasks.experiment.grids import grid
+from cnnlab.tasks.experiment.together import seeds_together
 from cnnlab.tasks.experiment.trials import DataCache, Study
 
-# Seconds of one seed round of each experiment's default design, for splitting experiments
-# among --workers: BENCHMARKS.md "cnnlab experiment", three rounds on the 2-core Xeon (depth
-# 117 s, filters 115 s, pooling 73 s, residual 252 s), divided by 3. Only their ratios matter.
-ROUND_SECONDS = {"depth": 39.0, "filters": 38.3, "pooling": 24.3, "residual": 84.0}
+# Seconds of one seed round of each experiment's default design, one net at a time on ONE
+# thread (each --workers process has one on a 2-core machine), for splitting experiments among
+# --workers: BENCHMARKS.md "cnnlab lab", the lab's experiments step in two one-thread
+# processes, three rounds each (depth 180 s, filters 115, pooling 133, residual 256), divided
+# by 3. (The earlier figures were two-thread times, 1.5x faster for the plain-cnn studies but
+# not for residual: they put residual alone against the other three.) Only ratios matter.
+ROUND_SECONDS = {"depth": 60.0, "filters": 38.3, "pooling": 44.3, "residual": 85.3}
+# How much faster a seed round is when each setting's seeds train together as one batched
+# model (together.py; one thread, BENCHMARKS.md "Seeds trained together", the study's wall
+# seconds per round alone / together in one run).
+TOGETHER_SPEEDUP = {"residual": 1.35}
 
 
 def expected_seconds(name: str, config: ExperimentConfig) -> float:
     """One seed round of experiment `name` under `config`, in ROUND_SECONDS' units: scaled by
-    its number of nets (--full) and epochs (--epochs); --quick counts nets only."""
+    its number of nets (--full) and epochs (--epochs), and by TOGETHER_SPEEDUP where its seeds
+    train together; --quick counts nets only."""
     nets = len(grid(name, config).settings)
     if config.quick:
         return float(nets)
     default = ExperimentConfig(experiments=(name,))
+    speedup = TOGETHER_SPEEDUP.get(name, 1.0) if seeds_together(name, config) > 1 else 1.0
     return (ROUND_SECONDS[name] * nets / len(grid(name, default).settings)
-            * config.design(name).epochs / default.design(name).epochs)
+            * config.design(name).epochs / default.design(name).epochs / speedup)
 
 
 def open_studies(config: ExperimentConfig, names: tuple[str, ...] | list[str], run_dir: RunDir,
