@@ -21,9 +21,10 @@ from cnnlab.tasks.experiment.trials import DataCache, Study
 # not for residual: they put residual alone against the other three.) Only ratios matter.
 ROUND_SECONDS = {"depth": 60.0, "filters": 38.3, "pooling": 44.3, "residual": 85.3}
 # How much faster a seed round is when each setting's seeds train together as one batched
-# model (together.py; one thread, BENCHMARKS.md "Seeds trained together", the study's wall
-# seconds per round alone / together in one run).
-TOGETHER_SPEEDUP = {"residual": 1.35}
+# model (together.py): BENCHMARKS.md "Seeds trained together in `cnnlab experiment`", the
+# residual study at 3 seeds on one thread, fp32, CPU seconds per round alone / together in
+# one run (64.2 / 38.4; training, the batched evaluation passes and the gradient norms).
+TOGETHER_SPEEDUP = {"residual": 1.67}
 
 
 def expected_seconds(name: str, config: ExperimentConfig) -> float:
