@@ -43,6 +43,11 @@ NETS = {
     "resnet56": ("resnet56", {"width": 8}, 16, 64, {"momentum": 0.9, "weight_decay": 1e-4}),
     "plaincnn4": ("plain-cnn", {"depth": 4, "width": 16}, 32, 128,
                   {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+    # The depth study's nets: plain-cnn of 1..8 layers, width 16 doubling every second layer,
+    # on 16x16 images, batch 128 (experiment designs "depth").
+    **{f"depth{d}": ("plain-cnn", {"depth": d, "width": 16}, 16, 128,
+                     {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4})
+       for d in (1, 2, 4, 6, 8)},
 }
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
@@ -102,7 +107,8 @@ def batched_stepper(spec, k: int, precision: str, method: str, channels_last: bo
     return b.step
 
 
-def ways(spec, k: int, precision: str, compiled: bool) -> dict:
+def ways(spec, k: int, precision: str, compiled: bool, only: list[str] | None = None
+         ) -> dict:
     out = {
         "loop": loop_stepper(spec, k, precision, True),
         "loop-nchw": loop_stepper(spec, k, precision, False),
@@ -112,7 +118,7 @@ def ways(spec, k: int, precision: str, compiled: bool) -> dict:
     }
     if compiled:
         out["compiled"] = batched_stepper(spec, k, precision, "grouped", True, compiled=True)
-    return out
+    return {w: f for w, f in out.items() if not only or w in only or w == "loop"}
 
 
 def time_ways(steppers: dict, x, y, warmup: int, repeats: int) -> dict[str, float]:
@@ -141,6 +147,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also time torch.compile(grouped)")
+    p.add_argument("--ways", nargs="+", help="time only these ways (and loop), e.g. grouped")
     args = p.parse_args()
 
     print(f"cpu: {cpu_line()}")
@@ -158,7 +165,7 @@ def main() -> None:
                     g = torch.Generator().manual_seed(0)
                     x = torch.randn(k, batch, 3, size, size, generator=g)
                     y = torch.randint(0, 10, (k, batch), generator=g)
-                    med = time_ways(ways(spec, k, precision, args.compile), x, y,
+                    med = time_ways(ways(spec, k, precision, args.compile, args.ways), x, y,
                                     args.warmup, args.repeats)
                     base = med["loop"]
                     cells = "  ".join(f"{w} {1e3 * s:7.1f} ms ({base / s:.2f}x)"

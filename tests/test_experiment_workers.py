@@ -36,17 +36,19 @@ def done(rows: list[dict]) -> Counter:
 
 
 def test_groups_balance_the_measured_seconds():
+    # One-thread seconds, one net at a time (issue 25: the two-thread figures put residual
+    # alone against the other three, which on one thread each took 427 s against 256 s).
     groups = experiment.split_groups(experiment.ROUND_SECONDS, 2)
-    assert groups == [["residual"], ["depth", "filters", "pooling"]]
+    assert groups == [["filters", "residual"], ["depth", "pooling"]]
     loads = [sum(experiment.ROUND_SECONDS[n] for n in g) for g in groups]
-    assert max(loads) < 0.56 * sum(loads)  # 101.6 of 185.6 s: the best split of these four
+    assert max(loads) < 0.55 * sum(loads)  # 123.6 of 227.9 s: the best split of these four
     # Every experiment once; never more groups than experiments; the names keep their order.
     assert experiment.split_groups({"a": 1.0, "b": 1.0}, 4) == [["a"], ["b"]]
     assert experiment.worker_groups(ExperimentConfig(workers=1)) == [list(experiment.EXPERIMENTS)]
     four = experiment.worker_groups(ExperimentConfig(workers=4))
     assert sorted(n for g in four for n in g) == sorted(experiment.EXPERIMENTS)
     # --full doubles the residual study's nets, so its expected seconds double.
-    full = ExperimentConfig(full=True)
+    full = ExperimentConfig(full=True, together=False)
     assert experiment.expected_seconds("residual", full) == 2 * experiment.ROUND_SECONDS[
         "residual"]
     with pytest.raises(CnnlabError, match="--workers"):

@@ -419,8 +419,8 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
                limit_per_class: int | None = None, epochs: float | None = None,
                full: bool | None = None, quick: bool | None = None, threads: int | None = None,
                workers: int | None = None, storage: str | None = None,
-               study: str | None = None, report: bool | None = None,
-               out: str | Path | None = None, quiet: bool = False,
+               study: str | None = None, together: bool | None = None,
+               report: bool | None = None, out: str | Path | None = None, quiet: bool = False,
                resume: str | Path | None = None):
     """Lab B's claims on depth, filters, pooling and ResNet, with data (`cnnlab experiment`).
 
@@ -429,8 +429,9 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
     seed rounds while they fit; quick=True: seconds, no verdicts. workers=N: the experiments in
     N processes (groups of about equal time), the same trials as one. storage="postgresql://..."
     and study=NAME: the same call on several machines shares the trials (studies NAME-<name>);
-    each returns the whole study once no trial is left. resume=RUN continues a run
-    (seeds=, budget=, max_seeds=, threads=, workers=, report= may be given with it).
+    each returns the whole study once no trial is left. together=False: every net trained
+    alone (default: the residual study's seeds of one net as one batched model). resume=RUN
+    continues a run (seeds=, budget=, max_seeds=, threads=, workers=, report= may be given with it).
 
     Returns a Result: `.table` every setting of every experiment (test_mean with its 95%
     interval test_ci, in percent), `.experiments[name]["verdict"]`, `.figures`, `.report`.
@@ -451,7 +452,8 @@ def experiment(experiments: Sequence[str] | str = (), *, data: str | Path | None
         if not experiments:
             raise CnnlabError(f"name an experiment: {', '.join(task.EXPERIMENTS)}")
         keys = ("data", "data_root", "budget", "seeds", "max_seeds", "limit_per_class",
-                "epochs", "full", "quick", "threads", "workers", "storage", "study", "report")
+                "epochs", "full", "quick", "threads", "workers", "storage", "study", "together",
+                "report")
         values = {k: settings[k] for k in keys if settings[k] is not None}
         for k in ("data", "data_root"):
             if k in values:

@@ -309,6 +309,9 @@ class Trial:
 
 
 Objective = Callable[[Trial], tuple[float, dict[str, Any]]]
+# A group's: its trials (claimed together), each one's (value, attributes) or what failed it.
+Outcome = tuple[float, dict[str, Any]] | Exception
+GroupObjective = Callable[[list[Trial]], list[Outcome]]
 
 
 class Pruned(Exception):
@@ -333,63 +336,161 @@ def run_study(study: Study, run_dir: RunDir, objective: Objective, n_trials: int
     `queued_only`: the study is a fixed plan of queued trials (an experiment's grid): stop
     when none is queued, never ask the sampler for a new one (on a shared storage another
     process may be queueing its plan while this one counts)."""
-    from optuna.trial import TrialState
-
     ran = 0
     while deadline is None or time.time() < deadline:
-        with study.lock():
-            recover_orphans(study, reporter)
-            trials = study.trials()
-            retried = retried_numbers(trials)
-            used = sum(takes_slot(t, retried) for t in trials)
-            waiting = {t.number for t in trials if t.state == TrialState.WAITING}
-            if not waiting and (queued_only or used >= n_trials):
-                break
-            # A queued trial first (a retry, a grid point), else a new one.
-            with warnings.catch_warnings():  # we beat ourselves (`heartbeat`) around ask/tell
-                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed")
-                trial = study.optuna_study.ask()
-            _set_attrs(trial, owner())
-        finished = sum(t.state.is_finished() and takes_slot(t, retried) for t in trials)
-        rep = (display.step(min(finished + 1, n_trials), f"trial {trial.number}")
-               if display is not None else reporter)
-        twin = _twin(study, trial) if trial.number in waiting else None
-        if twin is not None:
-            trial.set_user_attr("surplus", True)
-            study.optuna_study.tell(trial, state=TrialState.FAIL)
-            rep.log(f"trial {trial.number}: queued twice (by two processes at once); trial "
-                    f"{twin} runs it")
+        claim = _claim(study, n_trials, reporter, display, queued_only)
+        if claim == STOP:
+            break
+        if claim == SKIP:
             continue
-        if trial.number not in waiting:
-            now = study.trials()
-            earlier = [t for t in now
-                       if t.number < trial.number and takes_slot(t, retried_numbers(now))]
-            if len(earlier) >= n_trials:  # started past the count in a race (server storage)
-                trial.set_user_attr("surplus", True)
-                study.optuna_study.tell(trial, state=TrialState.FAIL)
-                break
-        folder = run_dir.path / TRIALS_DIR / f"trial-{trial.number:04d}"
-        trial.set_user_attr("run_dir", str(folder.relative_to(run_dir.path)))
+        trial, rep = claim
+        folder = _trial_folder(run_dir, trial)
         start = time.time()
         try:
             with heartbeat(study, trial.number):
-                value, attrs = objective(Trial(trial, RunDir.create("trial", out=folder),
-                                               deadline, rep))
-        except Pruned as exc:
-            _set_attrs(trial, {**exc.attrs, "seconds": round(time.time() - start, 1)})
-            study.optuna_study.tell(trial, state=TrialState.PRUNED)
-            rep.log(f"trial {trial.number}: pruned after epoch {exc.attrs.get('epochs')}")
+                outcome: Outcome = objective(Trial(trial, RunDir.create("trial", out=folder),
+                                                   deadline, rep))
         except Exception as exc:  # one bad setting (or a bug in one trial) must not end it
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
-            study.optuna_study.tell(trial, state=TrialState.FAIL)
-            rep.log(f"trial {trial.number}: failed — {_failure(exc, folder)}")
-        else:
-            _set_attrs(trial, {**attrs, "seconds": round(time.time() - start, 1)})
-            study.optuna_study.tell(trial, value)
-            rep.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
+            outcome = exc
+        _finish(study, trial, outcome, time.time() - start, rep, folder)
         ran += 1
         checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
     return ran
+
+
+def run_study_groups(study: Study, run_dir: RunDir, objective: GroupObjective, n_trials: int,
+                     reporter, key: Callable[[dict[str, Any]], Any], size: int,
+                     deadline: float | None = None) -> int:
+    """`run_study(queued_only=True)` taking up to `size` queued trials at a time whose
+    `key(user_attrs)` is the same (an experiment's seeds of one setting, trained together as
+    one batched model), and running each such group through `objective` in one call. Each
+    trial is claimed, beaten for (heartbeat), told and recovered as run_study does it: a
+    trial claimed is a trial, whatever its group. A group ends at the first queued trial of
+    another key (the queue is in the plan's order, setting by setting); on a server storage
+    another process may take a queued trial between the look and the claim, so the claimed
+    trials are grouped by their keys again before they run. A trial's "seconds" are its
+    share of its group's wall time; "together" lists its group's trial numbers."""
+    if size < 1:
+        raise ValueError(f"group size must be at least 1, not {size}")
+    ran = 0
+    while deadline is None or time.time() < deadline:
+        claimed: list[tuple[optuna.Trial, Any]] = []
+        while len(claimed) < size:
+            first = key(claimed[0][0].user_attrs) if claimed else None
+            claim = _claim(study, n_trials, reporter, None, True,
+                           want=None if not claimed else
+                           lambda t, first=first: key(t.user_attrs) == first)
+            if claim == STOP:
+                break
+            if claim != SKIP:
+                claimed.append(claim)
+        if not claimed:
+            break
+        groups: dict[Any, list[tuple[optuna.Trial, Any]]] = {}
+        for trial, rep in claimed:
+            groups.setdefault(key(trial.user_attrs), []).append((trial, rep))
+        for members in groups.values():
+            ran += _run_group(study, run_dir, objective, members, deadline)
+    return ran
+
+
+def _run_group(study: Study, run_dir: RunDir, objective: GroupObjective,
+               members: list[tuple[optuna.Trial, Any]], deadline: float | None) -> int:
+    """One claimed group through its objective, every trial told; returns how many."""
+    folders = [_trial_folder(run_dir, trial) for trial, _ in members]
+    numbers = [trial.number for trial, _ in members]
+    start = time.time()
+    try:
+        with contextlib.ExitStack() as beats:
+            for number in numbers:
+                beats.enter_context(heartbeat(study, number))
+            outcomes = objective([Trial(trial, RunDir.create("trial", out=folder), deadline,
+                                        rep) for (trial, rep), folder in zip(members, folders,
+                                                                             strict=True)])
+        if len(outcomes) != len(members):
+            raise RuntimeError(f"a group objective gave {len(outcomes)} outcomes for "
+                               f"{len(members)} trials")
+    except Exception as exc:  # the group's failure is each of its trials'
+        outcomes = [exc] * len(members)
+    share = (time.time() - start) / len(members)
+    for (trial, rep), folder, outcome in zip(members, folders, outcomes, strict=True):
+        if len(members) > 1:
+            trial.set_user_attr("together", numbers)
+        _finish(study, trial, outcome, share, rep, folder)
+        checkpoints.crash_point(f"sweep:trial-{trial.number}:told")
+    return len(members)
+
+
+STOP, SKIP = "stop", "skip"  # what _claim returns instead of a trial
+
+
+def _claim(study: Study, n_trials: int, reporter, display: Overall | None, queued_only: bool,
+           want: Callable[[optuna.trial.FrozenTrial], bool] | None = None):
+    """Take the next trial under the lock (orphans recovered first): (trial, its reporter),
+    or STOP (nothing left to take; with `want`, also when the first queued trial is not
+    wanted), or SKIP (it was a twin of a plan entry, failed as surplus unrun)."""
+    from optuna.trial import TrialState
+
+    with study.lock():
+        recover_orphans(study, reporter)
+        trials = study.trials()
+        retried = retried_numbers(trials)
+        used = sum(takes_slot(t, retried) for t in trials)
+        waiting = {t.number: t for t in trials if t.state == TrialState.WAITING}
+        if not waiting and (queued_only or used >= n_trials):
+            return STOP
+        if want is not None and (not waiting or not want(waiting[min(waiting)])):
+            return STOP  # ask() takes the first queued trial
+        # A queued trial first (a retry, a grid point), else a new one.
+        with warnings.catch_warnings():  # we beat ourselves (`heartbeat`) around ask/tell
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed")
+            trial = study.optuna_study.ask()
+        _set_attrs(trial, owner())
+    finished = sum(t.state.is_finished() and takes_slot(t, retried) for t in trials)
+    rep = (display.step(min(finished + 1, n_trials), f"trial {trial.number}")
+           if display is not None else reporter)
+    twin = _twin(study, trial) if trial.number in waiting else None
+    if twin is not None:
+        trial.set_user_attr("surplus", True)
+        study.optuna_study.tell(trial, state=TrialState.FAIL)
+        rep.log(f"trial {trial.number}: queued twice (by two processes at once); trial "
+                f"{twin} runs it")
+        return SKIP
+    if trial.number not in waiting:
+        now = study.trials()
+        earlier = [t for t in now
+                   if t.number < trial.number and takes_slot(t, retried_numbers(now))]
+        if len(earlier) >= n_trials:  # started past the count in a race (server storage)
+            trial.set_user_attr("surplus", True)
+            study.optuna_study.tell(trial, state=TrialState.FAIL)
+            return STOP
+    return trial, rep
+
+
+def _trial_folder(run_dir: RunDir, trial: optuna.Trial) -> Path:
+    folder = run_dir.path / TRIALS_DIR / f"trial-{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(folder.relative_to(run_dir.path)))
+    return folder
+
+
+def _finish(study: Study, trial: optuna.Trial, outcome: Outcome, seconds: float, rep,
+            folder: Path) -> None:
+    """Tell the storage how a trial ended: pruned, failed (one line on why) or its value."""
+    from optuna.trial import TrialState
+
+    if isinstance(outcome, Pruned):
+        _set_attrs(trial, {**outcome.attrs, "seconds": round(seconds, 1)})
+        study.optuna_study.tell(trial, state=TrialState.PRUNED)
+        rep.log(f"trial {trial.number}: pruned after epoch {outcome.attrs.get('epochs')}")
+    elif isinstance(outcome, Exception):
+        trial.set_user_attr("error", f"{type(outcome).__name__}: {outcome}"[:500])
+        study.optuna_study.tell(trial, state=TrialState.FAIL)
+        rep.log(f"trial {trial.number}: failed — {_failure(outcome, folder)}")
+    else:
+        value, attrs = outcome
+        _set_attrs(trial, {**attrs, "seconds": round(seconds, 1)})
+        study.optuna_study.tell(trial, value)
+        rep.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
 
 
 def _twin(study: Study, trial: optuna.Trial) -> int | None:

@@ -77,10 +77,13 @@ against it):
     claims.py    the verdicts: `verdict` (gate, one function per claim in `CLAIMS`, "too short
                  to decide"), `gradient_verdict`
     tables.py    `summarise`: one row per setting over its seeds, `depth_gains`, the verdicts
+    record.py    a grid trial's settings (`trial_params`) and what it records (`trial_attrs`)
+    together.py  a setting's seeds trained together as one batched model (`TOGETHER`: the
+                 residual study), each trial recorded as when it trains alone
     trials.py    `base_train`, `DataCache`, the trial `objective`, `Study` (one experiment's
                  Optuna study: its queue, seed rounds and summary)
-    rounds.py    seed rounds in one process: `open_studies`, `run_rounds`, the estimates,
-                 `ROUND_SECONDS` / `expected_seconds`
+    rounds.py    seed rounds in one process (a batched study's rounds at once): `open_studies`,
+                 `run_rounds`, the estimates, `ROUND_SECONDS` / `expected_seconds`
     parallel.py  `--workers`: `split_groups`, `worker_groups`, `run_groups` (the main side),
                  `work` (a worker's side)
     shared.py    `--storage`: `await_peers`, the wait for other machines' trials

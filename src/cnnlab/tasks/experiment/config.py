@@ -42,6 +42,9 @@ class ExperimentConfig:
     # RUN/<name>/study.db, this run's alone.
     storage: str | None = None
     study: str = "experiment"  # each experiment's study is `{study}-{name}` in the storage
+    # Seeds of one setting trained together as one batched model where that pays
+    # (together.TOGETHER); False: every net alone (`--one-at-a-time`).
+    together: bool = True
     report: bool = True
 
     def __post_init__(self) -> None:

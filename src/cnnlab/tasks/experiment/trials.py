@@ -15,13 +15,10 @@ from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.config import ExperimentConfig
 from cnnlab.tasks.experiment.designs import GRAD_BATCH, TRAIN_EVAL
 from cnnlab.tasks.experiment.grids import Grid, grid
-from cnnlab.tasks.experiment.learning import (
-    conv_grad_norms,
-    fixed_batch,
-    plateau_share,
-    still_learning,
-)
+from cnnlab.tasks.experiment.learning import conv_grad_norms, fixed_batch
+from cnnlab.tasks.experiment.record import trial_attrs, trial_params
 from cnnlab.tasks.experiment.tables import summarise
+from cnnlab.tasks.experiment.together import group_objective, seeds_together, setting_of
 
 
 def base_train(config: ExperimentConfig, g: Grid):
@@ -66,14 +63,7 @@ def objective(g: Grid, base, reporter, data: DataCache, time_left: Callable[[], 
     from cnnlab.tasks.study import Trial
 
     def run_trial(t: Trial) -> tuple[float, dict[str, Any]]:
-        params = {}
-        for key in (*g.settings[0], "seed"):
-            if key == "seed":
-                params[key] = t.optuna_trial.suggest_int("seed", 0, 10_000)
-            else:
-                choices = sorted({s[key] for s in g.settings})
-                params[key] = t.optuna_trial.suggest_categorical(key, choices)
-        cfg = sweep.trial_config(base, params)
+        cfg = sweep.trial_config(base, trial_params(g, t.optuna_trial))
         left = time_left()
         if left is not None:
             cfg = replace(cfg, time_limit=max(1.0, left))
@@ -92,32 +82,8 @@ def objective(g: Grid, base, reporter, data: DataCache, time_left: Callable[[], 
 
         res = train.run(cfg, t.run_dir, reporter, after_epoch=after_epoch, at_start=at_start,
                         data=trial_data)
-        r = res["runs"][0]
-        sub = RunDir(t.run_dir.path / f"{r['model']}-seed{r['seed']}")
-        metrics = sub.read_metrics()
-        epochs = [rec for rec in metrics if rec.get("kind") == "epoch"]
-        losses = [rec["train_loss"] for rec in metrics if rec.get("kind") == "step"]
-        share = plateau_share(losses)
-        attrs.update({
-            "epochs": r["epochs"], "stopped": r["stopped"], "params_count": r["params"],
-            "metric_macs": res["models"][0]["macs"], "metric_steps": r["steps"],
-            "metric_test_accuracy": r["test_accuracy"],
-            "metric_train_accuracy": r.get("train_eval_accuracy"),
-            "metric_plateau_share": share,
-            "metric_still_learning": still_learning(share, r.get("train_eval_accuracy"),
-                                                    len(trial_data.classes)),
-            "metric_train_seconds": round(r["train_seconds"], 1),
-            # In the storage, not only in this machine's trial folder: every machine's summary
-            # of a shared study reports the same sizes.
-            "metric_n_train": res["n_train"], "metric_n_test": res["n_test"],
-            # [step, training accuracy (fixed sample, no augmentation), test accuracy]
-            "metric_curve": [[rec["step"], rec.get("train_eval_accuracy"),
-                              rec.get("test_accuracy")] for rec in epochs],
-        })
-        if g.name == "residual":  # the training loss of every logged window (4 per epoch)
-            attrs["metric_loss_curve"] = [[rec["step"], rec["train_loss"]] for rec in metrics
-                                          if rec.get("kind") == "step"]
-        return float(r["test_accuracy"]), attrs
+        value, measured = trial_attrs(g.name, res, t.run_dir, len(trial_data.classes))
+        return value, {**attrs, **measured}
 
     return run_trial
 
@@ -141,6 +107,10 @@ class Study:
                                       optuna.pruners.NopPruner())
         self.objective = objective(self.grid, self.base, reporter, data, time_left,
                                    32 if config.quick else GRAD_BATCH)
+        # Seeds of one setting trained together as one batched model (1: one at a time).
+        self.together = seeds_together(name, config)
+        self.run_group = group_objective(self.grid, self.base, reporter, data, time_left,
+                                         32 if config.quick else GRAD_BATCH, self.objective)
         self.round_seconds: list[float] = []
         if not run_dir.file("config.json").is_file():
             run_dir.save_config({"experiment": name, "config": config, "train": self.base,
@@ -159,16 +129,18 @@ class Study:
             # trial has no params yet, its round is in the user attribute it was queued with.
             old = {t.user_attrs.get("round") for t in trials
                    if study.PLAN not in t.user_attrs and not t.params}
-            for seed in rounds:
-                if seed in old:
-                    continue
-                for s in self.grid.settings:
+            # Setting by setting, each setting's seeds in a row: the seeds trained together
+            # (together.py) are claimed from the head of the queue.
+            for s in self.grid.settings:
+                for seed in rounds:
+                    if seed in old:
+                        continue
                     params = {**s, "seed": seed}
                     key = study.plan_key(params)
                     if key not in have:
-                        # On a server storage the lock is no lock: two machines may queue an
-                        # entry at once. run_study runs the first of such twins, drops the
-                        # other unrun (study.PLAN).
+                        # On a server storage the lock is no lock: two machines may queue
+                        # an entry at once. run_study runs the first of such twins, drops
+                        # the other unrun (study.PLAN).
                         self.study.optuna_study.enqueue_trial(
                             params, user_attrs={"round": seed, study.PLAN: key})
 
@@ -178,32 +150,39 @@ class Study:
         rounds = [t.user_attrs.get("round", t.params.get("seed")) for t in self.study.trials()]
         return 1 + max((r for r in rounds if r is not None), default=-1)
 
-    def run_round(self, seed: int, reporter=None) -> None:
-        """Every setting with `seed` (queued once; a resumed run finds them queued or done),
-        with any other queued trial of the study. `reporter`: the round's step of the overall
+    def run_round(self, seeds: range, reporter=None) -> None:
+        """Every setting with each of `seeds` (queued once; a resumed run finds them queued or
+        done), with any other queued trial of the study; a setting's seeds trained together
+        where the study does (`together`). `reporter`: the round's step of the overall
         display (else the study's own)."""
+        self.queue(seeds)
+        t0 = time.monotonic()
+        ran = self._run_queued(len(self.grid.settings) * seeds.stop, reporter, len(seeds))
+        if ran:  # a round found done (a resumed run) says nothing about this machine's speed
+            # Seconds per seed round: rounds trained together share their time equally.
+            self.round_seconds += [(time.monotonic() - t0) / len(seeds)] * len(seeds)
+
+    def _run_queued(self, n_trials: int, reporter, seeds: int) -> int:
+        """The queued trials, up to `seeds` of a setting at a time as one batched model where
+        the study trains seeds together, else one by one. Returns how many ran here."""
         from cnnlab.tasks import study
 
-        self.queue(range(seed, seed + 1))
-        t0 = time.monotonic()
-        ran = study.run_study(self.study, self.run_dir, self.objective,
-                              len(self.grid.settings) * (seed + 1), reporter or self.reporter,
-                              queued_only=True)
-        if ran:  # a round found done (a resumed run) says nothing about this machine's speed
-            self.round_seconds.append(time.monotonic() - t0)
+        size = min(self.together, seeds)
+        if size > 1:
+            return study.run_study_groups(self.study, self.run_dir, self.run_group, n_trials,
+                                          reporter or self.reporter, setting_of, size)
+        return study.run_study(self.study, self.run_dir, self.objective, n_trials,
+                               reporter or self.reporter, queued_only=True)
 
     def take_queued(self, reporter=None) -> int:
         """Run here every trial of the plan that is queued and not yet taken (the retry of a
         trial whose process died: run_study's recovery, first thing, fails and queues it; an
         entry of a round whose queueing process died), and no new one. Returns how many ran
         here."""
-        from cnnlab.tasks import study
 
         rounds = self.rounds_queued()
         self.queue(range(rounds))
-        return study.run_study(self.study, self.run_dir, self.objective,
-                               len(self.grid.settings) * rounds, reporter or self.reporter,
-                               queued_only=True)
+        return self._run_queued(len(self.grid.settings) * rounds, reporter, self.together)
 
     def summarise(self) -> dict[str, Any]:
         from cnnlab.report.experiment import plot_experiment
