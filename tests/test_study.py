@@ -104,3 +104,24 @@ def _choice():
     from optuna.distributions import CategoricalDistribution
 
     return CategoricalDistribution([1, 2, 3])
+
+
+def test_a_trial_failed_as_stale_by_another_process_is_not_told_again(tmp_path):
+    """A live trial whose heartbeats slipped under load can be failed as stale by another
+    process; when it then finishes, its own process must say so in one line and go on, not
+    end on Optuna's UpdateFinishedTrialError (seen in the shared-storage tests at load 20)."""
+    import optuna
+
+    run = RunDir(tmp_path)
+    s = st.open_study(st.storage_url(None, run), "s")
+    trial = s.optuna_study.ask({"lr": _float(), "depth": _choice()})
+    # What another process's stale check does: fail it from outside.
+    other = optuna.load_study(study_name="s", storage=st.storage_url(None, run))
+    other.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    lines: list[str] = []
+    rep = Reporter(quiet=True)
+    rep.log = lines.append
+    st._finish(s, trial, (0.5, {"epochs": 1}), 1.0, rep, tmp_path / "trial-0000")
+    assert len(lines) == 1 and "already failed as stale" in lines[0]
+    state = [t for t in s.trials() if t.number == trial.number][0].state.name
+    assert state == "FAIL"  # the other process's verdict stands

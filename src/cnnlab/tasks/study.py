@@ -475,7 +475,22 @@ def _trial_folder(run_dir: RunDir, trial: optuna.Trial) -> Path:
 
 def _finish(study: Study, trial: optuna.Trial, outcome: Outcome, seconds: float, rep,
             folder: Path) -> None:
-    """Tell the storage how a trial ended: pruned, failed (one line on why) or its value."""
+    """Tell the storage how a trial ended: pruned, failed (one line on why) or its value. A
+    trial that another process has already failed as stale (its heartbeats were late: a
+    machine so busy that its beats slipped past the grace period) is not this process's to
+    tell any more: one line says so and the sweep goes on, instead of ending on Optuna's
+    UpdateFinishedTrialError."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        _tell(study, trial, outcome, rep, folder, seconds)
+    except UpdateFinishedTrialError:
+        rep.log(f"trial {trial.number}: already failed as stale by another process while it "
+                f"ran (late heartbeats); its result stays in {folder} and is not counted")
+
+
+def _tell(study: Study, trial: optuna.Trial, outcome: Outcome, rep, folder: Path,
+          seconds: float) -> None:
     from optuna.trial import TrialState
 
     if isinstance(outcome, Pruned):
