@@ -63,8 +63,8 @@ def test_evaluate_with_maps_imports_no_grad_cam_scipy_sklearn_pandas_matplotlib(
 
 
 def test_evaluate_on_a_cached_graph_imports_neither_timm_nor_torchvision(shared_data, tmp_path):
-    """Scoring on a cached ONNX graph needs the registry's metadata, not the PyTorch model: no
-    timm, no torchvision (~5 CPU-s on top of torch, BENCHMARKS.md "Start-up"). The first run
+    """Scoring on a cached ONNX graph (evaluate, predict) needs the registry's metadata, not the
+    PyTorch model: no timm, no torchvision (~5 CPU-s on top of torch, BENCHMARKS.md "Start-up"). The first run
     exports the graph (and builds the model: timm); the second reads it from the cache."""
     from cnnlab.models.registry import count_parameters, create_model
 
@@ -85,6 +85,11 @@ def test_evaluate_on_a_cached_graph_imports_neither_timm_nor_torchvision(shared_
     assert summary["n_images"] == 3
     # The count shown (report, results.json) is the real model's, not only the registry's table.
     assert summary["parameters"] == count_parameters(create_model("efficientnet_lite0"))
+    # predict reads the same cached graph (same weights, same input size).
+    predicted = _modules_after(["predict", "efficientnet_lite0", str(folder / PHOTOS[0]),
+                                "--workers", "0", "--engine", "onnxruntime"], tmp_path,
+                               ["timm", "torchvision", "onnxruntime"])
+    assert predicted == ["onnxruntime"], predicted
     # Maps on, but no mistake to map (Lite0 gets the tench right): still no model built.
     (folder / PHOTOS[1]).unlink()
     (folder / PHOTOS[2]).unlink()

@@ -190,6 +190,14 @@ class PretrainedNet:
     def preprocess(self) -> Preprocess:
         return self.pretrained.preprocess
 
+    def fetch_weights(self) -> Path:
+        """The weights file, found (or downloaded) now: it names the exported graph before the
+        net is built (models/inference.weights_identity)."""
+        from cnnlab.models.pretrained import fetch
+
+        self.weights = fetch(self.pretrained, self.spec.name, self.weights)
+        return self.weights
+
     def __call__(self) -> nn.Module:
         if self.model is None:
             from cnnlab.models.pretrained import load_pretrained
