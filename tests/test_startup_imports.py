@@ -64,8 +64,8 @@ def test_evaluate_with_maps_imports_no_grad_cam_scipy_sklearn_pandas_matplotlib(
 
 def test_evaluate_on_a_cached_graph_imports_neither_timm_nor_torchvision(shared_data, tmp_path):
     """Scoring on a cached ONNX graph (evaluate, predict) needs the registry's metadata, not the
-    PyTorch model: no timm, no torchvision (~5 CPU-s on top of torch, BENCHMARKS.md "Start-up"). The first run
-    exports the graph (and builds the model: timm); the second reads it from the cache."""
+    PyTorch model: no timm, no torchvision (~4 CPU-s on top of torch, BENCHMARKS.md "Start-up").
+    The first run exports the graph (and builds the model: timm); the next ones read it."""
     from cnnlab.models.registry import count_parameters, create_model
 
     folder = tmp_path / "photos"
