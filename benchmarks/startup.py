@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, default=SAMPLES)
     ap.add_argument("--limit", type=int, default=40, help="photos evaluate scores (40)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--commands-only", action="store_true",
+                    help="skip the imports-alone part (for before/after pairs run back to back)")
     args = ap.parse_args()
     one, five, fifteen = os.getloadavg()
     print(f"load average {one:.1f} {five:.1f} {fifteen:.1f}; torch threads: "
@@ -100,6 +102,8 @@ def main() -> None:
                   f"({med['first_wall']:5.1f} s wall); whole run {med['total_cpu']:5.2f} CPU-s "
                   f"({med['total_wall']:5.1f} s); imported: {', '.join(runs[0]['modules'])}",
                   flush=True)
+    if args.commands_only:
+        return
     base = statistics.median(import_cpu("torch") for _ in range(args.repeats))
     print(f"import torch alone: {base:.2f} CPU-s; each module on top of torch:")
     for module in HEAVY[1:]:

@@ -12,6 +12,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 CHILD = """
 import json, sys
 from cnnlab.cli import main
@@ -26,8 +28,10 @@ NOT_NEEDED = ["pytorch_grad_cam", "sklearn", "scipy", "pandas", "matplotlib"]
 PHOTOS = ["n01440764_tench.JPEG", "n01494475_hammerhead.JPEG", "n01667778_terrapin.JPEG"]
 
 
-def _modules_after(argv: list[str], tmp_path) -> list[str]:
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([*NOT_NEEDED, "cv2"]), *argv],
+def _modules_after(argv: list[str], tmp_path, heavy: list[str] | None = None) -> list[str]:
+    """The modules of `heavy` (default: NOT_NEEDED and cv2) in sys.modules after the command."""
+    heavy = [*NOT_NEEDED, "cv2"] if heavy is None else heavy
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(heavy), *argv],
                           capture_output=True, text=True, timeout=900,
                           env=_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,3 +60,105 @@ def test_evaluate_with_maps_imports_no_grad_cam_scipy_sklearn_pandas_matplotlib(
     results = json.loads((out / "results.json").read_text())
     assert len(results["explanations"]["cams"]) == 2  # the maps were drawn
     assert modules == ["cv2"], modules  # cv2 draws them; nothing else of the list
+
+
+def test_evaluate_on_a_cached_graph_imports_neither_timm_nor_torchvision(shared_data, tmp_path):
+    """Scoring on a cached ONNX graph (evaluate, predict) needs the registry's metadata, not the
+    PyTorch model: no timm, no torchvision (~4 CPU-s on top of torch, BENCHMARKS.md "Start-up").
+    The first run exports the graph (and builds the model: timm); the next ones read it."""
+    from cnnlab.models.registry import count_parameters, create_model
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in PHOTOS:
+        (folder / name).symlink_to(shared_data("imagenet-samples", name))
+    argv = ["evaluate", str(folder), "-m", "efficientnet_lite0", "--workers", "0", "--engine",
+            "onnxruntime", "-q"]
+    first = _modules_after([*argv, "--no-explain", "--out", str(tmp_path / "r1")], tmp_path,
+                           ["timm", "torchvision"])
+    assert first == ["timm", "torchvision"]  # exported: the model was built
+    second = _modules_after([*argv, "--no-explain", "--out", str(tmp_path / "r2")], tmp_path,
+                            ["timm", "torchvision"])
+    assert second == [], second
+    summary = json.loads((tmp_path / "r2" / "results.json").read_text())["models"][0]
+    assert summary["engine"]["engine"] == "onnxruntime" and not summary["engine"]["exported"]
+    assert summary["n_images"] == 3
+    # The count shown (report, results.json) is the real model's, not only the registry's table.
+    assert summary["parameters"] == count_parameters(create_model("efficientnet_lite0"))
+    # predict reads the same cached graph (same weights, same input size).
+    predicted = _modules_after(["predict", "efficientnet_lite0", str(folder / PHOTOS[0]),
+                                "--workers", "0", "--engine", "onnxruntime"], tmp_path,
+                               ["timm", "torchvision", "onnxruntime"])
+    assert predicted == ["onnxruntime"], predicted
+    # Maps on, but no mistake to map (Lite0 gets the tench right): still no model built.
+    (folder / PHOTOS[1]).unlink()
+    (folder / PHOTOS[2]).unlink()
+    third = _modules_after([*argv, "--out", str(tmp_path / "r3")], tmp_path,
+                           ["timm", "torchvision"])
+    assert third == [], third
+    explained = json.loads((tmp_path / "r3" / "results.json").read_text())["explanations"]
+    assert explained["models"][0]["n_wrong"] == 0 and explained["cams"] == []
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2"])
+def test_lite_table_matches_timm(name):
+    """models/efficientnet_lite.py's table, written down so that the registry needs no timm,
+    against timm's own pretrained_cfg and the built model's parameter count."""
+    import timm
+
+    from cnnlab.models.meta import build_on_meta
+    from cnnlab.models.pretrained import preprocess_from_timm
+    from cnnlab.models.registry import count_parameters, get_spec
+
+    spec = get_spec(name)
+    cfg = timm.models.get_pretrained_cfg(f"tf_{name}").to_dict()
+    assert spec.pretrained.preprocess == preprocess_from_timm(cfg)
+    assert spec.default_input == tuple(cfg["input_size"])
+    assert spec.published_params == count_parameters(
+        build_on_meta(lambda: timm.create_model(f"tf_{name}", pretrained=False)))
+
+
+def test_imagenet_classes_match_timms_imagenet_info():
+    """data/imagenet.py reads timm's class files itself (no timm import): the same classes,
+    synonyms and definitions as timm's ImageNetInfo."""
+    from timm.data import ImageNetInfo
+
+    from cnnlab.data.imagenet import load_imagenet_classes
+
+    classes, info = load_imagenet_classes(), ImageNetInfo("imagenet-1k")
+    wnids = tuple(info.label_names())
+    assert classes.wnids == wnids and len(wnids) == 1000
+    assert classes.synonyms == tuple(
+        tuple(s.strip() for s in info.label_name_to_description(w).split(", ")) for w in wnids)
+    assert classes.definitions == tuple(
+        info.label_name_to_description(w, detailed=True).split(": ", 1)[-1] for w in wnids)
+
+
+def test_prepare_forward_builds_the_net_only_to_export_or_run_torch(tmp_path):
+    """A builder passed to prepare_forward is called for the export and for the torch engine,
+    never when the checked graph is in the cache."""
+    import torch
+    from torch import nn
+
+    from cnnlab.models.inference import prepare_forward
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    calls = []
+
+    def build():
+        calls.append(1)
+        return net
+
+    kw = {"identity": "tiny:0", "input_size": 16, "root": tmp_path}
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        expected = net(x)
+    exported = prepare_forward(build, "onnxruntime", **kw)
+    assert exported.about["exported"] and calls == [1]
+    cached = prepare_forward(build, "onnxruntime", **kw)
+    assert cached.engine == "onnxruntime" and not cached.about["exported"] and calls == [1]
+    torch.testing.assert_close(cached(x), expected, atol=1e-5, rtol=1e-5)
+    prepare_forward(build, "torch", **kw)
+    assert calls == [1, 1]

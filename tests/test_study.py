@@ -123,5 +123,5 @@ def test_a_trial_failed_as_stale_by_another_process_is_not_told_again(tmp_path):
     rep.log = lines.append
     st._finish(s, trial, (0.5, {"epochs": 1}), 1.0, rep, tmp_path / "trial-0000")
     assert len(lines) == 1 and "already failed as stale" in lines[0]
-    state = [t for t in s.trials() if t.number == trial.number][0].state.name
+    state = next(t for t in s.trials() if t.number == trial.number).state.name
     assert state == "FAIL"  # the other process's verdict stands

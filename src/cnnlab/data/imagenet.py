@@ -26,11 +26,14 @@ Two matching rules:
 
 from __future__ import annotations
 
+import csv
 import difflib
 import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from cnnlab.errors import CnnlabError
 
 MATCH_RULES = ("synonym", "prefix")
 
@@ -209,20 +212,32 @@ class ImageNetClasses:
         return next(s for s in self.synonyms[index] if normalise(s) == key)
 
 
+def _timm_info(file_name: str) -> list[str]:
+    """Lines of one of timm's bundled class files (timm/data/_info/), read without importing
+    timm: its import costs ~2.3 CPU-s on top of torch (BENCHMARKS.md "Start-up"), and a command
+    that scores photos on an exported ONNX graph needs nothing else of it. These are the files
+    timm's own `ImageNetInfo("imagenet-1k")` reads (tests/test_startup_imports.py compares)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("timm")  # a top-level package: found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        raise CnnlabError("the ImageNet class names come with timm: pip install timm")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
+    return (folder / file_name).read_text(encoding="utf-8").splitlines()
+
+
 @functools.lru_cache(maxsize=1)
 def load_imagenet_classes() -> ImageNetClasses:
     """The ImageNet-1k classes from timm's bundled WordNet metadata (no network; cached)."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo("imagenet-1k")
-    wnids = tuple(info.label_names())
+    wnids = tuple(_timm_info("imagenet_synsets.txt"))
+    # Tab-separated "wnid<TAB>text", as timm's ImageNetInfo reads them (csv, delimiter tab).
+    lemmas = dict(csv.reader(_timm_info("imagenet_synset_to_lemma.txt"), delimiter="\t"))
+    glosses = dict(csv.reader(_timm_info("imagenet_synset_to_definition.txt"), delimiter="\t"))
     # Lemma lines are "tench, Tinca tinca"; no ImageNet-1k lemma contains a comma itself.
-    synonyms = tuple(
-        tuple(s.strip() for s in info.label_name_to_description(w).split(", ")) for w in wnids
-    )
-    definitions = tuple(
-        info.label_name_to_description(w, detailed=True).split(": ", 1)[-1] for w in wnids
-    )
+    synonyms = tuple(tuple(s.strip() for s in lemmas[w].split(", ")) for w in wnids)
+    # timm's detailed description is "<lemmas>: <definition>"; the definition is what follows.
+    definitions = tuple(f"{lemmas[w]}: {glosses[w]}".split(": ", 1)[-1] for w in wnids)
     return ImageNetClasses(wnids, synonyms, definitions)
 
 

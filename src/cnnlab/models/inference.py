@@ -182,10 +182,18 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "max_abs_diff" in record else None
 
 
-def onnx_forward(model: nn.Module, identity: str, input_size: int, threads: int,
-                 root: Path | None = None) -> tuple[Forward | None, dict[str, Any], str]:
+def _built(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """`model` itself, or what the function `model` builds (a net that is needed only to export
+    its graph or to run it in PyTorch is built only then: issue 27 item 4)."""
+    return model if isinstance(model, nn.Module) else model()
+
+
+def onnx_forward(model: nn.Module | Callable[[], nn.Module], identity: str, input_size: int,
+                 threads: int, root: Path | None = None
+                 ) -> tuple[Forward | None, dict[str, Any], str]:
     """The ONNX Runtime forward of `model` (exported and checked once, then read from the
-    cache), or None and the reason it was refused. Returns (forward, about, reason)."""
+    cache), or None and the reason it was refused. Returns (forward, about, reason).
+    `model` may be a function that builds the net: called only when the graph is exported."""
     from cnnlab.runs import atomic_write_text
 
     folder = graph_dir(identity, input_size, root)
@@ -204,12 +212,15 @@ def onnx_forward(model: nn.Module, identity: str, input_size: int, threads: int,
                 record = None
         if record is None:  # not exported yet, damaged, or its record lost: export and check
             about["exported"] = True
+            model = _built(model)
             export_graph(model.eval().cpu(), graph, input_size)
             session = ort_session(graph, threads)
             record = {"identity": identity, "input_size": input_size, "opset": OPSET,
                       "torch": torch.__version__, "check_batch": VERIFY_BATCH,
                       "max_abs_diff": max_abs_diff(model, session, input_size)}
             atomic_write_text(record_path, json.dumps(record, indent=2))
+    except CnnlabError:  # building the net failed (its weights do not fit): the user's to fix
+        raise
     except Exception as exc:  # an op the exporter or ONNX Runtime does not support, disk full
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         return None, about, f"{type(exc).__name__}: {first}"
@@ -238,11 +249,16 @@ def resolve_engine(requested: str, device: torch.device) -> str:
     return requested
 
 
-def prepare_forward(model: nn.Module, requested: str, *, identity: str, input_size: int,
+def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, *,
+                    identity: str, input_size: int,
                     device: torch.device | str = "cpu", channels_last: bool = True,
                     log: Callable[[str], Any] | None = None, root: Path | None = None,
                     label: str = "") -> Forward:
     """The forward pass of `model` on the engine `requested` (auto, torch, onnxruntime).
+
+    model: the net, or a function that builds it, called only when PyTorch runs the pass or the
+    graph is exported: scoring on a cached graph then imports neither the net's library (timm,
+    torchvision) nor loads its weights into PyTorch (~2.5 CPU-s, BENCHMARKS.md "Start-up").
 
     identity: names the weights (model name + weights digest): the exported graph's cache key
     with input_size. An ONNX graph that cannot be exported or loaded, or whose outputs differ
@@ -255,13 +271,13 @@ def prepare_forward(model: nn.Module, requested: str, *, identity: str, input_si
             log(f"{label or identity}: onnxruntime runs on the CPU here; PyTorch runs on {device}")
         engine = "torch"
     if engine == "torch":
-        return torch_forward(model, device, channels_last, {"requested": requested})
+        return torch_forward(_built(model), device, channels_last, {"requested": requested})
     forward, about, reason = onnx_forward(model, identity, input_size,
                                           torch.get_num_threads(), root)
     if forward is None:
         if log is not None:
             log(f"{label or identity}: ONNX graph refused ({reason}); running PyTorch instead")
-        return torch_forward(model, device, channels_last,
+        return torch_forward(_built(model), device, channels_last,
                              {"requested": requested, "refused": {**about, "reason": reason}})
     forward.about["requested"] = requested
     return forward

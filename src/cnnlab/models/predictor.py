@@ -26,13 +26,23 @@ FINETUNED_FORMAT = "cnnlab-finetuned/1"
 
 @dataclass
 class Predictor:
-    model: Any  # nn.Module in eval mode
+    # The nn.Module in eval mode, or for a registry model a models/registry.PretrainedNet that
+    # builds it on first use (`model`): scoring on a cached ONNX graph builds none, and imports
+    # neither timm nor torchvision (issue 27 item 4).
+    net: Any
     preprocess: Any  # data.preprocess.Preprocess
     classes: tuple[str, ...]
     source: str  # "finetuned <run>" or "imagenet <model>"
     top_k: int
     arch: str = ""  # the registry name of the architecture (a finetune run's backbone)
     weights: Path | None = None  # the weights file (names the exported graph: models/inference)
+
+    @property
+    def model(self) -> Any:
+        """The nn.Module in eval mode (built now if it was not yet)."""
+        from cnnlab.models.registry import PretrainedNet
+
+        return self.net() if isinstance(self.net, PretrainedNet) else self.net
 
     def identity(self) -> str:
         """The net's name and weights digest: the key of its exported ONNX graph."""
@@ -97,11 +107,12 @@ def load_predictor(model: str, weights: str | None = None) -> Predictor:
     if Path(model).expanduser().exists():
         raise CnnlabError(f"{model} is neither a finetune run directory nor its model.json")
     from cnnlab.data.imagenet import load_imagenet_classes
-    from cnnlab.models.registry import create_pretrained
+    from cnnlab.models.registry import PretrainedNet
 
-    net, preprocess, path = create_pretrained(model, weights)
-    return Predictor(net, preprocess, tuple(load_imagenet_classes().names), f"imagenet {model}",
-                     5, model, path)
+    net = PretrainedNet(model, weights)
+    path = net.fetch_weights()  # a missing file is an error now, before any photo is read
+    return Predictor(net, net.preprocess, tuple(load_imagenet_classes().names),
+                     f"imagenet {model}", 5, model, path)
 
 
 def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[dict[str, str]]]:

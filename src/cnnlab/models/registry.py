@@ -54,18 +54,23 @@ _REGISTRY: dict[str, ModelSpec] = {}
 # Modules whose import registers their models. They are imported on the first look-up, not when
 # `cnnlab.models` is imported, so code that needs one family only (the char-RNN) does not pay
 # for importing torchvision and timm: ~2.4 s on an idle 2-core machine, over 10 s on a busy one.
+# These import neither torchvision nor timm (EfficientNet-Lite imports timm in its builder):
+# `get_spec` of any of their names, evaluate's defaults included, costs no such import.
 _FAMILY_MODULES = (
     "cnnlab.models.alexnet_paper",
     "cnnlab.models.simple_cnn",
     "cnnlab.models.resnet_cifar",
     "cnnlab.models.plain_cnn",
     "cnnlab.models.fast_cifar",
-    "cnnlab.models.external",
+    "cnnlab.models.efficientnet_lite",
 )
+# Registering these reads torchvision's weight enums (~2.6 CPU-s on top of torch, BENCHMARKS.md
+# "Start-up"): loaded by `list_models`, and by `get_spec` for a name the others do not have.
+_IMPORTING_FAMILY_MODULES = ("cnnlab.models.external",)
 
 
-def _load_families() -> None:
-    for module in _FAMILY_MODULES:
+def _load_families(importing: bool = True) -> None:
+    for module in _FAMILY_MODULES + (_IMPORTING_FAMILY_MODULES if importing else ()):
         importlib.import_module(module)  # a no-op after the first time
 
 
@@ -91,6 +96,10 @@ def list_models(source: str | None = None) -> list[ModelSpec]:
 
 def get_spec(name: str) -> ModelSpec:
     """The spec for `name`, or a CnnlabError that names the closest registered models."""
+    _load_families(importing=False)
+    spec = _REGISTRY.get(_key(name))
+    if spec is not None:
+        return spec
     _load_families()
     spec = _REGISTRY.get(_key(name))
     if spec is not None:
@@ -155,3 +164,52 @@ def create_pretrained(
     model = model_spec.builder()
     path = load_pretrained(model, spec, model_spec.name, weights)
     return model.eval(), spec.preprocess, path
+
+
+class PretrainedNet:
+    """A registered model with its ImageNet weights, built (and its weights loaded) on the first
+    call, once; before that, what its spec says: preprocessing and parameter count.
+
+        net = PretrainedNet("efficientnet_lite0", weights_file)
+        forward = prepare_forward(net, "auto", ...)   # builds it only to export or run PyTorch
+        net.parameter_count()                         # the built net's, else the registry's
+
+    Building EfficientNet-Lite imports timm and a torchvision model torchvision (~2.3-2.6 CPU-s
+    each on top of torch, BENCHMARKS.md "Start-up"); scoring on a cached ONNX graph needs
+    neither (issue 27 item 4)."""
+
+    def __init__(self, name: str, weights: str | Path | None = None):
+        from cnnlab.models.pretrained import pretrained_spec_of
+
+        self.spec = get_spec(name)
+        self.pretrained = pretrained_spec_of(self.spec)
+        self.weights = weights
+        self.model: nn.Module | None = None  # None until the first call
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.pretrained.preprocess
+
+    def fetch_weights(self) -> Path:
+        """The weights file, found (or downloaded) now: it names the exported graph before the
+        net is built (models/inference.weights_identity)."""
+        from cnnlab.models.pretrained import fetch
+
+        self.weights = fetch(self.pretrained, self.spec.name, self.weights)
+        return self.weights
+
+    def __call__(self) -> nn.Module:
+        if self.model is None:
+            from cnnlab.models.pretrained import load_pretrained
+
+            model = self.spec.builder()
+            load_pretrained(model, self.pretrained, self.spec.name, self.weights)
+            self.model = model.eval()
+        return self.model
+
+    def parameter_count(self) -> int:
+        """The built net's count; unbuilt, the registry's (published_params: tests check it
+        against the built model's), else a count on the meta device (no weights allocated)."""
+        if self.model is not None:
+            return count_parameters(self.model)
+        return self.spec.published_params or count_parameters_of(self.spec)

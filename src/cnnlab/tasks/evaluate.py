@@ -285,15 +285,22 @@ def _true_class(accepted: tuple[int, ...], top: list[int]) -> int:
     return next((c for c in top if c in accepted), accepted[0])
 
 
-def _explain_model(model, spec, preprocess, merged: ModelPass, number: int, items: list,
+def _explain_model(net, spec, preprocess, merged: ModelPass, number: int, items: list,
                    accepted: list[tuple[int, ...]], root: Path, classes, config: EvaluateConfig,
                    run_dir: RunDir, reporter) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The CAMs of one model's mistakes: its predicted class and the true class, side by side."""
+    """The CAMs of one model's mistakes: its predicted class and the true class, side by side.
+    `net` (models/registry.PretrainedNet) builds the model: only when there is a map to draw."""
     from cnnlab.analysis.cams import CamWriter, explain_mistakes, layer_of
+    from cnnlab.analysis.explanations import METHODS
 
     wrong = [(i, top) for i, top in zip(merged.indices, merged.top_classes, strict=True)
              if top[0] not in accepted[i]]
     chosen = wrong if config.explain_limit is None else wrong[: config.explain_limit]
+    if not chosen:  # no model built: the layer as the registry names it, no map, no time
+        return {"method": "gradcam", "method_name": METHODS["gradcam"][1],
+                "layer": spec.cam_layer, "layer_shape": [], "seconds": 0.0,
+                "model": merged.name, "n_wrong": len(wrong), "n_explained": 0}, []
+    model = net()
     writer = CamWriter(model, layer_of(model, spec.name), preprocess, run_dir, draft=config.draft)
     mistakes = [{"path": items[i].path, "predicted": top[0],
                  "true": _true_class(accepted[i], top), "stem": f"cams/{number}-{i:05d}"}
@@ -328,7 +335,7 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     from cnnlab import dist
     from cnnlab.data.imagenet import load_imagenet_classes
     from cnnlab.models.inference import onnxruntime_version, prepare_forward, weights_identity
-    from cnnlab.models.registry import count_parameters, create_pretrained, get_spec
+    from cnnlab.models.registry import PretrainedNet, get_spec
 
     # Joins the process group under torchrun: a no-op after the CLI's open_run, needed when a
     # library caller hands `run` a directory of its own.
@@ -363,38 +370,40 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     explained: list[dict[str, Any]] = []  # per model: method, layer, time, counts
     cams: list[dict[str, Any]] = []  # per mistake and model: the two maps
     root = Path(config.path)
-    # Every model is loaded before the one pass over the photos, which decodes each photo once
-    # for all of them (the old per-model passes decoded it once per model); the models stay
-    # loaded until their maps are drawn.
-    loaded = []  # (spec, weights file, model, preprocess, forward)
+    # Every model is prepared before the one pass over the photos, which decodes each photo
+    # once for all of them (the old per-model passes decoded it once per model). A model is
+    # built (timm or torchvision imported, weights loaded into PyTorch) only when something
+    # needs it: the torch engine, an export, the maps of mistakes (issue 27 item 4).
+    loaded = []  # (spec, weights file, net, preprocess, forward)
     for spec, wfile in zip(specs, weight_files, strict=True):
-        model, preprocess, _ = create_pretrained(spec.name, wfile)
-        forward = prepare_forward(model, config.engine, identity=weights_identity(spec.name, wfile),
+        net = PretrainedNet(spec.name, wfile)
+        preprocess = net.preprocess
+        forward = prepare_forward(net, config.engine, identity=weights_identity(spec.name, wfile),
                                   input_size=preprocess.crop_size, device=device,
                                   channels_last=config.channels_last, log=reporter.log,
                                   label=spec.name)
-        loaded.append((spec, wfile, model, preprocess, forward))
+        loaded.append((spec, wfile, net, preprocess, forward))
     parts = _run_models([f for *_, f in loaded], [pp for *_, pp, _ in loaded], my_items,
                         my_indices, config, device, reporter, [s.name for s, *_ in loaded])
-    for number, ((spec, wfile, model, preprocess, forward), part) in enumerate(
+    for number, ((spec, wfile, net, preprocess, forward), part) in enumerate(
             zip(loaded, parts, strict=True)):
         loaded[number] = None  # each model is freed once its maps are drawn
         gathered = dist.gather_objects(part, info)
         if gathered is None:
-            del model, forward
+            del net, forward
             continue
         merged = _merge(gathered)
         merged_passes.append(merged)
-        summary = _summarise(merged, accepted, count_parameters(model), wfile, preprocess,
+        summary = _summarise(merged, accepted, net.parameter_count(), wfile, preprocess,
                              forward.about)
         summaries.append(summary)
         run_dir.append_metrics({k: v for k, v in summary.items() if k != "preprocess"})
         if config.explain:  # rank 0, while this model is loaded (the others go on meanwhile)
-            about, records = _explain_model(model, spec, preprocess, merged, number, items,
+            about, records = _explain_model(net, spec, preprocess, merged, number, items,
                                             accepted, root, classes, config, run_dir, reporter)
             explained.append(about)
             cams += records
-        del model, forward
+        del net, forward
     if not info.is_main:
         return None
     # environment.json: which engine each model's pass ran on, with its check against PyTorch.

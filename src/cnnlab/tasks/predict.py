@@ -80,7 +80,8 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
         return
     k = min(config.top_k or predictor.top_k, len(predictor.classes))
     device = choose_device(config.device)
-    forward = prepare_forward(predictor.model, config.engine, identity=predictor.identity(),
+    # predictor.net: a registry model is built only to export its graph or to run PyTorch.
+    forward = prepare_forward(predictor.net, config.engine, identity=predictor.identity(),
                               input_size=predictor.preprocess.crop_size, device=device,
                               log=reporter.log, label=config.model)
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
