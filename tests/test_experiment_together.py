@@ -45,11 +45,11 @@ def run(data, out, *flags) -> dict:
 
 def trials(out, name) -> dict:
     """(setting, seed) -> the trial's row of the study (trials.csv's source: the storage)."""
-    from cnnlab.tasks import study
+    from cnnlab.tasks import study, study_rows
 
     s = study.open_study(f"sqlite:///{out / name / 'study.db'}", f"experiment-{name}")
     rows = {}
-    for r in study.trial_rows(s):
+    for r in study_rows.trial_rows(s):
         assert r["state"] == "COMPLETE", r
         key = json.dumps({k: v for k, v in r["params"].items() if k != "seed"}, sort_keys=True)
         rows[key, r["params"]["seed"]] = r
@@ -165,7 +165,7 @@ def test_a_setting_s_queued_seeds_are_claimed_as_one_group(tmp_path):
     its share of the group's seconds and its group's numbers."""
     from cnnlab.progress import Reporter
     from cnnlab.runs import RunDir
-    from cnnlab.tasks import study
+    from cnnlab.tasks import study, study_rows
 
     s = study.open_study(f"sqlite:///{tmp_path / 'study.db'}", "groups")
     for setting in ("a", "b"):
@@ -190,7 +190,7 @@ def test_a_setting_s_queued_seeds_are_claimed_as_one_group(tmp_path):
     assert ran == 6
     # Size 2: seeds 0, 1 of a; seed 2 of a alone (the next queued trial is b's); then b.
     assert calls == [[0, 1], [2], [3, 4], [5]]
-    rows = {r["number"]: r for r in study.trial_rows(s)}
+    rows = {r["number"]: r for r in study_rows.trial_rows(s)}
     assert [rows[n]["state"] for n in range(6)] == ["COMPLETE"] * 4 + ["FAIL", "COMPLETE"]
     assert rows[4]["error"] == "ValueError: boom" and rows[3]["value"] == 0.0
     frozen = {t.number: t for t in s.trials()}

@@ -18,7 +18,7 @@ import pytest
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import RunDir
-from cnnlab.tasks import experiment, study
+from cnnlab.tasks import experiment, study, study_rows
 from cnnlab.tasks.experiment import ExperimentConfig
 
 QUICK = ["--quick", "--limit-per-class", "10", "--threads", "1", "-q"]
@@ -27,7 +27,8 @@ QUICK = ["--quick", "--limit-per-class", "10", "--threads", "1", "-q"]
 def trials(run, name: str) -> list[dict]:
     """Every trial of one experiment's study, as rows (params, state, pid, value)."""
     sub = RunDir(run / name)
-    return study.trial_rows(study.open_study(study.storage_url(None, sub), f"experiment-{name}"))
+    url = study.storage_url(None, sub)
+    return study_rows.trial_rows(study.open_study(url, f"experiment-{name}"))
 
 
 def done(rows: list[dict]) -> Counter:

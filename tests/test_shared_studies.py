@@ -83,6 +83,7 @@ def test_a_dead_machines_trial_is_failed_by_its_heartbeat_and_run_again_once(
     from cnnlab.progress import Reporter
     from cnnlab.runs import RunDir
     from cnnlab.tasks import study as st
+    from cnnlab.tasks import study_rows
 
     url = postgres.create_database("beats")
     monkeypatch.setenv("CNNLAB_HEARTBEAT", "1")  # stale after GRACE_BEATS = 3 s
@@ -106,7 +107,7 @@ def test_a_dead_machines_trial_is_failed_by_its_heartbeat_and_run_again_once(
 
     ran = st.run_study(s, RunDir.create("x", out=Path(tempfile.mkdtemp()) / "run"), objective,
                        n_trials=1, reporter=Reporter(quiet=True))
-    rows = st.trial_rows(s)
+    rows = study_rows.trial_rows(s)
     assert ran == 1 and [r["state"] for r in rows] == ["FAIL", "COMPLETE"]
     assert rows[0]["retried"] and rows[1]["retry_of"] == 0
     assert rows[1]["params"] == rows[0]["params"] and seen[0][2] == 7  # settings and round kept

@@ -13,6 +13,7 @@ import textwrap
 from cnnlab.progress import Reporter
 from cnnlab.runs import RunDir
 from cnnlab.tasks import study as st
+from cnnlab.tasks import study_rows
 
 # A separate process that takes a trial the way run_study does (owner attributes recorded),
 # then dies without telling the storage anything: what `kill -9` leaves behind.
@@ -80,13 +81,13 @@ def test_the_trial_loop_runs_the_retry_with_the_dead_trials_settings(tmp_path):
         return lr * depth, {"epochs": 1}
 
     ran = st.run_study(s, run, objective, n_trials=2, reporter=Reporter(quiet=True))
-    rows = st.trial_rows(s)
+    rows = study_rows.trial_rows(s)
     assert ran == 2 and [r["state"] for r in rows] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert rows[0]["retried"] and rows[1]["retry_of"] == 0
     assert rows[1]["params"] == rows[0]["params"]  # the same settings, trained from the start
     assert [n for n, *_ in seen] == [1, 2] and seen[0][3] == "trial-0001"
     assert rows[1]["value"] == rows[1]["params"]["lr"] * rows[1]["params"]["depth"]
-    st.write_trials_csv(run, rows)
+    study_rows.write_trials_csv(run, rows)
     lines = (tmp_path / "trials.csv").read_text().splitlines()
     assert lines[0].startswith("trial,state,lr,depth,value") and len(lines) == 4
     assert ",retried," in lines[1] and lines[2].split(",")[-3] == "0"  # retry_of

@@ -370,10 +370,8 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
     explained: list[dict[str, Any]] = []  # per model: method, layer, time, counts
     cams: list[dict[str, Any]] = []  # per mistake and model: the two maps
     root = Path(config.path)
-    # Every model is prepared before the one pass over the photos, which decodes each photo
-    # once for all of them (the old per-model passes decoded it once per model). A model is
-    # built (timm or torchvision imported, weights loaded into PyTorch) only when something
-    # needs it: the torch engine, an export, the maps of mistakes (issue 27 item 4).
+    # One pass over the photos decodes each once for every model; a model is built (timm or
+    # torchvision, PyTorch weights) only for the torch engine, an export or a mistake's maps.
     loaded = []  # (spec, weights file, net, preprocess, forward)
     for spec, wfile in zip(specs, weight_files, strict=True):
         net = PretrainedNet(spec.name, wfile)

@@ -1,9 +1,9 @@
 """The Optuna machinery `cnnlab sweep` and `cnnlab experiment` share: a study in a storage, a
-lock, orphan recovery, the trial loop, and the trials as rows and CSV.
+lock, orphan recovery and the trial loop (the trials as rows and CSV: study_rows.py).
 
     study = open_study(storage_url(None, run_dir), "my-study", sampler, pruner)
     ran = run_study(study, run_dir, objective, n_trials=20, reporter=reporter)
-    write_trials_csv(run_dir, trial_rows(study))
+    write_trials_csv(run_dir, trial_rows(study))  # from cnnlab.tasks.study_rows
 
 Only Optuna's public API is used: the RDB storage is an `optuna.storages.RDBStorage` that this
 module creates and keeps (`Study.storage`), trials are found by number through it, and finished
@@ -34,9 +34,7 @@ the storage, so `n_trials` means that many trials over every process and every r
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import os
 import socket
 import threading
@@ -476,36 +474,28 @@ def _trial_folder(run_dir: RunDir, trial: optuna.Trial) -> Path:
 def _finish(study: Study, trial: optuna.Trial, outcome: Outcome, seconds: float, rep,
             folder: Path) -> None:
     """Tell the storage how a trial ended: pruned, failed (one line on why) or its value. A
-    trial that another process has already failed as stale (its heartbeats were late: a
-    machine so busy that its beats slipped past the grace period) is not this process's to
-    tell any more: one line says so and the sweep goes on, instead of ending on Optuna's
-    UpdateFinishedTrialError."""
+    trial another process already failed as stale (late heartbeats on a busy machine) is no
+    longer this process's to tell: one line, and the sweep goes on."""
     from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
 
     try:
-        _tell(study, trial, outcome, rep, folder, seconds)
+        if isinstance(outcome, Pruned):
+            _set_attrs(trial, {**outcome.attrs, "seconds": round(seconds, 1)})
+            study.optuna_study.tell(trial, state=TrialState.PRUNED)
+            rep.log(f"trial {trial.number}: pruned after epoch {outcome.attrs.get('epochs')}")
+        elif isinstance(outcome, Exception):
+            trial.set_user_attr("error", f"{type(outcome).__name__}: {outcome}"[:500])
+            study.optuna_study.tell(trial, state=TrialState.FAIL)
+            rep.log(f"trial {trial.number}: failed — {_failure(outcome, folder)}")
+        else:
+            value, attrs = outcome
+            _set_attrs(trial, {**attrs, "seconds": round(seconds, 1)})
+            study.optuna_study.tell(trial, value)
+            rep.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
     except UpdateFinishedTrialError:
         rep.log(f"trial {trial.number}: already failed as stale by another process while it "
                 f"ran (late heartbeats); its result stays in {folder} and is not counted")
-
-
-def _tell(study: Study, trial: optuna.Trial, outcome: Outcome, rep, folder: Path,
-          seconds: float) -> None:
-    from optuna.trial import TrialState
-
-    if isinstance(outcome, Pruned):
-        _set_attrs(trial, {**outcome.attrs, "seconds": round(seconds, 1)})
-        study.optuna_study.tell(trial, state=TrialState.PRUNED)
-        rep.log(f"trial {trial.number}: pruned after epoch {outcome.attrs.get('epochs')}")
-    elif isinstance(outcome, Exception):
-        trial.set_user_attr("error", f"{type(outcome).__name__}: {outcome}"[:500])
-        study.optuna_study.tell(trial, state=TrialState.FAIL)
-        rep.log(f"trial {trial.number}: failed — {_failure(outcome, folder)}")
-    else:
-        value, attrs = outcome
-        _set_attrs(trial, {**attrs, "seconds": round(seconds, 1)})
-        study.optuna_study.tell(trial, value)
-        rep.log(f"trial {trial.number}: {value:.4f} ({trial.params})")
 
 
 def _twin(study: Study, trial: optuna.Trial) -> int | None:
@@ -569,44 +559,3 @@ def _failure(exc: Exception, folder: Path) -> str:
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
-
-
-# --------------------------------------------------------------------------- rows, CSV
-
-
-def trial_rows(study: Study) -> list[dict[str, Any]]:
-    """One row per trial, in number order: settings, value, seconds, state and why."""
-    rows = []
-    trials = study.trials()
-    retried = retried_numbers(trials)
-    for t in sorted(trials, key=lambda t: t.number):
-        a = t.user_attrs
-        rows.append({
-            "number": t.number, "state": t.state.name, "params": dict(t.params),
-            "value": t.value, "pruned": t.state.name == "PRUNED",
-            "epochs": a.get("epochs"), "stopped": a.get("stopped"),
-            "seconds": a.get("seconds"), "params_count": a.get("params_count"),
-            "run_dir": a.get("run_dir"), "retry_of": a.get("retry_of"),
-            "retried": bool(a.get("retried")) or t.number in retried,
-            "surplus": bool(a.get("surplus")),
-            "error": a.get("error"), "host": a.get("host"), "pid": a.get("pid"),
-            "intermediate": {int(k): v for k, v in t.intermediate_values.items()},
-            **{k: v for k, v in a.items() if k.startswith("metric_")},
-        })
-    return rows
-
-
-def write_trials_csv(run_dir: RunDir, rows: list[dict[str, Any]]) -> None:
-    """RUN/trials.csv: one line per trial, a column per setting."""
-    names = list(dict.fromkeys(k for r in rows for k in r["params"]))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["trial", "state", *names, "value", "epochs", "seconds", "pruned", "stopped",
-                "retry_of", "note", "run_dir"])
-    for r in rows:
-        note = ("retried" if r["retried"] else "surplus" if r["surplus"] else r["error"] or "")
-        w.writerow([r["number"], r["state"], *[r["params"].get(n, "") for n in names],
-                    "" if r["value"] is None else f"{r['value']:.6f}", r["epochs"] or "",
-                    r["seconds"] or "", r["pruned"], r["stopped"] or "",
-                    "" if r["retry_of"] is None else r["retry_of"], note, r["run_dir"] or ""])
-    run_dir.write_text("trials.csv", buf.getvalue())

@@ -48,9 +48,8 @@ from cnnlab.tasks.study import (
     redact_url,
     run_study,
     storage_url,
-    trial_rows,
-    write_trials_csv,
 )
+from cnnlab.tasks.study_rows import trial_rows, write_trials_csv
 from cnnlab.workers import Pool, share_cores, watch_parent
 
 if TYPE_CHECKING:

@@ -186,10 +186,10 @@ class Study:
 
     def summarise(self) -> dict[str, Any]:
         from cnnlab.report.experiment import plot_experiment
-        from cnnlab.tasks import study
+        from cnnlab.tasks import study_rows
 
-        rows = study.trial_rows(self.study)
-        study.write_trials_csv(self.run_dir, rows)
+        rows = study_rows.trial_rows(self.study)
+        study_rows.write_trials_csv(self.run_dir, rows)
         if not any(r["state"] == "COMPLETE" for r in rows):
             errors = [r["error"] for r in rows if r.get("error")]
             raise CnnlabError(f"experiment {self.name}: no trial finished"
