@@ -76,14 +76,77 @@ def test_two_workers_run_the_same_trials_as_one(shared_data, tmp_path, monkeypat
         e1, e2 = one["experiments"][name], two["experiments"][name]
         assert [r["test"] for r in e2["rows"]] == [r["test"] for r in e1["rows"]]
         assert [r["seed_ids"] for r in e2["rows"]] == [[0, 1]] * len(e2["rows"])
-        # Pooling was trained by another process (the worker), depth by this one.
-        pids = {r["pid"] for r in rows2}
-        assert (pids == {os.getpid()}) == (name == "depth")
         assert e2["seconds"] > 0  # the worker's round seconds came back
+    # Two processes trained them: this one (depth, and perhaps some pooling once depth was
+    # done: the help below) and the worker.
+    pids = {r["pid"] for name in ("depth", "pooling") for r in trials(runs[2], name)}
+    assert len(pids) == 2 and os.getpid() in pids
     # One summary and one report, by the main process, of both groups.
     assert list(two["experiments"]) == ["depth", "pooling"]
     md = (runs[2] / "report.md").read_text()
     assert two["experiments"]["pooling"]["verdict"]["sentence"][:40] in md
+
+
+def test_the_process_done_first_helps_with_the_others_trials(shared_data, tmp_path,
+                                                             monkeypatch):
+    # Main's group (pooling: 2 nets) is a third of the worker's (depth 3 + filters 2 nets,
+    # and the worker starts seconds later): main, done first, takes the worker's queued
+    # trials. Each trial still runs once, and the numbers are those of one process alone.
+    from cnnlab.tasks.experiment import task
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data = str(shared_data("cifar10", "cifar10-jpg.zip"))
+    names = ["depth", "filters", "pooling"]
+    one = tmp_path / "one"
+    assert main(["experiment", *names, "--seeds", "2", "--data", data, "--out", str(one),
+                 *QUICK]) == 0
+    monkeypatch.setattr(task, "worker_groups", lambda config: [["pooling"],
+                                                               ["depth", "filters"]])
+    two = tmp_path / "two"
+    assert main(["experiment", *names, "--seeds", "2", "--workers", "2", "--data", data,
+                 "--out", str(two), *QUICK]) == 0
+    res1, res2 = (json.loads((r / "results.json").read_text())["experiments"]
+                  for r in (one, two))
+    helped = 0
+    for name in names:
+        rows = trials(two, name)
+        assert done(rows) == done(trials(one, name)) and set(done(rows).values()) == {1}
+        assert [r["test"] for r in res2[name]["rows"]] == [r["test"] for r in res1[name]["rows"]]
+        if name != "pooling":
+            helped += sum(r["pid"] == os.getpid() for r in rows)
+    assert helped > 0, "the main process, done first, took none of the worker's trials"
+    assert (two / "worker-0.json").is_file() and (two / "worker-1.json").is_file()
+
+
+def test_help_stops_when_the_owner_is_done_or_gone(shared_data, tmp_path, monkeypatch):
+    from cnnlab.progress import Reporter
+    from cnnlab.tasks.experiment import parallel
+    from cnnlab.tasks.experiment.rounds import open_studies
+    from cnnlab.tasks.experiment.trials import DataCache
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    config = ExperimentConfig(experiments=("depth",), data=str(shared_data(
+        "cifar10", "cifar10-jpg.zip")), quick=True, seeds=1, limit_per_class=10, threads=1)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    rep = Reporter(quiet=True)
+    st = open_studies(config, ["depth"], run, rep, DataCache(rep), None)["depth"]
+    st.queue(range(1))  # the owner's round 0: 3 nets queued
+    # The owner has finished its rounds (its file): nothing is taken, nothing waited for.
+    run.write_json(parallel.worker_file(1), {"round_seconds": {}})
+    assert parallel.help_groups({1: [st]}, run, rep, lambda k: True, None) == 0
+    # The owner is gone: likewise (its queued trials stay queued for --resume).
+    run.file(parallel.worker_file(1)).unlink()
+    assert parallel.help_groups({1: [st]}, run, rep, lambda k: False, None) == 0
+    # Owner alive and busy: every queued trial runs here, once; the helper stops when the
+    # owner's file appears (written here by `alive`, once nothing is left to take).
+    def alive(k: int) -> bool:
+        if not any(r["state"] == "WAITING" for r in trials(run.path, "depth")):
+            run.write_json(parallel.worker_file(1), {"round_seconds": {}})
+        return True
+
+    assert parallel.help_groups({1: [st]}, run, rep, alive, None, poll=0.01) == 3
+    assert set(done(trials(run.path, "depth")).values()) == {1}
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600):

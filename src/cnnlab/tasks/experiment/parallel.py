@@ -2,9 +2,23 @@
 first run here, the others in worker processes of the one pool (`cnnlab.workers.Pool`: they
 die with this process, their output comes prefixed `[worker K]`, a failure is named), and the
 worker's side (`work`). The plan goes through RUN/workers.json; each worker's measured round
-seconds come back in RUN/worker-K.json."""
+seconds come back in RUN/worker-K.json.
+
+A process whose own group is done helps the others (`help_groups`): it runs the trials their
+processes have queued and not yet taken (the rest of the round they are in, setting by
+setting), until they finish their rounds (RUN/worker-K.json, written when group K's rounds are
+done, before K helps anyone) or stop. The groups are weighed by expected seconds (measured on
+one kind of CPU, in one precision); the help evens out what those weights get wrong on another
+machine, down to one trial. Each trial still runs once, with the numbers it has in any process
+(its seed and data are the trial's own). A helper queues nothing: the owner decides its rounds,
+so a worker that dies leaves its missing rounds to `--resume` as before. Main helps every
+worker while that worker's process lives; a worker helps group 0 only (the main process, whose
+death ends the worker too): another worker that died would leave rounds that nobody queues."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.config import ExperimentConfig
@@ -41,10 +55,44 @@ def worker_threads(config: ExperimentConfig, groups: list[list[str]]) -> int:
 
 
 WORKERS_FILE = "workers.json"  # the main process's plan: groups, deadline, threads
+# Seconds between two looks for trials to help with while the owner is between trials: a
+# SELECT of each study's trials in SQLite, well under a millisecond; a trial takes seconds.
+HELP_POLL_SECONDS = 0.5
 
 
 def worker_file(index: int) -> str:
-    return f"worker-{index}.json"  # what worker `index` measured: its rounds' seconds
+    # What group `index`'s process measured (its rounds' seconds), written when its rounds
+    # are done: for group 0 (the main process) too, as the sign for the helpers to stop.
+    return f"worker-{index}.json"
+
+
+def _write_done(run_dir: RunDir, index: int, studies: dict[str, Study]) -> None:
+    run_dir.write_json(worker_file(index), {"round_seconds": {
+        n: s.round_seconds for n, s in studies.items()}})
+
+
+def help_groups(others: dict[int, list[Study]], run_dir: RunDir, reporter,
+                alive: Callable[[int], bool], deadline: float | None,
+                poll: float = HELP_POLL_SECONDS) -> int:
+    """Run the trials the processes of `others` (group index -> its studies) have queued and
+    not yet taken, until each group's process has finished its rounds (its worker_file) or
+    is not `alive`, or `deadline` (time.time()) passes. Returns how many trials ran here."""
+    ran = 0
+    while deadline is None or time.time() < deadline:
+        busy = [k for k in others
+                if not run_dir.file(worker_file(k)).is_file() and alive(k)]
+        if not busy:
+            break
+        took = 0
+        for k in busy:
+            for st in others[k]:
+                took += st.take_waiting(reporter)
+        ran += took
+        if not took:
+            time.sleep(poll)
+    if ran:
+        reporter.log(f"helped the other processes: {ran} of their trials ran here")
+    return ran
 
 
 def run_groups(config: ExperimentConfig, groups: list[list[str]], studies: dict[str, Study],
@@ -59,11 +107,18 @@ def run_groups(config: ExperimentConfig, groups: list[list[str]], studies: dict[
                  + " | ".join(", ".join(g) for g in groups))
     # Decode CIFAR-10 into the disk cache here, once, before the workers would each decode it.
     data.get(studies[groups[0][0]].base)
-    for k in range(1, len(groups)):
+    for k in range(len(groups)):
         run_dir.file(worker_file(k)).unlink(missing_ok=True)  # an earlier invocation's
     with Pool(["experiment", "--worker", str(run_dir.path)], len(groups) - 1, threads,
               reporter) as pool:
         run_rounds(config, [studies[n] for n in groups[0]], reporter, deadline)
+        _write_done(run_dir, 0, {n: studies[n] for n in groups[0]})
+
+        def alive(k: int) -> bool:
+            return pool.workers[k - 1].proc.poll() is None
+
+        help_groups({k: [studies[n] for n in groups[k]] for k in range(1, len(groups))},
+                    run_dir, reporter, alive, deadline)
         failures = pool.wait()
     for k in range(1, len(groups)):
         f = run_dir.file(worker_file(k))
@@ -104,8 +159,10 @@ def work(config: ExperimentConfig, run_dir: RunDir, reporter, index: int) -> Non
     plan = run_dir.read_json(WORKERS_FILE)
     names = plan["groups"][index]
     torch.set_num_threads(plan["threads"])
-    studies = open_studies(config, names, run_dir, reporter, DataCache(reporter),
-                           plan["deadline"])
+    data = DataCache(reporter)
+    studies = open_studies(config, names, run_dir, reporter, data, plan["deadline"])
     run_rounds(config, list(studies.values()), reporter, plan["deadline"])
-    run_dir.write_json(worker_file(index), {"round_seconds": {
-        n: s.round_seconds for n, s in studies.items()}})
+    _write_done(run_dir, index, studies)
+    # Then group 0's trials (the main process's: it outlives this one, see the docstring).
+    main = open_studies(config, plan["groups"][0], run_dir, reporter, data, plan["deadline"])
+    help_groups({0: list(main.values())}, run_dir, reporter, lambda k: True, plan["deadline"])

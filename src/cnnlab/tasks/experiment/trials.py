@@ -184,6 +184,13 @@ class Study:
         self.queue(range(rounds))
         return self._run_queued(len(self.grid.settings) * rounds, reporter, self.together)
 
+    def take_waiting(self, reporter=None) -> int:
+        """Run here the trials of this study that its own process queued and no process has
+        taken yet (another `--workers` process helping once its own group is done), queueing
+        nothing: the owner decides the rounds. Returns how many ran here."""
+        return self._run_queued(len(self.grid.settings) * self.rounds_queued(), reporter,
+                                self.together)
+
     def summarise(self) -> dict[str, Any]:
         from cnnlab.report.experiment import plot_experiment
         from cnnlab.tasks import study_rows
