@@ -9,6 +9,7 @@ fp32 rounding, without a pass over every activation map."""
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 
 import torch
@@ -37,7 +38,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         for parent in m.modules():
             if isinstance(parent, nn.Sequential):
                 names = list(parent._modules)
-                for a, b in zip(names, names[1:], strict=False):
+                for a, b in itertools.pairwise(names):
                     conv, bn = parent._modules[a], parent._modules[b]
                     if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d
                             and bn.track_running_stats and bn.running_mean is not None):
