@@ -35,7 +35,9 @@ process with cores / N torch threads: the main process runs the first group, `cn
 --worker RUN --worker-index K` the others (parallel.py, in the pool `cnnlab.workers` shares
 with `cnnlab sweep`). Each process runs its group's seed
 rounds exactly as one process would (the same trials, the budget's deadline shared as a wall
-time); the main process then waits for the others and summarises every study.
+time); a process done with its group then runs the trials the others have queued and not yet
+taken (`help_groups`: the split's expected seconds are one CPU's, one precision's); the main
+process then waits for the others and summarises every study.
 
 Several machines. `--storage URL --study NAME` puts each experiment's study in one database
 (PostgreSQL), as `NAME-<experiment>`, instead of SQLite in the run directory: the same command
@@ -85,7 +87,7 @@ against it):
     rounds.py    seed rounds in one process (a batched study's rounds at once): `open_studies`,
                  `run_rounds`, the estimates, `ROUND_SECONDS` / `expected_seconds`
     parallel.py  `--workers`: `split_groups`, `worker_groups`, `run_groups` (the main side),
-                 `work` (a worker's side)
+                 `work` (a worker's side), `help_groups` (the idle process takes queued trials)
     shared.py    `--storage`: `await_peers`, the wait for other machines' trials
     task.py      `run`: the command from start to end (rounds, summaries, results, report)
 

@@ -19,6 +19,11 @@ from cnnlab.tasks.experiment.trials import DataCache, Study
 # processes, three rounds each (depth 180 s, filters 115, pooling 133, residual 256), divided
 # by 3. (The earlier figures were two-thread times, 1.5x faster for the plain-cnn studies but
 # not for residual: they put residual alone against the other three.) Only ratios matter.
+# In fp32 (CNNLAB_PRECISION=fp32, the same machine, the lab's step at commit 9cc1289) the plain
+# studies are slower against residual: depth 76.3, filters 62.8, pooling 64.1, residual 83.1
+# (together) per round; the split these figures give stays the best of that run's too
+# (filters + residual 438 s against depth + pooling 421 s), and since a process done with
+# its group helps the others (parallel.help_groups) a wrong weight costs about one trial.
 ROUND_SECONDS = {"depth": 60.0, "filters": 38.3, "pooling": 44.3, "residual": 85.3}
 # How much faster a seed round is when each setting's seeds train together as one batched
 # model (together.py): BENCHMARKS.md "Seeds trained together in `cnnlab experiment`", the
