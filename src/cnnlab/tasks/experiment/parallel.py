@@ -13,7 +13,11 @@ machine, down to one trial. Each trial still runs once, with the numbers it has 
 (its seed and data are the trial's own). A helper queues nothing: the owner decides its rounds,
 so a worker that dies leaves its missing rounds to `--resume` as before. Main helps every
 worker while that worker's process lives; a worker helps group 0 only (the main process, whose
-death ends the worker too): another worker that died would leave rounds that nobody queues."""
+death ends the worker too): another worker that died would leave rounds that nobody queues.
+In a study whose seeds train together (residual), owner and helper claim a setting's seeds one
+by one: rarely, when both claim at once, a setting's seeds split between them and a seed trains
+alone, its numbers then those of `--one-at-a-time` (equal within fp32 rounding, which a deep
+net's training amplifies: tests/test_experiment_together.py)."""
 
 from __future__ import annotations
 
