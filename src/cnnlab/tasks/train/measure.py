@@ -44,7 +44,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                             and bn.track_running_stats and bn.running_mean is not None):
                         yield parent, a, b
 
-    if (model.training or hasattr(model, "_orig_mod") or torch.is_autocast_enabled("cpu")
+    if (model.training or hasattr(model, "_orig_mod")
+            or any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
             or next(pairs(model), None) is None):
         # Train-mode BN normalises by the batch: nothing to fold. A compiled model: as it is.
         # Under bf16 autocast a folded weight would round to bf16 otherwise than the conv's
