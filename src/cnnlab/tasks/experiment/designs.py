@@ -56,6 +56,7 @@ class Design:
     epochs: float
     recipe: dict[str, Any]
     curve_every: int = 10_000  # epochs between curve points (test and training error)
+    classes: int = CLASSES  # the first N of CIFAR-10's classes, in train and test
     scaled: str = ""  # what was scaled down, and why: printed by the report
 
 
