@@ -117,14 +117,34 @@ FIG6 = {  # training error (%) at steps 100..400, three seeds each; every net fl
 }
 
 
-def summarised(tmp_path, curves_by_model):
+def summarised(tmp_path, curves_by_model, classes: int = 10):
+    """The study's summary of these curves, its design set to `classes` classes (the chance
+    margin of the doubling test: the hand-made errors above are for 10 classes)."""
+    from dataclasses import replace
+    from unittest import mock
+
     from cnnlab.runs import RunDir
+    from cnnlab.tasks.experiment.designs import DESIGNS
     from cnnlab.tasks.experiment.tables import summarise
 
-    config = ExperimentConfig(experiments=("residual",))
-    g = experiment.grid("residual", config)
-    return summarise(g, config, experiment.base_train(config, g),
-                     trial_rows(g, curves_by_model), RunDir(tmp_path))
+    design = replace(DESIGNS["residual"], classes=classes)
+    with mock.patch.dict(DESIGNS, {"residual": design}):
+        config = ExperimentConfig(experiments=("residual",))
+        g = experiment.grid("residual", config)
+        return summarise(g, config, experiment.base_train(config, g),
+                         trial_rows(g, curves_by_model), RunDir(tmp_path))
+
+
+def test_the_chance_margin_is_the_designs_classes(tmp_path):
+    # the same curves: with 10 classes every net is well above chance (10% + 10 points); with
+    # 2 classes plain-56's ~55% error is within 10 points of chance (50%)
+    ten = {r["setting"]["model"]: r["plateau"]["status"]
+           for r in summarised(tmp_path, FIG6)["rows"]}
+    two = summarised(tmp_path, FIG6, classes=2)
+    assert ten["plain56"] == PLATEAUED
+    assert {r["setting"]["model"]: r["plateau"]["status"] for r in two["rows"]}["plain56"] \
+        == AT_CHANCE
+    assert two["classes"] == 2 and two["verdict"]["status"] == stats.TOO_SHORT
 
 
 def test_plateaued_nets_decide_and_the_doubling_test_is_in_the_rows(tmp_path):

@@ -147,7 +147,7 @@ def _valid_parts(spec: stats.Claim, v: stats.Verdict, looks: int,
             lost = True
             who = ", ".join(f"{_net(s)} {checks[s]['status']}" for s in blocked)
             notes.append(f"{'the guard ' if c.guard else ''}{c.name} "
-                         f"{'not tested' if c.guard and against else 'too short'}: {who} "
+                         f"{'not tested' if c.guard else 'too short'}: {who} "
                          f"(the intervals read {what})")
         refuted = refuted or (against and not blocked)
         held = held and (c.guard or (shown and not blocked))
