@@ -19,7 +19,11 @@ from cnnlab.tasks.experiment.trials import DataCache, Study
 # processes, three rounds each (depth 180 s, filters 115, pooling 133, residual 256), divided
 # by 3. (The earlier figures were two-thread times, 1.5x faster for the plain-cnn studies but
 # not for residual: they put residual alone against the other three.) Only ratios matter.
-ROUND_SECONDS = {"depth": 60.0, "filters": 38.3, "pooling": 44.3, "residual": 85.3}
+# residual: its 2-class 8x8 design of issue 26 (992 steps at batch 32), scaled from the old
+# design's 85.3 by the CPU seconds of `cnnlab experiment residual --seeds 3 --threads 1`, fp32,
+# new design against old, measured the same evening under the same load (6-9): 162.5 / 260.3
+# user+system seconds (BENCHMARKS.md "The residual question decided in the lab's minutes").
+ROUND_SECONDS = {"depth": 60.0, "filters": 38.3, "pooling": 44.3, "residual": 53.3}
 # How much faster a seed round is when each setting's seeds train together as one batched
 # model (together.py): BENCHMARKS.md "Seeds trained together in `cnnlab experiment`", the
 # residual study at 3 seeds on one thread, CPU seconds per round alone / together, at the
