@@ -93,13 +93,16 @@ def _residual_plateaus(rows: list[dict[str, Any]], spec: stats.Claim, v: stats.V
         plateaued = {k: p["status"] == PLATEAUED for k, p in checks.items()}
         status, notes = _valid_parts(spec, v, looks, plateaued, checks)
         why = "; ".join(notes) or "no decision of the intervals needs its plateau"
-        sentence = (f"{'; '.join(short)} by the doubling test (its training error at the last "
-                    "step against at half the steps, over its seeds). At a constant rate a net "
-                    "still learning can only end lower, so a higher error of a plateaued net "
-                    "stands and a lower error of a net not at its plateau does not: "
-                    f"{why}" + ("" if status == v.status else
-                                f"; the intervals alone would read \u201c{v.status}\u201d")
-                    + f". {sentence[:1].upper()}{sentence[1:]}")
+        plateau = (f"{'; '.join(short)} by the doubling test (its training error at the last "
+                   "step against at half the steps, over its seeds). At a constant rate a net "
+                   "still learning can only end lower, so a higher error of a plateaued net "
+                   "stands and a lower error of a net not at its plateau does not: "
+                   f"{why}" + ("" if status == v.status else
+                               f"; the intervals alone would read \u201c{v.status}\u201d"))
+        # a decision leads with its intervals; "too short" with the nets that made it so
+        sentence = (f"{plateau}. {sentence[:1].upper()}{sentence[1:]}"
+                    if status == stats.TOO_SHORT else
+                    f"{sentence} {plateau[:1].upper()}{plateau[1:]}.")
     return stats.Verdict(status, sentence, v.intervals, excluded, looks=v.looks, rule=v.rule,
                          p_values=v.p_values)
 
