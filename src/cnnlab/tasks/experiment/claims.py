@@ -102,7 +102,7 @@ def _residual_plateaus(rows: list[dict[str, Any]], spec: stats.Claim, v: stats.V
         # a decision leads with its intervals; "too short" with the nets that made it so
         sentence = (f"{plateau}. {sentence[:1].upper()}{sentence[1:]}"
                     if status == stats.TOO_SHORT else
-                    f"{sentence} {plateau[:1].upper()}{plateau[1:]}.")
+                    f"{sentence} Plateaus: {plateau}.")
     return stats.Verdict(status, sentence, v.intervals, excluded, looks=v.looks, rule=v.rule,
                          p_values=v.p_values)
 
