@@ -271,3 +271,43 @@ def test_a_refutation_stands_only_when_the_net_it_beats_had_plateaued(tmp_path):
     v = summarised(tmp_path, {**FIG6, "plain56": learning_low})["verdict"]
     assert v["status"] == stats.NOT_HELD
     assert "degradation too short" not in v["sentence"]
+
+
+def test_the_plateau_rule_only_removes_decisions_from_the_intervals_rule():
+    # 300 random experiments (normal seed noise, random true differences, random plateau
+    # states): a "did not hold" needs stats.decide's "did not hold", a "held" needs every
+    # required part shown at its own level (so the simulated error rates stay bounds), and
+    # with every net plateaued the verdict is stats.decide's.
+    import random
+
+    from cnnlab.tasks.experiment.claims import _valid_parts
+
+    rng = random.Random(0)
+    nets = ("p20", "p56", "r20", "r56")
+    spec = stats.Claim("residual", (
+        stats.Comparison.diff("degradation", "p56", "p20"),
+        stats.Comparison.diff("shortcuts", "p56", "r56"),
+        stats.Comparison.diff("resnet_deeper_gain", "r20", "r56", guard=True)),
+        combine=stats.ALL)
+    lv = stats.levels(spec)
+    seen = set()
+    for _ in range(300):
+        mu = {n: rng.choice((30.0, 33.0, 36.0)) for n in nets}
+        samples = {n: [rng.gauss(mu[n], 1.5) for _ in range(3)] for n in nets}
+        v = stats.decide(spec, samples)
+        state = {n: rng.random() < 0.6 for n in nets}
+        checks = {n: {"status": PLATEAUED if state[n] else LEARNING} for n in nets}
+        status, _ = _valid_parts(spec, v, 1, state, checks)
+        all_state, _ = _valid_parts(spec, v, 1, dict.fromkeys(nets, True),
+                                    {n: {"status": PLATEAUED} for n in nets})
+        assert all_state == v.status
+        if status == stats.NOT_HELD:
+            assert v.status == stats.NOT_HELD
+        if status == stats.HELD:
+            assert all(v.p_values[c]["for"] <= lv.shown for c in ("degradation", "shortcuts"))
+        assert status in (v.status, stats.TOO_SHORT) or (
+            status == stats.HELD and v.status == stats.NOT_HELD)
+        seen.add((v.status, status))
+    # the cases the rule exists for were all met
+    assert {(stats.HELD, stats.TOO_SHORT), (stats.NOT_HELD, stats.TOO_SHORT),
+            (stats.HELD, stats.HELD), (stats.UNDECIDED, stats.TOO_SHORT)} <= seen
