@@ -292,3 +292,21 @@ def test_load_cifar_once_in_a_world_of_one_is_load_cifar(tmp_path, cache):
     make_folder(tmp_path / "set")
     assert_same(load_cifar_once(tmp_path / "set", DistInfo(), workers=1),
                 load_cifar(tmp_path / "set", workers=1))
+
+
+def test_first_classes_keeps_those_classes_everywhere_and_recomputes_the_stats():
+    from cnnlab.data.cifar import first_classes
+
+    data = split_validation(_tiny(), per_class=2, seed=0)
+    two = first_classes(data, 2)
+    assert two.classes == data.classes[:2] and two.num_classes == 2
+    for split in ("train", "test", "val"):
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+        kx, ky = getattr(two, f"{split}_x"), getattr(two, f"{split}_y")
+        assert torch.equal(ky, y[y < 2]) and torch.equal(kx, x[y < 2])  # same images, in order
+    assert torch.bincount(two.train_y).tolist() == [8, 8]
+    assert two.mean == pytest.approx(channel_stats(two.train_x)[0])
+    assert two.mean != pytest.approx(data.mean)
+    assert first_classes(data, 3) is data
+    with pytest.raises(CnnlabError, match="classes must be 2 to 3, not 1"):
+        first_classes(data, 1)

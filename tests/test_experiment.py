@@ -64,12 +64,18 @@ def test_designs_scale_what_the_question_allows():
         base = experiment.base_train(config, experiment.grid(name, config))
         assert base.image_size == d.image_size and base.train_per_class == d.train_per_class
         assert base.train_eval == experiment.TRAIN_EVAL and d.scaled
+        # a study on fewer classes trains and tests on those classes only (train/data.py)
+        assert base.classes == (None if d.classes == 10 else d.classes)
         # The plain-cnn studies end on settled weights; the residual study keeps its rate
         # constant after the warm-up, so that the doubling test reads its plateau inside a run.
         end = dict(base.recipe_overrides)["schedule"]["end"]
         assert end == (1.0 if name == "residual" else 0.0)
     # Kernel size and pooling are about the image's size: CIFAR's own 32x32 there.
     assert config.design("filters").image_size == config.design("pooling").image_size == 32
+    # The residual study fits 1,000 images of 2 classes: its whole training set is the
+    # training-error sample (BENCHMARKS.md "The residual question decided in the lab's minutes")
+    res = config.design("residual")
+    assert (res.classes, res.classes * res.train_per_class) == (2, experiment.TRAIN_EVAL)
     assert ExperimentConfig(epochs=3).design("depth").epochs == 3
     quick = ExperimentConfig(quick=True, limit_per_class=10)
     base = experiment.base_train(quick, experiment.grid("depth", quick))

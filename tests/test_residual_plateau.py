@@ -117,14 +117,34 @@ FIG6 = {  # training error (%) at steps 100..400, three seeds each; every net fl
 }
 
 
-def summarised(tmp_path, curves_by_model):
+def summarised(tmp_path, curves_by_model, classes: int = 10):
+    """The study's summary of these curves, its design set to `classes` classes (the chance
+    margin of the doubling test: the hand-made errors above are for 10 classes)."""
+    from dataclasses import replace
+    from unittest import mock
+
     from cnnlab.runs import RunDir
+    from cnnlab.tasks.experiment.designs import DESIGNS
     from cnnlab.tasks.experiment.tables import summarise
 
-    config = ExperimentConfig(experiments=("residual",))
-    g = experiment.grid("residual", config)
-    return summarise(g, config, experiment.base_train(config, g),
-                     trial_rows(g, curves_by_model), RunDir(tmp_path))
+    design = replace(DESIGNS["residual"], classes=classes)
+    with mock.patch.dict(DESIGNS, {"residual": design}):
+        config = ExperimentConfig(experiments=("residual",))
+        g = experiment.grid("residual", config)
+        return summarise(g, config, experiment.base_train(config, g),
+                         trial_rows(g, curves_by_model), RunDir(tmp_path))
+
+
+def test_the_chance_margin_is_the_designs_classes(tmp_path):
+    # the same curves: with 10 classes every net is well above chance (10% + 10 points); with
+    # 2 classes plain-56's ~55% error is within 10 points of chance (50%)
+    ten = {r["setting"]["model"]: r["plateau"]["status"]
+           for r in summarised(tmp_path, FIG6)["rows"]}
+    two = summarised(tmp_path, FIG6, classes=2)
+    assert ten["plain56"] == PLATEAUED
+    assert {r["setting"]["model"]: r["plateau"]["status"] for r in two["rows"]}["plain56"] \
+        == AT_CHANCE
+    assert two["classes"] == 2 and two["verdict"]["status"] == stats.TOO_SHORT
 
 
 def test_plateaued_nets_decide_and_the_doubling_test_is_in_the_rows(tmp_path):
@@ -186,3 +206,108 @@ def test_the_figure_draws_the_t_band_not_the_range(tmp_path, monkeypatch):
     lows = [d[1][1] for d in drawn]
     assert any(lo == pytest.approx(mean - T975_DF2 * sd / math.sqrt(3)) for lo in lows)
     assert not any(lo == pytest.approx(min(plain20)) for lo in lows)
+
+
+# ------------------------------------------- which decisions stand when some nets still learn
+# A net still learning at a constant rate can only end lower: a higher error of a plateaued net
+# stands, a lower error of a net still learning does not (claims._valid_parts).
+
+PLAIN20_LEARNING = [[70, 45.0, 42, 40.1], [70, 46.0, 43, 41.2], [70, 45.4, 42, 40.3]]
+RESNET56_LEARNING = [[70, 38.0, 35, 32.9], [70, 39.0, 36, 34.1], [70, 38.5, 35, 33.6]]
+
+
+def test_a_worse_plateaued_plain56_is_shown_whatever_the_nets_it_beats_do(tmp_path):
+    # plain-56 plateaued at ~55.5%; plain-20 (~40.5%) and ResNet-56 (~33.5%) still learning:
+    # their plateaus can only be lower, so plain-56 trains worse than both at the plateau
+    res = summarised(tmp_path, {**FIG6, "plain20": PLAIN20_LEARNING,
+                                "resnet56": RESNET56_LEARNING})
+    by = {r["setting"]["model"]: r["plateau"]["status"] for r in res["rows"]}
+    assert by == {"plain20": LEARNING, "resnet20": PLATEAUED, "plain56": PLATEAUED,
+                  "resnet56": LEARNING}
+    v = res["verdict"]
+    assert v["status"] == stats.HELD
+    assert v["intervals"]["degradation"]["low"] > 0 and v["intervals"]["shortcuts"]["low"] > 0
+    assert "no decision of the intervals needs its plateau" in v["sentence"]
+
+
+def test_plain56_still_learning_leaves_degradation_and_shortcuts_too_short(tmp_path):
+    learning = {**FIG6, "plain56": [[85, 65.0, 60.0, 55.2], [85, 66.0, 61.0, 55.8],
+                                    [85, 65.4, 60.1, 55.6]]}
+    v = summarised(tmp_path, learning)["verdict"]
+    assert v["status"] == stats.TOO_SHORT
+    assert "degradation too short: plain-56 still learning" in v["sentence"]
+    assert "shortcuts too short: plain-56 still learning" in v["sentence"]
+    assert "resnet_deeper_gain" not in v["sentence"].split("would read")[0]
+
+
+def test_a_guard_refuted_by_a_resnet56_still_learning_is_not_tested(tmp_path):
+    # ResNet-56 ~39.5% and still learning, ResNet-20 plateaued at ~35.5%: the interval says the
+    # deeper ResNet trains worse, but its plateau may still come below ResNet-20's
+    worse = [[70, 42.0, 40, 38.9], [70, 43.0, 41, 40.1], [70, 42.5, 40, 39.6]]
+    res = summarised(tmp_path, {**FIG6, "resnet56": worse})
+    v = res["verdict"]
+    assert v["intervals"]["resnet_deeper_gain"]["high"] < 0  # refuted by the intervals alone
+    assert v["status"] == stats.HELD
+    assert "the guard resnet_deeper_gain not tested: ResNet-56 still learning" in v["sentence"]
+    assert "the intervals alone would read \u201cdid not hold\u201d" in v["sentence"]
+    # the same gap with ResNet-56 at its plateau refutes the guard, whoever else still learns
+    flat = [[70, 39.0, 38.9, 38.9], [70, 40.0, 40.2, 40.1], [70, 39.7, 39.5, 39.6]]
+    v = summarised(tmp_path, {**FIG6, "resnet56": flat, "plain20": PLAIN20_LEARNING})["verdict"]
+    assert v["status"] == stats.NOT_HELD
+
+
+def test_a_refutation_stands_only_when_the_net_it_beats_had_plateaued(tmp_path):
+    # plain-56 plateaued at ~35% against plain-20 still learning at ~40.5%: degradation reads
+    # refuted by the intervals, but plain-20's plateau may still come below plain-56's
+    low = [[85, 35.0, 35.1, 35.0], [85, 35.4, 35.2, 35.3], [85, 34.8, 35.0, 34.9]]
+    v = summarised(tmp_path, {**FIG6, "plain56": low, "plain20": PLAIN20_LEARNING})["verdict"]
+    assert v["intervals"]["degradation"]["high"] < 0
+    assert v["status"] == stats.TOO_SHORT
+    assert "degradation too short: plain-20 still learning (the intervals read refuted)" in (
+        v["sentence"])
+    # plain-56 still learning at ~38% against plain-20 plateaued at ~40.5%: plain-56's plateau
+    # can only be lower still, so the refutation stands
+    learning_low = [[85, 44.0, 41.0, 38.1], [85, 45.0, 42.0, 38.3], [85, 44.5, 41.5, 37.9]]
+    v = summarised(tmp_path, {**FIG6, "plain56": learning_low})["verdict"]
+    assert v["status"] == stats.NOT_HELD
+    assert "degradation too short" not in v["sentence"]
+
+
+def test_the_plateau_rule_only_removes_decisions_from_the_intervals_rule():
+    # 300 random experiments (normal seed noise, random true differences, random plateau
+    # states): a "did not hold" needs stats.decide's "did not hold", a "held" needs every
+    # required part shown at its own level (so the simulated error rates stay bounds), and
+    # with every net plateaued the verdict is stats.decide's.
+    import random
+
+    from cnnlab.tasks.experiment.claims import _valid_parts
+
+    rng = random.Random(0)
+    nets = ("p20", "p56", "r20", "r56")
+    spec = stats.Claim("residual", (
+        stats.Comparison.diff("degradation", "p56", "p20"),
+        stats.Comparison.diff("shortcuts", "p56", "r56"),
+        stats.Comparison.diff("resnet_deeper_gain", "r20", "r56", guard=True)),
+        combine=stats.ALL)
+    lv = stats.levels(spec)
+    seen = set()
+    for _ in range(300):
+        mu = {n: rng.choice((30.0, 33.0, 36.0)) for n in nets}
+        samples = {n: [rng.gauss(mu[n], 1.5) for _ in range(3)] for n in nets}
+        v = stats.decide(spec, samples)
+        state = {n: rng.random() < 0.6 for n in nets}
+        checks = {n: {"status": PLATEAUED if state[n] else LEARNING} for n in nets}
+        status, _ = _valid_parts(spec, v, 1, state, checks)
+        all_state, _ = _valid_parts(spec, v, 1, dict.fromkeys(nets, True),
+                                    {n: {"status": PLATEAUED} for n in nets})
+        assert all_state == v.status
+        if status == stats.NOT_HELD:
+            assert v.status == stats.NOT_HELD
+        if status == stats.HELD:
+            assert all(v.p_values[c]["for"] <= lv.shown for c in ("degradation", "shortcuts"))
+        assert status in (v.status, stats.TOO_SHORT) or (
+            status == stats.HELD and v.status == stats.NOT_HELD)
+        seen.add((v.status, status))
+    # the cases the rule exists for were all met
+    assert {(stats.HELD, stats.TOO_SHORT), (stats.NOT_HELD, stats.TOO_SHORT),
+            (stats.HELD, stats.HELD), (stats.UNDECIDED, stats.TOO_SHORT)} <= seen

@@ -19,7 +19,7 @@ the difference it rests on excludes zero, else "undecided"; one seed gives no ve
             after every second layer) on 16x16 images: does the gain per layer drop after 3-4?
   filters   3x3 / 5x5 / 7x7 kernels at an equal parameter budget (4 layers, 32x32)
   pooling   2x2 vs 4x4, max vs average (4 layers, 32x32)
-  residual  plain-20/56 vs ResNet-20/56 (He et al. 2016, Fig. 6; 8-16-32 filters on 16x16;
+  residual  plain-20/56 vs ResNet-20/56 (He et al. 2016, Fig. 6; 8-16-32 filters on 8x8, 2 classes;
             --full adds 32 and 44): training-error curves, and per-layer gradient norms at
             initialisation and after the first epoch ("ResNet counters the derivative going
             to zero")
@@ -33,7 +33,7 @@ Examples:
   cnnlab experiment depth
   cnnlab experiment depth filters pooling residual --out runs/claims
   cnnlab experiment residual --budget 20               # more seeds, tighter intervals
-  cnnlab experiment residual --epochs 30               # longer runs
+  cnnlab experiment residual --epochs 64               # longer runs
   cnnlab experiment --resume runs/claims --seeds 5     # two more seeds of every net
   cnnlab experiment depth filters pooling residual --workers 2   # 2 processes, 1 thread each
   cnnlab experiment depth filters pooling residual --storage postgresql://lab@db/cnnlab \
@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: each design's training sample and the whole test set)")
     p.add_argument("--epochs", type=float,
                    help="epochs of every trial (default: each design's: depth 10, filters 5, "
-                        "pooling 5, residual 10)")
+                        "pooling 5, residual 32)")
     p.add_argument("--full", action="store_true", default=None,
                    help="residual: depths 20, 32, 44, 56 (default 20 and 56)")
     p.add_argument("--quick", action="store_true", default=None,

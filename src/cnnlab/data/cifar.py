@@ -180,6 +180,25 @@ def subset(
                    mean=mean, std=std, val_x=None, val_y=None)
 
 
+def first_classes(data: CifarData, n: int) -> CifarData:
+    """Only the images of the first `n` classes (labels 0 .. n-1 keep their numbers), in train,
+    test and validation; mean/std recomputed from the smaller train set."""
+    if not 2 <= n <= data.num_classes:
+        raise CnnlabError(f"classes must be 2 to {data.num_classes}, not {n}")
+    if n == data.num_classes:
+        return data
+
+    def keep(x, y):
+        return (None, None) if y is None else (x[y < n], y[y < n])
+
+    train_x, train_y = keep(data.train_x, data.train_y)
+    test_x, test_y = keep(data.test_x, data.test_y)
+    val_x, val_y = keep(data.val_x, data.val_y)
+    mean, std = channel_stats(train_x)
+    return replace(data, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                   val_x=val_x, val_y=val_y, classes=data.classes[:n], mean=mean, std=std)
+
+
 def downscale(data: CifarData, size: int) -> CifarData:
     """Every image (train, test, validation) shrunk to `size` x `size` by area averaging (each
     output pixel the mean of the input pixels it covers, as PIL's BOX filter: 32 -> 16 averages

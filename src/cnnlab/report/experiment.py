@@ -137,6 +137,8 @@ def design_line(res: dict[str, Any]) -> str:
     else:
         data = (f"{_n(res.get('n_train'))} training images ({res.get('train_per_class')} per "
                 f"class, a fixed random sample) and all {_n(res.get('n_test'))} test images")
+    if (res.get("classes") or 10) < 10:
+        data += f" of the first {res['classes']} classes only"
     size = res.get("image_size") or 32
     budget = (f"; --budget {res['budget_minutes']:g} min buys seeds beyond "
               f"{res.get('min_seeds', 3)}" if res.get("budget_minutes") else "")

@@ -14,6 +14,7 @@ from cnnlab.tasks.experiment.learning import (
     DOUBLING_SEEDS,
     GRAD_FLOOR,
     LEARNING,
+    PLATEAUED,
     UNKNOWN,
     log10_norm,
 )
@@ -64,14 +65,14 @@ def verdict(name: str, rows: list[dict[str, Any]], quick: bool = False,
 
 def _residual_plateaus(rows: list[dict[str, Any]], spec: stats.Claim, v: stats.Verdict,
                        sentence: str, excluded: list[str], looks: int) -> stats.Verdict:
-    """The residual claim is about training error at the plateau (He et al.'s Fig. 6), so its
-    verdict stands only when every net it compares passed the doubling test (learning.
-    doubling_test, per setting over >= 3 seeds): a net still learning or at chance makes it
-    "too short to decide", whatever the intervals say; one without the test (fewer seeds, no
-    curves) gives no verdict. A net not at its plateau comes before the intervals' own "no
-    verdict" (the seeds of a net stuck at chance often all read exactly chance: zero spread),
-    since more steps, not more seeds, is then what the run needs. Undecided stays undecided:
-    overlapping intervals of nets that had all plateaued is the answer, not a cut-short run."""
+    """The residual claim is about training error at the plateau (He et al.'s Fig. 6), so each
+    of its decisions stands only where the nets it rests on passed the doubling test
+    (learning.doubling_test, per setting over >= 3 seeds); `_valid_parts` says which. A net
+    without the test (fewer seeds, no curves) gives no verdict. When the intervals give no
+    verdict (zero spread: the seeds of a net stuck at chance often all read exactly chance) and
+    some net is not at its plateau, "too short" comes first, since more steps, not more seeds,
+    is then what the run needs. Undecided stays undecided: overlapping intervals of nets that
+    had all plateaued is the answer, not a cut-short run."""
     compared = [r for r in rows if r["label"] in spec.settings]
     checks = {r["label"]: r.get("plateau") or {"status": UNKNOWN} for r in compared}
     unknown = [k for k, p in checks.items() if p["status"] == UNKNOWN]
@@ -83,13 +84,83 @@ def _residual_plateaus(rows: list[dict[str, Any]], spec: stats.Claim, v: stats.V
             f"the plateau check (training error at S and 2S steps, {DOUBLING_SEEDS} or more "
             f"seeds) could not be made for {', '.join(unknown)}; the intervals would read "
             f"\u201c{v.status}\u201d: {sentence}")
-    elif short:  # before "no verdict": a plain-56 at exactly chance in every seed has no spread
+    elif short and status == stats.NO_VERDICT:
         status, sentence = stats.TOO_SHORT, (
             f"{'; '.join(short)} by the doubling test (its training error at the last step "
             "against at half the steps, over its seeds), so the comparison is not yet the "
             f"plateau's; the intervals would read \u201c{v.status}\u201d: {sentence}")
+    elif short:
+        plateaued = {k: p["status"] == PLATEAUED for k, p in checks.items()}
+        status, notes = _valid_parts(spec, v, looks, plateaued, checks)
+        why = "; ".join(notes) or "no decision of the intervals needs its plateau"
+        plateau = (f"{'; '.join(short)} by the doubling test (its training error at the last "
+                   "step against at half the steps, over its seeds). At a constant rate a net "
+                   "still learning can only end lower, so a higher error of a plateaued net "
+                   "stands and a lower error of a net not at its plateau does not: "
+                   f"{why}" + ("" if status == v.status else
+                               f"; the intervals alone would read \u201c{v.status}\u201d"))
+        # a decision leads with its intervals; "too short" with the nets that made it so
+        sentence = (f"{plateau}. {sentence[:1].upper()}{sentence[1:]}"
+                    if status == stats.TOO_SHORT else
+                    f"{sentence} Plateaus: {plateau}.")
     return stats.Verdict(status, sentence, v.intervals, excluded, looks=v.looks, rule=v.rule,
                          p_values=v.p_values)
+
+
+def _net(label: str) -> str:
+    """'plain56' -> 'plain-56', 'resnet20' -> 'ResNet-20' (other labels as they are)."""
+    for prefix, name in (("plain", "plain-"), ("resnet", "ResNet-")):
+        if label.startswith(prefix) and label[len(prefix):].isdigit():
+            return name + label[len(prefix):]
+    return label
+
+
+def _valid_parts(spec: stats.Claim, v: stats.Verdict, looks: int,
+                 plateaued: dict[str, bool],
+                 checks: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
+    """Which of the intervals' decisions stand when some nets had not plateaued; returns the
+    claim's status and one note per part that lost its decision.
+
+    Assumption (He et al.'s constant-rate stretch, the residual recipe's): a net still
+    learning by the doubling test has a plateau error at or below its current training error
+    (at a constant rate the training error only falls further), and a net at chance may still
+    start, so it counts as not plateaued too. Each part reads "error(A) - error(B) > 0" (A the
+    settings weighted +, B those weighted -). So "shown" (A trains worse) stands when every A
+    had plateaued, whatever B's state (B's plateau is no higher than its error now); "refuted"
+    (A trains better) stands when every B had plateaued; an interval across zero is
+    "undecided" only when both had. A part whose decision does not stand is too short, and the
+    claim is recombined as stats.decide combines it (ALL with a guard): held when every
+    required part is shown and stands and the guard is not refuted where it stands; did not
+    hold when some part is refuted where it stands; too short while a part lost its decision;
+    undecided otherwise. So "did not hold" here implies stats' "did not hold", and "held"
+    implies every required part shown at its own one-sided level (intersection-union, whose
+    size does not depend on the guard): the error rates simulated for stats.decide
+    (TESTED_FALSE_VERDICT_RATE) stay bounds of these verdicts."""
+    lv = stats.levels(spec, looks)
+    held, refuted, lost, notes = True, False, False, []
+    for c in spec.comparisons:
+        p = v.p_values.get(c.name) or {}
+        shown = p.get("for") is not None and p["for"] <= lv.shown
+        against = p.get("against") is not None and p["against"] <= lv.refuted
+        need = [s for s, w in c.weights.items() if (w > 0 if shown else w < 0 if against
+                                                     else w != 0)]
+        blocked = [s for s in need if not plateaued.get(s, False)]
+        what = ("shown" if shown else "refuted" if against else "undecided")
+        if blocked:
+            lost = True
+            who = ", ".join(f"{_net(s)} {checks[s]['status']}" for s in blocked)
+            notes.append(f"{'the guard ' if c.guard else ''}{c.name} "
+                         f"{'not tested' if c.guard else 'too short'}: {who} "
+                         f"(the intervals read {what})")
+        refuted = refuted or (against and not blocked)
+        held = held and (c.guard or (shown and not blocked))
+    if refuted:
+        return stats.NOT_HELD, notes
+    if held:
+        return stats.HELD, notes
+    if lost:
+        return stats.TOO_SHORT, notes
+    return v.status, notes
 
 
 def _gate(name: str, rows: list[dict[str, Any]], quick: bool) -> tuple[str, str] | None:

@@ -21,10 +21,13 @@ from cnnlab.tasks.experiment.trials import DataCache, Study
 # not for residual: they put residual alone against the other three.) Only ratios matter.
 # In fp32 (CNNLAB_PRECISION=fp32, the same machine, the lab's step at commit 9cc1289) the plain
 # studies are slower against residual: depth 76.3, filters 62.8, pooling 64.1, residual 83.1
-# (together) per round; the split these figures give stays the best of that run's too
-# (filters + residual 438 s against depth + pooling 421 s), and since a process done with
-# its group helps the others (parallel.help_groups) a wrong weight costs about one trial.
-ROUND_SECONDS = {"depth": 60.0, "filters": 38.3, "pooling": 44.3, "residual": 85.3}
+# (together; the old 16x16 residual design) per round. Since a process done with its group
+# helps the others (parallel.help_groups), a wrong weight costs about one trial.
+# residual: its 2-class 8x8 design of issue 26 (992 steps at batch 32), scaled from the old
+# design's 85.3 by the CPU seconds of `cnnlab experiment residual --seeds 3 --threads 1`, fp32,
+# new design against old, measured the same evening under the same load (6-9): 162.5 / 260.3
+# user+system seconds (BENCHMARKS.md "The residual question decided in the lab's minutes").
+ROUND_SECONDS = {"depth": 60.0, "filters": 38.3, "pooling": 44.3, "residual": 53.3}
 # How much faster a seed round is when each setting's seeds train together as one batched
 # model (together.py): BENCHMARKS.md "Seeds trained together in `cnnlab experiment`", the
 # residual study at 3 seeds on one thread, CPU seconds per round alone / together, at the

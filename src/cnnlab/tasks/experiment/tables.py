@@ -12,7 +12,7 @@ from cnnlab.analysis import stats
 from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.claims import gradient_verdict, verdict
 from cnnlab.tasks.experiment.config import ExperimentConfig
-from cnnlab.tasks.experiment.designs import CLASSES, GRAD_BATCH, TRAIN_EVAL
+from cnnlab.tasks.experiment.designs import GRAD_BATCH, TRAIN_EVAL
 from cnnlab.tasks.experiment.grids import Grid
 from cnnlab.tasks.experiment.learning import (
     CHANCE_MARGIN,
@@ -50,6 +50,7 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
             n_train, n_test = first["n_train"], first["n_test"]
             break
     table, excluded = [], []
+    design = config.design(g.name)
     for s in g.settings:
         done = [r for r in rows if r["state"] == "COMPLETE"
                 and all(r["params"].get(k) == v for k, v in s.items())]
@@ -84,11 +85,10 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
             row["curves"] = [r.get("metric_curve") for r in mine]
             row["loss_curves"] = [r.get("metric_loss_curve") for r in mine]
             # the claim's plateau check and Fig. 6's curves with a 95% band (learning.py)
-            row["plateau"] = doubling_test(row["curves"], CLASSES).as_dict()
+            row["plateau"] = doubling_test(row["curves"], design.classes).as_dict()
             row["curve_band"] = error_band(row["curves"])
         table.append(row)
     done = [r for r in rows if r["state"] == "COMPLETE"]
-    design = config.design(g.name)
     results = {
         "experiment": g.name, "claim": g.question, "note": g.note, "scaled": design.scaled,
         "data": base.data, "limit_per_class": base.limit_per_class,
@@ -98,7 +98,7 @@ def summarise(g: Grid, config: ExperimentConfig, base, rows: list[dict[str, Any]
         "budget_minutes": config.budget, "quick": config.quick,
         "recipe": design.recipe, "rows": table, "n_train": n_train, "n_test": n_test,
         "grad_batch": 32 if config.quick else GRAD_BATCH, "grad_floor": GRAD_FLOOR,
-        "train_eval": TRAIN_EVAL,
+        "train_eval": TRAIN_EVAL, "classes": design.classes,
         "plateau_rule": {"share": PLATEAU_SHARE, "chance_margin": CHANCE_MARGIN},
         # A twin that two processes queued at once and that never ran is no trial.
         "trials": sum(not r.get("surplus") for r in rows), "completed": len(done),

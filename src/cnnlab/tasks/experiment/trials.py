@@ -13,7 +13,7 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 from cnnlab.runs import RunDir
 from cnnlab.tasks.experiment.config import ExperimentConfig
-from cnnlab.tasks.experiment.designs import GRAD_BATCH, TRAIN_EVAL
+from cnnlab.tasks.experiment.designs import CLASSES, GRAD_BATCH, TRAIN_EVAL
 from cnnlab.tasks.experiment.grids import Grid, grid
 from cnnlab.tasks.experiment.learning import conv_grad_norms, fixed_batch
 from cnnlab.tasks.experiment.record import trial_attrs, trial_params
@@ -31,6 +31,7 @@ def base_train(config: ExperimentConfig, g: Grid):
         limit_per_class=config.limit_per_class,
         train_per_class=None if limited or config.quick else d.train_per_class,
         image_size=d.image_size, train_eval=TRAIN_EVAL, test_curve=False,
+        classes=None if d.classes == CLASSES else d.classes,
         threads=config.threads, report=False,
         model_options=tuple(g.extra.items()),
         recipe_overrides=tuple((k, v) for k, v in d.recipe.items() if k != "epochs"),
@@ -49,7 +50,7 @@ class DataCache:
     def get(self, cfg):
         from cnnlab.tasks import train
 
-        key = (cfg.data, cfg.limit_per_class, cfg.train_per_class, cfg.image_size)
+        key = (cfg.data, cfg.limit_per_class, cfg.train_per_class, cfg.image_size, cfg.classes)
         if key not in self._data:
             self._data[key] = train.load_data(cfg, self.reporter)
         return self._data[key]

@@ -33,6 +33,7 @@ class TrainConfig:
     # small training set, measured on every test image: the tightest accuracy per second).
     train_per_class: int | None = None
     image_size: int | None = None  # shrink every image to S x S first (area averaging)
+    classes: int | None = None  # only the first N classes, in train and test (None: all)
     # At every evaluation, accuracy and loss on this many training images (a fixed stratified
     # sample, no augmentation, eval mode): the training error of He et al.'s Fig. 6, measured
     # cleanly rather than as the running accuracy of augmented batches. 0 = off.
@@ -99,6 +100,8 @@ class TrainConfig:
             raise CnnlabError("--limit-per-class must be at least 2")
         if self.train_per_class is not None and self.train_per_class < 1:
             raise CnnlabError(f"train_per_class must be at least 1, not {self.train_per_class}")
+        if self.classes is not None and self.classes < 2:
+            raise CnnlabError(f"classes must be at least 2, not {self.classes}")
         if self.image_size is not None and self.image_size < 4:
             raise CnnlabError(f"image_size must be at least 4 pixels, not {self.image_size}")
         if self.train_eval < 0:

@@ -13,7 +13,13 @@ def load_data(config: TrainConfig, reporter):
     """The data set `config` names, as uint8 tensors (decoded once and cached on disk), cut
     to its subset, image size and validation split."""
     from cnnlab import dist
-    from cnnlab.data.cifar import downscale, load_cifar_once, split_validation, subset
+    from cnnlab.data.cifar import (
+        downscale,
+        first_classes,
+        load_cifar_once,
+        split_validation,
+        subset,
+    )
 
     path = Path(config.data).expanduser()
     if not path.exists():
@@ -21,6 +27,8 @@ def load_data(config: TrainConfig, reporter):
                           "cifar-10-batches-py folder)")
     data = load_cifar_once(path, dist.from_env(), limit_per_class=config.limit_per_class,
                            reporter=reporter)
+    if config.classes:
+        data = first_classes(data, config.classes)
     if config.train_per_class:
         # Seed 0 whatever the run's seed: every seed and setting of a study sees the same images.
         data = subset(data, per_class=config.train_per_class, seed=0, test_too=False)
