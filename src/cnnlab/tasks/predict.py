@@ -83,7 +83,7 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     # predictor.net: a registry model is built only to export its graph or to run PyTorch.
     forward = prepare_forward(predictor.net, config.engine, identity=predictor.identity(),
                               input_size=predictor.preprocess.crop_size, device=device,
-                              log=reporter.log, label=config.model)
+                              log=reporter.log, label=config.model, layer=_cam_layer(predictor))
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
                            draft=config.draft)
     loader = photo_loader(dataset, workers=config.workers, device=device,
@@ -106,6 +106,14 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
                 if writer is not None:
                     out[i].update(_explain_top(writer, files[i], i, cs[0]))
         yield from (out[i] for i in sorted(out))
+
+
+def _cam_layer(predictor: Predictor) -> str | None:
+    """A registry net's CAM layer: evaluate asks for the graph with that layer's activations as
+    a second output (its maps), so predict asks for the same graph rather than export another."""
+    from cnnlab.models.registry import PretrainedNet
+
+    return predictor.net.spec.cam_layer if isinstance(predictor.net, PretrainedNet) else None
 
 
 def _explain_top(writer, path: Path, i: int, top_class: int) -> dict[str, Any]:
