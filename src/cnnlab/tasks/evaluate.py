@@ -59,7 +59,11 @@ class EvaluateConfig:
     # model name -> explicit weights file; a model not listed uses the hub cache / package / URL.
     weights: dict[str, str] = field(default_factory=dict)
     top_k: int = 5  # classes kept per image in predictions.csv and the report
-    batch_size: int = 16  # images per forward pass; 16 is the fastest of 8/16/32/64 on 2 CPU cores
+    # Images per forward pass. 8: on ONNX Runtime (the default engine) the same CPU time as 16
+    # and ~200 MB less peak memory (Lite0's widest activations scale with the batch; measured
+    # with benchmarks/eval_vs_lab.py, BENCHMARKS.md); 16 was the fastest of 8/16/32/64 for
+    # PyTorch eager on 2 cores.
+    batch_size: int = 8
     workers: int = 2  # DataLoader decoding processes; 0 decodes in the main process
     labels: str = "auto"  # where labels come from: auto, folders, csv, filename
     csv: str | None = None  # CSV file with columns file,label (labels="csv"/"auto")
