@@ -27,6 +27,7 @@ bf16 autocast, on one thread and on two, with the same top-5 on all 250 sample p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -401,3 +402,22 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
                              {"requested": requested, "refused": {**about, "reason": reason}})
     forward.about["requested"] = requested
     return forward
+
+
+@contextlib.contextmanager
+def one_torch_thread_unless_torch(forwards: list[Forward]):
+    """One torch thread while none of `forwards` runs in PyTorch: what is left to torch then
+    (stacking a batch when decoding in this process, softmax and top-k of 8 x 1000 logits) is
+    too small to share, and torch's intra-op threads made it far slower on a busy 2-core machine
+    (measured under load: top-k of a batch 7.9 ms with 2 threads, 0.03 ms with 1; stacking 8
+    photos 90 ms against 0.7 ms). ONNX Runtime keeps its own threads (set when its session was
+    made)."""
+    if any(f.engine == "torch" for f in forwards):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -196,18 +196,27 @@ def _run_models(
 
     from cnnlab.data.batching import SharedDecodeDataset
     from cnnlab.data.loaders import photo_loader
+    from cnnlab.models.inference import one_torch_thread_unless_torch
 
     k = max(config.top_k, 5)  # top-5 error is always reported
     fast = [config.explain and f.run_layer is not None for f in forwards]  # maps in the pass
     dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft)
-    loader = photo_loader(dataset, workers=config.workers, device=device,
-                          batch_size=config.batch_size, collate=dataset.collate)
+    if all(f.engine == "onnxruntime" for f in forwards) and config.workers > 0:
+        from cnnlab.data.threaded import thread_batches
+
+        # Decoding threads, not processes: ONNX Runtime and the decoder release the GIL
+        # (data/threaded.py: no forked copy of torch, less CPU).
+        loader = thread_batches(dataset, batch_size=config.batch_size, collate=dataset.collate,
+                                threads=config.workers)
+    else:
+        loader = photo_loader(dataset, workers=config.workers, device=device,
+                              batch_size=config.batch_size, collate=dataset.collate)
     outs = [ModelPass(name, [], [], [], [], 0.0, {} if f else None)
             for name, f in zip(names, fast, strict=True)]
     n_batches = (len(items) + config.batch_size - 1) // config.batch_size
     forward_seconds = [0.0] * len(names)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), one_torch_thread_unless_torch(forwards):
         for batches, indices, bad in reporter.track(
             loader, total=n_batches, description=" + ".join(names), unit="batches"
         ):
