@@ -12,9 +12,10 @@ Steps, each of which fails early and in one line where the user can fix somethin
    unresolved labels are reported together before any model runs, unless `skip_unknown`;
 2. find every model's weights before running any model (a missing file is one line that says
    which file to put where);
-3. stream the images through a `DataLoader` once for all the models (worker processes decode
-   each photo once for all the models -- Pillow's draft mode decodes large JPEGs at reduced
-   size --, then resize and crop it by each model's own preprocessing:
+3. stream the images once for all the models (decoding threads when every model runs on ONNX
+   Runtime, data/threaded.py; else a `DataLoader`'s worker processes decode each photo once for
+   all the models -- Pillow's draft mode decodes large JPEGs at reduced size --, then resize
+   and crop it by each model's own preprocessing:
    data/batching.py's SharedDecodeDataset), batched inference of every model under
    `torch.inference_mode()`; keep only the top-k classes and probabilities of each image, so
    memory does not grow with the batch count beyond those few numbers;
@@ -64,7 +65,9 @@ class EvaluateConfig:
     # with benchmarks/eval_vs_lab.py, BENCHMARKS.md); 16 was the fastest of 8/16/32/64 for
     # PyTorch eager on 2 cores.
     batch_size: int = 8
-    workers: int = 2  # DataLoader decoding processes; 0 decodes in the main process
+    # Decoders: DataLoader worker processes, or threads of this process when every model runs
+    # on ONNX Runtime (data/threaded.py); 0 decodes in the main thread.
+    workers: int = 2
     labels: str = "auto"  # where labels come from: auto, folders, csv, filename
     csv: str | None = None  # CSV file with columns file,label (labels="csv"/"auto")
     # label -> class rule: synonym (default: one exact class) or prefix (the lab's rule: every
