@@ -320,6 +320,7 @@ def _predictions_csv(
     """One row per image, model and rank. Under the prefix rule two more columns list the
     classes each image accepts (`accepted`: indices separated by spaces; `accepted_classes`:
     their names separated by '; '), and true_index / true_class are empty unless it is one."""
+    names = classes.names  # a property that builds the 1000-name tuple on each access
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "true_label", "true_index", "true_class", "model", "rank", "class_index",
@@ -328,11 +329,11 @@ def _predictions_csv(
         for i, cls, probs in zip(mp.indices, mp.top_classes, mp.top_probs, strict=True):
             rel = _relative(items[i].path, root)
             one = accepted[i][0] if len(accepted[i]) == 1 else None
-            true = ["", ""] if one is None else [one, classes.names[one]]
+            true = ["", ""] if one is None else [one, names[one]]
             extra = [" ".join(map(str, accepted[i])),
-                     "; ".join(classes.names[a] for a in accepted[i])] if prefix else []
+                     "; ".join(names[a] for a in accepted[i])] if prefix else []
             for r, (c, p) in enumerate(zip(cls[:top_k], probs[:top_k], strict=True), start=1):
-                w.writerow([rel, items[i].label, *true, mp.name, r, c, classes.names[c],
+                w.writerow([rel, items[i].label, *true, mp.name, r, c, names[c],
                             f"{p:.6f}", *extra])
     return buf.getvalue()
 
