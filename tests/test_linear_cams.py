@@ -158,3 +158,38 @@ def test_a_net_without_a_linear_head_exports_one_output(tmp_path):
     x = check_batch(16, 4)
     with torch.inference_mode():
         torch.testing.assert_close(forward(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluates_maps_from_the_graph_equal_the_pytorch_paths(shared_data, tmp_path):
+    """End to end: `evaluate` on ONNX Runtime (maps from the graph's second output, no model
+    built) against `evaluate --engine torch` (gradcam_batch on the PyTorch model): the same
+    mistakes, the same classes mapped, the same images up to JPEG rounding."""
+    from PIL import Image
+
+    from cnnlab.progress import Reporter
+    from cnnlab.tasks.evaluate import EvaluateConfig, evaluate
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ["n01440764_tench.JPEG", "n01494475_hammerhead.JPEG",
+                 "n01667778_terrapin.JPEG"]:
+        (folder / name).symlink_to(shared_data("imagenet-samples", name))
+    runs = {}
+    for engine in ("onnxruntime", "torch"):
+        config = EvaluateConfig(path=str(folder), models=("efficientnet_lite0",), workers=1,
+                                engine=engine)
+        runs[engine] = evaluate(config, Reporter(quiet=True), out=tmp_path / engine)
+    fast, slow = (runs[e]["explanations"] for e in ("onnxruntime", "torch"))
+    assert runs["onnxruntime"]["models"][0]["engine"]["layer"] == "bn2"
+    assert len(fast["cams"]) == 2
+    strip = [{k: {"index": v["index"], "class": v["class"]} if isinstance(v, dict) else v
+              for k, v in c.items()} for c in fast["cams"]]
+    assert strip == [{k: {"index": v["index"], "class": v["class"]} if isinstance(v, dict)
+                      else v for k, v in c.items()} for c in slow["cams"]]
+    assert fast["models"][0]["layer_shape"] == slow["models"][0]["layer_shape"] == [1280, 7, 7]
+    for a, b in zip(fast["cams"], slow["cams"], strict=True):
+        for side in ("predicted", "true"):
+            x = np.asarray(Image.open(tmp_path / "onnxruntime" / a[side]["cam"]), np.float32)
+            y = np.asarray(Image.open(tmp_path / "torch" / b[side]["cam"]), np.float32)
+            assert x.shape == y.shape == (224, 224, 3)
+            assert np.abs(x - y).mean() < 0.5  # JPEG of maps within ~1e-5 of each other
