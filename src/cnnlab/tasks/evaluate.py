@@ -447,9 +447,8 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
                                   channels_last=config.channels_last, log=reporter.log,
                                   label=spec.name, layer=spec.cam_layer)
         loaded.append((spec, wfile, net, preprocess, forward))
-    parts = _run_models([f for *_, f in loaded], [pp for *_, pp, _ in loaded], my_items,
-                        my_indices, config, device, reporter, [s.name for s, *_ in loaded],
-                        accepted)
+    parts = _run_models([f for *_, f in loaded], [pp for *_, pp, _ in loaded], my_items, my_indices,
+                        config, device, reporter, [s.name for s, *_ in loaded], accepted)
     for number, ((spec, wfile, net, preprocess, forward), part) in enumerate(
             zip(loaded, parts, strict=True)):
         loaded[number] = None  # each model is freed once its maps are drawn
