@@ -193,3 +193,26 @@ def test_evaluates_maps_from_the_graph_equal_the_pytorch_paths(shared_data, tmp_
             y = np.asarray(Image.open(tmp_path / "torch" / b[side]["cam"]), np.float32)
             assert x.shape == y.shape == (224, 224, 3)
             assert np.abs(x - y).mean() < 0.5  # JPEG of maps within ~1e-5 of each other
+
+
+def test_predict_explains_maps_from_the_graph_equal_the_pytorch_paths(shared_data, tmp_path):
+    """`predict --explain` on ONNX Runtime (the top class's map from the graph's activations)
+    against `--engine torch` (CamWriter on the PyTorch model): same classes, same map."""
+    from PIL import Image
+
+    from cnnlab.cli import main
+
+    photos = [str(shared_data("imagenet-samples", n)) for n in
+              ("n01494475_hammerhead.JPEG", "n01667778_terrapin.JPEG")]
+    for engine in ("onnxruntime", "torch"):
+        assert main(["predict", "efficientnet_lite0", *photos, "--explain", "--workers", "0",
+                     "--engine", engine, "--out", str(tmp_path / engine), "-q"]) == 0
+    fast, slow = (json.loads((tmp_path / e / "results.json").read_text())
+                  for e in ("onnxruntime", "torch"))
+    assert fast["layer"] == slow["layer"] == "bn2"
+    assert fast["layer_shape"] == slow["layer_shape"] == [1280, 7, 7]
+    for a, b in zip(fast["photos"], slow["photos"], strict=True):
+        assert a["top"][0]["index"] == b["top"][0]["index"]
+        x = np.asarray(Image.open(tmp_path / "onnxruntime" / a["top"][0]["cam"]), np.float32)
+        y = np.asarray(Image.open(tmp_path / "torch" / b["top"][0]["cam"]), np.float32)
+        assert x.shape == y.shape == (224, 224, 3) and np.abs(x - y).mean() < 0.5

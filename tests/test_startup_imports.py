@@ -126,6 +126,15 @@ def test_evaluate_maps_on_a_cached_graph_build_no_model(shared_data, tmp_path):
     for cam in explained["cams"]:
         for side in ("predicted", "true"):
             assert (tmp_path / "r2" / cam[side]["cam"]).stat().st_size > 1000
+    # predict --explain reads the same graph and draws its map from the same activations.
+    out = tmp_path / "p1"
+    predicted = _modules_after(["predict", "efficientnet_lite0", str(folder / PHOTOS[1]),
+                                "--workers", "0", "--engine", "onnxruntime", "--explain",
+                                "--out", str(out)], tmp_path, ["timm", "torchvision"])
+    assert predicted == [], predicted
+    record = json.loads((out / "results.json").read_text())
+    assert record["layer"] == "bn2" and record["layer_shape"] == [1280, 7, 7]
+    assert (out / record["photos"][0]["top"][0]["cam"]).stat().st_size > 1000
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",
