@@ -10,6 +10,13 @@ the Grad-CAM maps of its mistakes are drawn (issue 27: "end to end with the maps
 lab's prefix rule (--match prefix). Targets: issue 27, >= 5x faster and <= 1/10 of the peak
 memory (earlier, >= 3x and <= 1/5), on the 250 imagenet-samples photos or a part of them.
 
+To rerun the figures in BENCHMARKS.md (100 of the sample photos: every 5th and 5th+2 file of
+imagenet-samples as symlinks, so the lab's single batch fits in ~8.6 GB):
+
+    mkdir -p /tmp/s100 && cd ../shared/data/imagenet-samples && ls | sort \
+      | awk 'NR % 5 == 1 || NR % 5 == 3' | xargs -I{} ln -sf "$PWD/{}" /tmp/s100/{}
+    cd benchmarks && python eval_vs_lab.py --folder /tmp/s100 --repeats 3
+
 Warning: the lab's single autograd batch of 250 photos through EfficientNet-Lite0 peaks at
 about 20 GB of RAM; do not run it on a machine with less.
 """

@@ -14,6 +14,12 @@ extra seconds explanations add, and the ratio with / without. The grad-cam packa
 (about 2 s) is charged to the first run that draws maps, as it is in a real `evaluate`; the
 repeats alternate, so load drifts hit both alike.
 
+Since issue 27's fast maps, `evaluate` on ONNX Runtime (the default engine) computes the maps
+of Lite0's mistakes from the scoring pass's own CAM-layer activations (analysis/linear_cams.py:
+no PyTorch model, no second forward); "the maps alone" below still time CamWriter's general path
+(gradcam_batch with the PyTorch model), which predict --explain, explain and the other engines
+use.
+
 Two clocks: wall time, and this process's CPU time (`time.process_time`). Pinned to one core
 with one thread and no decoding workers, CPU time is the work done, and it stays honest when
 other processes share the core (wall time then grows with the load; CPU time barely does).

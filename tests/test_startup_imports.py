@@ -85,8 +85,9 @@ def test_evaluate_on_a_cached_graph_imports_neither_timm_nor_torchvision(shared_
     assert summary["n_images"] == 3
     # The count shown (report, results.json) is the real model's, not only the registry's table.
     assert summary["parameters"] == count_parameters(create_model("efficientnet_lite0"))
-    # predict reads the same cached graph (same weights, same input size).
-    predicted = _modules_after(["predict", "efficientnet_lite0", str(folder / PHOTOS[0]),
+    # predict reads the same cached graph (same weights, same input size), whichever way the
+    # name is typed (the graph's key holds the registry's name).
+    predicted = _modules_after(["predict", "efficientnet-Lite0", str(folder / PHOTOS[0]),
                                 "--workers", "0", "--engine", "onnxruntime"], tmp_path,
                                ["timm", "torchvision", "onnxruntime"])
     assert predicted == ["onnxruntime"], predicted
@@ -98,6 +99,42 @@ def test_evaluate_on_a_cached_graph_imports_neither_timm_nor_torchvision(shared_
     assert third == [], third
     explained = json.loads((tmp_path / "r3" / "results.json").read_text())["explanations"]
     assert explained["models"][0]["n_wrong"] == 0 and explained["cams"] == []
+
+
+def test_evaluate_maps_on_a_cached_graph_build_no_model(shared_data, tmp_path):
+    """The maps of mistakes come from the graph's second output (the CAM layer's activations)
+    and the classifier's weights saved at export (analysis/linear_cams.py): with the graph
+    cached, drawing them imports neither timm nor torchvision, so no PyTorch model is built."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in PHOTOS:
+        (folder / name).symlink_to(shared_data("imagenet-samples", name))
+    argv = ["evaluate", str(folder), "-m", "efficientnet_lite0", "--workers", "0", "--engine",
+            "onnxruntime", "-q"]
+    first = _modules_after([*argv, "--out", str(tmp_path / "r1")], tmp_path,
+                           ["timm", "torchvision"])
+    assert first == ["timm", "torchvision"]  # exported: the model was built
+    # The model name as a user may type it: the same registry net, the same cached graph.
+    second = _modules_after([*argv[:3], "efficientnet-Lite0", *argv[4:], "--out",
+                             str(tmp_path / "r2")], tmp_path, ["timm", "torchvision"])
+    assert second == [], second
+    results = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert not results["models"][0]["engine"]["exported"]
+    explained = results["explanations"]
+    assert explained["models"][0]["n_wrong"] == 2 and len(explained["cams"]) == 2
+    assert explained["models"][0]["layer_shape"] == [1280, 7, 7]
+    for cam in explained["cams"]:
+        for side in ("predicted", "true"):
+            assert (tmp_path / "r2" / cam[side]["cam"]).stat().st_size > 1000
+    # predict --explain reads the same graph and draws its map from the same activations.
+    out = tmp_path / "p1"
+    predicted = _modules_after(["predict", "efficientnet_lite0", str(folder / PHOTOS[1]),
+                                "--workers", "0", "--engine", "onnxruntime", "--explain",
+                                "--out", str(out)], tmp_path, ["timm", "torchvision"])
+    assert predicted == [], predicted
+    record = json.loads((out / "results.json").read_text())
+    assert record["layer"] == "bn2" and record["layer_shape"] == [1280, 7, 7]
+    assert (out / record["photos"][0]["top"][0]["cam"]).stat().st_size > 1000
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",

@@ -76,7 +76,9 @@ class CamWriter:
 
     def __init__(self, model, layer: str, preprocess, run_dir, method: str = "gradcam",
                  draft: bool = True, fmt: str = REPORT_CAM_FORMAT):
-        self.model, self.layer, self.preprocess = model.eval(), layer, preprocess
+        # model None: a writer of maps computed elsewhere (write_maps: analysis/linear_cams.py)
+        self.model = model.eval() if model is not None else None
+        self.layer, self.preprocess = layer, preprocess
         self.run_dir, self.method, self.draft, self.fmt = run_dir, method, draft, fmt
         self.layer_shape: tuple[int, ...] = ()
         self.seconds = 0.0
@@ -127,6 +129,17 @@ class CamWriter:
         self.seconds += time.perf_counter() - start
         return names
 
+    def write_maps(self, pixels, raw, stems: list[str]) -> list[str]:
+        """Save maps computed without the model (`raw`: (K, h, w) Grad-CAM before scaling,
+        analysis/linear_cams.py) over `pixels`, scaled and resized as gradcam_batch does."""
+        from cnnlab.analysis.explanations import finish_maps
+
+        start = time.perf_counter()
+        maps = finish_maps(raw, (pixels.shape[1], pixels.shape[0]))
+        names = [self._save(pixels, cam, stem) for stem, cam in zip(stems, maps, strict=True)]
+        self.seconds += time.perf_counter() - start
+        return names
+
     def _save(self, pixels, cam, stem: str) -> str:
         """The map over the photo as run_dir/<stem>.<fmt>; its relative name."""
         from PIL import Image
@@ -173,11 +186,15 @@ def explain_mistakes(writer: CamWriter, mistakes: list[dict[str, Any]], reporter
     photos per forward pass.
 
     `mistakes`: {"path", "predicted", "true", "stem"} each (class indices; the stem numbers the
-    files: <stem>-pred and <stem>-true). Returns, in the same order, {"predicted": file, "true":
-    file}, or {"error": reason} for a photo that can no longer be decoded."""
-    import torch
-
+    files: <stem>-pred and <stem>-true), and "raw" when the two maps were computed already
+    (analysis/linear_cams.py: then only the photo is read, and the maps saved over it). Returns,
+    in the same order, {"predicted": file, "true": file}, or {"error": reason} for a photo that
+    can no longer be decoded."""
     from cnnlab.data.decode import BadImage
+
+    if mistakes and all("raw" in m for m in mistakes):
+        return _write_computed(writer, mistakes, reporter, description)
+    import torch
 
     out: list[dict[str, Any]] = [{} for _ in mistakes]
     chunks = [list(range(i, min(i + batch, len(mistakes))))
@@ -200,4 +217,26 @@ def explain_mistakes(writer: CamWriter, mistakes: list[dict[str, Any]], reporter
             [[f"{mistakes[i]['stem']}-pred", f"{mistakes[i]['stem']}-true"] for i, _, _ in read])
         for (i, _, _), (pred, true) in zip(read, names, strict=True):
             out[i] = {"predicted": pred, "true": true}
+    return out
+
+
+def _write_computed(writer: CamWriter, mistakes: list[dict[str, Any]], reporter,
+                    description: str) -> list[dict[str, Any]]:
+    """explain_mistakes for maps computed already: read each photo's pixels, save its maps."""
+    from cnnlab.data.decode import BadImage, load_pixels
+
+    out: list[dict[str, Any]] = []
+    for m in reporter.track(mistakes, total=len(mistakes), description=description,
+                            unit="photos"):
+        start = time.perf_counter()
+        try:
+            pixels = load_pixels(Path(m["path"]), writer.preprocess, writer.draft)
+        except BadImage as exc:
+            out.append({"error": str(exc)})
+            continue
+        finally:
+            writer.seconds += time.perf_counter() - start
+        pred, true = writer.write_maps(pixels, m["raw"], [f"{m['stem']}-pred",
+                                                           f"{m['stem']}-true"])
+        out.append({"predicted": pred, "true": true})
     return out

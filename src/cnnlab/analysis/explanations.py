@@ -200,8 +200,15 @@ def gradcam_batch(model: nn.Module, layer: str, x: torch.Tensor,
                                        retain_graph=j < targets.shape[1] - 1)
         weights = np.mean(grads.float().cpu().numpy(), axis=(2, 3))
         cam = np.maximum((weights[:, :, None, None] * activations).sum(axis=1), 0)
-        maps[:, j] = _min_max(_min_max(cam, size))
+        maps[:, j] = finish_maps(cam, size)
     return maps, shape
+
+
+def finish_maps(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Raw Grad-CAM maps (K, h, w) -> (K, H, W) in [0, 1] as grad-cam scales them: min-max,
+    resized to `size` (width, height) with cv2, min-max again (compute_cam_per_layer, then
+    aggregate_multi_layers)."""
+    return _min_max(_min_max(cams, size))
 
 
 def _min_max(cams: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:

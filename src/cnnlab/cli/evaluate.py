@@ -68,9 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "there is one model)",
     )
     p.add_argument("--top-k", type=int, metavar="K", help="predictions kept per image (5)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (16)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (8)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="decoding worker processes; 0 decodes in the main process (2)")
+                   help="decoders: worker processes, or threads when every model runs on "
+                        "ONNX Runtime; 0 decodes in the main thread (2)")
     p.add_argument("--labels", choices=["auto", "folders", "csv", "filename"],
                    help="where labels come from (auto)")
     p.add_argument("--csv", metavar="FILE", help="CSV of 'file,label' rows")

@@ -25,7 +25,8 @@ per line: {"file": ..., "top": [{"class": ..., "probability": ..., "index": ...}
 ..., "error": ...}.
 
 --explain also draws each photo's top class's class-activation map (Grad-CAM, as `cnnlab
-explain` draws it; one forward pass per photo and a backward pass through the head, about
+explain` draws it; for EfficientNet-Lite on ONNX Runtime from the scoring pass's own activations
+of its CAM layer, else one forward pass per photo and a backward pass through the head, about
 0.06 s for Lite0 on one CPU core) into a run directory (--out, default
 runs/predict/<timestamp>): cams/*.jpg, results.json and report.md / report.html, the photos
 with their top-k and the map; each line (or JSON record, as "cam") names its map.

@@ -27,7 +27,9 @@ bf16 autocast, on one thread and on two, with the same top-5 on all 250 sample p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -50,7 +52,7 @@ MAX_ABS_DIFF = 1e-3
 OPSET = 17  # supported by the TorchScript exporter of torch 2.14 and by ONNX Runtime >= 1.12
 EXPORT_BATCH = 2
 VERIFY_BATCH = 3  # != EXPORT_BATCH: a batch axis frozen at export fails the check
-GRAPH, RECORD = "model.onnx", "verify.json"
+GRAPH, RECORD, HEAD = "model.onnx", "verify.json", "head.npz"
 
 
 def check_engine(name: str) -> None:
@@ -83,6 +85,12 @@ class Forward:
     engine: str  # the engine that runs: "torch" or "onnxruntime"
     run: Callable[[torch.Tensor], torch.Tensor]
     about: dict[str, Any] = field(default_factory=dict)  # for results.json
+    # Set when the graph also outputs the CAM layer's activations and the head after it is
+    # global average pooling + one Linear layer (models/linear_head.py): run_layer(x) returns
+    # (logits, activations (N, C, h, w) float32 numpy), and Grad-CAM needs only `head`'s weights.
+    layer: str | None = None
+    head: Any = None  # models.linear_head.LinearHead
+    run_layer: Callable[[torch.Tensor], tuple[torch.Tensor, Any]] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
@@ -102,12 +110,17 @@ def torch_forward(model: nn.Module, device: torch.device, channels_last: bool = 
     return Forward("torch", run, {"engine": "torch", **(about or {})})
 
 
-def graph_dir(identity: str, input_size: int, root: Path | None = None) -> Path:
-    """The cache folder of one exported graph (its key: identity, input size, opset, torch)."""
+def graph_dir(identity: str, input_size: int, root: Path | None = None,
+              layer: str | None = None) -> Path:
+    """The cache folder of one exported graph (its key: identity, input size, opset, torch, and
+    the layer whose activations it also outputs, if any: a graph asked for with a layer is never
+    one exported without its second output)."""
     from cnnlab.models.cache import cache_root
 
     spec = {"identity": identity, "input_size": input_size, "opset": OPSET,
             "torch": torch.__version__, "exporter": "torchscript"}
+    if layer is not None:
+        spec["layer"] = layer
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     return (root or cache_root()) / "onnx" / key[:32]
 
@@ -118,9 +131,29 @@ def check_batch(input_size: int, n: int = VERIFY_BATCH) -> torch.Tensor:
     return torch.randn(n, 3, input_size, input_size, generator=g)
 
 
-def export_graph(model: nn.Module, target: Path, input_size: int) -> None:
+class _WithLayer(nn.Module):
+    """`model` returning (logits, the output of `layer`): the graph's two outputs y and a."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        self.model, self.layer = model, layer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        handle = self.model.get_submodule(self.layer).register_forward_hook(
+            lambda _m, _i, out: captured.append(out))
+        try:
+            y = self.model(x)
+        finally:
+            handle.remove()
+        return y, captured[-1]
+
+
+def export_graph(model: nn.Module, target: Path, input_size: int,
+                 layer: str | None = None) -> None:
     """torch.onnx.export of the eval-mode CPU net into `target`, atomically (temp + rename in
-    the same folder: a concurrent run or a crash never leaves a torn graph)."""
+    the same folder: a concurrent run or a crash never leaves a torn graph). With `layer`, the
+    graph has a second output, a: that layer's activations (N, C, h, w)."""
     import warnings
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -129,9 +162,11 @@ def export_graph(model: nn.Module, target: Path, input_size: int) -> None:
     try:
         with warnings.catch_warnings():  # the exporter's notes on the TorchScript path
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (check_batch(input_size, EXPORT_BATCH),), tmp,
-                              dynamo=False, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            outputs = ["y"] if layer is None else ["y", "a"]
+            torch.onnx.export(model if layer is None else _WithLayer(model, layer),
+                              (check_batch(input_size, EXPORT_BATCH),), tmp,
+                              dynamo=False, input_names=["x"], output_names=outputs,
+                              dynamic_axes={n: {0: "batch"} for n in ["x", *outputs]},
                               opset_version=OPSET, do_constant_folding=True)
         os.replace(tmp, target)
     finally:
@@ -147,6 +182,11 @@ def ort_session(path: Path, threads: int):
     # engines compare like for like; inter-op 1: one graph, one request at a time.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Threads sleep when idle instead of spinning: the decoding workers share the same cores,
+    # and a spinning pool takes their time. Measured (BENCHMARKS.md "Against the lab's
+    # pipeline", 2026-12-07, 2 cores, under load): evaluate of 100 photos 6.1 -> 5.0-5.3 CPU-s
+    # and faster wall time. The arena stays on (off: -160 MB, +0.4 CPU-s).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: its warnings are not the user's to act on
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -155,7 +195,7 @@ def _ort_run(session) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
         # ONNX Runtime reads NCHW float32 memory: a channels-last batch is copied back to NCHW.
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(session.run(None, {"x": array})[0])
+        return torch.from_numpy(session.run(["y"], {"x": array})[0])
     return run
 
 
@@ -188,15 +228,89 @@ def _built(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     return model if isinstance(model, nn.Module) else model()
 
 
+def _ort_run_layer(session) -> Callable[[torch.Tensor], tuple[torch.Tensor, Any]]:
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        y, a = session.run(["y", "a"], {"x": array})
+        return torch.from_numpy(y), a
+    return run
+
+
+def layer_abs_diff(model: nn.Module, layer: str, session, input_size: int) -> float | None:
+    """max |ONNX Runtime - PyTorch| over the check batch's activations of `layer` (output a)."""
+    import math
+
+    x = check_batch(input_size)
+    captured: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, out: captured.append(out.detach().float().clone()))
+    try:
+        with torch.inference_mode():
+            model.eval().cpu()(x)
+    finally:
+        handle.remove()
+    _, got = _ort_run_layer(session)(x)
+    if not captured or tuple(got.shape) != tuple(captured[-1].shape):
+        return None
+    diff = float((torch.from_numpy(got) - captured[-1]).abs().max())
+    return diff if math.isfinite(diff) else None
+
+
+def _export_checked(model: nn.Module, folder: Path, identity: str, input_size: int,
+                    threads: int, layer: str | None):
+    """Export `model` into `folder` and check it against PyTorch: (session, record). With
+    `layer`, the layer's activations become a second output when the head after it is linear
+    (models/linear_head.py: its weights saved as head.npz) and they, too, are checked."""
+    import numpy as np
+
+    from cnnlab.models.linear_head import linear_head
+    from cnnlab.runs import atomic_write_bytes
+
+    head = linear_head(model, layer, check_batch(input_size)) if layer else None
+    export_graph(model.eval().cpu(), folder / GRAPH, input_size,
+                 layer if head is not None else None)
+    session = ort_session(folder / GRAPH, threads)
+    record: dict[str, Any] = {
+        "identity": identity, "input_size": input_size, "opset": OPSET,
+        "torch": torch.__version__, "check_batch": VERIFY_BATCH,
+        "max_abs_diff": max_abs_diff(model, session, input_size),
+        "layer": layer, "linear_head": head is not None}
+    if head is not None:
+        record["layer_max_abs_diff"] = layer_abs_diff(model, layer, session, input_size)
+        buf = io.BytesIO()
+        np.savez(buf, weight=head.weight, bias=head.bias)
+        atomic_write_bytes(folder / HEAD, buf.getvalue())
+    return session, record
+
+
+def _cached_head(folder: Path, record: dict[str, Any]):
+    """The LinearHead saved at export when the record says the graph has a checked second
+    output (its activations within MAX_ABS_DIFF of PyTorch's); else None (maps via PyTorch)."""
+    import numpy as np
+
+    from cnnlab.models.linear_head import LinearHead
+
+    diff = record.get("layer_max_abs_diff")
+    if not record.get("linear_head") or diff is None or diff > MAX_ABS_DIFF:
+        return None
+    try:
+        with np.load(folder / HEAD) as saved:
+            return LinearHead(saved["weight"], saved["bias"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def onnx_forward(model: nn.Module | Callable[[], nn.Module], identity: str, input_size: int,
-                 threads: int, root: Path | None = None
+                 threads: int, root: Path | None = None, layer: str | None = None
                  ) -> tuple[Forward | None, dict[str, Any], str]:
     """The ONNX Runtime forward of `model` (exported and checked once, then read from the
     cache), or None and the reason it was refused. Returns (forward, about, reason).
-    `model` may be a function that builds the net: called only when the graph is exported."""
+    `model` may be a function that builds the net: called only when the graph is exported.
+    `layer`: the CAM layer whose activations the graph also outputs when the head after it is
+    linear (Forward.run_layer, Forward.head)."""
     from cnnlab.runs import atomic_write_text
 
-    folder = graph_dir(identity, input_size, root)
+    folder = graph_dir(identity, input_size, root, layer)
     graph, record_path = folder / GRAPH, folder / RECORD
     record = _read_record(record_path) if graph.is_file() else None
     about: dict[str, Any] = {"engine": "onnxruntime", "onnxruntime": onnxruntime_version(),
@@ -212,12 +326,9 @@ def onnx_forward(model: nn.Module | Callable[[], nn.Module], identity: str, inpu
                 record = None
         if record is None:  # not exported yet, damaged, or its record lost: export and check
             about["exported"] = True
-            model = _built(model)
-            export_graph(model.eval().cpu(), graph, input_size)
-            session = ort_session(graph, threads)
-            record = {"identity": identity, "input_size": input_size, "opset": OPSET,
-                      "torch": torch.__version__, "check_batch": VERIFY_BATCH,
-                      "max_abs_diff": max_abs_diff(model, session, input_size)}
+            folder.mkdir(parents=True, exist_ok=True)
+            session, record = _export_checked(_built(model), folder, identity, input_size,
+                                              threads, layer)
             atomic_write_text(record_path, json.dumps(record, indent=2))
     except CnnlabError:  # building the net failed (its weights do not fit): the user's to fix
         raise
@@ -232,7 +343,12 @@ def onnx_forward(model: nn.Module | Callable[[], nn.Module], identity: str, inpu
     if diff > MAX_ABS_DIFF:
         return None, about, (f"its outputs differ from PyTorch's by {diff:.2g} (more than "
                              f"{MAX_ABS_DIFF:g}) on the check batch")
-    return Forward("onnxruntime", _ort_run(session), about), about, ""
+    forward = Forward("onnxruntime", _ort_run(session), about)
+    head = _cached_head(folder, record) if layer else None
+    if head is not None:
+        about["layer"], about["layer_max_abs_diff"] = layer, record["layer_max_abs_diff"]
+        forward.layer, forward.head, forward.run_layer = layer, head, _ort_run_layer(session)
+    return forward, about, ""
 
 
 def resolve_engine(requested: str, device: torch.device) -> str:
@@ -253,7 +369,7 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
                     identity: str, input_size: int,
                     device: torch.device | str = "cpu", channels_last: bool = True,
                     log: Callable[[str], Any] | None = None, root: Path | None = None,
-                    label: str = "") -> Forward:
+                    label: str = "", layer: str | None = None) -> Forward:
     """The forward pass of `model` on the engine `requested` (auto, torch, onnxruntime).
 
     model: the net, or a function that builds it, called only when PyTorch runs the pass or the
@@ -263,7 +379,12 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
     identity: names the weights (model name + weights digest): the exported graph's cache key
     with input_size. An ONNX graph that cannot be exported or loaded, or whose outputs differ
     from PyTorch's by more than MAX_ABS_DIFF, is refused: the pass runs in PyTorch and `log`
-    gets one line saying why. `forward.about` says which engine ran and what the check found."""
+    gets one line saying why. `forward.about` says which engine ran and what the check found.
+
+    layer: the net's CAM layer (the registry's cam_layer), or None. On ONNX Runtime, when only
+    global average pooling and a Linear layer follow it, the graph also outputs its activations
+    (checked against PyTorch's too) and `forward.run_layer` / `forward.head` draw Grad-CAM maps
+    with no PyTorch model (analysis/linear_cams.py)."""
     device = torch.device(device)
     engine = resolve_engine(requested, device)
     if engine == "onnxruntime" and device.type != "cpu":
@@ -273,7 +394,7 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
     if engine == "torch":
         return torch_forward(_built(model), device, channels_last, {"requested": requested})
     forward, about, reason = onnx_forward(model, identity, input_size,
-                                          torch.get_num_threads(), root)
+                                          torch.get_num_threads(), root, layer)
     if forward is None:
         if log is not None:
             log(f"{label or identity}: ONNX graph refused ({reason}); running PyTorch instead")
@@ -281,3 +402,22 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
                              {"requested": requested, "refused": {**about, "reason": reason}})
     forward.about["requested"] = requested
     return forward
+
+
+@contextlib.contextmanager
+def one_torch_thread_unless_torch(forwards: list[Forward]):
+    """One torch thread while none of `forwards` runs in PyTorch: what is left to torch then
+    (stacking a batch when decoding in this process, softmax and top-k of 8 x 1000 logits) is
+    too small to share, and torch's intra-op threads made it far slower on a busy 2-core machine
+    (measured under load: top-k of a batch 7.9 ms with 2 threads, 0.03 ms with 1; stacking 8
+    photos 90 ms against 0.7 ms). ONNX Runtime keeps its own threads (set when its session was
+    made)."""
+    if any(f.engine == "torch" for f in forwards):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -111,8 +111,10 @@ def load_predictor(model: str, weights: str | None = None) -> Predictor:
 
     net = PretrainedNet(model, weights)
     path = net.fetch_weights()  # a missing file is an error now, before any photo is read
+    # arch: the registry's name, not the name as typed (efficientnet-lite0 and
+    # efficientnet_lite0 are one net: one exported graph, models/inference.graph_dir).
     return Predictor(net, net.preprocess, tuple(load_imagenet_classes().names),
-                     f"imagenet {model}", 5, model, path)
+                     f"imagenet {model}", 5, net.spec.name, path)
 
 
 def expand_inputs(inputs: tuple[str, ...]) -> tuple[list[Path], list[dict[str, str]]]:

@@ -12,19 +12,24 @@ Steps, each of which fails early and in one line where the user can fix somethin
    unresolved labels are reported together before any model runs, unless `skip_unknown`;
 2. find every model's weights before running any model (a missing file is one line that says
    which file to put where);
-3. stream the images through a `DataLoader` once for all the models (worker processes decode
-   each photo once for all the models -- Pillow's draft mode decodes large JPEGs at reduced
-   size --, then resize and crop it by each model's own preprocessing:
+3. stream the images once for all the models (decoding threads when every model runs on ONNX
+   Runtime, data/threaded.py; else a `DataLoader`'s worker processes decode each photo once for
+   all the models -- Pillow's draft mode decodes large JPEGs at reduced size --, then resize
+   and crop it by each model's own preprocessing:
    data/batching.py's SharedDecodeDataset), batched inference of every model under
    `torch.inference_mode()`; keep only the top-k classes and probabilities of each image, so
    memory does not grow with the batch count beyond those few numbers;
 4. under `torchrun` each rank scores every world_size-th image and rank 0 gathers the
    predictions; results do not depend on the number of ranks or workers;
-5. rank 0 draws, after each model's scoring pass and while it is still loaded, the
-   class-activation maps (Grad-CAM, `analysis/cams.py`) of the class it predicted and of the
-   true class for every photo it got wrong, in batches of mistakes, one forward pass each and
-   the backward pass through the head only (cams/*.jpg; `explain=False` / --no-explain leaves
-   them out, `explain_limit` keeps the first N mistakes of each model);
+5. the class-activation maps (Grad-CAM, `analysis/cams.py`) of the class each model predicted
+   and of the true class for every photo it got wrong (cams/*.jpg; `explain=False` /
+   --no-explain leaves them out, `explain_limit` keeps the first N mistakes of each model).
+   On ONNX Runtime, when only global average pooling and a Linear layer follow the CAM layer
+   (EfficientNet-Lite's bn2: models/linear_head.py), the graph also outputs that layer's
+   activations and each rank computes the maps of its mistakes in the scoring pass itself
+   (analysis/linear_cams.py: no PyTorch model, no second forward, no backward); otherwise
+   rank 0 draws them after the pass with the PyTorch model, in batches of mistakes, one
+   forward pass each and the backward pass through the head only;
 6. rank 0 writes results.json, predictions.csv, metrics.jsonl and the report.
 
 A file that cannot be read is skipped with its reason (results.json, report); the run fails only
@@ -55,8 +60,14 @@ class EvaluateConfig:
     # model name -> explicit weights file; a model not listed uses the hub cache / package / URL.
     weights: dict[str, str] = field(default_factory=dict)
     top_k: int = 5  # classes kept per image in predictions.csv and the report
-    batch_size: int = 16  # images per forward pass; 16 is the fastest of 8/16/32/64 on 2 CPU cores
-    workers: int = 2  # DataLoader decoding processes; 0 decodes in the main process
+    # Images per forward pass. 8: on ONNX Runtime (the default engine) the same CPU time as 16
+    # and ~200 MB less peak memory (Lite0's widest activations scale with the batch; measured
+    # with benchmarks/eval_vs_lab.py, BENCHMARKS.md); 16 was the fastest of 8/16/32/64 for
+    # PyTorch eager on 2 cores.
+    batch_size: int = 8
+    # Decoders: DataLoader worker processes, or threads of this process when every model runs
+    # on ONNX Runtime (data/threaded.py); 0 decodes in the main thread.
+    workers: int = 2
     labels: str = "auto"  # where labels come from: auto, folders, csv, filename
     csv: str | None = None  # CSV file with columns file,label (labels="csv"/"auto")
     # label -> class rule: synonym (default: one exact class) or prefix (the lab's rule: every
@@ -120,6 +131,13 @@ class ModelPass:
     top_probs: list[list[float]]  # per image: their softmax probabilities
     bad: list[tuple[int, str]]  # (global index, reason) of images that could not be decoded
     seconds: float  # wall time of the pass on this rank (decoding + inference)
+    # The maps of each mistake (global index -> (2, h, w): predicted and true class, Grad-CAM
+    # before scaling) computed in the pass from the CAM layer's activations, when the engine
+    # outputs them and the head is linear (analysis/linear_cams.py); None: drawn after the pass
+    # with the PyTorch model (gradcam_batch).
+    raw_maps: dict[int, Any] | None = None
+    layer_shape: tuple[int, ...] = ()  # the CAM layer's (C, h, w) when raw_maps is set
+    map_seconds: float = 0.0  # time spent computing raw_maps
 
 
 def _prepare_items(
@@ -169,6 +187,7 @@ def _run_models(
     device,
     reporter,
     names: list[str],
+    accepted: list[tuple[int, ...]],
 ) -> list[ModelPass]:
     """Stream this rank's images through every model's forward pass (models/inference.Forward,
     on its engine), each photo read and decoded once for all of them (data/batching.py's
@@ -180,16 +199,27 @@ def _run_models(
 
     from cnnlab.data.batching import SharedDecodeDataset
     from cnnlab.data.loaders import photo_loader
+    from cnnlab.models.inference import one_torch_thread_unless_torch
 
     k = max(config.top_k, 5)  # top-5 error is always reported
+    fast = [config.explain and f.run_layer is not None for f in forwards]  # maps in the pass
     dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft)
-    loader = photo_loader(dataset, workers=config.workers, device=device,
-                          batch_size=config.batch_size, collate=dataset.collate)
-    outs = [ModelPass(name, [], [], [], [], 0.0) for name in names]
+    if all(f.engine == "onnxruntime" for f in forwards) and config.workers > 0:
+        from cnnlab.data.threaded import thread_batches
+
+        # Decoding threads, not processes: ONNX Runtime and the decoder release the GIL
+        # (data/threaded.py: no forked copy of torch, less CPU).
+        loader = thread_batches(dataset, batch_size=config.batch_size, collate=dataset.collate,
+                                threads=config.workers)
+    else:
+        loader = photo_loader(dataset, workers=config.workers, device=device,
+                              batch_size=config.batch_size, collate=dataset.collate)
+    outs = [ModelPass(name, [], [], [], [], 0.0, {} if f else None)
+            for name, f in zip(names, fast, strict=True)]
     n_batches = (len(items) + config.batch_size - 1) // config.batch_size
     forward_seconds = [0.0] * len(names)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), one_torch_thread_unless_torch(forwards):
         for batches, indices, bad in reporter.track(
             loader, total=n_batches, description=" + ".join(names), unit="batches"
         ):
@@ -200,16 +230,40 @@ def _run_models(
                 if len(indices) == 0:
                     continue
                 began = time.perf_counter()
-                probs = forwards[m](images).float().softmax(dim=1)
+                if fast[m]:
+                    logits, activations = forwards[m].run_layer(images)
+                else:
+                    logits = forwards[m](images)
+                probs = logits.float().softmax(dim=1)
                 top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
+                tops = top_c.cpu().tolist()
                 out.indices.extend(good_global)
-                out.top_classes.extend(top_c.cpu().tolist())
+                out.top_classes.extend(tops)
                 out.top_probs.extend(top_p.cpu().tolist())
-                forward_seconds[m] += time.perf_counter() - began
-    waiting = time.perf_counter() - start - sum(forward_seconds)
+                scored = time.perf_counter()
+                forward_seconds[m] += scored - began
+                if fast[m]:
+                    _keep_maps(out, activations, good_global, tops, accepted, forwards[m].head)
+                    out.map_seconds += time.perf_counter() - scored
+    waiting = (time.perf_counter() - start - sum(forward_seconds)
+               - sum(out.map_seconds for out in outs))
     for out, own in zip(outs, forward_seconds, strict=True):
         out.seconds = own + waiting / len(outs)
     return outs
+
+
+def _keep_maps(out: ModelPass, activations, indices: list[int], tops: list[list[int]],
+               accepted: list[tuple[int, ...]], head) -> None:
+    """The raw Grad-CAM maps of the batch's mistakes (predicted class, true class) from the CAM
+    layer's activations (N, C, h, w): kept in `out.raw_maps`, a few hundred bytes per mistake
+    (the activations themselves, ~250 kB a photo for Lite0, are dropped with the batch)."""
+    from cnnlab.analysis.linear_cams import linear_gradcam
+
+    out.layer_shape = tuple(activations.shape[1:])
+    for row, (i, top) in enumerate(zip(indices, tops, strict=True)):
+        if top[0] not in accepted[i]:
+            out.raw_maps[i] = linear_gradcam(activations[row], head.weight,
+                                             [top[0], _true_class(accepted[i], top)])
 
 
 def _merge(passes: list[ModelPass]) -> ModelPass:
@@ -226,6 +280,10 @@ def _merge(passes: list[ModelPass]) -> ModelPass:
         [p for _, _, p in order],
         sorted(b for part in passes for b in part.bad),
         max(part.seconds for part in passes),
+        None if passes[0].raw_maps is None else {
+            i: m for part in passes for i, m in (part.raw_maps or {}).items()},
+        next((p.layer_shape for p in passes if p.layer_shape), ()),
+        max(part.map_seconds for part in passes),
     )
 
 
@@ -262,6 +320,7 @@ def _predictions_csv(
     """One row per image, model and rank. Under the prefix rule two more columns list the
     classes each image accepts (`accepted`: indices separated by spaces; `accepted_classes`:
     their names separated by '; '), and true_index / true_class are empty unless it is one."""
+    names = classes.names  # a property that builds the 1000-name tuple on each access
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "true_label", "true_index", "true_class", "model", "rank", "class_index",
@@ -270,11 +329,11 @@ def _predictions_csv(
         for i, cls, probs in zip(mp.indices, mp.top_classes, mp.top_probs, strict=True):
             rel = _relative(items[i].path, root)
             one = accepted[i][0] if len(accepted[i]) == 1 else None
-            true = ["", ""] if one is None else [one, classes.names[one]]
+            true = ["", ""] if one is None else [one, names[one]]
             extra = [" ".join(map(str, accepted[i])),
-                     "; ".join(classes.names[a] for a in accepted[i])] if prefix else []
+                     "; ".join(names[a] for a in accepted[i])] if prefix else []
             for r, (c, p) in enumerate(zip(cls[:top_k], probs[:top_k], strict=True), start=1):
-                w.writerow([rel, items[i].label, *true, mp.name, r, c, classes.names[c],
+                w.writerow([rel, items[i].label, *true, mp.name, r, c, names[c],
                             f"{p:.6f}", *extra])
     return buf.getvalue()
 
@@ -300,11 +359,18 @@ def _explain_model(net, spec, preprocess, merged: ModelPass, number: int, items:
         return {"method": "gradcam", "method_name": METHODS["gradcam"][1],
                 "layer": spec.cam_layer, "layer_shape": [], "seconds": 0.0,
                 "model": merged.name, "n_wrong": len(wrong), "n_explained": 0}, []
-    model = net()
-    writer = CamWriter(model, layer_of(model, spec.name), preprocess, run_dir, draft=config.draft)
     mistakes = [{"path": items[i].path, "predicted": top[0],
                  "true": _true_class(accepted[i], top), "stem": f"cams/{number}-{i:05d}"}
                 for i, top in chosen]
+    if merged.raw_maps is not None:  # computed in the pass: no model built (linear_cams.py)
+        writer = CamWriter(None, spec.cam_layer, preprocess, run_dir, draft=config.draft)
+        writer.layer_shape, writer.seconds = (1, *merged.layer_shape), merged.map_seconds
+        for (i, _), m in zip(chosen, mistakes, strict=True):
+            m["raw"] = merged.raw_maps[i]
+    else:
+        model = net()
+        writer = CamWriter(model, layer_of(model, spec.name), preprocess, run_dir,
+                           draft=config.draft)
     drawn = explain_mistakes(writer, mistakes, reporter, description=f"{spec.name} CAMs")
     records = []
     for (i, _), m, d in zip(chosen, mistakes, drawn, strict=True):
@@ -379,10 +445,10 @@ def run(config: EvaluateConfig, run_dir: RunDir, reporter) -> dict[str, Any] | N
         forward = prepare_forward(net, config.engine, identity=weights_identity(spec.name, wfile),
                                   input_size=preprocess.crop_size, device=device,
                                   channels_last=config.channels_last, log=reporter.log,
-                                  label=spec.name)
+                                  label=spec.name, layer=spec.cam_layer)
         loaded.append((spec, wfile, net, preprocess, forward))
-    parts = _run_models([f for *_, f in loaded], [pp for *_, pp, _ in loaded], my_items,
-                        my_indices, config, device, reporter, [s.name for s, *_ in loaded])
+    parts = _run_models([f for *_, f in loaded], [pp for *_, pp, _ in loaded], my_items, my_indices,
+                        config, device, reporter, [s.name for s, *_ in loaded], accepted)
     for number, ((spec, wfile, net, preprocess, forward), part) in enumerate(
             zip(loaded, parts, strict=True)):
         loaded[number] = None  # each model is freed once its maps are drawn

@@ -12,7 +12,9 @@ through a DataLoader: records come out batch by batch, and memory does not grow 
 
 With `explain` (`cnnlab predict --explain`), each photo's top class also gets its
 class-activation map (Grad-CAM, drawn by `analysis/cams.py`'s CamWriter into the run
-directory's cams/, the record's "cam"), and `predict_explained` writes results.json and the
+directory's cams/, the record's "cam"; computed from the graph's CAM-layer activations when the
+engine outputs them, analysis/linear_cams.py, else with the PyTorch model, built only then),
+and `predict_explained` writes results.json and the
 report of `cnnlab explain` (report/explain.py) when the last record is out.
 """
 
@@ -83,7 +85,8 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     # predictor.net: a registry model is built only to export its graph or to run PyTorch.
     forward = prepare_forward(predictor.net, config.engine, identity=predictor.identity(),
                               input_size=predictor.preprocess.crop_size, device=device,
-                              log=reporter.log, label=config.model)
+                              log=reporter.log, label=config.model, layer=_cam_layer(predictor))
+    fast = _ready_writer(writer, forward, predictor)  # maps from the graph's activations
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
                            draft=config.draft)
     loader = photo_loader(dataset, workers=config.workers, device=device,
@@ -96,26 +99,67 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
         if len(indices):
             # Inference mode per batch only (inside `forward`): the records are consumed (and
             # the maps drawn, which need gradients) outside it.
-            probs = forward(images).float().softmax(dim=1).cpu()
+            logits, activations = forward.run_layer(images) if fast else (forward(images), None)
+            probs = logits.float().softmax(dim=1).cpu()
             top_p, top_c = probs.topk(k, dim=1)
-            for i, cs, ps in zip(indices.tolist(), top_c.tolist(), top_p.tolist(),
-                                 strict=True):
+            for row, (i, cs, ps) in enumerate(zip(indices.tolist(), top_c.tolist(),
+                                                  top_p.tolist(), strict=True)):
                 out[i] = {"file": str(files[i]), "top": [
                     {"class": predictor.classes[c], "probability": p, "index": c}
                     for c, p in zip(cs, ps, strict=True)]}
                 if writer is not None:
-                    out[i].update(_explain_top(writer, files[i], i, cs[0]))
+                    raw = None if activations is None else (activations[row], forward.head)
+                    out[i].update(_explain_top(writer, files[i], i, cs[0], raw))
         yield from (out[i] for i in sorted(out))
 
 
-def _explain_top(writer, path: Path, i: int, top_class: int) -> dict[str, Any]:
+def _cam_layer(predictor: Predictor) -> str | None:
+    """A registry net's CAM layer: evaluate asks for the graph with that layer's activations as
+    a second output (its maps), so predict asks for the same graph rather than export another."""
+    from cnnlab.models.registry import PretrainedNet
+
+    return predictor.net.spec.cam_layer if isinstance(predictor.net, PretrainedNet) else None
+
+
+def _ready_writer(writer, forward, predictor: Predictor) -> bool:
+    """Whether the maps come from the graph's CAM-layer activations (analysis/linear_cams.py:
+    ONNX Runtime, a linear head after the layer, Grad-CAM); else the writer gets the PyTorch
+    model (built now) and its layer, as `predict_explained` leaves both to this choice."""
+    if writer is None:
+        return False
+    if forward.run_layer is not None and writer.method == "gradcam":
+        writer.layer = forward.layer
+        return True
+    if writer.model is None:
+        from cnnlab.analysis.cams import target_layer
+
+        writer.model, writer.layer = predictor.model.eval(), target_layer(predictor)
+    return False
+
+
+def _explain_top(writer, path: Path, i: int, top_class: int, raw=None) -> dict[str, Any]:
     """The map of one photo's top class: {"cam", "seconds"}, or {"cam": None} when the photo
-    can no longer be decoded (it was, a moment ago)."""
-    from cnnlab.data.decode import BadImage
+    can no longer be decoded (it was, a moment ago). raw: (the photo's CAM-layer activations,
+    the linear head) when the map comes from them, not from the PyTorch model."""
+    import time
+
+    from cnnlab.data.decode import BadImage, load_pixels
 
     before = writer.seconds
+    stem = f"cams/{i:05d}-1"
     try:
-        (name,) = writer.photo(path, [top_class], [f"cams/{i:05d}-1"])
+        if raw is None:
+            (name,) = writer.photo(path, [top_class], [stem])
+        else:
+            from cnnlab.analysis.linear_cams import linear_gradcam
+
+            start = time.perf_counter()
+            activations, head = raw
+            maps = linear_gradcam(activations, head.weight, [top_class])
+            pixels = load_pixels(path, writer.preprocess, writer.draft)
+            writer.seconds += time.perf_counter() - start
+            writer.layer_shape = writer.layer_shape or (1, *activations.shape)
+            (name,) = writer.write_maps(pixels, maps, [stem])
     except BadImage:
         return {"cam": None}
     return {"cam": name, "seconds": round(writer.seconds - before, 4)}
@@ -126,7 +170,7 @@ def predict_explained(config: PredictConfig, reporter, run_dir) -> Iterator[dict
     schema of `cnnlab explain`) and report.md / report.html in `run_dir`."""
     from dataclasses import replace
 
-    from cnnlab.analysis.cams import EXPLAIN_SCHEMA, CamWriter, target_layer
+    from cnnlab.analysis.cams import EXPLAIN_SCHEMA, CamWriter
     from cnnlab.analysis.explanations import METHODS
     from cnnlab.models.predictor import expand_inputs, load_predictor
 
@@ -136,8 +180,9 @@ def predict_explained(config: PredictConfig, reporter, run_dir) -> Iterator[dict
         yield from predict(config, reporter)
         return
     predictor = load_predictor(config.model, config.weights)
-    writer = CamWriter(predictor.model, target_layer(predictor), predictor.preprocess, run_dir,
-                       draft=config.draft)
+    # No model yet: `predict` gives it one (and its layer) unless the maps come from the
+    # exported graph's activations (a registry net's linear head on ONNX Runtime).
+    writer = CamWriter(None, "", predictor.preprocess, run_dir, draft=config.draft)
     photos, skipped = [], []
     for record in predict(config, reporter, predictor, writer):
         yield record
@@ -158,7 +203,8 @@ def predict_explained(config: PredictConfig, reporter, run_dir) -> Iterator[dict
                "seconds_per_photo": sum(p["seconds"] for p in photos) / len(photos),
                "filters": None, "maps": None}
     run_dir.save_config(config)
-    run_dir.save_environment(device=str(next(predictor.model.parameters()).device))
+    run_dir.save_environment(device=str(next(writer.model.parameters()).device)
+                             if writer.model is not None else "cpu")  # ONNX Runtime: the CPU
     run_dir.save_results(results)
     from cnnlab.report.explain import write_report
 
