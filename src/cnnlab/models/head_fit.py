@@ -24,8 +24,10 @@ problem with l2 = 1 / (C * n).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -93,28 +95,63 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
         w, b = init[0] @ basis.T, init[1].clone()
     elif init is not None:
         w, b = init[0].clone(), init[1].clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-9, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = objective(w, b, xs, y, l2)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w, b = w.detach(), b.detach()
-    with torch.no_grad():
-        loss = float(objective(w, b, xs, y, l2))
+    w, b, loss, iterations = _lbfgs(xs.contiguous(), y, w.contiguous(), b, l2, max_iter)
     if basis is not None:  # back to one weight per (scaled) feature
         w = w @ basis
-    iterations = opt.state[opt._params[0]].get("n_iter", 0)
     head = LinearHead(w / std, b - (w / std) @ mean, loss, iterations)
     head.scaled = (w, b)  # type: ignore[attr-defined]  # for warm starts
     return head
+
+
+def _lbfgs(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float,
+           max_iter: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """`objective` minimised from (w, b) by SciPy's L-BFGS-B (history 20), its gradient in
+    closed form: d/dlogits of the mean cross-entropy is (softmax - onehot) / n.
+    Not torch.optim.LBFGS with autograd: on these tiny problems (~100 x 100, 10 classes) each
+    iteration is dozens of microsecond-sized tensor ops plus a backward graph: ~0.1 CPU-s per
+    fit on one thread, and on two threads of a loaded machine 10-30x that (the 75 fits of
+    `--model auto`'s scoring took 155 of a run's 190 CPU-s; issue 27). Here ~20 ms per fit.
+    The same convex objective from the same start: the same optimum to the tolerances (tests:
+    scikit-learn's loss within 1e-7). The caller holds torch to one thread (`one_thread`)."""
+    from scipy.optimize import minimize
+
+    n, c = len(y), w.shape[0]
+    onehot = torch.zeros((n, c), dtype=z.dtype)
+    onehot[torch.arange(n), y] = 1.0
+
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        t = torch.from_numpy(theta)
+        wt, bt = t[:-c].view(w.shape), t[-c:]
+        logp = torch.log_softmax(z @ wt.T + bt, dim=1)
+        loss = float(-(logp * onehot).sum() / n + 0.5 * l2 * (wt * wt).sum())
+        g = (logp.exp() - onehot) / n
+        return loss, torch.cat([(g.T @ z + l2 * wt).flatten(), g.sum(0)]).numpy()
+
+    # gtol: torch's tolerance_grad (max |gradient|); ftol: the relative change of the loss
+    # (torch's tolerance_change was 1e-12 absolute, at losses of 1e-4 to 2).
+    start = torch.cat([w.flatten(), b]).numpy()
+    res = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "maxcor": 20, "gtol": 1e-9, "ftol": 1e-13})
+    theta = torch.from_numpy(res.x.copy())
+    return theta[:-c].view(w.shape), theta[-c:], float(res.fun), int(res.nit)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch and the BLAS under SciPy on one thread inside the block: the head's fits are tiny
+    matrix products and vector updates, where a second thread only adds synchronisation. On
+    this shared 2-core machine under load, two threads made the same fits 10-30x slower (torch)
+    and 5-20x slower (SciPy's OpenBLAS inside L-BFGS-B); issue 27's notes, BENCHMARKS.md."""
+    import scipy.optimize  # noqa: F401  # loads SciPy's BLAS: threadpoolctl limits loaded ones only
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def stratified_folds(y: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
@@ -142,6 +179,12 @@ def n_folds(y: torch.Tensor) -> int:
 def cross_validate(x: torch.Tensor, y: torch.Tensor, n_classes: int, folds: int, seed: int = 0,
                    grid: tuple[float, ...] = L2_GRID) -> list[dict]:
     """Per l2 of `grid`: held-out mean log-loss and accuracy (percent) over `folds` folds."""
+    with one_thread():
+        return _cross_validate(x, y, n_classes, folds, seed, grid)
+
+
+def _cross_validate(x: torch.Tensor, y: torch.Tensor, n_classes: int, folds: int, seed: int,
+                    grid: tuple[float, ...]) -> list[dict]:
     fold_of = stratified_folds(y, folds, seed)
     order = sorted(grid, reverse=True)  # strong to weak: each fit warm-starts the next
     nll = {l2: 0.0 for l2 in grid}
@@ -170,4 +213,5 @@ def select_and_fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int =
         l2 = best["l2"]
     else:
         l2 = default_l2
-    return HeadChoice(l2, folds, fit_linear(x, y, n_classes, l2), table)
+    with one_thread():
+        return HeadChoice(l2, folds, fit_linear(x, y, n_classes, l2), table)
