@@ -69,11 +69,19 @@ def objective(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     return F.cross_entropy(x @ w.T + b, y) + 0.5 * l2 * (w * w).sum()
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
-               scale: bool = True, init: tuple | None = None,
-               max_iter: int = MAX_ITER) -> LinearHead:
-    """Minimise `objective` by full-batch L-BFGS (strong Wolfe line search), in float64, on
-    x centred and divided by its RMS (`scale`), or on x as it is."""
+@dataclass
+class Scaled:
+    """Rows ready for the solver: x centred and divided by its RMS (`fit_linear`), and, with
+    fewer rows than features, expressed in the basis of their span (`z = xs @ basis.T`)."""
+
+    z: torch.Tensor  # (n, r) float64
+    basis: torch.Tensor | None  # (r, D) orthonormal rows; None: z is xs itself
+    mean: torch.Tensor  # (D,)
+    std: torch.Tensor  # (D,), one value repeated
+
+
+def scaled(x: torch.Tensor, scale: bool = True) -> Scaled:
+    """`x` as the solver sees it (float64); computed once per set of rows, for every l2."""
     x = x.double()
     mean = x.mean(0) if scale else torch.zeros(x.shape[1], dtype=x.dtype)
     # One number for every feature (see the module's docstring); 1 for constant rows.
@@ -89,17 +97,37 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
         u, sv, basis = torch.linalg.svd(xs, full_matrices=False)
         keep = sv > sv.max() * 1e-10 if len(sv) else sv > 0
         xs, basis = u[:, keep] * sv[keep], basis[keep]
-    w = torch.zeros(n_classes, xs.shape[1], dtype=x.dtype)
-    b = torch.zeros(n_classes, dtype=x.dtype)
-    if init is not None and basis is not None:  # warm start, projected onto this span
-        w, b = init[0] @ basis.T, init[1].clone()
-    elif init is not None:
-        w, b = init[0].clone(), init[1].clone()
-    w, b, loss, iterations = _lbfgs(xs.contiguous(), y, w.contiguous(), b, l2, max_iter)
-    if basis is not None:  # back to one weight per (scaled) feature
-        w = w @ basis
-    head = LinearHead(w / std, b - (w / std) @ mean, loss, iterations)
-    head.scaled = (w, b)  # type: ignore[attr-defined]  # for warm starts
+    return Scaled(xs.contiguous(), basis, mean, std)
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
+               scale: bool = True, init: tuple | None = None,
+               max_iter: int = MAX_ITER) -> LinearHead:
+    """Minimise `objective` by full-batch L-BFGS (strong Wolfe line search), in float64, on
+    x centred and divided by its RMS (`scale`), or on x as it is. `init`: a previous head's
+    `scaled` weights (a warm start)."""
+    rows = scaled(x, scale)
+    if init is not None and rows.basis is not None:  # warm start, projected onto this span
+        init = (init[0] @ rows.basis.T, init[1])
+    return fit_scaled(rows, y, n_classes, l2, init=init, max_iter=max_iter)
+
+
+def fit_scaled(rows: Scaled, y: torch.Tensor, n_classes: int, l2: float, *,
+               init: tuple | None = None, max_iter: int = MAX_ITER) -> LinearHead:
+    """`fit_linear` on rows already scaled; `init`: a previous fit's `solved` weights on the
+    same rows (a warm start)."""
+    if init is None:
+        w = torch.zeros(n_classes, rows.z.shape[1], dtype=rows.z.dtype)
+        b = torch.zeros(n_classes, dtype=rows.z.dtype)
+    else:
+        w, b = init[0].contiguous().clone(), init[1].clone()
+    w, b, loss, iterations = _lbfgs(rows.z, y, w, b, l2, max_iter)
+    solved = (w, b)
+    if rows.basis is not None:  # back to one weight per (scaled) feature
+        w = w @ rows.basis
+    head = LinearHead(w / rows.std, b - (w / rows.std) @ rows.mean, loss, iterations)
+    head.scaled = (w, b)  # type: ignore[attr-defined]  # for warm starts (fit_linear)
+    head.solved = solved  # type: ignore[attr-defined]  # for warm starts (fit_scaled)
     return head
 
 
@@ -112,20 +140,22 @@ def _lbfgs(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l
     fit on one thread, and on two threads of a loaded machine 10-30x that (the 75 fits of
     `--model auto`'s scoring took 155 of a run's 190 CPU-s; issue 27). Here ~20 ms per fit.
     The same convex objective from the same start: the same optimum to the tolerances (tests:
-    scikit-learn's loss within 1e-7). The caller holds torch to one thread (`one_thread`)."""
+    scikit-learn's loss within 1e-7). The caller holds the BLAS to one thread (`one_thread`)."""
     from scipy.optimize import minimize
 
     n, c = len(y), w.shape[0]
-    onehot = torch.zeros((n, c), dtype=z.dtype)
-    onehot[torch.arange(n), y] = 1.0
+    zn = z.numpy()
+    onehot = np.zeros((n, c))
+    onehot[np.arange(n), y.numpy()] = 1.0
 
     def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        t = torch.from_numpy(theta)
-        wt, bt = t[:-c].view(w.shape), t[-c:]
-        logp = torch.log_softmax(z @ wt.T + bt, dim=1)
+        wt, bt = theta[:-c].reshape(w.shape), theta[-c:]
+        s = zn @ wt.T + bt
+        s -= s.max(1, keepdims=True)
+        logp = s - np.log(np.exp(s).sum(1, keepdims=True))
         loss = float(-(logp * onehot).sum() / n + 0.5 * l2 * (wt * wt).sum())
-        g = (logp.exp() - onehot) / n
-        return loss, torch.cat([(g.T @ z + l2 * wt).flatten(), g.sum(0)]).numpy()
+        g = (np.exp(logp) - onehot) / n
+        return loss, np.concatenate([(g.T @ zn + l2 * wt).ravel(), g.sum(0)])
 
     # gtol: torch's tolerance_grad (max |gradient|); ftol: the relative change of the loss
     # (torch's tolerance_change was 1e-12 absolute, at losses of 1e-4 to 2).
@@ -191,10 +221,11 @@ def _cross_validate(x: torch.Tensor, y: torch.Tensor, n_classes: int, folds: int
     right = {l2: 0 for l2 in grid}
     for f in range(folds):
         fit_rows, held = fold_of != f, fold_of == f
+        rows = scaled(x[fit_rows])  # once per fold, not per l2 (its SVD was 1/4 of the CV)
         init = None
         for l2 in order:
-            head = fit_linear(x[fit_rows], y[fit_rows], n_classes, l2, init=init)
-            init = head.scaled  # type: ignore[attr-defined]
+            head = fit_scaled(rows, y[fit_rows], n_classes, l2, init=init)
+            init = head.solved  # type: ignore[attr-defined]
             logits = head.logits(x[held])
             nll[l2] += float(F.cross_entropy(logits, y[held], reduction="sum"))
             right[l2] += int((logits.argmax(1) == y[held]).sum())
