@@ -93,7 +93,7 @@ def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequen
     """One row per candidate: its cross-validated head's log-loss and accuracy on `paths`
     (features from `engine`'s pass: models/inference.py, all candidates' from one decode of
     each photo). A row's seconds: its features' share of the pass and its cross-validation."""
-    from cnnlab.models.head_fit import cross_validate, n_folds
+    from cnnlab.models.head_fit import cross_validate, n_folds, problem_digest
 
     rows = []
     all_feats = frozen_features_many(candidates, paths, reporter, device=device,
@@ -109,7 +109,10 @@ def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequen
                      "photos": len(keep), "folds": folds, "l2": best.get("l2"),
                      "cv_log_loss": best.get("cv_log_loss"),
                      "cv_accuracy": best.get("cv_accuracy"),
-                     "seconds": round(feats.seconds + time.perf_counter() - start, 3)})
+                     "seconds": round(feats.seconds + time.perf_counter() - start, 3),
+                     # The whole table, and what it was computed on: the chosen backbone's run
+                     # fits its head on the same rows and reuses it (head_fit.select_and_fit).
+                     "cv": table, "cv_digest": problem_digest(feats.rows, y, n_classes, seed)})
         reporter.log(f"backbone {name}: cross-validated accuracy "
                      f"{_pct(best.get('cv_accuracy'))}, log-loss {_num(best.get('cv_log_loss'))}")
     return rows

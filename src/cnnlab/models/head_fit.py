@@ -234,11 +234,32 @@ def _cross_validate(x: torch.Tensor, y: torch.Tensor, n_classes: int, folds: int
             for l2 in grid]
 
 
+def problem_digest(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int,
+                   grid: tuple[float, ...] = L2_GRID) -> str:
+    """SHA-256 of everything `cross_validate` depends on: the rows (float32, in order), their
+    classes, the seed of the folds and the grid. Equal digests, equal tables (`select_and_fit`'s
+    `known`: the table `--model auto` computed for the chosen backbone is not computed again)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({"n_classes": n_classes, "seed": seed, "grid": list(grid),
+                                   "folds": n_folds(y), "shape": list(x.shape)}).encode())
+    h.update(x.detach().float().contiguous().numpy().tobytes())
+    h.update(y.detach().long().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def select_and_fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int = 0,
-                   grid: tuple[float, ...] = L2_GRID, default_l2: float = 1e-2) -> HeadChoice:
-    """l2 by cross-validation on (x, y), then the head refitted on all of (x, y) with it."""
+                   grid: tuple[float, ...] = L2_GRID, default_l2: float = 1e-2,
+                   known: list[dict] | None = None) -> HeadChoice:
+    """l2 by cross-validation on (x, y), then the head refitted on all of (x, y) with it.
+    `known`: `cross_validate`'s table for exactly these arguments (`problem_digest`), used as
+    it is instead of being computed again."""
     folds = n_folds(y)
-    table = cross_validate(x, y, n_classes, folds, seed, grid) if folds else []
+    if known is not None:
+        table = [dict(r) for r in known]
+    else:
+        table = cross_validate(x, y, n_classes, folds, seed, grid) if folds else []
     if table:
         best = min(table, key=lambda r: (round(r["cv_log_loss"], 9), -r["l2"]))
         l2 = best["l2"]

@@ -72,7 +72,7 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     setup = _set_up(config, run_dir, reporter, resume, split_dir)
     trainer = Trainer(config, setup.prepared, setup.net, setup.preprocess, setup.device,
                       setup.info)
-    trained = _train_or_fit(config, setup, trainer, run_dir, resume)
+    trained = _train_or_fit(config, setup, trainer, run_dir, resume, chosen_rows(split_dir))
     setup.net.eval()
     if not setup.info.is_main:
         return None
@@ -137,12 +137,13 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
 
 
 def _train_or_fit(config: FinetuneConfig, setup: _SetUp, trainer: Trainer, run_dir: RunDir,
-                  resume: bool) -> _Trained:
-    """The head solved by L-BFGS (freeze's default), or the network trained for epochs on the
-    engine and the kept checkpoint (best, else last) loaded back."""
+                  resume: bool, choice: list[dict[str, Any]] | None) -> _Trained:
+    """The head solved by L-BFGS (freeze's default; --model auto's `choice` table may hold its
+    cross-validation already), or the network trained for epochs on the engine and the kept
+    checkpoint (best, else last) loaded back."""
     if config.fitted:  # solved, not trained: the refit is done before any test photo is seen
         return _Trained("fit", head_fit=fit_head(config, setup.prepared, trainer, setup.net,
-                                                 setup.reporter))
+                                                 setup.reporter, choice))
     from cnnlab import checkpoints
     from cnnlab.engine import BEST, LAST, load_weights
 
