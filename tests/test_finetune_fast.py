@@ -45,11 +45,15 @@ def test_head_fits_run_on_one_thread(monkeypatch):
 
     monkeypatch.setattr(scipy.optimize, "minimize", spy)
     before = torch.get_num_threads()
-    x, y = _few_shot()
-    choice = head_fit.select_and_fit(x, y, 4)
+    torch.set_num_threads(2)  # as on a 2-core machine, whatever this test process was given
+    try:
+        x, y = _few_shot()
+        choice = head_fit.select_and_fit(x, y, 4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     assert len(seen) == choice.folds * len(head_fit.L2_GRID) + 1  # the CV fits + the refit
     assert all(t == 1 and blas == {1} for t, blas in seen)
-    assert torch.get_num_threads() == before
 
 
 def test_cv_on_rows_scaled_once_per_fold_equals_the_per_fit_path():
@@ -149,3 +153,27 @@ def test_candidates_are_not_built_for_a_cached_graph(tmp_path, weights, monkeypa
                                             workers=0, draft=True, engine="torch")
     assert built == [BACKBONE, BACKBONE] and eager.engine["engine"] == "torch"
     assert torch.allclose(eager.rows, first.rows, atol=1e-4)
+
+
+def test_the_maps_of_the_mistakes_are_drawn_on_one_thread(tmp_path, weights, monkeypatch):
+    """A few photos per pass: one thread (a second one cost 7x the CPU under load); the
+    setting is restored after, and the maps are those of the usual writer (test_finetune)."""
+    from cnnlab.tasks.finetune import pipeline
+
+    photos = make_photos(tmp_path / "data")
+    seen = []
+    real = pipeline.explain_test_mistakes
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "explain_test_mistakes", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # as on a 2-core machine, whatever this test process was given
+    try:
+        r = train_default(photos, tmp_path / "run", weights, explain=True)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert r["explanations"] is not None
