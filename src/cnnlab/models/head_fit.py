@@ -24,7 +24,8 @@ problem with l2 = 1 / (C * n).
 Cost (issue 27): the solver is SciPy's L-BFGS-B on the closed-form gradient, one thread, and a
 CV fold's rows are scaled and projected once for all its l2 values: 25 fits of 80 x 1280 Lite
 features cost 0.3-0.6 CPU-s (torch.optim.LBFGS with autograd: 2.3-3.7 on one thread, 46-61 on
-two, all on the shared 2-core AMX Xeon at load ~6). `--model auto` hands the chosen backbone's table to `select_and_fit` (`known`).
+two, all on the shared 2-core AMX Xeon at load ~6). `--model auto` hands the chosen backbone's
+table to `select_and_fit` (`known`).
 """
 
 from __future__ import annotations
