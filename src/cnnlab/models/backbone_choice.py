@@ -56,21 +56,34 @@ def frozen_features_many(candidates: Sequence[tuple[str, str | Path | None]],
         feature_key,
         file_digest,
     )
-    from cnnlab.models.registry import create_pretrained
-    from cnnlab.models.transfer import TransferModel
+    from cnnlab.models.registry import PretrainedNet
 
     nets = []
     for name, weights in candidates:
-        model, preprocess, path = create_pretrained(name, weights)
-        body = TransferModel.from_pretrained(model, 2).body  # the body only: any head will do
+        # Not built here: on a cached ONNX graph (--engine auto's default on the CPU) the pass
+        # needs neither the PyTorch net nor its weights loaded into it (3 x ~0.8 CPU-s for
+        # Lite0/1/2, issue 27); `prepare_forward` builds it to export or to run PyTorch.
+        pretrained = PretrainedNet(name, weights)
+        path = pretrained.fetch_weights()
+        preprocess = pretrained.preprocess
         key = feature_key(name, file_digest(path), preprocess, draft)
         cache = FeatureCache(key, describe={"backbone": name, "weights": str(path),
                                             "preprocess": preprocess.__dict__, "draft": draft})
-        nets.append(FeatureNet(body, preprocess, cache, label=f"features of {name}"))
+        nets.append(FeatureNet(_body_of(pretrained), preprocess, cache,
+                               label=f"features of {name}"))
     names = " + ".join(name for name, _ in candidates)
     return compute_features_many(nets, paths, reporter, batch_size=32, workers=workers,
                                  draft=draft, device=device, engine=engine, log=reporter.log,
                                  label=f"features of {names}")
+
+
+def _body_of(pretrained):
+    """A function that builds `pretrained`'s frozen body (the body only: any head will do)."""
+    def build():
+        from cnnlab.models.transfer import TransferModel
+
+        return TransferModel.from_pretrained(pretrained(), 2).body
+    return build
 
 
 def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequence[Path],
@@ -80,7 +93,7 @@ def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequen
     """One row per candidate: its cross-validated head's log-loss and accuracy on `paths`
     (features from `engine`'s pass: models/inference.py, all candidates' from one decode of
     each photo). A row's seconds: its features' share of the pass and its cross-validation."""
-    from cnnlab.models.head_fit import cross_validate, n_folds
+    from cnnlab.models.head_fit import cross_validate, n_folds, problem_digest
 
     rows = []
     all_feats = frozen_features_many(candidates, paths, reporter, device=device,
@@ -96,7 +109,10 @@ def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequen
                      "photos": len(keep), "folds": folds, "l2": best.get("l2"),
                      "cv_log_loss": best.get("cv_log_loss"),
                      "cv_accuracy": best.get("cv_accuracy"),
-                     "seconds": round(feats.seconds + time.perf_counter() - start, 3)})
+                     "seconds": round(feats.seconds + time.perf_counter() - start, 3),
+                     # The whole table, and what it was computed on: the chosen backbone's run
+                     # fits its head on the same rows and reuses it (head_fit.select_and_fit).
+                     "cv": table, "cv_digest": problem_digest(feats.rows, y, n_classes, seed)})
         reporter.log(f"backbone {name}: cross-validated accuracy "
                      f"{_pct(best.get('cv_accuracy'))}, log-loss {_num(best.get('cv_log_loss'))}")
     return rows

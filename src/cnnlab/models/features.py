@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,9 @@ class FeatureNet:
     """One net of a feature pass: its frozen body, preprocessing, cache and the name of its
     exported graph (None: the cache's key; models/inference.py)."""
 
-    body: nn.Module
+    # The frozen body, or a function that builds it: called only when the pass runs in PyTorch
+    # or exports its graph (models/inference.prepare_forward), not on a cached ONNX graph.
+    body: nn.Module | Callable[[], nn.Module]
     preprocess: Preprocess
     cache: FeatureCache | None
     label: str = "features"
@@ -168,7 +170,8 @@ def _forward_of(net: FeatureNet, engine: str, device: torch.device, channels_las
 
     identity = net.identity or (f"features:{net.cache.key}" if net.cache is not None else None)
     if identity is None:
-        return torch_forward(net.body, device, channels_last)
+        body = net.body if isinstance(net.body, nn.Module) else net.body()
+        return torch_forward(body, device, channels_last)
     return prepare_forward(net.body, engine, identity=identity,
                            input_size=net.preprocess.crop_size, device=device,
                            channels_last=channels_last, log=log, label=net.label)

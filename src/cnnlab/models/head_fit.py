@@ -20,12 +20,20 @@ held-out error from 6.3% to 22.1% at k = 3 and from 5.0% to 9.4% at k = 8 (BENCH
 Centring changes nothing (the unpenalised bias absorbs it) but conditioning.
 scikit-learn's LogisticRegression(C) minimises C * sum(cross-entropy) + ||W||^2 / 2: the same
 problem with l2 = 1 / (C * n).
+
+Cost (issue 27): the solver is SciPy's L-BFGS-B on the closed-form gradient, one thread, and a
+CV fold's rows are scaled and projected once for all its l2 values: 25 fits of 80 x 1280 Lite
+features cost 0.3-0.6 CPU-s (torch.optim.LBFGS with autograd: 2.3-3.7 on one thread, 46-61 on
+two, all on the shared 2-core AMX Xeon at load ~6). `--model auto` hands the chosen backbone's
+table to `select_and_fit` (`known`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -67,11 +75,19 @@ def objective(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     return F.cross_entropy(x @ w.T + b, y) + 0.5 * l2 * (w * w).sum()
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
-               scale: bool = True, init: tuple | None = None,
-               max_iter: int = MAX_ITER) -> LinearHead:
-    """Minimise `objective` by full-batch L-BFGS (strong Wolfe line search), in float64, on
-    x centred and divided by its RMS (`scale`), or on x as it is."""
+@dataclass
+class Scaled:
+    """Rows ready for the solver: x centred and divided by its RMS (`fit_linear`), and, with
+    fewer rows than features, expressed in the basis of their span (`z = xs @ basis.T`)."""
+
+    z: torch.Tensor  # (n, r) float64
+    basis: torch.Tensor | None  # (r, D) orthonormal rows; None: z is xs itself
+    mean: torch.Tensor  # (D,)
+    std: torch.Tensor  # (D,), one value repeated
+
+
+def scaled(x: torch.Tensor, scale: bool = True) -> Scaled:
+    """`x` as the solver sees it (float64); computed once per set of rows, for every l2."""
     x = x.double()
     mean = x.mean(0) if scale else torch.zeros(x.shape[1], dtype=x.dtype)
     # One number for every feature (see the module's docstring); 1 for constant rows.
@@ -87,34 +103,91 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
         u, sv, basis = torch.linalg.svd(xs, full_matrices=False)
         keep = sv > sv.max() * 1e-10 if len(sv) else sv > 0
         xs, basis = u[:, keep] * sv[keep], basis[keep]
-    w = torch.zeros(n_classes, xs.shape[1], dtype=x.dtype)
-    b = torch.zeros(n_classes, dtype=x.dtype)
-    if init is not None and basis is not None:  # warm start, projected onto this span
-        w, b = init[0] @ basis.T, init[1].clone()
-    elif init is not None:
-        w, b = init[0].clone(), init[1].clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-9, tolerance_change=1e-12,
-                            line_search_fn="strong_wolfe")
+    return Scaled(xs.contiguous(), basis, mean, std)
 
-    def closure():
-        opt.zero_grad()
-        loss = objective(w, b, xs, y, l2)
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    w, b = w.detach(), b.detach()
-    with torch.no_grad():
-        loss = float(objective(w, b, xs, y, l2))
-    if basis is not None:  # back to one weight per (scaled) feature
-        w = w @ basis
-    iterations = opt.state[opt._params[0]].get("n_iter", 0)
-    head = LinearHead(w / std, b - (w / std) @ mean, loss, iterations)
-    head.scaled = (w, b)  # type: ignore[attr-defined]  # for warm starts
+def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, *,
+               scale: bool = True, init: tuple | None = None,
+               max_iter: int = MAX_ITER) -> LinearHead:
+    """Minimise `objective` by full-batch L-BFGS (strong Wolfe line search), in float64, on
+    x centred and divided by its RMS (`scale`), or on x as it is. `init`: a previous head's
+    `scaled` weights (a warm start)."""
+    rows = scaled(x, scale)
+    if init is not None and rows.basis is not None:  # warm start, projected onto this span
+        init = (init[0] @ rows.basis.T, init[1])
+    return fit_scaled(rows, y, n_classes, l2, init=init, max_iter=max_iter)
+
+
+def fit_scaled(rows: Scaled, y: torch.Tensor, n_classes: int, l2: float, *,
+               init: tuple | None = None, max_iter: int = MAX_ITER) -> LinearHead:
+    """`fit_linear` on rows already scaled; `init`: a previous fit's `solved` weights on the
+    same rows (a warm start)."""
+    if init is None:
+        w = torch.zeros(n_classes, rows.z.shape[1], dtype=rows.z.dtype)
+        b = torch.zeros(n_classes, dtype=rows.z.dtype)
+    else:
+        w, b = init[0].contiguous().clone(), init[1].clone()
+    w, b, loss, iterations = _lbfgs(rows.z, y, w, b, l2, max_iter)
+    solved = (w, b)
+    if rows.basis is not None:  # back to one weight per (scaled) feature
+        w = w @ rows.basis
+    head = LinearHead(w / rows.std, b - (w / rows.std) @ rows.mean, loss, iterations)
+    head.scaled = (w, b)  # type: ignore[attr-defined]  # for warm starts (fit_linear)
+    head.solved = solved  # type: ignore[attr-defined]  # for warm starts (fit_scaled)
     return head
+
+
+def _lbfgs(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float,
+           max_iter: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """`objective` minimised from (w, b) by SciPy's L-BFGS-B (history 20), its gradient in
+    closed form: d/dlogits of the mean cross-entropy is (softmax - onehot) / n.
+    Not torch.optim.LBFGS with autograd: on these tiny problems (~100 x 100, 10 classes) each
+    iteration is dozens of microsecond-sized tensor ops plus a backward graph: ~0.1 CPU-s per
+    fit on one thread, and on two threads of a loaded machine 10-30x that (the 75 fits of
+    `--model auto`'s scoring took 155 of a run's 190 CPU-s; issue 27). Here ~20 ms per fit.
+    The same convex objective from the same start: the same optimum to the tolerances (tests:
+    scikit-learn's loss within 1e-7). The caller holds the BLAS to one thread (`one_thread`)."""
+    from scipy.optimize import minimize
+
+    n, c = len(y), w.shape[0]
+    zn = z.numpy()
+    onehot = np.zeros((n, c))
+    onehot[np.arange(n), y.numpy()] = 1.0
+
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        wt, bt = theta[:-c].reshape(w.shape), theta[-c:]
+        s = zn @ wt.T + bt
+        s -= s.max(1, keepdims=True)
+        logp = s - np.log(np.exp(s).sum(1, keepdims=True))
+        loss = float(-(logp * onehot).sum() / n + 0.5 * l2 * (wt * wt).sum())
+        g = (np.exp(logp) - onehot) / n
+        return loss, np.concatenate([(g.T @ zn + l2 * wt).ravel(), g.sum(0)])
+
+    # gtol: torch's tolerance_grad (max |gradient|); ftol: the relative change of the loss
+    # (torch's tolerance_change was 1e-12 absolute, at losses of 1e-4 to 2).
+    start = torch.cat([w.flatten(), b]).numpy()
+    res = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "maxcor": 20, "gtol": 1e-9, "ftol": 1e-13})
+    theta = torch.from_numpy(res.x.copy())
+    return theta[:-c].view(w.shape), theta[-c:], float(res.fun), int(res.nit)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch and the BLAS under SciPy on one thread inside the block: the head's fits are tiny
+    matrix products and vector updates, where a second thread only adds synchronisation. On
+    this shared 2-core machine under load, two threads made the same fits 10-30x slower (torch)
+    and 5-20x slower (SciPy's OpenBLAS inside L-BFGS-B); issue 27's notes, BENCHMARKS.md."""
+    import scipy.optimize  # noqa: F401  # loads SciPy's BLAS: threadpoolctl limits loaded ones only
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def stratified_folds(y: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
@@ -142,16 +215,23 @@ def n_folds(y: torch.Tensor) -> int:
 def cross_validate(x: torch.Tensor, y: torch.Tensor, n_classes: int, folds: int, seed: int = 0,
                    grid: tuple[float, ...] = L2_GRID) -> list[dict]:
     """Per l2 of `grid`: held-out mean log-loss and accuracy (percent) over `folds` folds."""
+    with one_thread():
+        return _cross_validate(x, y, n_classes, folds, seed, grid)
+
+
+def _cross_validate(x: torch.Tensor, y: torch.Tensor, n_classes: int, folds: int, seed: int,
+                    grid: tuple[float, ...]) -> list[dict]:
     fold_of = stratified_folds(y, folds, seed)
     order = sorted(grid, reverse=True)  # strong to weak: each fit warm-starts the next
     nll = {l2: 0.0 for l2 in grid}
     right = {l2: 0 for l2 in grid}
     for f in range(folds):
         fit_rows, held = fold_of != f, fold_of == f
+        rows = scaled(x[fit_rows])  # once per fold, not per l2 (its SVD was 1/4 of the CV)
         init = None
         for l2 in order:
-            head = fit_linear(x[fit_rows], y[fit_rows], n_classes, l2, init=init)
-            init = head.scaled  # type: ignore[attr-defined]
+            head = fit_scaled(rows, y[fit_rows], n_classes, l2, init=init)
+            init = head.solved  # type: ignore[attr-defined]
             logits = head.logits(x[held])
             nll[l2] += float(F.cross_entropy(logits, y[held], reduction="sum"))
             right[l2] += int((logits.argmax(1) == y[held]).sum())
@@ -160,14 +240,36 @@ def cross_validate(x: torch.Tensor, y: torch.Tensor, n_classes: int, folds: int,
             for l2 in grid]
 
 
+def problem_digest(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int,
+                   grid: tuple[float, ...] = L2_GRID) -> str:
+    """SHA-256 of everything `cross_validate` depends on: the rows (float32, in order), their
+    classes, the seed of the folds and the grid. Equal digests, equal tables (`select_and_fit`'s
+    `known`: the table `--model auto` computed for the chosen backbone is not computed again)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({"n_classes": n_classes, "seed": seed, "grid": list(grid),
+                                   "folds": n_folds(y), "shape": list(x.shape)}).encode())
+    h.update(x.detach().float().contiguous().numpy().tobytes())
+    h.update(y.detach().long().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def select_and_fit(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int = 0,
-                   grid: tuple[float, ...] = L2_GRID, default_l2: float = 1e-2) -> HeadChoice:
-    """l2 by cross-validation on (x, y), then the head refitted on all of (x, y) with it."""
+                   grid: tuple[float, ...] = L2_GRID, default_l2: float = 1e-2,
+                   known: list[dict] | None = None) -> HeadChoice:
+    """l2 by cross-validation on (x, y), then the head refitted on all of (x, y) with it.
+    `known`: `cross_validate`'s table for exactly these arguments (`problem_digest`), used as
+    it is instead of being computed again."""
     folds = n_folds(y)
-    table = cross_validate(x, y, n_classes, folds, seed, grid) if folds else []
+    if known is not None:
+        table = [dict(r) for r in known]
+    else:
+        table = cross_validate(x, y, n_classes, folds, seed, grid) if folds else []
     if table:
         best = min(table, key=lambda r: (round(r["cv_log_loss"], 9), -r["l2"]))
         l2 = best["l2"]
     else:
         l2 = default_l2
-    return HeadChoice(l2, folds, fit_linear(x, y, n_classes, l2), table)
+    with one_thread():
+        return HeadChoice(l2, folds, fit_linear(x, y, n_classes, l2), table)

@@ -14,19 +14,24 @@ from cnnlab.tasks.finetune.strategies import Trainer, threads
 
 
 def fit_head(config: FinetuneConfig, prepared: Prepared, trainer: Trainer, net,
-             reporter) -> dict[str, Any]:
+             reporter, choice_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The frozen head solved on train + validation features (never the test ones): L2 by
-    cross-validation, then the refit on all of them, written into `net.head`."""
+    cross-validation, then the refit on all of them, written into `net.head`. `choice_rows`:
+    --model auto's table; the chosen backbone's cross-validation, when it was computed on
+    exactly these rows, classes and seed (its digest), is taken from it, not run again."""
     import torch
 
-    from cnnlab.models.head_fit import select_and_fit
+    from cnnlab.models.head_fit import problem_digest, select_and_fit
 
     start = time.perf_counter()
     parts = ("train", "val")
     x = torch.cat([prepared.features[p] for p in parts])
     y = torch.cat([trainer.targets[p] for p in parts])
+    n_classes = len(prepared.split.classes)
+    digest = problem_digest(x, y, n_classes, config.seed) if choice_rows else None
+    known = next((r["cv"] for r in choice_rows or [] if r.get("cv_digest") == digest), None)
     with threads(1):
-        choice = select_and_fit(x, y, len(prepared.split.classes), seed=config.seed)
+        choice = select_and_fit(x, y, n_classes, seed=config.seed, known=known)
     with torch.no_grad():
         net.head.weight.copy_(choice.head.weight.to(net.head.weight))
         net.head.bias.copy_(choice.head.bias.to(net.head.bias))
@@ -39,7 +44,8 @@ def fit_head(config: FinetuneConfig, prepared: Prepared, trainer: Trainer, net,
             "l2": choice.l2, "cv_accuracy": best.get("cv_accuracy"),
             "cv_log_loss": best.get("cv_log_loss"), "objective": choice.head.loss,
             "iterations": choice.head.iterations, "train_accuracy": 100.0 * train_accuracy,
-            "cv": choice.table, "seconds": round(time.perf_counter() - start, 3)}
+            "cv": choice.table, "cv_reused": known is not None,
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 def partial_head_init(config: FinetuneConfig, prepared: Prepared, trainer: Trainer, net,

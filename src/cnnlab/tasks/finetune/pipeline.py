@@ -25,7 +25,7 @@ from cnnlab.tasks.finetune.outputs import (
     score,
     settings,
 )
-from cnnlab.tasks.finetune.strategies import Trainer, train
+from cnnlab.tasks.finetune.strategies import Trainer, threads, train
 
 
 def run(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool = False
@@ -72,7 +72,7 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     setup = _set_up(config, run_dir, reporter, resume, split_dir)
     trainer = Trainer(config, setup.prepared, setup.net, setup.preprocess, setup.device,
                       setup.info)
-    trained = _train_or_fit(config, setup, trainer, run_dir, resume)
+    trained = _train_or_fit(config, setup, trainer, run_dir, resume, chosen_rows(split_dir))
     setup.net.eval()
     if not setup.info.is_main:
         return None
@@ -137,12 +137,13 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
 
 
 def _train_or_fit(config: FinetuneConfig, setup: _SetUp, trainer: Trainer, run_dir: RunDir,
-                  resume: bool) -> _Trained:
-    """The head solved by L-BFGS (freeze's default), or the network trained for epochs on the
-    engine and the kept checkpoint (best, else last) loaded back."""
+                  resume: bool, choice: list[dict[str, Any]] | None) -> _Trained:
+    """The head solved by L-BFGS (freeze's default; --model auto's `choice` table may hold its
+    cross-validation already), or the network trained for epochs on the engine and the kept
+    checkpoint (best, else last) loaded back."""
     if config.fitted:  # solved, not trained: the refit is done before any test photo is seen
         return _Trained("fit", head_fit=fit_head(config, setup.prepared, trainer, setup.net,
-                                                 setup.reporter))
+                                                 setup.reporter, choice))
     from cnnlab import checkpoints
     from cnnlab.engine import BEST, LAST, load_weights
 
@@ -176,10 +177,16 @@ def _measure_and_write(config: FinetuneConfig, setup: _SetUp, trainer: Trainer,
                  setup.weights_file, trained.selected)
     run_dir.write_text("predictions.csv", predictions_csv(
         split.test, split.root, targets, logits, split.classes, max(k, 1)))
-    explanations = (explain_test_mistakes(setup.net, config.backbone, setup.preprocess, split,
-                                          logits, targets, config.draft, run_dir,
-                                          setup.reporter)
-                    if config.explain else None)
+    explanations = None
+    if config.explain:
+        # One thread: a few photos per pass (analysis/cams.MAP_BATCH), where a second thread
+        # saves little on an idle machine and on a shared one made the maps of 10 mistakes
+        # cost 3.1-3.3 CPU-s and 12.5 s instead of 0.43 CPU-s and 2.5 s (Lite0, AMX Xeon,
+        # load ~6; issue 27).
+        with threads(1):
+            explanations = explain_test_mistakes(setup.net, config.backbone, setup.preprocess,
+                                                 split, logits, targets, config.draft,
+                                                 run_dir, setup.reporter)
     training = _training_record(trained)
     # total: end to end, the backbone choice of --model auto included (it ran first).
     seconds = {"choose_backbone": round(choice_seconds, 3),
