@@ -194,32 +194,23 @@ def _run_models(
     SharedDecodeDataset); keep only the top-k of each.
 
     A model's `seconds` is its own forward time plus an equal share of the time spent waiting
-    for decoded batches (the decoding is shared, so it is split evenly between the models)."""
-    import torch
+    for decoded batches (the decoding is shared, so it is split evenly between the models).
 
+    When every model runs on ONNX Runtime the pass is numpy from the decoder to the top-k
+    (`Forward.numpy`, models/topk.py): no torch is imported for it (issue 27 item 4)."""
     from cnnlab.data.batching import SharedDecodeDataset
-    from cnnlab.data.loaders import photo_loader
-    from cnnlab.models.inference import one_torch_thread_unless_torch
 
     k = max(config.top_k, 5)  # top-5 error is always reported
     fast = [config.explain and f.run_layer is not None for f in forwards]  # maps in the pass
-    dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft)
-    if all(f.engine == "onnxruntime" for f in forwards) and config.workers > 0:
-        from cnnlab.data.threaded import thread_batches
-
-        # Decoding threads, not processes: ONNX Runtime and the decoder release the GIL
-        # (data/threaded.py: no forked copy of torch, less CPU).
-        loader = thread_batches(dataset, batch_size=config.batch_size, collate=dataset.collate,
-                                threads=config.workers)
-    else:
-        loader = photo_loader(dataset, workers=config.workers, device=device,
-                              batch_size=config.batch_size, collate=dataset.collate)
+    numpy_pass = all(f.numpy is not None for f in forwards)
+    dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft, arrays=numpy_pass)
+    loader = _batches(dataset, numpy_pass, config, device)
     outs = [ModelPass(name, [], [], [], [], 0.0, {} if f else None)
             for name, f in zip(names, fast, strict=True)]
     n_batches = (len(items) + config.batch_size - 1) // config.batch_size
     forward_seconds = [0.0] * len(names)
     start = time.perf_counter()
-    with torch.inference_mode(), one_torch_thread_unless_torch(forwards):
+    with _pass_context(forwards, numpy_pass):
         for batches, indices, bad in reporter.track(
             loader, total=n_batches, description=" + ".join(names), unit="batches"
         ):
@@ -230,16 +221,15 @@ def _run_models(
                 if len(indices) == 0:
                     continue
                 began = time.perf_counter()
+                f = forwards[m]
                 if fast[m]:
-                    logits, activations = forwards[m].run_layer(images)
+                    logits, activations = (f.numpy_layer if numpy_pass else f.run_layer)(images)
                 else:
-                    logits = forwards[m](images)
-                probs = logits.float().softmax(dim=1)
-                top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
-                tops = top_c.cpu().tolist()
+                    logits = (f.numpy if numpy_pass else f)(images)
+                top_p, tops = _top_k(logits, k, numpy_pass)
                 out.indices.extend(good_global)
                 out.top_classes.extend(tops)
-                out.top_probs.extend(top_p.cpu().tolist())
+                out.top_probs.extend(top_p)
                 scored = time.perf_counter()
                 forward_seconds[m] += scored - began
                 if fast[m]:
@@ -250,6 +240,53 @@ def _run_models(
     for out, own in zip(outs, forward_seconds, strict=True):
         out.seconds = own + waiting / len(outs)
     return outs
+
+
+def _batches(dataset, numpy_pass: bool, config: EvaluateConfig, device):
+    """The decoded batches: threads of this process when every model runs on ONNX Runtime
+    (they and the decoder release the GIL: data/threaded.py, no forked copy of torch, less CPU;
+    `workers=0`: in this thread), else a DataLoader's worker processes."""
+    if numpy_pass and config.workers > 0:
+        from cnnlab.data.threaded import thread_batches
+
+        return thread_batches(dataset, batch_size=config.batch_size, collate=dataset.collate,
+                              threads=config.workers)
+    if numpy_pass:
+        size = config.batch_size
+        return (dataset.collate([dataset[i] for i in range(j, min(j + size, len(dataset)))])
+                for j in range(0, len(dataset), size))
+    from cnnlab.data.loaders import photo_loader
+
+    return photo_loader(dataset, workers=config.workers, device=device,
+                        batch_size=config.batch_size, collate=dataset.collate)
+
+
+def _pass_context(forwards: list, numpy_pass: bool):
+    """Nothing for a numpy pass; else inference mode, with one torch thread while no model
+    runs in PyTorch (models/inference.one_torch_thread_unless_torch)."""
+    import contextlib
+
+    if numpy_pass:
+        return contextlib.nullcontext()
+    import torch
+
+    from cnnlab.models.inference import one_torch_thread_unless_torch
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    stack.enter_context(one_torch_thread_unless_torch(forwards))
+    return stack
+
+
+def _top_k(logits, k: int, numpy_pass: bool) -> tuple[list[list[float]], list[list[int]]]:
+    """Each row's k most probable classes, most probable first: (probabilities, classes)."""
+    if numpy_pass:
+        from cnnlab.models.topk import softmax_top_k
+
+        return softmax_top_k(logits, k)
+    probs = logits.float().softmax(dim=1)
+    top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
+    return top_p.cpu().tolist(), top_c.cpu().tolist()
 
 
 def _keep_maps(out: ModelPass, activations, indices: list[int], tops: list[list[int]],
