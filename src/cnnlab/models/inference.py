@@ -453,6 +453,19 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
     return forward
 
 
+def pass_context(forwards: list[Forward], numpy_pass: bool):
+    """What a scoring pass runs in: nothing for a numpy pass (every forward on ONNX Runtime,
+    `Forward.numpy`: no torch); else inference mode and `one_torch_thread_unless_torch`."""
+    if numpy_pass:
+        return contextlib.nullcontext()
+    import torch
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    stack.enter_context(one_torch_thread_unless_torch(forwards))
+    return stack
+
+
 def _torch_device(device) -> torch.device:
     import torch
 

@@ -46,6 +46,16 @@ def softmax_top_k(logits: np.ndarray, k: int) -> tuple[list[list[float]], list[l
     return top_k(softmax(logits), k)
 
 
+def logits_top_k(logits, k: int) -> tuple[list[list[float]], list[list[int]]]:
+    """(probabilities, classes) of each row's k most probable classes, most probable first, of
+    numpy logits (`softmax_top_k`) or of a torch tensor (torch's softmax and topk, as always)."""
+    if isinstance(logits, np.ndarray):
+        return softmax_top_k(logits, k)
+    probs = logits.float().softmax(dim=1)
+    top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
+    return top_p.cpu().tolist(), top_c.cpu().tolist()
+
+
 def _partial_sort(values: list[float], k: int) -> list[int]:
     """The indices of std::partial_sort(q, q + k, q + n, greater) over q = [(value, index)...]
     as libstdc++ runs it (bits/stl_heap.h, stl_algo.h: __heap_select, then __sort_heap)."""

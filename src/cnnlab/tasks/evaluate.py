@@ -199,6 +199,8 @@ def _run_models(
     When every model runs on ONNX Runtime the pass is numpy from the decoder to the top-k
     (`Forward.numpy`, models/topk.py): no torch is imported for it (issue 27 item 4)."""
     from cnnlab.data.batching import SharedDecodeDataset
+    from cnnlab.models.inference import pass_context
+    from cnnlab.models.topk import logits_top_k
 
     k = max(config.top_k, 5)  # top-5 error is always reported
     fast = [config.explain and f.run_layer is not None for f in forwards]  # maps in the pass
@@ -210,7 +212,7 @@ def _run_models(
     n_batches = (len(items) + config.batch_size - 1) // config.batch_size
     forward_seconds = [0.0] * len(names)
     start = time.perf_counter()
-    with _pass_context(forwards, numpy_pass):
+    with pass_context(forwards, numpy_pass):
         for batches, indices, bad in reporter.track(
             loader, total=n_batches, description=" + ".join(names), unit="batches"
         ):
@@ -226,7 +228,7 @@ def _run_models(
                     logits, activations = (f.numpy_layer if numpy_pass else f.run_layer)(images)
                 else:
                     logits = (f.numpy if numpy_pass else f)(images)
-                top_p, tops = _top_k(logits, k, numpy_pass)
+                top_p, tops = logits_top_k(logits, k)
                 out.indices.extend(good_global)
                 out.top_classes.extend(tops)
                 out.top_probs.extend(top_p)
@@ -259,34 +261,6 @@ def _batches(dataset, numpy_pass: bool, config: EvaluateConfig, device):
 
     return photo_loader(dataset, workers=config.workers, device=device,
                         batch_size=config.batch_size, collate=dataset.collate)
-
-
-def _pass_context(forwards: list, numpy_pass: bool):
-    """Nothing for a numpy pass; else inference mode, with one torch thread while no model
-    runs in PyTorch (models/inference.one_torch_thread_unless_torch)."""
-    import contextlib
-
-    if numpy_pass:
-        return contextlib.nullcontext()
-    import torch
-
-    from cnnlab.models.inference import one_torch_thread_unless_torch
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode())
-    stack.enter_context(one_torch_thread_unless_torch(forwards))
-    return stack
-
-
-def _top_k(logits, k: int, numpy_pass: bool) -> tuple[list[list[float]], list[list[int]]]:
-    """Each row's k most probable classes, most probable first: (probabilities, classes)."""
-    if numpy_pass:
-        from cnnlab.models.topk import softmax_top_k
-
-        return softmax_top_k(logits, k)
-    probs = logits.float().softmax(dim=1)
-    top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
-    return top_p.cpu().tolist(), top_c.cpu().tolist()
 
 
 def _keep_maps(out: ModelPass, activations, indices: list[int], tops: list[list[int]],
