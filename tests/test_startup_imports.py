@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -277,6 +278,21 @@ def test_evaluate_on_a_cached_graph_imports_no_torch(shared_data, tmp_path, monk
     for name, (classes, probs) in oracle.items():
         assert got[name][0] == classes, name
         assert max(abs(a - b) for a, b in zip(got[name][1], probs, strict=True)) <= 1.5e-6
+
+    # predict (with its map of each top class) reads the same cached graph, also without torch,
+    # and gives the same top-5 and probabilities as today's path.
+    out = tmp_path / "p"
+    predicted = _modules_after(["predict", "efficientnet_lite0", str(folder), "--workers", "0",
+                                "--explain", "--out", str(out)], tmp_path, heavy)
+    assert predicted == [], predicted
+    photos = json.loads((out / "results.json").read_text())["photos"]
+    assert len(photos) == len(names)
+    for photo in photos:
+        classes, probs = oracle[Path(photo["file"]).name]
+        assert [t["index"] for t in photo["top"]] == classes
+        assert max(abs(t["probability"] - p) for t, p in zip(photo["top"], probs,
+                                                             strict=True)) <= 1e-6
+        assert (out / photo["top"][0]["cam"]).stat().st_size > 1000
 
     # --engine torch: the same top-5 of every photo, the same mistakes and maps drawn.
     _modules_after([*argv, "--engine", "torch", "--out", str(tmp_path / "t")], tmp_path, heavy)

@@ -26,18 +26,24 @@ if TYPE_CHECKING:
 
 
 class ImageDataset:
-    """Items -> (image or None, index, reason or None); bad files never raise."""
+    """Items -> (image or None, index, reason or None); bad files never raise. arrays: numpy
+    arrays and numpy batches (`collate_arrays`) instead of tensors, for a pass without torch."""
 
-    def __init__(self, items: list[LabelledImage], preprocess: Preprocess, draft: bool = True):
+    def __init__(self, items: list[LabelledImage], preprocess: Preprocess, draft: bool = True,
+                 arrays: bool = False):
         self.items = list(items)
         self.preprocess = preprocess
         self.draft = draft
+        self.arrays = arrays
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
         try:
+            if self.arrays:
+                (image,) = load_arrays(self.items[i].path, [self.preprocess], self.draft)
+                return image, i, None
             return load_image(self.items[i].path, self.preprocess, self.draft), i, None
         except BadImage as exc:
             return None, i, exc.reason
@@ -45,7 +51,8 @@ class ImageDataset:
     def collate(self, batch):
         """`collate_images` with this dataset's image shape, for an all-bad batch."""
         crop = self.preprocess.crop_size
-        return collate_images(batch, shape=(3, crop, crop))
+        collate = collate_arrays if self.arrays else collate_images
+        return collate(batch, shape=(3, crop, crop))
 
 
 class SharedDecodeDataset:
