@@ -17,8 +17,10 @@ Steps, each of which fails early and in one line where the user can fix somethin
    all the models -- Pillow's draft mode decodes large JPEGs at reduced size --, then resize
    and crop it by each model's own preprocessing:
    data/batching.py's SharedDecodeDataset), batched inference of every model under
-   `torch.inference_mode()`; keep only the top-k classes and probabilities of each image, so
-   memory does not grow with the batch count beyond those few numbers;
+   `torch.inference_mode()`, or, when every model runs on ONNX Runtime, numpy from the decoder
+   to the top-k (no torch imported at all on a cached graph: issue 27 item 4); keep only the
+   top-k classes and probabilities of each image, so memory does not grow with the batch count
+   beyond those few numbers;
 4. under `torchrun` each rank scores every world_size-th image and rank 0 gathers the
    predictions; results do not depend on the number of ranks or workers;
 5. the class-activation maps (Grad-CAM, `analysis/cams.py`) of the class each model predicted
