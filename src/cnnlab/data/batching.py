@@ -136,3 +136,23 @@ def collate_arrays(
     else:
         images = np.empty((0, *shape) if shape else (0,), dtype=np.float32)
     return images, np.array([i for _, i in good], dtype=np.int64), bad
+
+
+def pass_batches(dataset, numpy_pass: bool, *, batch_size: int, workers: int, device=None):
+    """The decoded batches of a scoring pass (evaluate, predict), in order. A numpy pass (every
+    net on ONNX Runtime): decoding threads of this process (data/threaded.py: they, the decoder
+    and ONNX Runtime release the GIL; no worker process holding a copy of torch, less CPU), or
+    this thread with `workers=0`. Else a DataLoader's worker processes (data/loaders.py)."""
+    if numpy_pass and workers > 0:
+        from cnnlab.data.threaded import thread_batches
+
+        return thread_batches(dataset, batch_size=batch_size, collate=dataset.collate,
+                              threads=workers)
+    if numpy_pass:
+        return (dataset.collate([dataset[i] for i in range(j, min(j + batch_size,
+                                                                   len(dataset)))])
+                for j in range(0, len(dataset), batch_size))
+    from cnnlab.data.loaders import photo_loader
+
+    return photo_loader(dataset, workers=workers, device=device, batch_size=batch_size,
+                        collate=dataset.collate)

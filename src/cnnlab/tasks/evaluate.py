@@ -200,7 +200,7 @@ def _run_models(
 
     When every model runs on ONNX Runtime the pass is numpy from the decoder to the top-k
     (`Forward.numpy`, models/topk.py): no torch is imported for it (issue 27 item 4)."""
-    from cnnlab.data.batching import SharedDecodeDataset
+    from cnnlab.data.batching import SharedDecodeDataset, pass_batches
     from cnnlab.models.inference import pass_context
     from cnnlab.models.topk import logits_top_k
 
@@ -208,7 +208,8 @@ def _run_models(
     fast = [config.explain and f.run_layer is not None for f in forwards]  # maps in the pass
     numpy_pass = all(f.numpy is not None for f in forwards)
     dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft, arrays=numpy_pass)
-    loader = _batches(dataset, numpy_pass, config, device)
+    loader = pass_batches(dataset, numpy_pass, batch_size=config.batch_size,
+                          workers=config.workers, device=device)
     outs = [ModelPass(name, [], [], [], [], 0.0, {} if f else None)
             for name, f in zip(names, fast, strict=True)]
     n_batches = (len(items) + config.batch_size - 1) // config.batch_size
@@ -244,25 +245,6 @@ def _run_models(
     for out, own in zip(outs, forward_seconds, strict=True):
         out.seconds = own + waiting / len(outs)
     return outs
-
-
-def _batches(dataset, numpy_pass: bool, config: EvaluateConfig, device):
-    """The decoded batches: threads of this process when every model runs on ONNX Runtime
-    (they and the decoder release the GIL: data/threaded.py, no forked copy of torch, less CPU;
-    `workers=0`: in this thread), else a DataLoader's worker processes."""
-    if numpy_pass and config.workers > 0:
-        from cnnlab.data.threaded import thread_batches
-
-        return thread_batches(dataset, batch_size=config.batch_size, collate=dataset.collate,
-                              threads=config.workers)
-    if numpy_pass:
-        size = config.batch_size
-        return (dataset.collate([dataset[i] for i in range(j, min(j + size, len(dataset)))])
-                for j in range(0, len(dataset), size))
-    from cnnlab.data.loaders import photo_loader
-
-    return photo_loader(dataset, workers=config.workers, device=device,
-                        batch_size=config.batch_size, collate=dataset.collate)
 
 
 def _keep_maps(out: ModelPass, activations, indices: list[int], tops: list[list[int]],

@@ -66,7 +66,7 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     With a CamWriter (`predict_explained`), each classified photo's record also names its top
     class's map (`cam`, relative to the writer's run directory) and the seconds it took."""
 
-    from cnnlab.data.batching import ImageDataset
+    from cnnlab.data.batching import ImageDataset, pass_batches
     from cnnlab.data.folders import LabelledImage
     from cnnlab.hardware import choose_device
     from cnnlab.models.inference import prepare_forward
@@ -91,7 +91,8 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     numpy_pass = forward.numpy is not None
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
                            draft=config.draft, arrays=numpy_pass)
-    loader = _batches(dataset, numpy_pass, config, device)
+    loader = pass_batches(dataset, numpy_pass, batch_size=config.batch_size,
+                          workers=config.workers, device=device)
     n_batches = (len(files) + config.batch_size - 1) // config.batch_size
     for images, indices, bad in reporter.track(loader, total=n_batches, description="predict",
                                                unit="batches"):
@@ -116,24 +117,6 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
                     raw = None if activations is None else (activations[row], forward.head)
                     out[i].update(_explain_top(writer, files[i], i, cs[0], raw))
         yield from (out[i] for i in sorted(out))
-
-
-def _batches(dataset, numpy_pass: bool, config: PredictConfig, device):
-    """Decoded batches: for a numpy pass (ONNX Runtime) threads of this process (data/threaded.py:
-    no worker processes that would import torch; `workers=0`: this thread), else a DataLoader."""
-    if numpy_pass and config.workers > 0:
-        from cnnlab.data.threaded import thread_batches
-
-        return thread_batches(dataset, batch_size=config.batch_size, collate=dataset.collate,
-                              threads=config.workers)
-    if numpy_pass:
-        size = config.batch_size
-        return (dataset.collate([dataset[i] for i in range(j, min(j + size, len(dataset)))])
-                for j in range(0, len(dataset), size))
-    from cnnlab.data.loaders import photo_loader
-
-    return photo_loader(dataset, workers=config.workers, device=device,
-                        batch_size=config.batch_size, collate=dataset.collate)
 
 
 def _cam_layer(predictor: Predictor) -> str | None:
