@@ -229,3 +229,19 @@ def test_choose_device_is_torchs_once_torch_is_loaded():
     """In a process that has torch (every command that runs PyTorch), today's torch.device."""
     assert isinstance(hardware.choose_device("auto"), torch.device)
     assert isinstance(hardware.choose_device("cpu"), torch.device)
+
+
+def test_cpu_device_stands_in_for_torch_device_cpu():
+    """Where torch is not loaded, choose_device's CPU is a CpuDevice: it must work wherever the
+    tasks use a torch.device("cpu") (type, index, equality, torch's own calls, pickling into
+    DataLoader workers)."""
+    import pickle
+
+    d = hardware.CpuDevice()
+    assert (d.type, d.index, str(d)) == ("cpu", None, "cpu")
+    assert d == torch.device("cpu") and torch.device("cpu") == d and d == "cpu"
+    assert d != torch.device("meta") and d != "cuda"
+    assert torch.device(d) == torch.device("cpu")
+    assert torch.zeros(2).to(d).device == torch.zeros(2, device=d).device == torch.device("cpu")
+    copy = pickle.loads(pickle.dumps(d))
+    assert type(copy) is hardware.CpuDevice and copy == d

@@ -58,9 +58,21 @@ class CpuDevice(str):
     device: `torch.device(d)`, `x.to(d)`) with torch.device's `.type`."""
 
     type = "cpu"
+    index = None  # torch.device("cpu").index
 
-    def __new__(cls) -> CpuDevice:
+    def __new__(cls, _name: str = "cpu") -> CpuDevice:  # the argument: pickle's copy
         return super().__new__(cls, "cpu")
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to "cpu" and to torch.device("cpu"), as torch.device("cpu") is to itself."""
+        if isinstance(other, str):
+            return str.__eq__(self, other)
+        return getattr(other, "type", None) == "cpu" and getattr(other, "index", None) is None
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
 
 
 def torch_loaded() -> bool:
