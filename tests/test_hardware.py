@@ -181,3 +181,67 @@ def test_lab_appendix_shows_the_cpu_and_each_steps_precision(tmp_path):
                              "cpu_flags": ["avx2", "amx_bf16"], "precision": "train: fp32"})
     assert list(rows)[:3] == ["cpu_model", "cpu_flags", "precision"]
     assert rows["cpu_flags"] == "avx2 amx_bf16"
+
+
+# A fresh process that answers hardware's torch-free questions, then whether torch got imported,
+# then torch's own answers to the same questions.
+TORCH_FREE = """
+import json, sys
+from cnnlab import hardware
+device = hardware.choose_device("auto")
+free = {"device": str(device), "type": device.type, "torch_version": hardware.torch_version(),
+        "threads": hardware.default_threads(), "capability": hardware.cpu_capability(),
+        "torch_loaded": "torch" in sys.modules}
+import torch
+x = torch.ones(2).to(device)
+print(json.dumps({"free": free, "torch": {
+    "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+    "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+    "capability": torch.backends.cpu.get_cpu_capability()},
+    "tensor_device": str(x.device), "as_torch_device": str(torch.device(device))}))
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"OMP_NUM_THREADS": "1"}, {"ATEN_CPU_CAPABILITY": "avx2"}])
+def test_torch_free_answers_equal_torchs(env):
+    """Without importing torch (issue 27 item 4), hardware answers what torch would: the CPU
+    for --device auto where CUDA cannot work, torch.__version__ (local part included: the ONNX
+    cache keys hold it), torch.get_num_threads() and the CPU capability; the CpuDevice it
+    returns then works as a device for torch."""
+    if hardware.cuda_possible():
+        pytest.skip("an NVIDIA driver is present: auto asks torch here")
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    free = out["free"]
+    assert free.pop("torch_loaded") is False
+    assert free.pop("type") == "cpu"
+    assert free == out["torch"]
+    assert out["tensor_device"] == out["as_torch_device"] == "cpu"
+
+
+def test_cuda_possible_reads_the_nvidia_driver(tmp_path):
+    assert hardware.cuda_possible(tmp_path / "missing") is (not sys.platform.startswith("linux"))
+    assert hardware.cuda_possible(tmp_path) is True
+
+
+def test_choose_device_is_torchs_once_torch_is_loaded():
+    """In a process that has torch (every command that runs PyTorch), today's torch.device."""
+    assert isinstance(hardware.choose_device("auto"), torch.device)
+    assert isinstance(hardware.choose_device("cpu"), torch.device)
+
+
+def test_cpu_device_stands_in_for_torch_device_cpu():
+    """Where torch is not loaded, choose_device's CPU is a CpuDevice: it must work wherever the
+    tasks use a torch.device("cpu") (type, index, equality, torch's own calls, pickling into
+    DataLoader workers)."""
+    import pickle
+
+    d = hardware.CpuDevice()
+    assert (d.type, d.index, str(d)) == ("cpu", None, "cpu")
+    assert d == torch.device("cpu") and torch.device("cpu") == d and d == "cpu"
+    assert d != torch.device("meta") and d != "cuda"
+    assert torch.device(d) == torch.device("cpu")
+    assert torch.zeros(2).to(d).device == torch.zeros(2, device=d).device == torch.device("cpu")
+    copy = pickle.loads(pickle.dumps(d))
+    assert type(copy) is hardware.CpuDevice and copy == d

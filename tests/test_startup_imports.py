@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,112 @@ def test_prepare_forward_builds_the_net_only_to_export_or_run_torch(tmp_path):
     torch.testing.assert_close(cached(x), expected, atol=1e-5, rtol=1e-5)
     prepare_forward(build, "torch", **kw)
     assert calls == [1, 1]
+
+
+def _torch_oracle(photos: list, graph_run: dict, k: int = 5):
+    """Today's ONNX Runtime path, in this process with torch: the cached graph's Forward called
+    with torch tensors (load_image), then torch's softmax and topk. {file: (classes, probs)}."""
+    import torch
+
+    from cnnlab.data.decode import load_image
+    from cnnlab.models.inference import prepare_forward, weights_identity
+    from cnnlab.models.registry import PretrainedNet
+
+    net = PretrainedNet("efficientnet_lite0", graph_run["weights"])
+    forward = prepare_forward(net, "onnxruntime", input_size=net.preprocess.crop_size,
+                              identity=weights_identity("efficientnet_lite0",
+                                                        graph_run["weights"]),
+                              layer=net.spec.cam_layer)
+    assert forward.engine == "onnxruntime" and not forward.about["exported"]
+    x = torch.stack([load_image(p, net.preprocess) for p in photos])
+    probs = forward(x).float().softmax(dim=1)
+    top_p, top_c = probs.topk(k, dim=1)
+    return {p.name: (c, q) for p, c, q in zip(photos, top_c.tolist(), top_p.tolist(),
+                                                strict=True)}
+
+
+def _predictions(run) -> dict[str, tuple[list[int], list[float]]]:
+    import csv
+
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    with open(run / "predictions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            classes, probs = out.setdefault(row["file"], ([], []))
+            classes.append(int(row["class_index"]))
+            probs.append(float(row["probability"]))
+    return out
+
+
+def test_evaluate_on_a_cached_graph_imports_no_torch(shared_data, tmp_path, monkeypatch):
+    """Issue 27 item 4: on a cached, checked ONNX graph on the CPU (world of one, maps from the
+    graph's second output) evaluate runs without importing torch at all (dist, hardware, runs,
+    registry, inference, decoding and top-k all torch-free on that path), and its results are
+    today's: the same top-5 classes as the ONNX Runtime path with torch tensors and torch's
+    softmax/topk (probabilities within one unit of predictions.csv's 6th decimal), the same
+    top-5 as --engine torch, the same mistakes and maps."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = sorted(p.name for p in shared_data("imagenet-samples").iterdir()
+                   if p.suffix == ".JPEG")[:24]
+    for name in names:
+        (folder / name).symlink_to(shared_data("imagenet-samples", name))
+    argv = ["evaluate", str(folder), "-m", "efficientnet_lite0", "--workers", "0", "-q"]
+    heavy = ["torch", "timm", "torchvision"]
+    first = _modules_after([*argv, "--out", str(tmp_path / "r1")], tmp_path, heavy)
+    assert first == sorted(heavy)  # the first run exported the graph: the PyTorch model was built
+    second = _modules_after([*argv, "--out", str(tmp_path / "r2")], tmp_path, heavy)
+    assert second == [], second
+    # Threads decoding (the default) and the prefix rule: still no torch.
+    third = _modules_after([*argv[:-3], "--match", "prefix", "-q", "--out",
+                            str(tmp_path / "r3")], tmp_path, heavy)
+    assert third == [], third
+
+    run = tmp_path / "r2"
+    results = json.loads((run / "results.json").read_text())
+    model = results["models"][0]
+    assert model["engine"]["engine"] == "onnxruntime" and not model["engine"]["exported"]
+    assert results["device"] == "cpu" and model["n_images"] == len(names)
+    env = json.loads((run / "environment.json").read_text())
+    import torch
+
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert env["torch_threads"] == torch.get_num_threads()
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    got = _predictions(run)
+    oracle = _torch_oracle([folder / n for n in names], model)
+    assert set(got) == set(oracle)
+    for name, (classes, probs) in oracle.items():
+        assert got[name][0] == classes, name
+        assert max(abs(a - b) for a, b in zip(got[name][1], probs, strict=True)) <= 1.5e-6
+
+    # predict (with its map of each top class) reads the same cached graph, also without torch,
+    # and gives the same top-5 and probabilities as today's path.
+    out = tmp_path / "p"
+    predicted = _modules_after(["predict", "efficientnet_lite0", str(folder), "--workers", "0",
+                                "--explain", "--out", str(out)], tmp_path, heavy)
+    assert predicted == [], predicted
+    photos = json.loads((out / "results.json").read_text())["photos"]
+    assert len(photos) == len(names)
+    for photo in photos:
+        classes, probs = oracle[Path(photo["file"]).name]
+        assert [t["index"] for t in photo["top"]] == classes
+        assert max(abs(t["probability"] - p) for t, p in zip(photo["top"], probs,
+                                                             strict=True)) <= 1e-6
+        assert (out / photo["top"][0]["cam"]).stat().st_size > 1000
+
+    # --engine torch: the same top-5 of every photo, the same mistakes and maps drawn.
+    _modules_after([*argv, "--engine", "torch", "--out", str(tmp_path / "t")], tmp_path, heavy)
+    in_torch = _predictions(tmp_path / "t")
+    assert {n: c for n, (c, _) in in_torch.items()} == {n: c for n, (c, _) in got.items()}
+    cams = results["explanations"]["cams"]
+    torch_cams = json.loads((tmp_path / "t" / "results.json").read_text())[
+        "explanations"]["cams"]
+    assert cams and [(c["file"], c["predicted"]["index"], c["true"]["index"]) for c in cams] \
+        == [(c["file"], c["predicted"]["index"], c["true"]["index"]) for c in torch_cams]
+    # The maps of the torch-free run are those of the run that exported the graph (torch loaded).
+    for c, c1 in zip(cams, json.loads((tmp_path / "r1" / "results.json").read_text())[
+            "explanations"]["cams"], strict=True):
+        for side in ("predicted", "true"):
+            assert (run / c[side]["cam"]).read_bytes() == \
+                (tmp_path / "r1" / c1[side]["cam"]).read_bytes()

@@ -2,6 +2,10 @@
 
 `torchrun` sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is a world of one and every
 collective is a no-op. Backend: NCCL when each rank has a GPU, gloo on CPU.
+
+torch is imported only where a function needs it: a world of one on the CPU (open_run, init,
+shard, gather_objects, broadcast_from_main) runs without it, so a command that runs no PyTorch
+(evaluate on ONNX Runtime) never pays its import (issue 27 item 4).
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.distributed as tdist
-
 from cnnlab.errors import CnnlabError, RankFailed
-from cnnlab.hardware import choose_device
+from cnnlab.hardware import choose_device, torch_loaded
 
 if TYPE_CHECKING:
+    import torch
+
+    from cnnlab.hardware import CpuDevice
     from cnnlab.runs import RunDir
 
 T = TypeVar("T")
@@ -51,14 +55,23 @@ def from_env() -> DistInfo:
     )
 
 
-def init(device: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the process group if launched by torchrun; returns (info, this rank's device)."""
+def init(device: str = "auto") -> tuple[DistInfo, torch.device | CpuDevice]:
+    """Join the process group if launched by torchrun; returns (info, this rank's device): a
+    torch.device, or hardware.CpuDevice for the CPU while torch is not loaded."""
     info = from_env()
+    if info.enabled:  # torchrun: the process group needs torch
+        import torch  # loaded before choose_device, which then answers a torch.device
     dev = choose_device(device, index=info.local_rank)
     use_cuda = dev.type == "cuda"
     if use_cuda:
+        import torch
+
         torch.cuda.set_device(dev)
-    if info.enabled and not tdist.is_initialized():
+    if not info.enabled:
+        return info, dev
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if use_cuda else "gloo")
         # A process that exits with its group still up can abort in gloo's destructor
         # ("terminate called without an active exception", SIGABRT: seen in about 1 of 3 runs
@@ -76,6 +89,10 @@ def teardown(wait_for_all: bool = True, timeout_s: float = 60.0) -> None:
     SIGABRT; seen in about 1 of 8 two-rank `cnnlab evaluate` runs). A peer that is gone or
     elsewhere only ends the wait.
     """
+    if not torch_loaded():  # no torch, no process group
+        return
+    import torch.distributed as tdist
+
     if not (tdist.is_available() and tdist.is_initialized()):
         return
     if wait_for_all:
@@ -90,6 +107,10 @@ def teardown(wait_for_all: bool = True, timeout_s: float = 60.0) -> None:
 
 
 def barrier() -> None:
+    if not torch_loaded():
+        return
+    import torch.distributed as tdist
+
     if tdist.is_available() and tdist.is_initialized():
         tdist.barrier()
 
@@ -98,12 +119,16 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any] | None:
     """Every rank's `obj` on rank 0 (in rank order), None on the others."""
     if not info.enabled:
         return [obj]
+    import torch.distributed as tdist
+
     out: list[Any] | None = [None] * info.world_size if info.is_main else None
     tdist.gather_object(obj, out, dst=0)
     return out
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as tdist
+
     if tdist.is_available() and tdist.is_initialized():
         tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return t
@@ -120,6 +145,8 @@ def shard_indices(n: int, generator: torch.Generator, info: DistInfo,
     permutation and takes every world_size-th index, the tail trimmed so that all ranks get the
     same count (DDP needs equal step counts; at most world_size - 1 samples sit out an epoch,
     different ones each epoch)."""
+    import torch
+
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     per_rank = n // info.world_size
     return order[info.rank :: info.world_size][:per_rank]
@@ -135,6 +162,8 @@ def broadcast_from_main(fn: Callable[[], T], info: DistInfo) -> T:
     """
     if not info.enabled:
         return fn()
+    import torch.distributed as tdist
+
     payload: list[Any] = [None]
     if info.is_main:
         try:

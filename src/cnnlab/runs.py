@@ -130,9 +130,9 @@ def _installed_version(distribution: str) -> str | None:
 def environment(seed: int | None = None, device: str | None = None, **extra: Any
                 ) -> dict[str, Any]:
     """What produced a run: enough to reproduce it or to explain a different number; the CPU's
-    model and speed flags explain a timing (hardware.cpu_info)."""
-    import torch
-
+    model and speed flags explain a timing (hardware.cpu_info). torch is not imported for it:
+    a command that runs no PyTorch records what torch would say (hardware.torch_version,
+    default_threads; no CUDA where the NVIDIA driver is absent)."""
     from cnnlab import hardware
 
     return {
@@ -141,7 +141,7 @@ def environment(seed: int | None = None, device: str | None = None, **extra: Any
         "cnnlab": _installed_version("cnnlab") or "unknown",
         "git_sha": git_sha(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": hardware.torch_version(),
         # Read from the installed metadata: importing torchvision and timm only to learn their
         # versions would cost a command that does not use them seconds of start-up.
         "torchvision": _installed_version("torchvision"),
@@ -150,14 +150,26 @@ def environment(seed: int | None = None, device: str | None = None, **extra: Any
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         **hardware.cpu_info(),  # cpu_model, cpu_flags, cpu_capability
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": hardware.default_threads(),
         "device": device or hardware.choose_device("auto").type,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "cuda": _cuda_version(),
         "seed": seed,
         "argv": sys.argv,
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         **extra,  # what a command decided from the machine (e.g. precision and why)
     }
+
+
+def _cuda_version() -> str | None:
+    """torch.version.cuda where a CUDA GPU is available, else None (without importing torch
+    where no GPU can be: hardware.cuda_possible)."""
+    from cnnlab import hardware
+
+    if not hardware.torch_loaded() and not hardware.cuda_possible():
+        return None
+    import torch
+
+    return torch.version.cuda if torch.cuda.is_available() else None
 
 
 def damaged(path: Path, problem: str) -> CnnlabError:

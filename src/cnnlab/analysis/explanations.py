@@ -27,13 +27,16 @@ import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from cnnlab.errors import CnnlabError, suggest
 from cnnlab.runs import save_figure
+
+if TYPE_CHECKING:  # imported by the functions that run a model: the maps' finishing, overlays
+    import torch  # and METHODS need no torch (evaluate's maps on ONNX Runtime, issue 27)
+    from torch import nn
 
 # --method name -> (grad-cam class, name in captions, what one map costs).
 METHODS = {
@@ -73,6 +76,8 @@ def resolve_layer(model: nn.Module, path: str) -> str:
 
 def conv_layer_names(model: nn.Module) -> list[str]:
     """Every convolution's dotted name, for error messages that suggest one."""
+    from torch import nn
+
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
@@ -104,6 +109,8 @@ def cam_layer_name(model: nn.Module, registered: str | None = None,
 
 def layer_output_shape(model: nn.Module, layer: str, x: torch.Tensor) -> tuple[int, ...]:
     """The shape `layer` outputs for `x` (one forward pass, no gradients)."""
+    import torch
+
     shapes: list[tuple[int, ...]] = []
     module = model.get_submodule(layer)
     handle = module.register_forward_hook(
@@ -161,6 +168,8 @@ def gradcam_batch(model: nn.Module, layer: str, x: torch.Tensor,
     body before it runs without autograd and each class's backward pass runs through the head
     alone (global pooling and classifier for the registry's CAM layers); photos of a batch do
     not interact (eval mode), so one backward per class column serves all N photos."""
+    import torch
+
     n = len(x)
     if len(classes) != n or len({len(c) for c in classes}) > 1:
         raise ValueError("classes: one list of the same length per photo")
@@ -265,6 +274,8 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> n
 
 def first_conv(model: nn.Module) -> tuple[str, torch.Tensor]:
     """The first convolution in module order and its weights (out, in, k, k)."""
+    from torch import nn
+
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             return name, module.weight.detach().float().cpu()
@@ -308,6 +319,9 @@ def stage_outputs(model: nn.Module, x: torch.Tensor) -> list[StageMap]:
     them. So a reader sees one row per resolution: the stem, each down-sampling stage, the last
     convolutional map; 1x1 outputs (squeeze-and-excitation gates, the global pooling) are not
     maps and are left out."""
+    import torch
+    from torch import nn
+
     seen: list[StageMap] = []
     last_ptr: list[int] = []
     handles = []

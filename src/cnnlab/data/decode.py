@@ -19,12 +19,15 @@ import contextlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.data.preprocess import Preprocess
+
+if TYPE_CHECKING:  # tensors only for PyTorch's callers: a numpy pass never imports torch
+    import torch
 
 MAX_ASPECT = 100  # long side / short side beyond which an image is refused (panoramas are ~10)
 
@@ -285,16 +288,33 @@ def load_images(path: Path, preprocesses: Sequence[Preprocess], draft: bool = Tr
                 ) -> list[torch.Tensor]:
     """`load_image` for several nets from one decode (`decode_many`): one normalised tensor per
     preprocess, each equal to its own `load_image`; BadImage if unusable."""
+    import torch
+
+    return [torch.from_numpy(a) for a in load_arrays(path, preprocesses, draft)]
+
+
+def load_arrays(path: Path, preprocesses: Sequence[Preprocess], draft: bool = True
+                ) -> list[np.ndarray]:
+    """`load_images` as numpy arrays (float32, CHW), for a forward pass that runs without torch
+    (ONNX Runtime: models/inference.Forward.numpy): the same values bit for bit."""
     pictures = decode_many(path, preprocesses, draft)
-    return [to_tensor(_center_crop(np.asarray(rgb, dtype=np.uint8), pp.crop_size,
-                                   _pad_fill(pp)), pp)
+    return [normalised(_center_crop(np.asarray(rgb, dtype=np.uint8), pp.crop_size,
+                                    _pad_fill(pp)), pp)
             for rgb, pp in zip(pictures, preprocesses, strict=True)]
+
+
+def normalised(arr: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """HWC uint8 pixels -> the normalised CHW float32 array a model reads (ToTensor + Normalize
+    with the weights' mean and std); `to_tensor` wraps it in a tensor."""
+    return _normalise(arr, preprocess.mean, preprocess.std)
 
 
 def to_tensor(arr: np.ndarray, preprocess: Preprocess) -> torch.Tensor:
     """HWC uint8 pixels -> the normalised CHW float32 tensor a model reads (ToTensor +
     Normalize with the weights' mean and std)."""
-    return torch.from_numpy(_normalise(arr, preprocess.mean, preprocess.std))
+    import torch
+
+    return torch.from_numpy(normalised(arr, preprocess))
 
 
 def _normalise(arr: np.ndarray, mean, std) -> np.ndarray:

@@ -23,6 +23,11 @@ goes on in PyTorch, with one line saying so. So does a graph that fails to expor
 benchmarks/inference_engines.py (BENCHMARKS.md, "Inference engines"): on this AMX Xeon, batch 32,
 ONNX Runtime fp32 ran EfficientNet-Lite0/1/2 faster than PyTorch eager fp32 and than PyTorch
 bf16 autocast, on one thread and on two, with the same top-5 on all 250 sample photos.
+
+Without torch: a graph read from the cache (exported and checked by an earlier run) runs on ONNX
+Runtime with numpy in and out (`Forward.numpy`, `numpy_layer`), and nothing here imports torch on
+that path: the cache key and the thread count come from hardware.torch_version/default_threads.
+torch is imported where a PyTorch net is built, exported, checked or run (issue 27 item 4).
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.hardware import default_threads, torch_version
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 ENGINES = ("auto", "torch", "onnxruntime")
 # Refusal bound on max |ONNX Runtime - PyTorch| over the check batch's outputs (logits or pooled
@@ -85,12 +92,16 @@ class Forward:
     engine: str  # the engine that runs: "torch" or "onnxruntime"
     run: Callable[[torch.Tensor], torch.Tensor]
     about: dict[str, Any] = field(default_factory=dict)  # for results.json
+    # ONNX Runtime only: the same pass with numpy in and out, x a float32 (N, 3, H, W) C-order
+    # array -> logits (N, classes) float32; None for PyTorch. Needs no torch.
+    numpy: Callable[[Any], Any] | None = None
     # Set when the graph also outputs the CAM layer's activations and the head after it is
     # global average pooling + one Linear layer (models/linear_head.py): run_layer(x) returns
     # (logits, activations (N, C, h, w) float32 numpy), and Grad-CAM needs only `head`'s weights.
     layer: str | None = None
     head: Any = None  # models.linear_head.LinearHead
     run_layer: Callable[[torch.Tensor], tuple[torch.Tensor, Any]] | None = None
+    numpy_layer: Callable[[Any], tuple[Any, Any]] | None = None  # run_layer, numpy in and out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
@@ -99,6 +110,8 @@ class Forward:
 def torch_forward(model: nn.Module, device: torch.device, channels_last: bool = True,
                   about: dict[str, Any] | None = None) -> Forward:
     """PyTorch eager fp32, as cnnlab has always run it (NHWC on request: faster convolutions)."""
+    import torch
+
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.eval().to(device=device, memory_format=memory_format)
 
@@ -118,7 +131,7 @@ def graph_dir(identity: str, input_size: int, root: Path | None = None,
     from cnnlab.models.cache import cache_root
 
     spec = {"identity": identity, "input_size": input_size, "opset": OPSET,
-            "torch": torch.__version__, "exporter": "torchscript"}
+            "torch": torch_version(), "exporter": "torchscript"}
     if layer is not None:
         spec["layer"] = layer
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -127,26 +140,33 @@ def graph_dir(identity: str, input_size: int, root: Path | None = None,
 
 def check_batch(input_size: int, n: int = VERIFY_BATCH) -> torch.Tensor:
     """The fixed batch both engines run at export: normalised-image-like N(0, 1) values, seeded."""
+    import torch
+
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, 3, input_size, input_size, generator=g)
 
 
-class _WithLayer(nn.Module):
-    """`model` returning (logits, the output of `layer`): the graph's two outputs y and a."""
+def _with_layer(model: nn.Module, layer: str) -> nn.Module:
+    """`model` returning (logits, the output of `layer`): the graph's two outputs y and a. (The
+    class is defined here, not at module level: nn.Module would import torch with the module.)"""
+    from torch import nn
 
-    def __init__(self, model: nn.Module, layer: str):
-        super().__init__()
-        self.model, self.layer = model, layer
+    class WithLayer(nn.Module):
+        def __init__(self, model: nn.Module, layer: str):
+            super().__init__()
+            self.model, self.layer = model, layer
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        captured: list[torch.Tensor] = []
-        handle = self.model.get_submodule(self.layer).register_forward_hook(
-            lambda _m, _i, out: captured.append(out))
-        try:
-            y = self.model(x)
-        finally:
-            handle.remove()
-        return y, captured[-1]
+        def forward(self, x):
+            captured: list = []
+            handle = self.model.get_submodule(self.layer).register_forward_hook(
+                lambda _m, _i, out: captured.append(out))
+            try:
+                y = self.model(x)
+            finally:
+                handle.remove()
+            return y, captured[-1]
+
+    return WithLayer(model, layer)
 
 
 def export_graph(model: nn.Module, target: Path, input_size: int,
@@ -156,6 +176,8 @@ def export_graph(model: nn.Module, target: Path, input_size: int,
     graph has a second output, a: that layer's activations (N, C, h, w)."""
     import warnings
 
+    import torch
+
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".export-", suffix=".onnx")
     os.close(fd)
@@ -163,7 +185,7 @@ def export_graph(model: nn.Module, target: Path, input_size: int,
         with warnings.catch_warnings():  # the exporter's notes on the TorchScript path
             warnings.simplefilter("ignore")
             outputs = ["y"] if layer is None else ["y", "a"]
-            torch.onnx.export(model if layer is None else _WithLayer(model, layer),
+            torch.onnx.export(model if layer is None else _with_layer(model, layer),
                               (check_batch(input_size, EXPORT_BATCH),), tmp,
                               dynamo=False, input_names=["x"], output_names=outputs,
                               dynamic_axes={n: {0: "batch"} for n in ["x", *outputs]},
@@ -178,7 +200,7 @@ def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    # The threads torch would use (torch.get_num_threads(): OMP_NUM_THREADS, --threads), so the
+    # The threads torch would use (hardware.default_threads: OMP_NUM_THREADS, --threads), so the
     # engines compare like for like; inter-op 1: one graph, one request at a time.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -193,6 +215,8 @@ def ort_session(path: Path, threads: int):
 
 def _ort_run(session) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         # ONNX Runtime reads NCHW float32 memory: a channels-last batch is copied back to NCHW.
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(session.run(["y"], {"x": array})[0])
@@ -203,6 +227,8 @@ def max_abs_diff(model: nn.Module, session, input_size: int) -> float | None:
     """max |ONNX Runtime - PyTorch| over the check batch's outputs; None when the shapes differ
     or a value is not finite (JSON has no inf or NaN; either is a refusal)."""
     import math
+
+    import torch
 
     x = check_batch(input_size)
     with torch.inference_mode():
@@ -225,11 +251,24 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 def _built(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     """`model` itself, or what the function `model` builds (a net that is needed only to export
     its graph or to run it in PyTorch is built only then: issue 27 item 4)."""
+    from torch import nn
+
     return model if isinstance(model, nn.Module) else model()
+
+
+def _ort_numpy(session, outputs: list[str]) -> Callable[[Any], Any]:
+    """session.run of a numpy batch (float32, NCHW, C-order: what the numpy collate stacks):
+    its one output, or the tuple of them. The same bytes as `_ort_run`'s, without torch."""
+    def run(x):
+        got = session.run(outputs, {"x": x})
+        return got[0] if len(outputs) == 1 else tuple(got)
+    return run
 
 
 def _ort_run_layer(session) -> Callable[[torch.Tensor], tuple[torch.Tensor, Any]]:
     def run(x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        import torch
+
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         y, a = session.run(["y", "a"], {"x": array})
         return torch.from_numpy(y), a
@@ -239,6 +278,8 @@ def _ort_run_layer(session) -> Callable[[torch.Tensor], tuple[torch.Tensor, Any]
 def layer_abs_diff(model: nn.Module, layer: str, session, input_size: int) -> float | None:
     """max |ONNX Runtime - PyTorch| over the check batch's activations of `layer` (output a)."""
     import math
+
+    import torch
 
     x = check_batch(input_size)
     captured: list[torch.Tensor] = []
@@ -272,7 +313,7 @@ def _export_checked(model: nn.Module, folder: Path, identity: str, input_size: i
     session = ort_session(folder / GRAPH, threads)
     record: dict[str, Any] = {
         "identity": identity, "input_size": input_size, "opset": OPSET,
-        "torch": torch.__version__, "check_batch": VERIFY_BATCH,
+        "torch": torch_version(), "check_batch": VERIFY_BATCH,
         "max_abs_diff": max_abs_diff(model, session, input_size),
         "layer": layer, "linear_head": head is not None}
     if head is not None:
@@ -343,12 +384,18 @@ def onnx_forward(model: nn.Module | Callable[[], nn.Module], identity: str, inpu
     if diff > MAX_ABS_DIFF:
         return None, about, (f"its outputs differ from PyTorch's by {diff:.2g} (more than "
                              f"{MAX_ABS_DIFF:g}) on the check batch")
-    forward = Forward("onnxruntime", _ort_run(session), about)
+    forward = Forward("onnxruntime", _ort_run(session), about, numpy=_ort_numpy(session, ["y"]))
     head = _cached_head(folder, record) if layer else None
     if head is not None:
         about["layer"], about["layer_max_abs_diff"] = layer, record["layer_max_abs_diff"]
         forward.layer, forward.head, forward.run_layer = layer, head, _ort_run_layer(session)
+        forward.numpy_layer = _ort_numpy(session, ["y", "a"])
     return forward, about, ""
+
+
+def _device_type(device) -> str:
+    """"cpu" / "cuda" of a torch.device, a hardware.CpuDevice or a string ("cuda:1")."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
 
 
 def resolve_engine(requested: str, device: torch.device) -> str:
@@ -357,7 +404,7 @@ def resolve_engine(requested: str, device: torch.device) -> str:
     installed with it)."""
     check_engine(requested)
     if requested == "auto":
-        usable = device.type == "cpu" and onnxruntime_version() is not None
+        usable = _device_type(device) == "cpu" and onnxruntime_version() is not None
         return "onnxruntime" if usable else "torch"
     if requested == "onnxruntime" and onnxruntime_version() is None:
         raise CnnlabError("--engine onnxruntime: onnxruntime is not installed "
@@ -384,24 +431,45 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
     layer: the net's CAM layer (the registry's cam_layer), or None. On ONNX Runtime, when only
     global average pooling and a Linear layer follow it, the graph also outputs its activations
     (checked against PyTorch's too) and `forward.run_layer` / `forward.head` draw Grad-CAM maps
-    with no PyTorch model (analysis/linear_cams.py)."""
-    device = torch.device(device)
+    with no PyTorch model (analysis/linear_cams.py).
+
+    On ONNX Runtime with the graph cached, nothing here imports torch (`forward.numpy`)."""
     engine = resolve_engine(requested, device)
-    if engine == "onnxruntime" and device.type != "cpu":
+    if engine == "onnxruntime" and _device_type(device) != "cpu":
         if log is not None:
             log(f"{label or identity}: onnxruntime runs on the CPU here; PyTorch runs on {device}")
         engine = "torch"
     if engine == "torch":
-        return torch_forward(_built(model), device, channels_last, {"requested": requested})
+        return torch_forward(_built(model), _torch_device(device), channels_last,
+                             {"requested": requested})
     forward, about, reason = onnx_forward(model, identity, input_size,
-                                          torch.get_num_threads(), root, layer)
+                                          default_threads(), root, layer)
     if forward is None:
         if log is not None:
             log(f"{label or identity}: ONNX graph refused ({reason}); running PyTorch instead")
-        return torch_forward(_built(model), device, channels_last,
+        return torch_forward(_built(model), _torch_device(device), channels_last,
                              {"requested": requested, "refused": {**about, "reason": reason}})
     forward.about["requested"] = requested
     return forward
+
+
+def pass_context(forwards: list[Forward], numpy_pass: bool):
+    """What a scoring pass runs in: nothing for a numpy pass (every forward on ONNX Runtime,
+    `Forward.numpy`: no torch); else inference mode and `one_torch_thread_unless_torch`."""
+    if numpy_pass:
+        return contextlib.nullcontext()
+    import torch
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    stack.enter_context(one_torch_thread_unless_torch(forwards))
+    return stack
+
+
+def _torch_device(device) -> torch.device:
+    import torch
+
+    return torch.device(device)
 
 
 @contextlib.contextmanager
@@ -415,6 +483,8 @@ def one_torch_thread_unless_torch(forwards: list[Forward]):
     if any(f.engine == "torch" for f in forwards):
         yield
         return
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -19,17 +19,20 @@ DenseNet applies F.relu after its layer) is caught; activations of both signs ma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch only to detect a head (at export), not to use a saved one
+    import torch
+    from torch import nn
 
 # max |logits - (W mean(A) + b)| allowed, relative to max(1, max |logits|): fp32 sums of 1280
 # products in another order differ by ~1e-6 of the largest term; a missing op differs by O(1).
 HEAD_TOLERANCE = 1e-4
-# Modules allowed between the layer and the classifier (by class name: timm's pooling wrapper
-# is matched without importing timm).
-_PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Identity, nn.AdaptiveAvgPool2d)
+# Modules allowed between the layer and the classifier: nn.Flatten, Dropout, Identity and
+# AdaptiveAvgPool2d to 1x1 (`_allowed`), and timm's pooling wrapper, matched by class name
+# without importing timm.
 _TIMM_POOL = "SelectAdaptivePool2d"
 
 
@@ -42,7 +45,9 @@ class LinearHead:
 
 
 def _allowed(module: nn.Module) -> bool:
-    if isinstance(module, _PASS_THROUGH):
+    from torch import nn
+
+    if isinstance(module, (nn.Flatten, nn.Dropout, nn.Identity, nn.AdaptiveAvgPool2d)):
         return not isinstance(module, nn.AdaptiveAvgPool2d) or _pools_to_one(module)
     if type(module).__name__ == _TIMM_POOL:  # timm: pool_type "avg" only (not max, not catavgmax)
         return getattr(module, "pool_type", "") == "avg"
@@ -57,6 +62,9 @@ def _pools_to_one(module: nn.AdaptiveAvgPool2d) -> bool:
 def linear_head(model: nn.Module, layer: str, x: torch.Tensor) -> LinearHead | None:
     """The Linear head after `layer` when pooling and it are all that follows (module
     docstring); None otherwise. Runs one forward pass of `x` in eval mode, no gradients."""
+    import torch
+    from torch import nn
+
     model = model.eval()
     try:
         target = model.get_submodule(layer)

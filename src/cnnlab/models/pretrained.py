@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:  # torch is imported where weights are loaded or downloaded, not to find them
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,17 @@ class WeightsLocation:
 
 
 def hub_checkpoint_dir() -> Path:
-    """$TORCH_HOME/hub/checkpoints (torch's default: ~/.cache/torch/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """$TORCH_HOME/hub/checkpoints (torch's default: ~/.cache/torch/hub/checkpoints).
+
+    torch.hub.get_dir() once torch is loaded (it honours torch.hub.set_dir); before that, its
+    rule (torch/hub.py: $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch; + "hub"),
+    so that finding the weights of a graph-cached model imports no torch (issue 27 item 4)."""
+    if "torch" in sys.modules:
+        import torch
+
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def _package_file(package: tuple[str, str]) -> Path | None:
@@ -96,6 +109,8 @@ def fetch(spec: PretrainedSpec, model_name: str, explicit: str | Path | None = N
     target = hub_checkpoint_dir() / spec.file_name
     if spec.url:
         try:
+            import torch
+
             target.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(spec.url, str(target), progress=False)
             return target
@@ -123,6 +138,8 @@ def load_pretrained(
 
             state = load_file(str(path))
         else:
+            import torch
+
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CnnlabError(f"cannot read weights file {path}: {exc}") from exc

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from cnnlab.errors import CnnlabError, suggest
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by the families that build models, not by a look-up
     from pathlib import Path
+
+    from torch import nn
 
     from cnnlab.data.preprocess import Preprocess
     from cnnlab.models.pretrained import PretrainedSpec
@@ -56,6 +56,9 @@ _REGISTRY: dict[str, ModelSpec] = {}
 # for importing torchvision and timm: ~2.4 s on an idle 2-core machine, over 10 s on a busy one.
 # These import neither torchvision nor timm (EfficientNet-Lite imports timm in its builder):
 # `get_spec` of any of their names, evaluate's defaults included, costs no such import.
+# EfficientNet-Lite comes first and alone: its registration imports no torch either, so `get_spec`
+# of its names (evaluate's defaults) on a cached ONNX graph runs without torch (issue 27 item 4).
+_TORCH_FREE_FAMILY_MODULES = ("cnnlab.models.efficientnet_lite",)
 _FAMILY_MODULES = (
     "cnnlab.models.alexnet_paper",
     "cnnlab.models.simple_cnn",
@@ -69,7 +72,12 @@ _FAMILY_MODULES = (
 _IMPORTING_FAMILY_MODULES = ("cnnlab.models.external",)
 
 
-def _load_families(importing: bool = True) -> None:
+def _load_families(importing: bool = True, torch_free: bool = False) -> None:
+    """Import the family modules (`torch_free`: only those whose import needs no torch)."""
+    if torch_free:
+        for module in _TORCH_FREE_FAMILY_MODULES:
+            importlib.import_module(module)
+        return
     for module in _FAMILY_MODULES + (_IMPORTING_FAMILY_MODULES if importing else ()):
         importlib.import_module(module)  # a no-op after the first time
 
@@ -96,14 +104,11 @@ def list_models(source: str | None = None) -> list[ModelSpec]:
 
 def get_spec(name: str) -> ModelSpec:
     """The spec for `name`, or a CnnlabError that names the closest registered models."""
-    _load_families(importing=False)
-    spec = _REGISTRY.get(_key(name))
-    if spec is not None:
-        return spec
-    _load_families()
-    spec = _REGISTRY.get(_key(name))
-    if spec is not None:
-        return spec
+    for tier in ({"torch_free": True}, {"importing": False}, {}):
+        _load_families(**tier)
+        spec = _REGISTRY.get(_key(name))
+        if spec is not None:
+            return spec
     if name.startswith("timm/"):
         return _timm_spec(name.removeprefix("timm/"))
     raise CnnlabError(

@@ -17,8 +17,10 @@ Steps, each of which fails early and in one line where the user can fix somethin
    all the models -- Pillow's draft mode decodes large JPEGs at reduced size --, then resize
    and crop it by each model's own preprocessing:
    data/batching.py's SharedDecodeDataset), batched inference of every model under
-   `torch.inference_mode()`; keep only the top-k classes and probabilities of each image, so
-   memory does not grow with the batch count beyond those few numbers;
+   `torch.inference_mode()`, or, when every model runs on ONNX Runtime, numpy from the decoder
+   to the top-k (no torch imported at all on a cached graph: issue 27 item 4); keep only the
+   top-k classes and probabilities of each image, so memory does not grow with the batch count
+   beyond those few numbers;
 4. under `torchrun` each rank scores every world_size-th image and rank 0 gathers the
    predictions; results do not depend on the number of ranks or workers;
 5. the class-activation maps (Grad-CAM, `analysis/cams.py`) of the class each model predicted
@@ -194,32 +196,26 @@ def _run_models(
     SharedDecodeDataset); keep only the top-k of each.
 
     A model's `seconds` is its own forward time plus an equal share of the time spent waiting
-    for decoded batches (the decoding is shared, so it is split evenly between the models)."""
-    import torch
+    for decoded batches (the decoding is shared, so it is split evenly between the models).
 
-    from cnnlab.data.batching import SharedDecodeDataset
-    from cnnlab.data.loaders import photo_loader
-    from cnnlab.models.inference import one_torch_thread_unless_torch
+    When every model runs on ONNX Runtime the pass is numpy from the decoder to the top-k
+    (`Forward.numpy`, models/topk.py): no torch is imported for it (issue 27 item 4)."""
+    from cnnlab.data.batching import SharedDecodeDataset, pass_batches
+    from cnnlab.models.inference import pass_context
+    from cnnlab.models.topk import logits_top_k
 
     k = max(config.top_k, 5)  # top-5 error is always reported
     fast = [config.explain and f.run_layer is not None for f in forwards]  # maps in the pass
-    dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft)
-    if all(f.engine == "onnxruntime" for f in forwards) and config.workers > 0:
-        from cnnlab.data.threaded import thread_batches
-
-        # Decoding threads, not processes: ONNX Runtime and the decoder release the GIL
-        # (data/threaded.py: no forked copy of torch, less CPU).
-        loader = thread_batches(dataset, batch_size=config.batch_size, collate=dataset.collate,
-                                threads=config.workers)
-    else:
-        loader = photo_loader(dataset, workers=config.workers, device=device,
-                              batch_size=config.batch_size, collate=dataset.collate)
+    numpy_pass = all(f.numpy is not None for f in forwards)
+    dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft, arrays=numpy_pass)
+    loader = pass_batches(dataset, numpy_pass, batch_size=config.batch_size,
+                          workers=config.workers, device=device)
     outs = [ModelPass(name, [], [], [], [], 0.0, {} if f else None)
             for name, f in zip(names, fast, strict=True)]
     n_batches = (len(items) + config.batch_size - 1) // config.batch_size
     forward_seconds = [0.0] * len(names)
     start = time.perf_counter()
-    with torch.inference_mode(), one_torch_thread_unless_torch(forwards):
+    with pass_context(forwards, numpy_pass):
         for batches, indices, bad in reporter.track(
             loader, total=n_batches, description=" + ".join(names), unit="batches"
         ):
@@ -230,16 +226,15 @@ def _run_models(
                 if len(indices) == 0:
                     continue
                 began = time.perf_counter()
+                f = forwards[m]
                 if fast[m]:
-                    logits, activations = forwards[m].run_layer(images)
+                    logits, activations = (f.numpy_layer if numpy_pass else f.run_layer)(images)
                 else:
-                    logits = forwards[m](images)
-                probs = logits.float().softmax(dim=1)
-                top_p, top_c = probs.topk(min(k, probs.shape[1]), dim=1)
-                tops = top_c.cpu().tolist()
+                    logits = (f.numpy if numpy_pass else f)(images)
+                top_p, tops = logits_top_k(logits, k)
                 out.indices.extend(good_global)
                 out.top_classes.extend(tops)
-                out.top_probs.extend(top_p.cpu().tolist())
+                out.top_probs.extend(top_p)
                 scored = time.perf_counter()
                 forward_seconds[m] += scored - began
                 if fast[m]:

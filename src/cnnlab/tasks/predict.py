@@ -66,12 +66,12 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
     With a CamWriter (`predict_explained`), each classified photo's record also names its top
     class's map (`cam`, relative to the writer's run directory) and the seconds it took."""
 
-    from cnnlab.data.batching import ImageDataset
+    from cnnlab.data.batching import ImageDataset, pass_batches
     from cnnlab.data.folders import LabelledImage
-    from cnnlab.data.loaders import photo_loader
     from cnnlab.hardware import choose_device
     from cnnlab.models.inference import prepare_forward
     from cnnlab.models.predictor import expand_inputs, load_predictor
+    from cnnlab.models.topk import logits_top_k
 
     files, skipped = expand_inputs(config.inputs)
     if not files and not skipped:
@@ -87,10 +87,12 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
                               input_size=predictor.preprocess.crop_size, device=device,
                               log=reporter.log, label=config.model, layer=_cam_layer(predictor))
     fast = _ready_writer(writer, forward, predictor)  # maps from the graph's activations
+    # ONNX Runtime: numpy from the decoder to the top-k, no torch (issue 27 item 4).
+    numpy_pass = forward.numpy is not None
     dataset = ImageDataset([LabelledImage(p, "") for p in files], predictor.preprocess,
-                           draft=config.draft)
-    loader = photo_loader(dataset, workers=config.workers, device=device,
-                          batch_size=config.batch_size, collate=dataset.collate)
+                           draft=config.draft, arrays=numpy_pass)
+    loader = pass_batches(dataset, numpy_pass, batch_size=config.batch_size,
+                          workers=config.workers, device=device)
     n_batches = (len(files) + config.batch_size - 1) // config.batch_size
     for images, indices, bad in reporter.track(loader, total=n_batches, description="predict",
                                                unit="batches"):
@@ -99,11 +101,15 @@ def predict(config: PredictConfig, reporter, predictor: Predictor | None = None,
         if len(indices):
             # Inference mode per batch only (inside `forward`): the records are consumed (and
             # the maps drawn, which need gradients) outside it.
-            logits, activations = forward.run_layer(images) if fast else (forward(images), None)
-            probs = logits.float().softmax(dim=1).cpu()
-            top_p, top_c = probs.topk(k, dim=1)
-            for row, (i, cs, ps) in enumerate(zip(indices.tolist(), top_c.tolist(),
-                                                  top_p.tolist(), strict=True)):
+            if numpy_pass:
+                logits, activations = (forward.numpy_layer(images) if fast
+                                       else (forward.numpy(images), None))
+            else:
+                logits, activations = (forward.run_layer(images) if fast
+                                       else (forward(images), None))
+            top_p, top_c = logits_top_k(logits, k)
+            for row, (i, cs, ps) in enumerate(zip(indices.tolist(), top_c, top_p,
+                                                  strict=True)):
                 out[i] = {"file": str(files[i]), "top": [
                     {"class": predictor.classes[c], "probability": p, "index": c}
                     for c, p in zip(cs, ps, strict=True)]}
