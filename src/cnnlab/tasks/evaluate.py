@@ -315,7 +315,7 @@ def _predictions_csv(
     """One row per image, model and rank. Under the prefix rule two more columns list the
     classes each image accepts (`accepted`: indices separated by spaces; `accepted_classes`:
     their names separated by '; '), and true_index / true_class are empty unless it is one."""
-    names = classes.names  # a property that builds the 1000-name tuple on each access
+    names = classes.names  # one local lookup per row
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "true_label", "true_index", "true_class", "model", "rank", "class_index",
