@@ -72,7 +72,7 @@ def frozen_features_many(candidates: Sequence[tuple[str, str | Path | None]],
         nets.append(FeatureNet(_body_of(pretrained), preprocess, cache,
                                label=f"features of {name}"))
     names = " + ".join(name for name, _ in candidates)
-    return compute_features_many(nets, paths, reporter, batch_size=32, workers=workers,
+    return compute_features_many(nets, paths, reporter, workers=workers,
                                  draft=draft, device=device, engine=engine, log=reporter.log,
                                  label=f"features of {names}")
 
