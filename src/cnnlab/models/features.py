@@ -139,7 +139,7 @@ class FeatureNet:
 
 
 def compute_features(
-    body: nn.Module,
+    body: nn.Module | Callable[[], nn.Module],
     paths: Sequence[Path],
     preprocess: Preprocess,
     cache: FeatureCache | None,
@@ -158,7 +158,8 @@ def compute_features(
     """`body(image)` for every photo, from the cache where it is there, one pass otherwise.
 
     `body` must be a fixed function (eval mode, frozen weights): it is switched to eval mode
-    here. Photos that cannot be decoded are returned in `bad` with their reason (and cached as
+    here; or a function that builds it, called only when the pass needs the PyTorch body.
+    Photos that cannot be decoded are returned in `bad` with their reason (and cached as
     bad), never raised. `engine` runs the pass (models/inference.py: torch, onnxruntime, auto);
     the exported graph is named by `identity`, else by the cache's key (a body without either
     runs in PyTorch). The vectors are cached whichever engine computed them: the two agree to

@@ -82,7 +82,7 @@ def prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path, 
                                             "weights": str(weights_file),
                                             "preprocess": preprocess.__dict__,
                                             "draft": config.draft})
-        feats = compute_features(net.body, wanted, preprocess, cache, reporter,
+        feats = compute_features(net.frozen_body(), wanted, preprocess, cache, reporter,
                                  workers=config.workers, draft=config.draft,
                                  device=device, label="features (one pass)",
                                  engine=config.engine, log=reporter.log)
