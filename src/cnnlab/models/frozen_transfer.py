@@ -77,6 +77,24 @@ def manifest_of(backbone: str, weights_digest: str, pretrained_state: OrderedDic
         width=int(net.width), stages=len(net.stages))
 
 
+def transfer_recorded(model: nn.Module, backbone: str, weights_file: Path, num_classes: int,
+                      root: Path | None = None):
+    """TransferModel.from_pretrained(model, num_classes), its manifest saved on the way (a
+    cache that cannot be written only costs the next run the build)."""
+    import contextlib
+
+    from cnnlab.models.cache import file_digest
+    from cnnlab.models.transfer import TransferModel
+
+    state = model.state_dict()
+    parameters = {n for n, _ in model.named_parameters()}
+    net = TransferModel.from_pretrained(model, num_classes)
+    with contextlib.suppress(OSError):
+        save_manifest(manifest_of(backbone, file_digest(weights_file), state, parameters, net),
+                      root)
+    return net
+
+
 def save_manifest(manifest: Manifest, root: Path | None = None) -> Path:
     """Written atomically; a concurrent run writes the same bytes."""
     from cnnlab.runs import atomic_write_text

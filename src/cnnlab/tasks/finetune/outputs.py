@@ -64,12 +64,13 @@ EXPLAIN_MAX = 200  # misclassified test photos whose maps are drawn (the report 
 
 
 def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets, draft: bool,
-                          run_dir: RunDir, reporter, features=None) -> dict[str, Any]:
+                          run_dir: RunDir, reporter, from_graph=None) -> dict[str, Any]:
     """Grad-CAM maps of the predicted and of the true class of each misclassified test photo
     (the first EXPLAIN_MAX), drawn by the trained network: results.json "explanations".
-    A FrozenTransfer not built yet draws them from the pretrained graph's CAM-layer
-    activations and the fitted head (`graph_maps`; `features`: the test photos' rows, which
-    the activations must pool to), else the PyTorch network does (built now if need be)."""
+    `from_graph`: (weights file, the test photos' features) of a frozen body with a fitted
+    head on ONNX Runtime: the maps come from the pretrained graph's CAM-layer activations and
+    the head (`graph_maps`) where that graph serves; else the PyTorch network draws them
+    (a FrozenTransfer's built now)."""
     from cnnlab.analysis.cams import CamWriter, explain_mistakes, layer_of
 
     predicted = logits.argmax(dim=1).tolist()
@@ -79,9 +80,10 @@ def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets
     mistakes = [{"path": split.test[i].path, "predicted": predicted[i],
                  "true": int(targets[i]), "stem": f"cams/{i:05d}"} for i in chosen]
     writer = None
-    if getattr(net, "is_built", True) is False and features is not None:
-        writer = graph_maps(net, preprocess, mistakes, features[chosen], run_dir, draft,
-                            reporter.log)
+    if from_graph is not None:
+        weights_file, features = from_graph
+        writer = graph_maps(net, backbone, weights_file, preprocess, mistakes,
+                            features[chosen], run_dir, draft, reporter.log)
     if writer is None:
         model = net.built() if hasattr(net, "built") else net
         writer = CamWriter(model, layer_of(model, backbone), preprocess, run_dir, draft=draft)
@@ -97,9 +99,10 @@ def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets
             "cams": cams}
 
 
-def graph_maps(net, preprocess, mistakes: list[dict[str, Any]], features, run_dir: RunDir,
-               draft: bool, log):
-    """The raw Grad-CAM maps of `mistakes` (each gets "raw") from the pretrained net's ONNX
+def graph_maps(net, backbone: str, weights_file: Path, preprocess,
+               mistakes: list[dict[str, Any]], features, run_dir: RunDir, draft: bool, log):
+    """The raw Grad-CAM maps of `mistakes` (each gets "raw") by `net`'s fitted head (a
+    TransferModel or FrozenTransfer of `backbone`, frozen) from the pretrained net's ONNX
     graph with its CAM layer's activations as a second output (evaluate's graph,
     models/inference.py), and a CamWriter without a model to save them; None when that graph
     cannot serve (refused, no linear head after the layer, a photo unreadable now, or
@@ -125,7 +128,7 @@ def graph_maps(net, preprocess, mistakes: list[dict[str, Any]], features, run_di
     from cnnlab.models.registry import PretrainedNet
 
     start = time.perf_counter()
-    pretrained = PretrainedNet(net.backbone, net.weights_file)
+    pretrained = PretrainedNet(backbone, weights_file)
     layer = pretrained.spec.cam_layer
     if layer is None:
         return None
@@ -133,9 +136,9 @@ def graph_maps(net, preprocess, mistakes: list[dict[str, Any]], features, run_di
     if not mistakes:
         return writer
     forward = prepare_forward(pretrained, "onnxruntime",
-                              identity=weights_identity(net.backbone, net.weights_file),
+                              identity=weights_identity(backbone, weights_file),
                               input_size=preprocess.crop_size, device=torch.device("cpu"),
-                              log=log, label=net.backbone, layer=layer)
+                              log=log, label=backbone, layer=layer)
     if forward.run_layer is None or forward.head is None:
         return None
     activations = []

@@ -7,7 +7,6 @@ photos), train or fit, and on rank 0 the test photos' one measurement and what t
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,37 +139,32 @@ def _network(config: FinetuneConfig, name: str, weights_file: Path, n_classes: i
     import torch
 
     from cnnlab.models.features import file_digest
-    from cnnlab.models.frozen_transfer import (
-        FrozenTransfer,
-        load_manifest,
-        manifest_of,
-        save_manifest,
-    )
-    from cnnlab.models.inference import resolve_engine
+    from cnnlab.models.frozen_transfer import FrozenTransfer, load_manifest, transfer_recorded
     from cnnlab.models.registry import create_pretrained
-    from cnnlab.models.transfer import TransferModel
-
-    digest = file_digest(weights_file)
 
     def build():
         model, _, _ = create_pretrained(name, weights_file)
-        state = model.state_dict()
-        parameters = {n for n, _ in model.named_parameters()}
-        net = TransferModel.from_pretrained(model, n_classes)
+        net = transfer_recorded(model, name, weights_file, n_classes)
         net.set_strategy(config.strategy, config.bn)
         if config.partial:
             net.unfreeze(config.train_stages)
-        net = net.to(device=device, memory_format=torch.channels_last)
-        with contextlib.suppress(OSError):  # a read-only cache only costs the next run time
-            save_manifest(manifest_of(name, digest, state, parameters, net))
-        return net
+        return net.to(device=device, memory_format=torch.channels_last)
 
-    lazy = (config.fitted and config.cached and not config.partial and device.type == "cpu"
-            and resolve_engine(config.engine, device) == "onnxruntime")
-    manifest = load_manifest(name, digest) if lazy else None
+    manifest = (load_manifest(name, file_digest(weights_file))
+                if _on_graphs(config, device) else None)
     if manifest is None:
         return build()
     return FrozenTransfer(name, weights_file, n_classes, manifest, build)
+
+
+def _on_graphs(config: FinetuneConfig, device) -> bool:
+    """Whether the run never needs its PyTorch body: the frozen body's head fitted on cached
+    features, every pass on ONNX Runtime (the CPU), so the maps of its mistakes can come from
+    the pretrained graph too (outputs.graph_maps)."""
+    from cnnlab.models.inference import resolve_engine
+
+    return (config.fitted and config.cached and not config.partial and device.type == "cpu"
+            and resolve_engine(config.engine, device) == "onnxruntime")
 
 
 def _train_or_fit(config: FinetuneConfig, setup: _SetUp, trainer: Trainer, run_dir: RunDir,
@@ -218,6 +212,9 @@ def _measure_and_write(config: FinetuneConfig, setup: _SetUp, trainer: Trainer,
     run_dir.write_text("predictions.csv", predictions_csv(
         split.test, split.root, targets, logits, split.classes, max(k, 1)))
     explanations = None
+    features = (setup.prepared.features or {}).get("test")
+    from_graph = ((setup.weights_file, features)
+                  if features is not None and _on_graphs(config, setup.device) else None)
     if config.explain:
         # One thread: a few photos per pass (analysis/cams.MAP_BATCH), where a second thread
         # saves little on an idle machine and on a shared one made the maps of 10 mistakes
@@ -226,8 +223,7 @@ def _measure_and_write(config: FinetuneConfig, setup: _SetUp, trainer: Trainer,
         with threads(1):
             explanations = explain_test_mistakes(setup.net, config.backbone, setup.preprocess,
                                                  split, logits, targets, config.draft,
-                                                 run_dir, setup.reporter,
-                                                 (setup.prepared.features or {}).get("test"))
+                                                 run_dir, setup.reporter, from_graph)
     training = _training_record(trained)
     # total: end to end, the backbone choice of --model auto included (it ran first).
     seconds = {"choose_backbone": round(choice_seconds, 3),
