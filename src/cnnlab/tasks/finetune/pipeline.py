@@ -45,7 +45,7 @@ class _SetUp:
 
     name: str  # the backbone's registered name
     weights_file: Path  # its ImageNet weights
-    net: Any  # models.transfer.TransferModel
+    net: Any  # models.transfer.TransferModel, or models.frozen_transfer.FrozenTransfer
     preprocess: Any
     prepared: Prepared
     device: Any
