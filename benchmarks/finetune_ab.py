@@ -5,8 +5,9 @@
 
 For a change to the defaults (issue 27: "no more mistakes than today, measured in the same run
 before and after"): each folder is run by each tree in turn (A, B, A, B...), each a fresh
-process with PYTHONPATH set to its tree, an empty feature cache and the ONNX exports kept per
-precision (exported by an untimed first run), as `finetune_vs_lab.py --defaults
+process with PYTHONPATH set to its tree, an empty feature cache and, per tree and precision,
+what a machine keeps between runs (the ONNX exports and the backbones' manifests, KEPT),
+made by an untimed first run of that tree on every folder, as `finetune_vs_lab.py --defaults
 --keep-exports` times cnnlab. Prints per run: wall and CPU seconds (the process and its
 workers: the steadier figure on a shared machine), test mistakes, the backbone chosen; then
 per tree the sums and the CPU ratio. The folders: the few-shot CIFAR-10 draws of
@@ -26,11 +27,15 @@ from pathlib import Path
 from eval_common import DATA_ROOT, PYTHON, load_average
 from finetune_vs_lab import cpu_line, folders, timed
 
+# What a machine keeps between runs: the exported graphs and the backbones' manifests
+# (models/frozen_transfer.py), both made once per weights file, like a download.
+KEPT = ("onnx", "transfer")
+
 
 def run_tree(src: str, data: Path, precision: str, cache: Path, tmp: str) -> dict:
     """One fresh default run of the tree at `src`; the feature cache emptied, exports kept."""
     for entry in cache.iterdir() if cache.is_dir() else []:
-        if entry.name != "onnx":
+        if entry.name not in KEPT:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     out = Path(tmp) / "run"
     shutil.rmtree(out, ignore_errors=True)
@@ -59,13 +64,16 @@ def main() -> None:
         data = folders(args, Path(work)) if args.fewshot else []
         if args.hymenoptera:
             data.append(DATA_ROOT / "hymenoptera")
-        caches = {p: Path(work) / f"cache-{p}" for p in args.precisions}
-        for p in args.precisions:  # the exports, once per precision, untimed
-            run_tree(next(iter(trees.values())), data[0], p, caches[p], work)
+        caches = {(name, p): Path(work) / f"cache-{name}-{p}" for name in trees
+                  for p in args.precisions}
+        for folder in data:  # each tree's exports (graphs, manifests), untimed: every
+            for p in args.precisions:  # backbone a folder chooses is exported before timing
+                for name, src in trees.items():
+                    run_tree(src, folder, p, caches[(name, p)], work)
         for folder in data:
             for p in args.precisions:
                 for name, src in trees.items():
-                    r = run_tree(src, folder, p, caches[p], work)
+                    r = run_tree(src, folder, p, caches[(name, p)], work)
                     for key in ("wall_s", "cpu_s", "wrong"):
                         totals[(name, p)][key] += r[key]
                     print(f"{folder.name} {p} {name}: {r['wall_s']:.1f} s wall, "

@@ -71,12 +71,17 @@ def cpu_line() -> str:
     return f"{model}, {os.cpu_count()} CPUs, flags {' '.join(speed) or 'none of avx2/avx512'}"
 
 
+# What --keep-exports keeps between runs: the ONNX exports and the backbones' manifests
+# (models/frozen_transfer.py), each made once per machine and weights file, like a download.
+KEPT = ("onnx", "transfer")
+
+
 def ours(data: Path, args, precision: str, tmp: str, cache: Path) -> dict:
-    """One fresh `cnnlab finetune` process. `cache` keeps only its onnx/ exports between runs
-    (exported once per machine, like a weights download); the feature cache starts empty, so
-    every photo is decoded and every backbone pass is run, as for a user's new folder."""
+    """One fresh `cnnlab finetune` process. With --keep-exports `cache` keeps KEPT between
+    runs; the feature cache starts empty, so every photo is decoded and every backbone pass is
+    run, as for a user's new folder."""
     for entry in cache.iterdir() if cache.is_dir() else []:
-        if entry.name != "onnx" or not args.keep_exports:
+        if entry.name not in KEPT or not args.keep_exports:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     cmd = [PYTHON, "-m", "cnnlab", "finetune", str(data), "--out", f"{tmp}/run", "-q"]
     if not args.defaults:
@@ -124,8 +129,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8, help="training photos per class (--fewshot)")
     ap.add_argument("--draws", type=int, default=3, help="few-shot draws (--fewshot)")
     ap.add_argument("--defaults", action="store_true", help="cnnlab with every default")
-    ap.add_argument("--keep-exports", action="store_true", help="export the ONNX graphs once "
-                    "(an untimed first run) and keep them; the feature cache stays cold")
+    ap.add_argument("--keep-exports", action="store_true", help="export the ONNX graphs and "
+                    "the manifests once (an untimed first run per draw) and keep them; the "
+                    "feature cache stays cold")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "auto"],
                     choices=["fp32", "auto"])
     args = ap.parse_args()
@@ -134,10 +140,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         caches = {p: Path(work) / f"cache-{p}" for p in args.precisions}
         draws = folders(args, Path(work))
-        if args.keep_exports:
+        if args.keep_exports:  # untimed, on every draw: each backbone a draw chooses
             for p in args.precisions:
-                with tempfile.TemporaryDirectory() as tmp:
-                    ours(draws[0], args, p, tmp, caches[p])
+                for data in draws:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        ours(data, args, p, tmp, caches[p])
         for i, data in enumerate(draws):
             row = {"data": data.name, "lab": lab(data, args)}
             for p in args.precisions:

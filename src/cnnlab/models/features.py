@@ -33,6 +33,11 @@ from cnnlab.runs import atomic_write_bytes, atomic_write_text
 
 EXTRACTOR_VERSION = 1  # bump when what `body(x)` means changes (head surgery, dtype)
 PACK_PREFIX = "pack-"
+# Photos per forward call when every net of a pass runs on ONNX Runtime (`batch_size=None`).
+# Measured (Lite0/1/2 at 224/240/260 px, 100 photos, one ORT thread, CPU-s, AMX Xeon, issue 27):
+# batch 8 1.19-1.27 / 1.80-1.82 / 2.43-2.54 against batch 32 1.50-1.61 / 2.02-2.14 /
+# 2.75-2.78: a batch of 8 keeps a layer's activations in the caches. PyTorch keeps 32.
+ORT_BATCH, TORCH_BATCH = 8, 32
 
 
 def photo_digests(paths: Sequence[Path]) -> tuple[list[str], dict[str, Path]]:
@@ -134,13 +139,13 @@ class FeatureNet:
 
 
 def compute_features(
-    body: nn.Module,
+    body: nn.Module | Callable[[], nn.Module],
     paths: Sequence[Path],
     preprocess: Preprocess,
     cache: FeatureCache | None,
     reporter,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int = 2,
     draft: bool = True,
     device: torch.device | str = "cpu",
@@ -153,7 +158,8 @@ def compute_features(
     """`body(image)` for every photo, from the cache where it is there, one pass otherwise.
 
     `body` must be a fixed function (eval mode, frozen weights): it is switched to eval mode
-    here. Photos that cannot be decoded are returned in `bad` with their reason (and cached as
+    here; or a function that builds it, called only when the pass needs the PyTorch body.
+    Photos that cannot be decoded are returned in `bad` with their reason (and cached as
     bad), never raised. `engine` runs the pass (models/inference.py: torch, onnxruntime, auto);
     the exported graph is named by `identity`, else by the cache's key (a body without either
     runs in PyTorch). The vectors are cached whichever engine computed them: the two agree to
@@ -182,7 +188,7 @@ def compute_features_many(
     paths: Sequence[Path],
     reporter,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int = 2,
     draft: bool = True,
     device: torch.device | str = "cpu",
@@ -198,10 +204,10 @@ def compute_features_many(
     nets run on it. Each net sees exactly the pixels of its own pass (`decode.decode_many`), so
     its vectors go to its cache under the same key as a one-net pass's. `seconds` of each: its
     own forward time plus an equal share of the rest (reading caches, decoding, waiting).
+    `batch_size` None: ORT_BATCH when every net runs on ONNX Runtime, else TORCH_BATCH.
     """
-    from cnnlab.data.batching import SharedDecodeDataset
-    from cnnlab.data.folders import LabelledImage
-    from cnnlab.data.loaders import photo_loader
+    from cnnlab.models.inference import one_torch_thread_unless_torch
+
 
     start = time.perf_counter()
     paths = list(paths)
@@ -219,30 +225,32 @@ def compute_features_many(
         forwards = [_forward_of(nets[k], engine, device, channels_last, log) for k in active]
         for k, forward in zip(active, forwards, strict=True):
             abouts[k] = forward.about
-        dataset = SharedDecodeDataset([LabelledImage(first_path[d], "") for d in union],
-                                      [nets[k].preprocess for k in active], draft=draft)
-        loader = photo_loader(dataset, workers=workers, device=device, batch_size=batch_size,
-                              collate=dataset.collate)
-        n_batches = (len(union) + batch_size - 1) // batch_size
-        for batches, indices, failed in reporter.track(
-                loader, total=n_batches, description=label, unit="batches"):
-            for i, reason in failed:
-                for k in active:
-                    if union[i] in todos[k]:
-                        new_bad[k][union[i]] = reason
-            wanted = [union[i] for i in indices.tolist()]
-            for j, (k, forward) in enumerate(zip(active, forwards, strict=True)):
-                rows = [r for r, d in enumerate(wanted) if d in todos[k]]
-                if not rows:
-                    continue
-                began = time.perf_counter()
-                images = batches[j] if len(rows) == len(wanted) else batches[j][rows]
-                out = forward(images).float().cpu()
-                if out.ndim != 2:
-                    raise ValueError(f"body output {tuple(out.shape)} is not (batch, features)")
-                for r, row in zip(rows, out, strict=True):
-                    new_vectors[k][wanted[r]] = row.clone()
-                own[k] += time.perf_counter() - began
+        loader, n_batches = _photo_batches([first_path[d] for d in union],
+                                           [nets[k].preprocess for k in active], forwards,
+                                           batch_size, workers, draft, device)
+        # One torch thread while ONNX Runtime runs every net: torch only stacks batches then,
+        # and its second thread made that far slower on a busy machine (inference.py).
+        with one_torch_thread_unless_torch(forwards):
+            for batches, indices, failed in reporter.track(
+                    loader, total=n_batches, description=label, unit="batches"):
+                for i, reason in failed:
+                    for k in active:
+                        if union[i] in todos[k]:
+                            new_bad[k][union[i]] = reason
+                wanted = [union[i] for i in indices.tolist()]
+                for j, (k, forward) in enumerate(zip(active, forwards, strict=True)):
+                    rows = [r for r, d in enumerate(wanted) if d in todos[k]]
+                    if not rows:
+                        continue
+                    began = time.perf_counter()
+                    images = batches[j] if len(rows) == len(wanted) else batches[j][rows]
+                    out = forward(images).float().cpu()
+                    if out.ndim != 2:
+                        raise ValueError(f"body output {tuple(out.shape)} is not "
+                                         "(batch, features)")
+                    for r, row in zip(rows, out, strict=True):
+                        new_vectors[k][wanted[r]] = row.clone()
+                    own[k] += time.perf_counter() - began
         for k in active:
             if nets[k].cache is not None:
                 nets[k].cache.save(new_vectors[k], new_bad[k])
@@ -250,6 +258,30 @@ def compute_features_many(
     return [_assemble(paths, digests, {**stored[k][0], **new_vectors[k]},
                       {**stored[k][1], **new_bad[k]}, len(todos[k]), own[k] + shared, abouts[k])
             for k in range(len(nets))]
+
+
+def _photo_batches(paths: list[Path], preprocesses: list[Preprocess], forwards, batch_size,
+                   workers: int, draft: bool, device: torch.device):
+    """(the batches of the pass, their number): each photo decoded once for every net. When
+    every forward runs on ONNX Runtime, decoding threads of this process, as evaluate does
+    (data/threaded.py: no forked copy of torch; Pillow and ONNX Runtime release the GIL), and
+    batches of ORT_BATCH; otherwise DataLoader worker processes and TORCH_BATCH."""
+    from cnnlab.data.batching import SharedDecodeDataset
+    from cnnlab.data.folders import LabelledImage
+    from cnnlab.data.loaders import photo_loader
+
+    on_ort = all(f.engine == "onnxruntime" for f in forwards)
+    size = batch_size or (ORT_BATCH if on_ort else TORCH_BATCH)
+    dataset = SharedDecodeDataset([LabelledImage(p, "") for p in paths], preprocesses,
+                                  draft=draft)
+    n_batches = (len(paths) + size - 1) // size
+    if on_ort and workers > 0:
+        from cnnlab.data.threaded import thread_batches
+
+        return thread_batches(dataset, batch_size=size, collate=dataset.collate,
+                              threads=workers), n_batches
+    return photo_loader(dataset, workers=workers, device=device, batch_size=size,
+                        collate=dataset.collate), n_batches
 
 
 def _assemble(paths: list[Path], digests: list[str], vectors: dict[str, torch.Tensor],

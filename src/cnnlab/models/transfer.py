@@ -161,6 +161,11 @@ class TransferModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 
+    def frozen_body(self) -> nn.Module:
+        """The body for a frozen feature pass (models/frozen_transfer.FrozenTransfer gives a
+        function that builds it instead)."""
+        return self.body
+
     # ---------------------------------------------------------------------- what trains
 
     def set_strategy(self, strategy: str, bn: str = "frozen") -> TransferModel:

@@ -55,11 +55,14 @@ Where each part lives (imports point down this list, never up, none inside a fun
   head.py        the frozen head solved by L-BFGS with a cross-validated L2 (fit_head), and
                  partial's start from it (partial_head_init)
   outputs.py     the test photos' scores, predictions.csv, model.safetensors + model.json
-                 (export_model), the CAMs of the mistakes, results.json "settings"
+                 (export_model), the CAMs of the mistakes (from the pretrained ONNX graph's
+                 CAM-layer activations and the fitted head: graph_maps), results.json
+                 "settings"
   choice.py      --strategy auto (auto_strategy) and --model auto (resolve/choose_backbone),
                  decided on train + validation photos only
   pipeline.py    run: one strategy end to end (set up, train or fit, measure and write), and
-                 --compare's two runs on one split (run_compare, compare_cost)
+                 --compare's two runs on one split (run_compare, compare_cost); the default on
+                 ONNX Runtime never builds the PyTorch net (models/frozen_transfer.py)
 """
 
 from cnnlab.tasks.finetune.choice import (

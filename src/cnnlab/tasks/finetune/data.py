@@ -82,8 +82,8 @@ def prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path, 
                                             "weights": str(weights_file),
                                             "preprocess": preprocess.__dict__,
                                             "draft": config.draft})
-        feats = compute_features(net.body, wanted, preprocess, cache, reporter,
-                                 batch_size=32, workers=config.workers, draft=config.draft,
+        feats = compute_features(net.frozen_body(), wanted, preprocess, cache, reporter,
+                                 workers=config.workers, draft=config.draft,
                                  device=device, label="features (one pass)",
                                  engine=config.engine, log=reporter.log)
         info = {"used": True, "photos": len(wanted), "computed": feats.computed,

@@ -64,18 +64,29 @@ EXPLAIN_MAX = 200  # misclassified test photos whose maps are drawn (the report 
 
 
 def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets, draft: bool,
-                          run_dir: RunDir, reporter) -> dict[str, Any]:
+                          run_dir: RunDir, reporter, from_graph=None) -> dict[str, Any]:
     """Grad-CAM maps of the predicted and of the true class of each misclassified test photo
-    (the first EXPLAIN_MAX), drawn by the trained network: results.json "explanations"."""
+    (the first EXPLAIN_MAX), drawn by the trained network: results.json "explanations".
+    `from_graph`: (weights file, the test photos' features) of a frozen body with a fitted
+    head on ONNX Runtime: the maps come from the pretrained graph's CAM-layer activations and
+    the head (`graph_maps`) where that graph serves; else the PyTorch network draws them
+    (a FrozenTransfer's built now)."""
     from cnnlab.analysis.cams import CamWriter, explain_mistakes, layer_of
 
     predicted = logits.argmax(dim=1).tolist()
     wrong = [i for i, (p, t) in enumerate(zip(predicted, targets.tolist(), strict=True))
              if p != t]
-    writer = CamWriter(net, layer_of(net, backbone), preprocess, run_dir, draft=draft)
     chosen = wrong[:EXPLAIN_MAX]
     mistakes = [{"path": split.test[i].path, "predicted": predicted[i],
                  "true": int(targets[i]), "stem": f"cams/{i:05d}"} for i in chosen]
+    writer = None
+    if from_graph is not None:
+        weights_file, features = from_graph
+        writer = graph_maps(net, backbone, weights_file, preprocess, mistakes,
+                            features[chosen], run_dir, draft, reporter.log)
+    if writer is None:
+        model = net.built() if hasattr(net, "built") else net
+        writer = CamWriter(model, layer_of(model, backbone), preprocess, run_dir, draft=draft)
     drawn = explain_mistakes(writer, mistakes, reporter, description="CAMs of the mistakes")
     cams = [{"file": _relative(split.test[i].path, split.root),
              "predicted": {"index": m["predicted"], "class": split.classes[m["predicted"]],
@@ -86,6 +97,68 @@ def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets
     return {**about, "n_wrong": len(wrong), "limit": EXPLAIN_MAX,
             "seconds_per_photo": round(about["seconds"] / len(cams), 4) if cams else None,
             "cams": cams}
+
+
+def graph_maps(net, backbone: str, weights_file: Path, preprocess,
+               mistakes: list[dict[str, Any]], features, run_dir: RunDir, draft: bool, log):
+    """The raw Grad-CAM maps of `mistakes` (each gets "raw") by `net`'s fitted head (a
+    TransferModel or FrozenTransfer of `backbone`, frozen) from the pretrained net's ONNX
+    graph with its CAM layer's activations as a second output (evaluate's graph,
+    models/inference.py), and a CamWriter without a model to save them; None when that graph
+    cannot serve (refused, no linear head after the layer, a photo unreadable now, or
+    activations that do not pool to the run's features): the PyTorch maps then.
+
+    Exact, not an approximation: the frozen body's features are the layer's spatial mean
+    (checked here on these photos, within inference.MAX_ABS_DIFF, as the graphs are checked
+    against PyTorch), and the fitted head is linear on them, so Grad-CAM's channel weights are
+    W[c] / (h * w) (analysis/linear_cams.py)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from cnnlab.analysis.cams import CamWriter
+    from cnnlab.analysis.linear_cams import linear_gradcam
+    from cnnlab.data.decode import BadImage, load_image
+    from cnnlab.models.inference import (
+        MAX_ABS_DIFF,
+        prepare_forward,
+        weights_identity,
+    )
+    from cnnlab.models.registry import PretrainedNet
+
+    start = time.perf_counter()
+    pretrained = PretrainedNet(backbone, weights_file)
+    layer = pretrained.spec.cam_layer
+    if layer is None:
+        return None
+    writer = CamWriter(None, f"body.{layer}", preprocess, run_dir, draft=draft)
+    if not mistakes:
+        return writer
+    forward = prepare_forward(pretrained, "onnxruntime",
+                              identity=weights_identity(backbone, weights_file),
+                              input_size=preprocess.crop_size, device=torch.device("cpu"),
+                              log=log, label=backbone, layer=layer)
+    if forward.run_layer is None or forward.head is None:
+        return None
+    activations = []
+    for at in range(0, len(mistakes), 8):  # features.ORT_BATCH photos per call
+        try:
+            x = torch.stack([load_image(m["path"], preprocess, draft)
+                             for m in mistakes[at:at + 8]])
+        except BadImage:
+            return None
+        activations.append(forward.run_layer(x)[1])
+    a = np.concatenate(activations) if activations else np.zeros((0, net.width, 1, 1))
+    pooled = a.mean(axis=(2, 3))
+    if len(a) and float(np.abs(pooled - features.numpy()).max()) > MAX_ABS_DIFF:
+        return None
+    weight = net.head.weight.detach().float().numpy()
+    for m, act in zip(mistakes, a, strict=True):
+        m["raw"] = linear_gradcam(act, weight, [m["predicted"], m["true"]])
+    writer.layer_shape = (1, *a.shape[1:])
+    writer.seconds = time.perf_counter() - start
+    return writer
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -45,7 +45,7 @@ class _SetUp:
 
     name: str  # the backbone's registered name
     weights_file: Path  # its ImageNet weights
-    net: Any  # models.transfer.TransferModel
+    net: Any  # models.transfer.TransferModel, or models.frozen_transfer.FrozenTransfer
     preprocess: Any
     prepared: Prepared
     device: Any
@@ -95,8 +95,7 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
     from cnnlab import dist
     from cnnlab.hardware import resolve_precision
     from cnnlab.models.pretrained import fetch, pretrained_spec_of
-    from cnnlab.models.registry import create_pretrained, get_spec
-    from cnnlab.models.transfer import TransferModel
+    from cnnlab.models.registry import get_spec
 
     info = dist.from_env()
     spec = get_spec(config.backbone)  # a misspelt backbone first, before any work
@@ -117,12 +116,8 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
         run_dir.save_environment(seed=config.seed, device=str(device), precision=precision,
                                  precision_reason=why)
     torch.manual_seed(config.seed)
-    model, preprocess, _ = create_pretrained(spec.name, weights_file)
-    net = TransferModel.from_pretrained(model, len(split.classes))
-    net.set_strategy(config.strategy, config.bn)
-    if config.partial:
-        net.unfreeze(config.train_stages)
-    net = net.to(device=device, memory_format=torch.channels_last)
+    preprocess = pretrained_spec_of(spec).preprocess
+    net = _network(config, spec.name, weights_file, len(split.classes), device)
     reporter.log(
         f"finetune: {config.strategy} {spec.name} on {len(split.classes)} classes, "
         f"{len(split.train)}/{len(split.val)}/{len(split.test)} train/val/test photos "
@@ -134,6 +129,42 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
         split_dir.write_json("split.json", prepared.split.to_json())
     return _SetUp(spec.name, weights_file, net, preprocess, prepared, device, info, reporter,
                   (precision, why))
+
+
+def _network(config: FinetuneConfig, name: str, weights_file: Path, n_classes: int, device):
+    """The pretrained network with a new head, set to the strategy: a TransferModel, built
+    now; or, where the run would never run its PyTorch body (the frozen body's fitted head,
+    its passes on ONNX Runtime), a FrozenTransfer that builds it only if something asks
+    (models/frozen_transfer.py), once a run has recorded this backbone's manifest."""
+    import torch
+
+    from cnnlab.models.features import file_digest
+    from cnnlab.models.frozen_transfer import FrozenTransfer, load_manifest, transfer_recorded
+    from cnnlab.models.registry import create_pretrained
+
+    def build():
+        model, _, _ = create_pretrained(name, weights_file)
+        net = transfer_recorded(model, name, weights_file, n_classes)
+        net.set_strategy(config.strategy, config.bn)
+        if config.partial:
+            net.unfreeze(config.train_stages)
+        return net.to(device=device, memory_format=torch.channels_last)
+
+    manifest = (load_manifest(name, file_digest(weights_file))
+                if _on_graphs(config, device) else None)
+    if manifest is None:
+        return build()
+    return FrozenTransfer(name, weights_file, n_classes, manifest, build)
+
+
+def _on_graphs(config: FinetuneConfig, device) -> bool:
+    """Whether the run never needs its PyTorch body: the frozen body's head fitted on cached
+    features, every pass on ONNX Runtime (the CPU), so the maps of its mistakes can come from
+    the pretrained graph too (outputs.graph_maps)."""
+    from cnnlab.models.inference import resolve_engine
+
+    return (config.fitted and config.cached and not config.partial and device.type == "cpu"
+            and resolve_engine(config.engine, device) == "onnxruntime")
 
 
 def _train_or_fit(config: FinetuneConfig, setup: _SetUp, trainer: Trainer, run_dir: RunDir,
@@ -173,11 +204,17 @@ def _measure_and_write(config: FinetuneConfig, setup: _SetUp, trainer: Trainer,
     # Counted in the first run that used it only (--compare: the freeze run).
     first = split_dir is run_dir or config.strategy == "freeze"
     choice_seconds = sum(r["seconds"] for r in choice) if choice and first else 0.0
-    export_model(run_dir, setup.net, config, split.classes, setup.preprocess,
-                 setup.weights_file, trained.selected)
+    # One torch thread: ~300 small tensor copies, which a second thread made 0.3 CPU-s
+    # instead of 0.01 on a busy 2-core machine (Lite0, issue 27).
+    with threads(1):
+        export_model(run_dir, setup.net, config, split.classes, setup.preprocess,
+                     setup.weights_file, trained.selected)
     run_dir.write_text("predictions.csv", predictions_csv(
         split.test, split.root, targets, logits, split.classes, max(k, 1)))
     explanations = None
+    features = (setup.prepared.features or {}).get("test")
+    from_graph = ((setup.weights_file, features)
+                  if features is not None and _on_graphs(config, setup.device) else None)
     if config.explain:
         # One thread: a few photos per pass (analysis/cams.MAP_BATCH), where a second thread
         # saves little on an idle machine and on a shared one made the maps of 10 mistakes
@@ -186,7 +223,7 @@ def _measure_and_write(config: FinetuneConfig, setup: _SetUp, trainer: Trainer,
         with threads(1):
             explanations = explain_test_mistakes(setup.net, config.backbone, setup.preprocess,
                                                  split, logits, targets, config.draft,
-                                                 run_dir, setup.reporter)
+                                                 run_dir, setup.reporter, from_graph)
     training = _training_record(trained)
     # total: end to end, the backbone choice of --model auto included (it ran first).
     seconds = {"choose_backbone": round(choice_seconds, 3),

@@ -1,0 +1,240 @@
+"""A frozen-body transfer network that is built in PyTorch only when something needs it.
+
+    manifest = load_manifest(name, weights_file)      # None until a run has built this backbone
+    net = FrozenTransfer(name, weights_file, num_classes=10, manifest=manifest)
+    net.head                                          # the new Linear head (fitted in place)
+    net.frozen_body()                                 # a function that builds the body, for the
+                                                      # feature pass (models/features.FeatureNet)
+    net.state_dict()                                  # == TransferModel's, from the weights file
+    net.describe()                                    # == TransferModel.describe() of freeze
+
+Why (issue 27): finetune's default (freeze, the head fitted by L-BFGS on cached features, ONNX
+Runtime on the CPU) never runs the PyTorch body: its features come from the exported graph, the
+maps of its mistakes from the pretrained graph's CAM-layer activations (analysis/linear_cams.py).
+Building the net anyway cost ~1.9 CPU-s of a ~12 s run (timm 0.42 and torchvision 1.24 CPU-s
+to import, 0.25 to build and load Lite0; measured on the 2-core AMX Xeon), to write
+model.safetensors and fill results.json's "settings.model".
+
+Both come from a `Manifest` instead: what the built network was, recorded once per (backbone,
+weights file) under $CNNLAB_CACHE/transfer/ by the first run that built it -- the pretrained
+model's state-dict names, shapes and dtypes in order (which tensors are parameters, which the
+1000-way classifier that the body drops), the feature width and the body's stage count. The
+weights file's tensors, renamed as `load_pretrained` renames them (the spec's `convert`, given
+the manifest's names and shapes), are then exactly the body's state dict: model.safetensors is
+byte for byte the built network's (tests/test_finetune_lazy.py). Anything else asks for the
+built network (`built()`): the PyTorch engine, a refused graph, a layer other than Grad-CAM's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+MANIFEST_VERSION = 1  # bump when what a manifest records, or what TransferModel keeps, changes
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What `TransferModel.from_pretrained(create_pretrained(name, weights))` was."""
+
+    backbone: str
+    weights_sha256: str
+    entries: list[list[Any]]  # the pretrained model's state dict: [name, shape, dtype] in order
+    parameters: list[str]  # the names of entries that are parameters (not buffers)
+    dropped: list[str]  # the entries the body does not keep (the 1000-way classifier)
+    width: int  # the body's feature width D
+    stages: int  # len(TransferModel.stages)
+
+
+def _manifest_path(backbone: str, weights_digest: str, root: Path | None = None) -> Path:
+    from cnnlab.models.cache import cache_root
+
+    spec = {"backbone": backbone, "weights_sha256": weights_digest,
+            "torch": torch.__version__, "version": MANIFEST_VERSION}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return (root or cache_root()) / "transfer" / f"{key[:32]}.json"
+
+
+def manifest_of(backbone: str, weights_digest: str, pretrained_state: OrderedDict,
+                parameter_names: set[str], net) -> Manifest:
+    """The manifest of `net` (a TransferModel) built from a pretrained model whose state dict
+    (names in order) was `pretrained_state`, with `parameter_names` its parameters."""
+    body_keys = {k.removeprefix("body.") for k in net.state_dict() if k.startswith("body.")}
+    return Manifest(
+        backbone=backbone, weights_sha256=weights_digest,
+        entries=[[k, list(v.shape), str(v.dtype).removeprefix("torch.")]
+                 for k, v in pretrained_state.items()],
+        parameters=[k for k in pretrained_state if k in parameter_names],
+        dropped=[k for k in pretrained_state if k not in body_keys],
+        width=int(net.width), stages=len(net.stages))
+
+
+def transfer_recorded(model: nn.Module, backbone: str, weights_file: Path, num_classes: int,
+                      root: Path | None = None):
+    """TransferModel.from_pretrained(model, num_classes), its manifest saved on the way (a
+    cache that cannot be written only costs the next run the build)."""
+    import contextlib
+
+    from cnnlab.models.cache import file_digest
+    from cnnlab.models.transfer import TransferModel
+
+    state = model.state_dict()
+    parameters = {n for n, _ in model.named_parameters()}
+    net = TransferModel.from_pretrained(model, num_classes)
+    with contextlib.suppress(OSError):
+        save_manifest(manifest_of(backbone, file_digest(weights_file), state, parameters, net),
+                      root)
+    return net
+
+
+def save_manifest(manifest: Manifest, root: Path | None = None) -> Path:
+    """Written atomically; a concurrent run writes the same bytes."""
+    from cnnlab.runs import atomic_write_text
+
+    path = _manifest_path(manifest.backbone, manifest.weights_sha256, root)
+    atomic_write_text(path, json.dumps(asdict(manifest)))
+    return path
+
+
+def load_manifest(backbone: str, weights_digest: str, root: Path | None = None
+                  ) -> Manifest | None:
+    """The saved manifest, or None (never recorded, unreadable: the net is built instead)."""
+    path = _manifest_path(backbone, weights_digest, root)
+    try:
+        manifest = Manifest(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+    ok = manifest.backbone == backbone and manifest.weights_sha256 == weights_digest
+    return manifest if ok else None
+
+
+class _Shapes:
+    """What a spec's `convert` reads of the model it converts for: its state dict's names and
+    shapes in order (meta tensors: no memory)."""
+
+    def __init__(self, manifest: Manifest):
+        self._state = OrderedDict(
+            (name, torch.empty(shape, dtype=getattr(torch, dtype), device="meta"))
+            for name, shape, dtype in manifest.entries)
+
+    def state_dict(self) -> OrderedDict:
+        return self._state
+
+
+class FrozenTransfer:
+    """TransferModel's face for the frozen, fitted-head strategy, the PyTorch net built on
+    demand (`built`). `build` makes the TransferModel (the registry's create_pretrained and
+    TransferModel.from_pretrained, set to freeze) when it is first needed."""
+
+    strategy, bn, unfrozen = "freeze", "frozen", 0
+
+    def __init__(self, backbone: str, weights_file: Path, num_classes: int, manifest: Manifest,
+                 build: Callable[[], nn.Module]):
+        self.backbone, self.weights_file, self.manifest = backbone, Path(weights_file), manifest
+        self.width = manifest.width
+        self.head = nn.Linear(self.width, num_classes)
+        nn.init.zeros_(self.head.weight)  # as TransferModel's head starts
+        nn.init.zeros_(self.head.bias)
+        self._build = build
+        self._net: nn.Module | None = None
+
+    @property
+    def is_built(self) -> bool:
+        return self._net is not None
+
+    def built(self) -> nn.Module:
+        """The TransferModel, built now if it was not, with this head's weights."""
+        if self._net is None:
+            net = self._build()
+            with torch.no_grad():
+                net.head.weight.copy_(self.head.weight)
+                net.head.bias.copy_(self.head.bias)
+            net.head = self.head  # one head: a later fit writes into both
+            self._net = net
+        return self._net
+
+    @property
+    def body(self) -> nn.Module:
+        return self.built().body
+
+    def frozen_body(self) -> Callable[[], nn.Module]:
+        """The body for a feature pass: a function that builds it (called only to export the
+        graph or to run the pass in PyTorch)."""
+        return lambda: self.built().body
+
+    def eval(self) -> FrozenTransfer:
+        if self._net is not None:
+            self._net.eval()
+        return self
+
+    def state_dict(self) -> OrderedDict:
+        """TransferModel.state_dict(): the body's from the weights file (renamed as the
+        registry's load renames it), then the head's."""
+        if self._net is not None:
+            return self._net.state_dict()
+        state = OrderedDict((f"body.{k}", v) for k, v in self._body_state().items())
+        state["head.weight"] = self.head.weight.detach()
+        state["head.bias"] = self.head.bias.detach()
+        return state
+
+    def _body_state(self) -> OrderedDict:
+        from cnnlab.models.pretrained import pretrained_spec_of
+        from cnnlab.models.registry import get_spec
+
+        spec = pretrained_spec_of(get_spec(self.backbone))
+        state = _read_weights(self.weights_file)
+        if spec.convert is not None:
+            state = spec.convert(state, _Shapes(self.manifest))
+        out = OrderedDict()
+        dropped = set(self.manifest.dropped)
+        for name, _shape, dtype in self.manifest.entries:
+            if name not in dropped:  # load_state_dict copies into the model's own dtype
+                out[name] = state[name].to(getattr(torch, dtype))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """TransferModel.describe() of the frozen net: only the head trains."""
+        if self._net is not None:
+            return self._net.describe()
+        shapes = {name: shape for name, shape, _ in self.manifest.entries}
+        dropped = set(self.manifest.dropped)
+        n_body = sum(_numel(shapes[n]) for n in self.manifest.parameters if n not in dropped)
+        n_head = self.head.weight.numel() + self.head.bias.numel()
+        return {"feature_width": self.width, "body_parameters": n_body,
+                "head_parameters": n_head, "trainable_parameters": n_head,
+                "stages": self.manifest.stages, "unfrozen_stages": 0,
+                "strategy": self.strategy, "bn": self.bn}
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights file's state dict, read as models/pretrained.load_pretrained reads it
+    (tensors only; a checkpoint's "state_dict" entry unwrapped)."""
+    from cnnlab.errors import CnnlabError
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CnnlabError(f"cannot read weights file {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
