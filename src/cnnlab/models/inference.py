@@ -44,7 +44,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-ENGINES = ("auto", "torch", "onnxruntime")
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 # Refusal bound on max |ONNX Runtime - PyTorch| over the check batch's outputs (logits or pooled
 # features). Measured: 7.6e-06 on Lite0's logits (fp32 both sides, different kernel orders); a
 # graph that differs by 1e-3 computes something else (a wrong op), not rounding.
@@ -359,9 +359,13 @@ def resolve_engine(requested: str, device: torch.device) -> str:
     if requested == "auto":
         usable = device.type == "cpu" and onnxruntime_version() is not None
         return "onnxruntime" if usable else "torch"
-    if requested == "onnxruntime" and onnxruntime_version() is None:
-        raise CnnlabError("--engine onnxruntime: onnxruntime is not installed "
+    if requested in ("onnxruntime", "openvino") and onnxruntime_version() is None:
+        raise CnnlabError(f"--engine {requested}: onnxruntime is not installed "
                           "(pip install onnxruntime), or use --engine torch")
+    if requested == "openvino":  # optional: models/openvino_engine.py
+        from cnnlab.models.openvino_engine import require_openvino
+
+        require_openvino()
     return requested
 
 
@@ -387,9 +391,9 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
     with no PyTorch model (analysis/linear_cams.py)."""
     device = torch.device(device)
     engine = resolve_engine(requested, device)
-    if engine == "onnxruntime" and device.type != "cpu":
+    if engine in ("onnxruntime", "openvino") and device.type != "cpu":
         if log is not None:
-            log(f"{label or identity}: onnxruntime runs on the CPU here; PyTorch runs on {device}")
+            log(f"{label or identity}: {engine} runs on the CPU here; PyTorch runs on {device}")
         engine = "torch"
     if engine == "torch":
         return torch_forward(_built(model), device, channels_last, {"requested": requested})
@@ -401,7 +405,42 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
         return torch_forward(_built(model), device, channels_last,
                              {"requested": requested, "refused": {**about, "reason": reason}})
     forward.about["requested"] = requested
+    if engine == "openvino":  # the same checked graph, run by OpenVINO (openvino_engine.py)
+        forward = _on_openvino(forward, input_size, torch.get_num_threads(), log,
+                               label or identity)
     return forward
+
+
+def _on_openvino(ort: Forward, input_size: int, threads: int,
+                 log: Callable[[str], Any] | None, label: str) -> Forward:
+    """`ort`'s graph on OpenVINO when its logits on the check batch stay within MAX_ABS_DIFF of
+    PyTorch's (ONNX Runtime's recorded difference + OpenVINO's from ONNX Runtime); else `ort`
+    itself, and `log` gets one line saying why."""
+    from cnnlab.models.openvino_engine import checked_runners
+
+    x = check_batch(input_size)
+    bound = MAX_ABS_DIFF - ort.about["max_abs_diff"]
+    run_y, run_ya, about, reason = checked_runners(
+        Path(ort.about["graph"]), threads, ort.run_layer is not None, x.numpy(),
+        ort(x).numpy(), bound)
+    if run_y is None:
+        if log is not None:
+            log(f"{label}: OpenVINO refused ({reason}); running ONNX Runtime instead")
+        ort.about["openvino_refused"] = {**about, "reason": reason}
+        return ort
+    forward = Forward("openvino", lambda b: torch.from_numpy(run_y(_array(b))[0]),
+                      {**ort.about, **about, "engine": "openvino"}, ort.layer, ort.head)
+    if run_ya is not None:
+        def run_layer(b: torch.Tensor) -> tuple[torch.Tensor, Any]:
+            y, a = run_ya(_array(b))
+            return torch.from_numpy(y), a
+        forward.run_layer = run_layer
+    return forward
+
+
+def _array(x: torch.Tensor):
+    """A float32 NCHW numpy view of a batch on the CPU (a channels-last one copied to NCHW)."""
+    return x.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
 @contextlib.contextmanager
