@@ -204,7 +204,7 @@ def _run_models(
     k = max(config.top_k, 5)  # top-5 error is always reported
     fast = [config.explain and f.run_layer is not None for f in forwards]  # maps in the pass
     dataset = SharedDecodeDataset(items, preprocesses, draft=config.draft)
-    if all(f.engine == "onnxruntime" for f in forwards) and config.workers > 0:
+    if all(f.engine in ("onnxruntime", "openvino") for f in forwards) and config.workers > 0:
         from cnnlab.data.threaded import thread_batches
 
         # Decoding threads, not processes: ONNX Runtime and the decoder release the GIL
