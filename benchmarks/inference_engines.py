@@ -12,7 +12,7 @@ forward pass each per round, after one warm-up pass each: load drifts (other pro
 machine) hit all engines alike. Prints per engine the median images/s over the rounds (wall
 clock), images per CPU-second (this process's CPU time: honest when other processes share the
 cores) and the ratios to PyTorch eager fp32 from the same rounds. bf16 only where the CPU has
-native bf16 (AMX or avx512_bf16: recipes.cpu_has_bf16).
+native bf16 (AMX or avx512_bf16: cpu_has_bf16 below).
 
 No decoding and no data loader: the forward pass alone, which is what the engine changes.
 
@@ -34,13 +34,19 @@ HERE = Path(__file__).resolve().parents[1]
 SAMPLES = Path(os.environ.get("CNNLAB_DATA", HERE.parent / "shared" / "data")) / "imagenet-samples"
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic on this CPU (AVX512-BF16 or AMX-BF16: cnnlab.hardware)."""
+    from cnnlab.hardware import BF16_FLAGS, cpu_flags
+
+    return any(f in cpu_flags() for f in BF16_FLAGS)
+
+
 def openvino_engines(graph: str, threads: int) -> dict:
     """OpenVINO on the exported graph: fp32 forced (models/openvino_engine.py, what `--engine
     openvino` runs) and the plugin's default precision (bf16 where the CPU has AMX)."""
     import torch
 
     from cnnlab.models.openvino_engine import compile_graph, openvino_version, output_runner
-    from cnnlab.recipes import cpu_has_bf16
 
     if openvino_version() is None:
         print("  openvino not installed: skipped")
@@ -66,7 +72,6 @@ def engines(model, identity: str, size: int, threads: int):
     import torch
 
     from cnnlab.models.inference import onnx_forward
-    from cnnlab.recipes import cpu_has_bf16
 
     net = model.eval().to(memory_format=torch.channels_last)
 
@@ -144,10 +149,13 @@ def measure(name: str, batch: int, threads: int, repeats: int, check: bool = Fal
             wall[k].append(batch / (time.perf_counter() - t))
             cpu[k].append(batch / max(time.process_time() - c, 1e-9))
     base = wall["torch fp32"]
+    ort = wall.get("onnxruntime fp32", base)
     return {k: {"images_per_s": statistics.median(wall[k]),
                 "images_per_cpu_s": statistics.median(cpu[k]),
                 # per round: this engine's rate over torch fp32's in the same round
-                "ratio": statistics.median(w / b for w, b in zip(wall[k], base, strict=True))}
+                "ratio": statistics.median(w / b for w, b in zip(wall[k], base, strict=True)),
+                # and over ONNX Runtime's (the default engine)
+                "ratio_ort": statistics.median(w / b for w, b in zip(wall[k], ort, strict=True))}
             for k in runs}
 
 
@@ -164,12 +172,12 @@ def main() -> None:
 
     import torch
 
+    from cnnlab.hardware import cpu_model
     from cnnlab.models.inference import onnxruntime_version
     from cnnlab.models.openvino_engine import openvino_version
-    from cnnlab.recipes import cpu_has_bf16
 
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime_version()}, openvino "
-          f"{openvino_version()}, {platform.processor() or platform.machine()}, bf16 native: "
+          f"{openvino_version()}, {cpu_model() or platform.machine()}, bf16 native: "
           f"{cpu_has_bf16()}; batch {args.batch}, median of "
           f"{args.repeats} rounds; load average {os.getloadavg()[0]:.2f}")
     for name in args.models:
@@ -179,7 +187,7 @@ def main() -> None:
             for engine, r in measure(name, args.batch, threads, args.repeats, check).items():
                 print(f"  {engine:18s} {r['images_per_s']:7.1f} images/s  "
                       f"{r['images_per_cpu_s']:7.1f} images/CPU-s  x{r['ratio']:.2f} of "
-                      "torch fp32", flush=True)
+                      f"torch fp32, x{r['ratio_ort']:.2f} of onnxruntime", flush=True)
     print(f"after: load average {os.getloadavg()[0]:.2f}")
 
 
