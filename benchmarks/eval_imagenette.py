@@ -2,7 +2,8 @@
 forward throughput, on thousands of photos, in the same run.
 
     python benchmarks/eval_imagenette.py [--photos 3000] [--sets lite0 lite1 lite2 all]
-                                         [--precisions fp32 auto] [--engine auto] [--keep DIR]
+                                         [--precisions fp32 auto] [--engines auto openvino]
+                                         [--keep DIR]
 
 There is no Imagenette here: the folder is made at run time from the 250 full-size JPEG photos of
 imagenet-samples, as `--photos` symlinks under a temporary folder in /tmp, each photo repeated
@@ -154,7 +155,8 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=3000)
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=["fp32", "auto"])
-    ap.add_argument("--engine", default="auto")
+    ap.add_argument("--engines", nargs="+", default=["auto"],
+                    help="each in turn, per model set (e.g. onnxruntime openvino)")
     ap.add_argument("--forward-photos", type=int, default=400,
                     help="images timed for (a), before and after each evaluate run")
     ap.add_argument("--keep", type=Path, help="make the folder here and keep it (else /tmp)")
@@ -165,21 +167,22 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     print(f"{platform.processor() or platform.machine()}, {cores} CPUs, torch threads "
-          f"{torch.get_num_threads()}, batch {BATCH}, engine {args.engine}; load average "
+          f"{torch.get_num_threads()}, batch {BATCH}, engines {args.engines}; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="imagenette-") as tmp:
         folder = make_folder(args.keep or Path(tmp) / "photos", args.photos)
         print(f"folder: {folder} ({args.photos} symlinks to {SAMPLES})", flush=True)
         rows = []
-        for set_name in args.sets:
+        for set_name, engine in [(s, e) for s in args.sets for e in args.engines]:
             models = SETS[set_name]
-            prepared = forwards(models, args.engine)
+            prepared = forwards(models, engine)
             decode_ms = decode_cost(models)
             for precision in args.precisions:
                 os.environ["CNNLAB_PRECISION"] = precision  # the same for (a) as for (b)
                 before = forward_rate(prepared, args.forward_photos)
-                e2e = run_evaluate(folder, models, Path(tmp) / f"run-{set_name}-{precision}",
-                                   precision, args.engine)
+                e2e = run_evaluate(folder, models,
+                                   Path(tmp) / f"run-{set_name}-{engine}-{precision}",
+                                   precision, engine)
                 after = forward_rate(prepared, args.forward_photos)
                 fwd = statistics.mean([before[0], after[0]])
                 fwd_cpu = statistics.mean([before[1], after[1]])
@@ -197,10 +200,11 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                   for k, v in row.items()}), flush=True)
-    print("\nset    prec  forward img/s  e2e img/s  e2e/forward  bounds: quiet  no slack  "
-          "fwd CPU-ms  decode CPU-ms  wall s  CPU s")
+    print("\nset    engine       prec  forward img/s  e2e img/s  e2e/forward  bounds: quiet  "
+          "no slack  fwd CPU-ms  decode CPU-ms  wall s  CPU s")
     for r in rows:
-        print(f"{r['set']:6s} {r['precision']:5s} {r['forward']:12.1f} "
+        print(f"{r['set']:6s} {r['engines'].split(',')[0]:12s} {r['precision']:5s} "
+              f"{r['forward']:12.1f} "
               f"{r['images_per_second']:10.1f} {r['ratio']:11.0%} {r['cpu_bound']:13.0%} "
               f"{r['no_slack_bound']:9.0%} "
               f"{r['forward_cpu_ms']:11.2f} {r['decode_cpu_ms']:14.2f} {r['wall_s']:7.1f} "
