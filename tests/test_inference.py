@@ -123,9 +123,9 @@ def test_configs_refuse_an_unknown_engine():
     from cnnlab.tasks.predict import PredictConfig
 
     with pytest.raises(CnnlabError, match="--engine must be one of"):
-        EvaluateConfig(path="x", engine="openvino")
+        EvaluateConfig(path="x", engine="tensorrt")
     with pytest.raises(CnnlabError, match="--engine must be one of"):
-        PredictConfig(model="efficientnet_lite0", inputs=("x",), engine="openvino")
+        PredictConfig(model="efficientnet_lite0", inputs=("x",), engine="tensorrt")
 
 
 def test_the_frozen_feature_pass_on_onnxruntime_equals_pytorch(tmp_path, monkeypatch):

@@ -43,3 +43,33 @@ def test_thread_batches_equal_the_dataloaders(shared_data, tmp_path):
             assert torch.equal(a, b)
     assert got[1][2] and got[1][2][0][0] == 4  # the broken file, in its place
     assert len(seen) == 2 and all(name.startswith("decode") for name in seen)
+
+
+class _Numbers:
+    """A dataset of n items, noting the thread of every item and every collate."""
+
+    def __init__(self, n: int):
+        self.n, self.items, self.collates = n, [], []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        self.items.append(threading.current_thread().name)
+        return i
+
+    def collate(self, batch: list[int]) -> list[int]:
+        self.collates.append(threading.current_thread().name)
+        return list(batch)
+
+
+def test_the_callers_thread_neither_decodes_nor_stacks_a_batch():
+    """Each batch is decoded and collated by one decoding thread: the thread that drives the
+    forward pass only takes finished batches (data/threaded.py's docstring: measured cheaper)."""
+    data = _Numbers(23)
+    got = list(thread_batches(data, batch_size=5, collate=data.collate, threads=2, ahead=1))
+    assert got == [list(range(s, min(s + 5, 23))) for s in range(0, 23, 5)]  # in order
+    assert len(data.collates) == 5 and len(data.items) == 23
+    caller = threading.current_thread().name
+    assert all(name.startswith("decode") and name != caller
+               for name in data.items + data.collates)

@@ -93,10 +93,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "mistake and model on one CPU core)")
     p.add_argument("--explain-limit", type=int, metavar="N",
                    help="maps of each model's first N mistakes only (all)")
-    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"],
+    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime", "openvino"],
                    help="the forward passes' engine: onnxruntime runs the same weights exported "
-                   "to ONNX (once, cached, checked against PyTorch); auto: onnxruntime on the "
-                   "CPU, torch on a GPU (auto)")
+                   "to ONNX (once, cached, checked against PyTorch); openvino runs that graph on "
+                   "OpenVINO (optional: pip install openvino); auto: onnxruntime on the CPU, "
+                   "torch on a GPU (auto)")
     p.add_argument("--config", metavar="YAML", help="settings file; flags override it")
     add_output_options(p)
     p.set_defaults(run=run)

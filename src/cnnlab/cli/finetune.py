@@ -155,10 +155,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="freeze: re-run the frozen body on every batch, as the lab did (slow)")
     p.add_argument("--top-k", type=int, metavar="K", help="k of the top-k error (3 or 5)")
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes (2)")
-    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"],
+    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime", "openvino"],
                    help="the frozen body's feature passes (the head's features, --model auto's "
                    "scoring): onnxruntime runs the same weights exported to ONNX (once, cached, "
-                   "checked against PyTorch); auto: onnxruntime on the CPU, torch on a GPU (auto)")
+                   "checked against PyTorch); openvino runs that graph on OpenVINO (optional: pip "
+                   "install openvino); auto: onnxruntime on the CPU, torch on a GPU (auto)")
     p.add_argument("--no-draft", dest="draft", action="store_false", default=None,
                    help="always decode JPEGs at full size")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"],

@@ -60,10 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", action="store_true",
                    help="draw each photo's top-class Grad-CAM map; writes a run directory "
                    "with the maps and a report")
-    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto",
+    p.add_argument("--engine", choices=["auto", "torch", "onnxruntime", "openvino"],
+                   default="auto",
                    help="the forward passes' engine: onnxruntime runs the same weights exported "
-                   "to ONNX (once, cached, checked against PyTorch); auto: onnxruntime on the "
-                   "CPU, torch on a GPU (auto)")
+                   "to ONNX (once, cached, checked against PyTorch); openvino runs that graph on "
+                   "OpenVINO (optional: pip install openvino); auto: onnxruntime on the CPU, "
+                   "torch on a GPU (auto)")
     p.add_argument("--out", metavar="DIR",
                    help="--explain: run directory (default: runs/predict/<timestamp>)")
     add_quiet(p)

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-ENGINES = ("auto", "torch", "onnxruntime")
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 # Refusal bound on max |ONNX Runtime - PyTorch| over the check batch's outputs (logits or pooled
 # features). Measured: 7.6e-06 on Lite0's logits (fp32 both sides, different kernel orders); a
 # graph that differs by 1e-3 computes something else (a wrong op), not rounding.
@@ -406,9 +406,13 @@ def resolve_engine(requested: str, device: torch.device) -> str:
     if requested == "auto":
         usable = _device_type(device) == "cpu" and onnxruntime_version() is not None
         return "onnxruntime" if usable else "torch"
-    if requested == "onnxruntime" and onnxruntime_version() is None:
-        raise CnnlabError("--engine onnxruntime: onnxruntime is not installed "
+    if requested in ("onnxruntime", "openvino") and onnxruntime_version() is None:
+        raise CnnlabError(f"--engine {requested}: onnxruntime is not installed "
                           "(pip install onnxruntime), or use --engine torch")
+    if requested == "openvino":  # optional: models/openvino_engine.py
+        from cnnlab.models.openvino_engine import require_openvino
+
+        require_openvino()
     return requested
 
 
@@ -435,9 +439,9 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
 
     On ONNX Runtime with the graph cached, nothing here imports torch (`forward.numpy`)."""
     engine = resolve_engine(requested, device)
-    if engine == "onnxruntime" and _device_type(device) != "cpu":
+    if engine in ("onnxruntime", "openvino") and _device_type(device) != "cpu":
         if log is not None:
-            log(f"{label or identity}: onnxruntime runs on the CPU here; PyTorch runs on {device}")
+            log(f"{label or identity}: {engine} runs on the CPU here; PyTorch runs on {device}")
         engine = "torch"
     if engine == "torch":
         return torch_forward(_built(model), _torch_device(device), channels_last,
@@ -450,6 +454,9 @@ def prepare_forward(model: nn.Module | Callable[[], nn.Module], requested: str, 
         return torch_forward(_built(model), _torch_device(device), channels_last,
                              {"requested": requested, "refused": {**about, "reason": reason}})
     forward.about["requested"] = requested
+    if engine == "openvino":  # the same checked graph, run by OpenVINO (openvino_engine.py)
+        forward = _on_openvino(forward, input_size, default_threads(), log,
+                               label or identity)
     return forward
 
 
@@ -470,6 +477,45 @@ def _torch_device(device) -> torch.device:
     import torch
 
     return torch.device(device)
+
+
+def _on_openvino(ort: Forward, input_size: int, threads: int,
+                 log: Callable[[str], Any] | None, label: str) -> Forward:
+    """`ort`'s graph on OpenVINO when its logits on the check batch stay within MAX_ABS_DIFF of
+    PyTorch's (ONNX Runtime's recorded difference + OpenVINO's from ONNX Runtime); else `ort`
+    itself, and `log` gets one line saying why."""
+    import torch
+
+    from cnnlab.models.openvino_engine import checked_runners
+
+    x = check_batch(input_size)
+    bound = MAX_ABS_DIFF - ort.about["max_abs_diff"]
+    run_y, run_ya, about, reason = checked_runners(
+        Path(ort.about["graph"]), threads, ort.run_layer is not None, x.numpy(),
+        ort(x).numpy(), bound)
+    if run_y is None:
+        if log is not None:
+            log(f"{label}: OpenVINO refused ({reason}); running ONNX Runtime instead")
+        ort.about["openvino_refused"] = {**about, "reason": reason}
+        return ort
+    forward = Forward("openvino", lambda b: torch.from_numpy(run_y(_array(b))[0]),
+                      {**ort.about, **about, "engine": "openvino"}, ort.layer, ort.head)
+    # numpy in and out as well, so that a pass on OpenVINO decodes with numpy like ONNX Runtime's
+    forward.numpy = lambda b: run_y(b)[0]
+    if run_ya is not None:
+        def run_layer(b: torch.Tensor) -> tuple[torch.Tensor, Any]:
+            y, a = run_ya(_array(b))
+            return torch.from_numpy(y), a
+        forward.run_layer = run_layer
+        forward.numpy_layer = run_ya
+    return forward
+
+
+def _array(x: torch.Tensor):
+    """A float32 NCHW numpy view of a batch on the CPU (a channels-last one copied to NCHW)."""
+    import torch
+
+    return x.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
 @contextlib.contextmanager
