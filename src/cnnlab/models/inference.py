@@ -499,7 +499,7 @@ def _on_openvino(ort: Forward, input_size: int, threads: int,
         ort.about["openvino_refused"] = {**about, "reason": reason}
         return ort
     forward = Forward("openvino", lambda b: torch.from_numpy(run_y(_array(b))[0]),
-                      {**ort.about, **about, "engine": "openvino"}, ort.layer, ort.head)
+                      {**ort.about, **about, "engine": "openvino"}, layer=ort.layer, head=ort.head)
     # numpy in and out as well, so that a pass on OpenVINO decodes with numpy like ONNX Runtime's
     forward.numpy = lambda b: run_y(b)[0]
     if run_ya is not None:
