@@ -207,8 +207,9 @@ class ArrayHead:
 class FrozenTransfer:
     """TransferModel's face for the frozen, fitted-head strategy, the PyTorch net built on
     demand (`built`). `build` makes the TransferModel (the registry's create_pretrained and
-    TransferModel.from_pretrained, set to freeze) when it is first needed. Until then the head
-    is an ArrayHead and nothing here imports torch."""
+    TransferModel.from_pretrained, set to freeze) when it is first needed. The head is an
+    ArrayHead (nothing here imports torch until the net is built), and stays the one the fit
+    writes: the built net's nn.Linear takes its values whenever the built net is asked for."""
 
     strategy, bn, unfrozen = "freeze", "frozen", 0
 
@@ -216,30 +217,25 @@ class FrozenTransfer:
                  build: Callable[[], nn.Module], root: Path | None = None):
         self.backbone, self.weights_file, self.manifest = backbone, Path(weights_file), manifest
         self.width = manifest.width
-        self._head = ArrayHead(self.width, num_classes)
+        self.head = ArrayHead(self.width, num_classes)
         self._build = build
         self._root = root
         self._net: nn.Module | None = None
-
-    @property
-    def head(self):
-        """The ArrayHead; once built, the built net's nn.Linear (holding the same values)."""
-        return self._net.head if self._net is not None else self._head
 
     @property
     def is_built(self) -> bool:
         return self._net is not None
 
     def built(self) -> nn.Module:
-        """The TransferModel, built now if it was not, with this head's weights."""
-        if self._net is None:
-            import torch
+        """The TransferModel, built now if it was not, with this head's current weights (a
+        feature pass may build it before the head is fitted)."""
+        import torch
 
-            net = self._build()
-            with torch.no_grad():
-                net.head.weight.copy_(torch.from_numpy(self._head.weight))
-                net.head.bias.copy_(torch.from_numpy(self._head.bias))
-            self._net = net
+        if self._net is None:
+            self._net = self._build()
+        with torch.no_grad():
+            self._net.head.weight.copy_(torch.from_numpy(self.head.weight))
+            self._net.head.bias.copy_(torch.from_numpy(self.head.bias))
         return self._net
 
     @property
@@ -262,10 +258,10 @@ class FrozenTransfer:
         import torch
 
         if self._net is not None:
-            return self._net.state_dict()
+            return self.built().state_dict()
         state = OrderedDict((f"body.{k}", v) for k, v in self._body_state().items())
-        state["head.weight"] = torch.from_numpy(self._head.weight)
-        state["head.bias"] = torch.from_numpy(self._head.bias)
+        state["head.weight"] = torch.from_numpy(self.head.weight)
+        state["head.bias"] = torch.from_numpy(self.head.bias)
         return state
 
     def saved_bytes(self) -> bytes:
@@ -278,8 +274,8 @@ class FrozenTransfer:
                 from safetensors.numpy import save
 
                 arrays = {f"body.{k}": v for k, v in body.items()}
-                arrays["head.weight"] = np.ascontiguousarray(self._head.weight)
-                arrays["head.bias"] = np.ascontiguousarray(self._head.bias)
+                arrays["head.weight"] = np.ascontiguousarray(self.head.weight)
+                arrays["head.bias"] = np.ascontiguousarray(self.head.bias)
                 return save(arrays)
         import contextlib
 
@@ -316,7 +312,7 @@ class FrozenTransfer:
         shapes = {name: shape for name, shape, _ in self.manifest.entries}
         dropped = set(self.manifest.dropped)
         n_body = sum(_numel(shapes[n]) for n in self.manifest.parameters if n not in dropped)
-        n_head = self._head.weight.size + self._head.bias.size
+        n_head = self.head.weight.size + self.head.bias.size
         return {"feature_width": self.width, "body_parameters": n_body,
                 "head_parameters": n_head, "trainable_parameters": n_head,
                 "stages": self.manifest.stages, "unfrozen_stages": 0,

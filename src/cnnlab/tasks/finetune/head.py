@@ -39,7 +39,7 @@ def fit_head(config: FinetuneConfig, prepared: Prepared, trainer: Trainer, net,
     known = next((r["cv"] for r in choice_rows or [] if r.get("cv_digest") == digest), None)
     with threads(1):
         choice = select_and_fit(x, y, n_classes, seed=config.seed, known=known)
-    train_accuracy = _load_head(net.head, choice.head, x, y, prepared.arrays)
+    train_accuracy = _load_head(net.head, choice.head, x, y)
     best = choice.best or {}
     reporter.log(f"head: L-BFGS, L2 {choice.l2:.3g} chosen by {choice.folds}-fold "
                  f"cross-validation on {len(y)} train + validation photos (accuracy "
@@ -52,10 +52,12 @@ def fit_head(config: FinetuneConfig, prepared: Prepared, trainer: Trainer, net,
             "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _load_head(head, fitted, x, y, arrays: bool) -> float:
-    """`fitted` (models/head_fit.LinearHead) written into the net's head (an ArrayHead for
-    numpy rows, else an nn.Linear); its accuracy on (x, y) as a fraction."""
-    if arrays:
+def _load_head(head, fitted, x, y) -> float:
+    """`fitted` (models/head_fit.LinearHead) written into the net's head (a FrozenTransfer's
+    ArrayHead, else an nn.Linear); its accuracy on (x, y) as a fraction."""
+    from cnnlab.models.frozen_transfer import ArrayHead
+
+    if isinstance(head, ArrayHead):
         head.load(fitted.weight, fitted.bias)
         return float((fitted.logits(x).argmax(1) == y).mean())
     import torch
