@@ -103,6 +103,26 @@ def test_saved_bytes_without_torch_equal_the_built_nets(lite0_weights):
     assert not lazy.is_built
 
 
+def test_a_net_built_before_the_fit_saves_the_fitted_head(lite0_weights):
+    """A feature pass that exports its graph builds the FrozenTransfer's net before the head
+    is fitted: the fit still writes the ArrayHead, and the built net (its maps, its
+    model.safetensors) takes those values, not the zeros it was built with."""
+    from cnnlab.models.cache import file_digest
+    from cnnlab.models.registry import create_pretrained
+
+    def build():
+        model, _, _ = create_pretrained(LITE0, lite0_weights)
+        return transfer_recorded(model, LITE0, lite0_weights, 3).set_strategy("freeze")
+
+    built, _ = _lite0_pair(lite0_weights)
+    lazy = FrozenTransfer(LITE0, lite0_weights, 3, load_manifest(LITE0, file_digest(lite0_weights)),
+                          build=build)
+    lazy.frozen_body()()  # built by the pass
+    lazy.head.load(built.head.weight.detach().numpy(), built.head.bias.detach().numpy())
+    assert torch.equal(lazy.built().head.weight, built.head.weight)
+    assert lazy.saved_bytes() == _saved(built.state_dict())
+
+
 def test_the_maps_from_the_graph_equal_pytorchs_gradcam(lite0_weights, tmp_path, shared_data):
     """graph_maps (the pretrained graph's bn2 activations, the fitted head's weights) gives
     gradcam_batch's maps of the TransferModel itself, and refuses features the activations do
