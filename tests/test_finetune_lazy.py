@@ -123,6 +123,29 @@ def test_a_net_built_before_the_fit_saves_the_fitted_head(lite0_weights):
     assert lazy.saved_bytes() == _saved(built.state_dict())
 
 
+def test_feature_packs_hold_the_same_rows_from_arrays_and_tensors(tmp_path):
+    """A pack written from numpy rows (a pass without torch) holds what a pass in PyTorch
+    writes (the same tensor bytes; the metadata's key order is safetensors' hash map's, which
+    varies from call to call either way), and each reads the other's."""
+    from cnnlab.models.features import FeatureCache
+
+    rows = torch.randn(3, 5)
+    digests = ["c" * 64, "a" * 64, "b" * 64]
+    bad = {"d" * 64: "not an image"}
+    from_torch = FeatureCache("1" * 64, root=tmp_path / "t")
+    from_numpy = FeatureCache("1" * 64, root=tmp_path / "n")
+    a = from_torch.save(dict(zip(digests, rows, strict=True)), bad)
+    b = from_numpy.save(dict(zip(digests, rows.numpy(), strict=True)), bad)
+    stored = rows[[1, 2, 0]].numpy().tobytes()  # in the digests' order
+    assert a.name == b.name and a.read_bytes().endswith(stored)
+    assert b.read_bytes().endswith(stored)
+    vectors, known_bad = from_torch.load(arrays=True)
+    assert known_bad == bad and isinstance(vectors[digests[0]], np.ndarray)
+    assert all(np.array_equal(vectors[d], r.numpy()) for d, r in zip(digests, rows, strict=True))
+    vectors, _ = from_numpy.load()
+    assert all(torch.equal(vectors[d], r) for d, r in zip(digests, rows, strict=True))
+
+
 def test_the_maps_from_the_graph_equal_pytorchs_gradcam(lite0_weights, tmp_path, shared_data):
     """graph_maps (the pretrained graph's bn2 activations, the fitted head's weights) gives
     gradcam_batch's maps of the TransferModel itself, and refuses features the activations do
