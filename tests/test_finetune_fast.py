@@ -5,6 +5,7 @@ Each test checks the result against the slow path it replaces (the oracle)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +178,33 @@ def test_the_maps_of_the_mistakes_are_drawn_on_one_thread(tmp_path, weights, mon
     finally:
         torch.set_num_threads(before)
     assert r["explanations"] is not None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345, 2**32 + 5])
+def test_folds_shuffle_as_torch_randperm_does(seed):
+    """The folds' shuffles without torch (head_fit._Mt19937Perm) are torch.randperm's from
+    torch.Generator().manual_seed(seed), call after call on one generator, so the folds (and
+    every CV table) are the same with numpy rows as with tensors."""
+    g = torch.Generator().manual_seed(seed)
+    ours = head_fit._Mt19937Perm(seed)
+    for n in (1, 2, 3, 5, 17, 64, 300, 0, 40):
+        assert ours.randperm(n).tolist() == torch.randperm(n, generator=g).tolist(), n
+    y = torch.tensor([2, 0, 1, 1, 0, 2, 2, 1, 0, 0, 1, 2, 2, 0, 1])
+    numpy_folds = head_fit.stratified_folds(y.numpy(), 3, seed)
+    torch_folds = head_fit.stratified_folds(y, 3, seed)
+    assert isinstance(numpy_folds, np.ndarray) and torch.is_tensor(torch_folds)
+    assert numpy_folds.tolist() == torch_folds.tolist()
+
+
+def test_numpy_rows_give_the_heads_and_tables_of_tensors():
+    """The same fit from numpy arrays as from tensors: the same table, the same head bit for
+    bit (numpy in, numpy out), the same problem digest."""
+    x, y = _few_shot()
+    from_torch = head_fit.select_and_fit(x, y, 4, seed=2)
+    from_numpy = head_fit.select_and_fit(x.numpy(), y.numpy(), 4, seed=2)
+    assert from_numpy.table == from_torch.table and from_numpy.l2 == from_torch.l2
+    assert isinstance(from_numpy.head.weight, np.ndarray)
+    assert np.array_equal(from_numpy.head.weight, from_torch.head.weight.numpy())
+    assert np.array_equal(from_numpy.head.bias, from_torch.head.bias.numpy())
+    assert (head_fit.problem_digest(x.numpy(), y.numpy(), 4, 2)
+            == head_fit.problem_digest(x, y, 4, 2))

@@ -57,9 +57,7 @@ def _lite0_pair(weights: Path, classes: int = 3):
     manifest = load_manifest(LITE0, file_digest(weights))
     assert manifest is not None  # recorded by the build
     lazy = FrozenTransfer(LITE0, weights, classes, manifest, build=lambda: pytest.fail("built"))
-    with torch.no_grad():
-        lazy.head.weight.copy_(built.head.weight)
-        lazy.head.bias.copy_(built.head.bias)
+    lazy.head.load(built.head.weight.detach().numpy(), built.head.bias.detach().numpy())
     return built, lazy
 
 
@@ -84,6 +82,68 @@ def test_the_unbuilt_net_saves_the_built_nets_bytes_and_record(lite0_weights):
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         assert torch.allclose(loaded.eval()(x), built.eval()(x), atol=1e-5)
+
+
+def test_saved_bytes_without_torch_equal_the_built_nets(lite0_weights):
+    """FrozenTransfer.saved_bytes from the body's safetensors copy (numpy, no torch) is byte for
+    byte what safetensors.torch writes from the built network; without the copy it reads the
+    weights file with torch, gives the same bytes and leaves the copy for the next run."""
+    from cnnlab.models.cache import file_digest
+    from cnnlab.models.frozen_transfer import body_path
+
+    built, lazy = _lite0_pair(lite0_weights)
+    copy = body_path(LITE0, file_digest(lite0_weights))
+    assert copy.is_file()  # recorded with the manifest by the build
+    expected = _saved(built.state_dict())
+    assert lazy.saved_bytes() == expected
+    copy.unlink()
+    assert lazy.saved_bytes() == expected and copy.is_file()
+    copy.write_bytes(b"torn")  # a damaged copy is never trusted: torch reads the weights
+    assert lazy.saved_bytes() == expected
+    assert not lazy.is_built
+
+
+def test_a_net_built_before_the_fit_saves_the_fitted_head(lite0_weights):
+    """A feature pass that exports its graph builds the FrozenTransfer's net before the head
+    is fitted: the fit still writes the ArrayHead, and the built net (its maps, its
+    model.safetensors) takes those values, not the zeros it was built with."""
+    from cnnlab.models.cache import file_digest
+    from cnnlab.models.registry import create_pretrained
+
+    def build():
+        model, _, _ = create_pretrained(LITE0, lite0_weights)
+        return transfer_recorded(model, LITE0, lite0_weights, 3).set_strategy("freeze")
+
+    built, _ = _lite0_pair(lite0_weights)
+    lazy = FrozenTransfer(LITE0, lite0_weights, 3, load_manifest(LITE0, file_digest(lite0_weights)),
+                          build=build)
+    lazy.frozen_body()()  # built by the pass
+    lazy.head.load(built.head.weight.detach().numpy(), built.head.bias.detach().numpy())
+    assert torch.equal(lazy.built().head.weight, built.head.weight)
+    assert lazy.saved_bytes() == _saved(built.state_dict())
+
+
+def test_feature_packs_hold_the_same_rows_from_arrays_and_tensors(tmp_path):
+    """A pack written from numpy rows (a pass without torch) holds what a pass in PyTorch
+    writes (the same tensor bytes; the metadata's key order is safetensors' hash map's, which
+    varies from call to call either way), and each reads the other's."""
+    from cnnlab.models.features import FeatureCache
+
+    rows = torch.randn(3, 5)
+    digests = ["c" * 64, "a" * 64, "b" * 64]
+    bad = {"d" * 64: "not an image"}
+    from_torch = FeatureCache("1" * 64, root=tmp_path / "t")
+    from_numpy = FeatureCache("1" * 64, root=tmp_path / "n")
+    a = from_torch.save(dict(zip(digests, rows, strict=True)), bad)
+    b = from_numpy.save(dict(zip(digests, rows.numpy(), strict=True)), bad)
+    stored = rows[[1, 2, 0]].numpy().tobytes()  # in the digests' order
+    assert a.name == b.name and a.read_bytes().endswith(stored)
+    assert b.read_bytes().endswith(stored)
+    vectors, known_bad = from_torch.load(arrays=True)
+    assert known_bad == bad and isinstance(vectors[digests[0]], np.ndarray)
+    assert all(np.array_equal(vectors[d], r.numpy()) for d, r in zip(digests, rows, strict=True))
+    vectors, _ = from_numpy.load()
+    assert all(torch.equal(vectors[d], r) for d, r in zip(digests, rows, strict=True))
 
 
 def test_the_maps_from_the_graph_equal_pytorchs_gradcam(lite0_weights, tmp_path, shared_data):
@@ -128,7 +188,8 @@ def _run_default(data: Path, out: Path, env: dict[str, str]) -> dict:
     code = ("import sys, json; from cnnlab.cli import main; "
             f"rc = main(['finetune', {str(data)!r}, '-m', 'efficientnet_lite0', '--out', "
             f"{str(out)!r}, '-q', '--no-report', '--workers', '1']); "
-            "print(json.dumps([m for m in ('timm', 'torchvision') if m in sys.modules]))")
+            "print(json.dumps([m for m in ('timm', 'torchvision', 'torch') "
+            "if m in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **env, "PYTHONPATH": str(SRC)})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -138,9 +199,10 @@ def _run_default(data: Path, out: Path, env: dict[str, str]) -> dict:
 
 def test_a_default_run_after_the_first_builds_no_net_and_leaves_the_same_run(
         lite0_weights, tmp_path, shared_data):
-    """The first run builds the net (and records its manifest); the second, on the same photos
-    with a cold feature cache, imports neither timm nor torchvision, and leaves the same
-    model.safetensors bytes, predictions, record and maps (to JPEG's last level)."""
+    """The first run builds the net (and records its manifest and its body's safetensors
+    copy); the second, on the same photos with a cold feature cache, imports neither timm nor
+    torchvision nor torch (issue 27 item 4), and leaves the same model.safetensors bytes,
+    predictions, record and maps (to JPEG's last level) as the first, PyTorch's path."""
     import shutil
 
     from PIL import Image

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 
 def available_backbones() -> list[tuple[str, Path]]:
@@ -57,18 +57,20 @@ def _holds_files(folder: Path) -> bool:
 
 
 def frozen_features(name: str, weights: str | Path | None, paths: Sequence[Path], reporter, *,
-                    device, workers: int, draft: bool, engine: str = "torch"):
+                    device, workers: int, draft: bool, engine: str = "torch",
+                    arrays: bool = False):
     """The frozen body's features of `paths` (the run's cache and key)."""
     return frozen_features_many([(name, weights)], paths, reporter, device=device,
-                                workers=workers, draft=draft, engine=engine)[0]
+                                workers=workers, draft=draft, engine=engine, arrays=arrays)[0]
 
 
 def frozen_features_many(candidates: Sequence[tuple[str, str | Path | None]],
                          paths: Sequence[Path], reporter, *, device, workers: int, draft: bool,
-                         engine: str = "torch"):
+                         engine: str = "torch", arrays: bool = False):
     """Each candidate's frozen-body features of `paths`, from one pass that decodes each photo
     once for all of them (models/features.compute_features_many); each in its own run's cache
-    under its own run's key, so the chosen backbone's run finds them there."""
+    under its own run's key, so the chosen backbone's run finds them there. `arrays`: numpy
+    rows (on cached ONNX graphs, a pass without torch)."""
     from cnnlab.models.features import (
         FeatureCache,
         FeatureNet,
@@ -94,7 +96,7 @@ def frozen_features_many(candidates: Sequence[tuple[str, str | Path | None]],
     names = " + ".join(name for name, _ in candidates)
     return compute_features_many(nets, paths, reporter, workers=workers,
                                  draft=draft, device=device, engine=engine, log=reporter.log,
-                                 label=f"features of {names}")
+                                 label=f"features of {names}", arrays=arrays)
 
 
 def _body_of(pretrained):
@@ -115,16 +117,18 @@ def score_backbones(candidates: Sequence[tuple[str, Path | None]], paths: Sequen
                     ) -> list[dict[str, Any]]:
     """One row per candidate: its cross-validated head's log-loss and accuracy on `paths`
     (features from `engine`'s pass: models/inference.py, all candidates' from one decode of
-    each photo). A row's seconds: its features' share of the pass and its cross-validation."""
+    each photo). A row's seconds: its features' share of the pass and its cross-validation.
+    numpy rows and targets (models/head_fit.py computes in numpy whatever it is given): on
+    cached ONNX graphs the scoring imports no torch (issue 27 item 4)."""
     from cnnlab.models.head_fit import cross_validate, n_folds, problem_digest
 
     rows = []
     all_feats = frozen_features_many(candidates, paths, reporter, device=device,
-                                     workers=workers, draft=draft, engine=engine)
+                                     workers=workers, draft=draft, engine=engine, arrays=True)
     for (name, _), feats in zip(candidates, all_feats, strict=True):
         start = time.perf_counter()
         keep = [i for i, p in enumerate(paths) if p not in feats.bad]
-        y = torch.tensor([targets[i] for i in keep], dtype=torch.long)
+        y = np.array([targets[i] for i in keep], dtype=np.int64)
         folds = n_folds(y)
         table = cross_validate(feats.rows, y, n_classes, folds, seed) if folds else []
         best = min(table, key=lambda r: r["cv_log_loss"]) if table else {}

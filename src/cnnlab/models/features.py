@@ -11,6 +11,10 @@ keyed by the SHA-256 of their bytes, so a renamed or moved photo is still found,
 is recomputed, and photos that could not be decoded are remembered with their reason. Entries
 are "packs" (safetensors: one `features` matrix + the digests in its metadata), each written
 atomically by the run that computed them; concurrent runs write separate packs, never a torn one.
+
+`arrays=True` (finetune's default and `--model auto`'s scoring on ONNX Runtime): the rows are
+numpy arrays, the packs read and written through safetensors.numpy (the same bytes), and a pass
+on cached graphs runs numpy from the decoder to the rows: no torch imported (issue 27 item 4).
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+import numpy as np
 
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import CnnlabError
 from cnnlab.models.cache import cache_root, file_digest
 from cnnlab.runs import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 EXTRACTOR_VERSION = 1  # bump when what `body(x)` means changes (head surgery, dtype)
 PACK_PREFIX = "pack-"
@@ -66,7 +73,7 @@ class Features:
     """Pooled features of some photos: `rows[i]` for `paths[i]`, photos that failed left out."""
 
     paths: list[Path]
-    rows: torch.Tensor  # (n, D) float32
+    rows: Any  # (n, D) float32: a torch tensor, or a numpy array (`arrays=True`)
     bad: dict[Path, str]  # undecodable photos and why
     computed: int  # photos run through the body in this call (0: all from the cache)
     seconds: float
@@ -81,19 +88,19 @@ class FeatureCache:
         self.dir = (root or cache_root()) / "features" / key[:32]
         self.describe = describe or {}
 
-    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Every cached vector (digest -> (D,) tensor) and every known-bad digest -> reason.
-        A pack that cannot be read (disk trouble, a different format) is ignored: the cache only
-        ever saves work, it never decides a result."""
+    def load(self, arrays: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+        """Every cached vector (digest -> (D,) tensor, or numpy array with `arrays`) and every
+        known-bad digest -> reason. A pack that cannot be read (disk trouble, a different
+        format) is ignored: the cache only ever saves work, it never decides a result."""
         from safetensors import safe_open
 
-        vectors: dict[str, torch.Tensor] = {}
+        vectors: dict[str, Any] = {}
         bad: dict[str, str] = {}
         if not self.dir.is_dir():
             return vectors, bad
         for pack in sorted(self.dir.glob(f"{PACK_PREFIX}*.safetensors")):
             try:
-                with safe_open(str(pack), framework="pt") as f:
+                with safe_open(str(pack), framework="numpy" if arrays else "pt") as f:
                     meta = f.metadata() or {}
                     digests = json.loads(meta.get("digests", "[]"))
                     rows = f.get_tensor("features") if digests else None
@@ -104,15 +111,24 @@ class FeatureCache:
                 vectors.update(zip(digests, rows, strict=True))
         return vectors, bad
 
-    def save(self, vectors: dict[str, torch.Tensor], bad: dict[str, str]) -> Path | None:
-        """Write one new pack (atomically); nothing when there is nothing new."""
-        from safetensors.torch import save as st_save
-
+    def save(self, vectors: dict[str, Any], bad: dict[str, str]) -> Path | None:
+        """Write one new pack (atomically); nothing when there is nothing new. The vectors are
+        torch tensors, or numpy arrays (written by safetensors.numpy: the same bytes)."""
         if not vectors and not bad:
             return None
         digests = sorted(vectors)
-        rows = (torch.stack([vectors[d] for d in digests]).float().contiguous() if digests
-                else torch.zeros((0, 0)))
+        if (isinstance(vectors[digests[0]], np.ndarray) if digests else not _torch_loaded()):
+            from safetensors.numpy import save as st_save
+
+            rows = (np.ascontiguousarray(np.stack([vectors[d] for d in digests]),
+                                         dtype=np.float32) if digests
+                    else np.zeros((0, 0), dtype=np.float32))
+        else:
+            import torch
+            from safetensors.torch import save as st_save
+
+            rows = (torch.stack([vectors[d] for d in digests]).float().contiguous() if digests
+                    else torch.zeros((0, 0)))
         name = hashlib.sha256("".join(digests + sorted(bad)).encode()).hexdigest()[:24]
         path = self.dir / f"{PACK_PREFIX}{name}.safetensors"
         data = st_save({"features": rows}, metadata={"digests": json.dumps(digests),
@@ -154,6 +170,7 @@ def compute_features(
     engine: str = "torch",
     identity: str | None = None,
     log=None,
+    arrays: bool = False,
 ) -> Features:
     """`body(image)` for every photo, from the cache where it is there, one pass otherwise.
 
@@ -164,11 +181,12 @@ def compute_features(
     the exported graph is named by `identity`, else by the cache's key (a body without either
     runs in PyTorch). The vectors are cached whichever engine computed them: the two agree to
     within inference.MAX_ABS_DIFF (checked at export), as CPU and GPU passes already shared it.
+    `arrays`: rows as numpy arrays, the pass without torch where every net runs on ONNX Runtime.
     """
     net = FeatureNet(body, preprocess, cache, label, identity)
     return compute_features_many([net], paths, reporter, batch_size=batch_size, workers=workers,
                                  draft=draft, device=device, channels_last=channels_last,
-                                 engine=engine, log=log, label=label)[0]
+                                 engine=engine, log=log, label=label, arrays=arrays)[0]
 
 
 def _forward_of(net: FeatureNet, engine: str, device: torch.device, channels_last: bool, log):
@@ -176,6 +194,8 @@ def _forward_of(net: FeatureNet, engine: str, device: torch.device, channels_las
 
     identity = net.identity or (f"features:{net.cache.key}" if net.cache is not None else None)
     if identity is None:
+        from torch import nn
+
         body = net.body if isinstance(net.body, nn.Module) else net.body()
         return torch_forward(body, device, channels_last)
     return prepare_forward(net.body, engine, identity=identity,
@@ -196,6 +216,7 @@ def compute_features_many(
     engine: str = "torch",
     log=None,
     label: str = "features",
+    arrays: bool = False,
 ) -> list[Features]:
     """`compute_features` for several nets over the same photos, each photo read and decoded
     once for all of them (data/batching.py's SharedDecodeDataset); one `Features` per net.
@@ -205,32 +226,33 @@ def compute_features_many(
     its vectors go to its cache under the same key as a one-net pass's. `seconds` of each: its
     own forward time plus an equal share of the rest (reading caches, decoding, waiting).
     `batch_size` None: ORT_BATCH when every net runs on ONNX Runtime, else TORCH_BATCH.
+    `arrays`: every `Features.rows` a numpy array; when every net then runs on ONNX Runtime the
+    pass is numpy from the decoder to the rows (`Forward.numpy`): torch is not imported.
     """
-    from cnnlab.models.inference import one_torch_thread_unless_torch
-
-
     start = time.perf_counter()
     paths = list(paths)
     digests, first_path = photo_digests(paths)
-    stored = [net.cache.load() if net.cache is not None else ({}, {}) for net in nets]
+    stored = [net.cache.load(arrays) if net.cache is not None else ({}, {}) for net in nets]
     todos = [{d for d in first_path if d not in c and d not in b} for c, b in stored]
     union = sorted(set().union(*todos))
-    new_vectors: list[dict[str, torch.Tensor]] = [{} for _ in nets]
+    new_vectors: list[dict[str, Any]] = [{} for _ in nets]
     new_bad: list[dict[str, str]] = [{} for _ in nets]
     abouts: list[dict[str, Any]] = [{} for _ in nets]
     own = [0.0] * len(nets)
     if union:
-        device = torch.device(device)
+        if not arrays or _torch_loaded() or _device_type(device) != "cpu":
+            import torch
+
+            device = torch.device(device)
         active = [k for k, todo in enumerate(todos) if todo]
         forwards = [_forward_of(nets[k], engine, device, channels_last, log) for k in active]
         for k, forward in zip(active, forwards, strict=True):
             abouts[k] = forward.about
+        numpy_pass = arrays and all(f.numpy is not None for f in forwards)
         loader, n_batches = _photo_batches([first_path[d] for d in union],
                                            [nets[k].preprocess for k in active], forwards,
-                                           batch_size, workers, draft, device)
-        # One torch thread while ONNX Runtime runs every net: torch only stacks batches then,
-        # and its second thread made that far slower on a busy machine (inference.py).
-        with one_torch_thread_unless_torch(forwards):
+                                           batch_size, workers, draft, device, numpy_pass)
+        with _pass_context(forwards, numpy_pass):
             for batches, indices, failed in reporter.track(
                     loader, total=n_batches, description=label, unit="batches"):
                 for i, reason in failed:
@@ -244,37 +266,76 @@ def compute_features_many(
                         continue
                     began = time.perf_counter()
                     images = batches[j] if len(rows) == len(wanted) else batches[j][rows]
-                    out = forward(images).float().cpu()
+                    out = _rows_out(forward, images, numpy_pass, arrays)
                     if out.ndim != 2:
                         raise ValueError(f"body output {tuple(out.shape)} is not "
                                          "(batch, features)")
                     for r, row in zip(rows, out, strict=True):
-                        new_vectors[k][wanted[r]] = row.clone()
+                        new_vectors[k][wanted[r]] = row.copy() if arrays else row.clone()
                     own[k] += time.perf_counter() - began
         for k in active:
             if nets[k].cache is not None:
                 nets[k].cache.save(new_vectors[k], new_bad[k])
     shared = (time.perf_counter() - start - sum(own)) / len(nets)
     return [_assemble(paths, digests, {**stored[k][0], **new_vectors[k]},
-                      {**stored[k][1], **new_bad[k]}, len(todos[k]), own[k] + shared, abouts[k])
+                      {**stored[k][1], **new_bad[k]}, len(todos[k]), own[k] + shared, abouts[k],
+                      arrays)
             for k in range(len(nets))]
 
 
+def _torch_loaded() -> bool:
+    from cnnlab.hardware import torch_loaded
+
+    return torch_loaded()
+
+
+def _device_type(device) -> str:
+    """"cpu" / "cuda" of a torch.device, a hardware.CpuDevice or a string ("cuda:1")."""
+    return getattr(device, "type", None) or str(device).split(":")[0]
+
+
+def _pass_context(forwards, numpy_pass: bool):
+    """Nothing for a numpy pass; else one torch thread while ONNX Runtime runs every net: torch
+    only stacks batches then, and its second thread made that far slower on a busy machine
+    (models/inference.one_torch_thread_unless_torch)."""
+    import contextlib
+
+    if numpy_pass:
+        return contextlib.nullcontext()
+    from cnnlab.models.inference import one_torch_thread_unless_torch
+
+    return one_torch_thread_unless_torch(forwards)
+
+
+def _rows_out(forward, images, numpy_pass: bool, arrays: bool):
+    """One batch's rows: float32 numpy from a numpy pass, else the forward's float32 CPU
+    tensor (as a numpy array when `arrays`)."""
+    if numpy_pass:
+        return np.asarray(forward.numpy(images), dtype=np.float32)
+    out = forward(images).float().cpu()
+    return out.numpy() if arrays else out
+
+
 def _photo_batches(paths: list[Path], preprocesses: list[Preprocess], forwards, batch_size,
-                   workers: int, draft: bool, device: torch.device):
+                   workers: int, draft: bool, device, numpy_pass: bool = False):
     """(the batches of the pass, their number): each photo decoded once for every net. When
     every forward runs on ONNX Runtime, decoding threads of this process, as evaluate does
     (data/threaded.py: no forked copy of torch; Pillow and ONNX Runtime release the GIL), and
-    batches of ORT_BATCH; otherwise DataLoader worker processes and TORCH_BATCH."""
-    from cnnlab.data.batching import SharedDecodeDataset
+    batches of ORT_BATCH; otherwise DataLoader worker processes and TORCH_BATCH. A numpy pass
+    (`Forward.numpy` of every net): numpy batches, threads or this thread (batching.pass_batches).
+    """
+    from cnnlab.data.batching import SharedDecodeDataset, pass_batches
     from cnnlab.data.folders import LabelledImage
-    from cnnlab.data.loaders import photo_loader
 
     on_ort = all(f.engine == "onnxruntime" for f in forwards)
     size = batch_size or (ORT_BATCH if on_ort else TORCH_BATCH)
     dataset = SharedDecodeDataset([LabelledImage(p, "") for p in paths], preprocesses,
-                                  draft=draft)
+                                  draft=draft, arrays=numpy_pass)
     n_batches = (len(paths) + size - 1) // size
+    if numpy_pass:
+        return pass_batches(dataset, True, batch_size=size, workers=workers), n_batches
+    from cnnlab.data.loaders import photo_loader
+
     if on_ort and workers > 0:
         from cnnlab.data.threaded import thread_batches
 
@@ -284,9 +345,9 @@ def _photo_batches(paths: list[Path], preprocesses: list[Preprocess], forwards, 
                         collate=dataset.collate), n_batches
 
 
-def _assemble(paths: list[Path], digests: list[str], vectors: dict[str, torch.Tensor],
+def _assemble(paths: list[Path], digests: list[str], vectors: dict[str, Any],
               bad_reasons: dict[str, str], computed: int, seconds: float,
-              about: dict[str, Any]) -> Features:
+              about: dict[str, Any], arrays: bool = False) -> Features:
     """One net's `Features` in the order of `paths` (a photo given twice appears twice)."""
     good_paths, rows, bad = [], [], {}
     for p, d in zip(paths, digests, strict=True):
@@ -296,5 +357,10 @@ def _assemble(paths: list[Path], digests: list[str], vectors: dict[str, torch.Te
             good_paths.append(p)
             rows.append(vectors[d])
     width = rows[0].shape[0] if rows else 0
+    if arrays:
+        matrix = np.stack(rows) if rows else np.zeros((0, width), dtype=np.float32)
+        return Features(good_paths, matrix, bad, computed, seconds, about)
+    import torch
+
     matrix = torch.stack(rows) if rows else torch.zeros((0, width))
     return Features(good_paths, matrix, bad, computed, seconds, about)

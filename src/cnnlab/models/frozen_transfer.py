@@ -23,6 +23,12 @@ weights file's tensors, renamed as `load_pretrained` renames them (the spec's `c
 the manifest's names and shapes), are then exactly the body's state dict: model.safetensors is
 byte for byte the built network's (tests/test_finetune_lazy.py). Anything else asks for the
 built network (`built()`): the PyTorch engine, a refused graph, a layer other than Grad-CAM's.
+
+Without torch (issue 27 item 4): the head is an `ArrayHead` (numpy float32) until the net is
+built, and the body's state is also kept as safetensors next to the manifest (`body_path`),
+written by the first run that read the weights file with torch (the .pth needs torch.load):
+`saved_bytes` then writes model.safetensors through safetensors.numpy, the same bytes as
+safetensors.torch writes from the built network (tests/test_finetune_lazy.py).
 """
 
 from __future__ import annotations
@@ -33,10 +39,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+import numpy as np
+
+from cnnlab.hardware import torch_version
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MANIFEST_VERSION = 1  # bump when what a manifest records, or what TransferModel keeps, changes
 
@@ -58,7 +69,7 @@ def _manifest_path(backbone: str, weights_digest: str, root: Path | None = None)
     from cnnlab.models.cache import cache_root
 
     spec = {"backbone": backbone, "weights_sha256": weights_digest,
-            "torch": torch.__version__, "version": MANIFEST_VERSION}
+            "torch": torch_version(), "version": MANIFEST_VERSION}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     return (root or cache_root()) / "transfer" / f"{key[:32]}.json"
 
@@ -90,9 +101,54 @@ def transfer_recorded(model: nn.Module, backbone: str, weights_file: Path, num_c
     parameters = {n for n, _ in model.named_parameters()}
     net = TransferModel.from_pretrained(model, num_classes)
     with contextlib.suppress(OSError):
-        save_manifest(manifest_of(backbone, file_digest(weights_file), state, parameters, net),
-                      root)
+        manifest = manifest_of(backbone, file_digest(weights_file), state, parameters, net)
+        save_manifest(manifest, root)
+        if not body_path(backbone, manifest.weights_sha256, root).is_file():
+            save_body(manifest, net.body.state_dict(), root)
     return net
+
+
+def body_path(backbone: str, weights_digest: str, root: Path | None = None) -> Path:
+    """The safetensors copy of the body's state (TransferModel.body.state_dict(), renamed and
+    cast as loaded), beside the manifest and under the same key."""
+    manifest = _manifest_path(backbone, weights_digest, root)
+    return manifest.with_name(f"{manifest.stem}-body.safetensors")
+
+
+def save_body(manifest: Manifest, body_state, root: Path | None = None) -> Path:
+    """The body's state (torch tensors, `body.` names without the prefix) as safetensors,
+    atomically: what a run without torch writes model.safetensors from."""
+    from safetensors.torch import save as st_save
+
+    from cnnlab.runs import atomic_write_bytes
+
+    path = body_path(manifest.backbone, manifest.weights_sha256, root)
+    atomic_write_bytes(path, st_save({k: v.detach().cpu().contiguous().clone()
+                                      for k, v in body_state.items()}))
+    return path
+
+
+def load_body(manifest: Manifest, root: Path | None = None) -> OrderedDict | None:
+    """The saved body state as numpy arrays in the body's order, when it is there and holds
+    exactly the manifest's kept entries (names, shapes, dtypes); else None."""
+    from safetensors.numpy import load_file
+
+    path = body_path(manifest.backbone, manifest.weights_sha256, root)
+    try:
+        arrays = load_file(str(path))
+    except Exception:  # absent, torn or foreign: read from the weights file with torch instead
+        return None
+    dropped = set(manifest.dropped)
+    kept = [(n, shape, dtype) for n, shape, dtype in manifest.entries if n not in dropped]
+    if set(arrays) != {n for n, _, _ in kept}:
+        return None
+    out = OrderedDict()
+    for name, shape, dtype in kept:
+        a = arrays[name]
+        if list(a.shape) != list(shape) or a.dtype.name != dtype:
+            return None
+        out[name] = a
+    return out
 
 
 def save_manifest(manifest: Manifest, root: Path | None = None) -> Path:
@@ -121,6 +177,8 @@ class _Shapes:
     shapes in order (meta tensors: no memory)."""
 
     def __init__(self, manifest: Manifest):
+        import torch
+
         self._state = OrderedDict(
             (name, torch.empty(shape, dtype=getattr(torch, dtype), device="meta"))
             for name, shape, dtype in manifest.entries)
@@ -129,21 +187,39 @@ class _Shapes:
         return self._state
 
 
+class ArrayHead:
+    """The new Linear head in numpy (float32, as nn.Linear's): weight (C, D), bias (C,), zero
+    as TransferModel's head starts; `head(x)` is x @ W.T + b on (N, D) features."""
+
+    def __init__(self, width: int, num_classes: int):
+        self.weight = np.zeros((num_classes, width), dtype=np.float32)
+        self.bias = np.zeros(num_classes, dtype=np.float32)
+
+    def load(self, weight, bias) -> None:
+        """Set from float arrays (rounded to float32 as torch's copy_ rounds)."""
+        self.weight = np.asarray(weight).astype(np.float32)
+        self.bias = np.asarray(bias).astype(np.float32)
+
+    def __call__(self, x) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32) @ self.weight.T + self.bias
+
+
 class FrozenTransfer:
     """TransferModel's face for the frozen, fitted-head strategy, the PyTorch net built on
     demand (`built`). `build` makes the TransferModel (the registry's create_pretrained and
-    TransferModel.from_pretrained, set to freeze) when it is first needed."""
+    TransferModel.from_pretrained, set to freeze) when it is first needed. The head is an
+    ArrayHead (nothing here imports torch until the net is built), and stays the one the fit
+    writes: the built net's nn.Linear takes its values whenever the built net is asked for."""
 
     strategy, bn, unfrozen = "freeze", "frozen", 0
 
     def __init__(self, backbone: str, weights_file: Path, num_classes: int, manifest: Manifest,
-                 build: Callable[[], nn.Module]):
+                 build: Callable[[], nn.Module], root: Path | None = None):
         self.backbone, self.weights_file, self.manifest = backbone, Path(weights_file), manifest
         self.width = manifest.width
-        self.head = nn.Linear(self.width, num_classes)
-        nn.init.zeros_(self.head.weight)  # as TransferModel's head starts
-        nn.init.zeros_(self.head.bias)
+        self.head = ArrayHead(self.width, num_classes)
         self._build = build
+        self._root = root
         self._net: nn.Module | None = None
 
     @property
@@ -151,14 +227,15 @@ class FrozenTransfer:
         return self._net is not None
 
     def built(self) -> nn.Module:
-        """The TransferModel, built now if it was not, with this head's weights."""
+        """The TransferModel, built now if it was not, with this head's current weights (a
+        feature pass may build it before the head is fitted)."""
+        import torch
+
         if self._net is None:
-            net = self._build()
-            with torch.no_grad():
-                net.head.weight.copy_(self.head.weight)
-                net.head.bias.copy_(self.head.bias)
-            net.head = self.head  # one head: a later fit writes into both
-            self._net = net
+            self._net = self._build()
+        with torch.no_grad():
+            self._net.head.weight.copy_(torch.from_numpy(self.head.weight))
+            self._net.head.bias.copy_(torch.from_numpy(self.head.bias))
         return self._net
 
     @property
@@ -178,14 +255,42 @@ class FrozenTransfer:
     def state_dict(self) -> OrderedDict:
         """TransferModel.state_dict(): the body's from the weights file (renamed as the
         registry's load renames it), then the head's."""
+        import torch
+
         if self._net is not None:
-            return self._net.state_dict()
+            return self.built().state_dict()
         state = OrderedDict((f"body.{k}", v) for k, v in self._body_state().items())
-        state["head.weight"] = self.head.weight.detach()
-        state["head.bias"] = self.head.bias.detach()
+        state["head.weight"] = torch.from_numpy(self.head.weight)
+        state["head.bias"] = torch.from_numpy(self.head.bias)
         return state
 
+    def saved_bytes(self) -> bytes:
+        """model.safetensors: the bytes safetensors.torch writes from `state_dict()`. Unbuilt,
+        with the body's safetensors copy (`load_body`), written by safetensors.numpy without
+        torch; else through torch, the copy saved on the way for the next run."""
+        if self._net is None:
+            body = load_body(self.manifest, self._root)
+            if body is not None:
+                from safetensors.numpy import save
+
+                arrays = {f"body.{k}": v for k, v in body.items()}
+                arrays["head.weight"] = np.ascontiguousarray(self.head.weight)
+                arrays["head.bias"] = np.ascontiguousarray(self.head.bias)
+                return save(arrays)
+        import contextlib
+
+        from safetensors.torch import save as st_save
+
+        state = self.state_dict()
+        if self._net is None:
+            with contextlib.suppress(OSError):  # a cache: a later run reads the file again
+                save_body(self.manifest, {k.removeprefix("body."): v for k, v in state.items()
+                                          if k.startswith("body.")}, self._root)
+        return st_save({k: v.detach().cpu().contiguous().clone() for k, v in state.items()})
+
     def _body_state(self) -> OrderedDict:
+        import torch
+
         from cnnlab.models.pretrained import pretrained_spec_of
         from cnnlab.models.registry import get_spec
 
@@ -207,7 +312,7 @@ class FrozenTransfer:
         shapes = {name: shape for name, shape, _ in self.manifest.entries}
         dropped = set(self.manifest.dropped)
         n_body = sum(_numel(shapes[n]) for n in self.manifest.parameters if n not in dropped)
-        n_head = self.head.weight.numel() + self.head.bias.numel()
+        n_head = self.head.weight.size + self.head.bias.size
         return {"feature_width": self.width, "body_parameters": n_body,
                 "head_parameters": n_head, "trainable_parameters": n_head,
                 "stages": self.manifest.stages, "unfrozen_stages": 0,
@@ -217,6 +322,8 @@ class FrozenTransfer:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The weights file's state dict, read as models/pretrained.load_pretrained reads it
     (tensors only; a checkpoint's "state_dict" entry unwrapped)."""
+    import torch
+
     from cnnlab.errors import CnnlabError
 
     try:

@@ -62,7 +62,9 @@ Where each part lives (imports point down this list, never up, none inside a fun
                  decided on train + validation photos only
   pipeline.py    run: one strategy end to end (set up, train or fit, measure and write), and
                  --compare's two runs on one split (run_compare, compare_cost); the default on
-                 ONNX Runtime never builds the PyTorch net (models/frozen_transfer.py)
+                 ONNX Runtime never builds the PyTorch net (models/frozen_transfer.py), and
+                 on cached graphs never imports torch: numpy features, targets, head fit,
+                 scores and maps, model.safetensors from the body's cached safetensors copy
 """
 
 from cnnlab.tasks.finetune.choice import (

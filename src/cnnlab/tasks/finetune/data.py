@@ -41,6 +41,9 @@ class Prepared:
     # views, test: the evaluation view), and the trained part of the network on them.
     activations: dict[str, Any] | None = None
     partial_net: Any = None
+    # The features and the targets as numpy arrays, not tensors: the run without a PyTorch net
+    # (a FrozenTransfer on cached ONNX graphs), which imports no torch (issue 27 item 4).
+    arrays: bool = False
 
 
 def _unreadable(paths: list[Path], preprocess, config: FinetuneConfig, reporter) -> dict:
@@ -61,8 +64,9 @@ def _unreadable(paths: list[Path], preprocess, config: FinetuneConfig, reporter)
 
 
 def prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path, device,
-             reporter) -> Prepared:
-    """The one pass over the photos: drop bad files; features when the body is frozen."""
+             reporter, arrays: bool = False) -> Prepared:
+    """The one pass over the photos: drop bad files; features when the body is frozen (numpy
+    arrays with `arrays`)."""
     from cnnlab.models.features import FeatureCache, compute_features, feature_key, file_digest
 
     start = time.perf_counter()
@@ -85,7 +89,7 @@ def prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path, 
         feats = compute_features(net.frozen_body(), wanted, preprocess, cache, reporter,
                                  workers=config.workers, draft=config.draft,
                                  device=device, label="features (one pass)",
-                                 engine=config.engine, log=reporter.log)
+                                 engine=config.engine, log=reporter.log, arrays=arrays)
         info = {"used": True, "photos": len(wanted), "computed": feats.computed,
                 "from_cache": len(set(wanted)) - feats.computed,
                 "seconds": round(feats.seconds, 3), "dir": str(cache.dir),
@@ -99,7 +103,7 @@ def prepare(config: FinetuneConfig, split, net, preprocess, weights_file: Path, 
                     for p in parts if p != "train" or config.cached}
     else:
         split = split.without(_unreadable(paths, preprocess, config, reporter))
-    return Prepared(split, features, info, time.perf_counter() - start)
+    return Prepared(split, features, info, time.perf_counter() - start, arrays=arrays)
 
 
 def _prepare_partial(config: FinetuneConfig, split, net, preprocess, weights_file: Path,
@@ -147,10 +151,14 @@ def prepare_once(config: FinetuneConfig, split, saved: bool, net, preprocess,
                  weights_file: Path, device, info, reporter) -> Prepared:
     """`prepare` on rank 0, its result broadcast to the other ranks. A saved split (a resume,
     or --compare's second run) is already clean: only the strategies that read cached inputs
-    (freeze, partial) pass over the photos again, to load them."""
+    (freeze, partial) pass over the photos again, to load them. A FrozenTransfer (no PyTorch
+    net) gets numpy features."""
     from cnnlab import dist
+    from cnnlab.models.frozen_transfer import FrozenTransfer
 
+    arrays = isinstance(net, FrozenTransfer)
     if saved and config.strategy not in ("freeze", "partial"):
         return Prepared(split, None, {"used": False}, 0.0)
     return dist.broadcast_from_main(
-        lambda: prepare(config, split, net, preprocess, weights_file, device, reporter), info)
+        lambda: prepare(config, split, net, preprocess, weights_file, device, reporter, arrays),
+        info)

@@ -18,24 +18,28 @@ def fit_head(config: FinetuneConfig, prepared: Prepared, trainer: Trainer, net,
     """The frozen head solved on train + validation features (never the test ones): L2 by
     cross-validation, then the refit on all of them, written into `net.head`. `choice_rows`:
     --model auto's table; the chosen backbone's cross-validation, when it was computed on
-    exactly these rows, classes and seed (its digest), is taken from it, not run again."""
-    import torch
-
+    exactly these rows, classes and seed (its digest), is taken from it, not run again.
+    numpy features (`prepared.arrays`, a FrozenTransfer's ArrayHead): no torch imported."""
     from cnnlab.models.head_fit import problem_digest, select_and_fit
 
     start = time.perf_counter()
     parts = ("train", "val")
-    x = torch.cat([prepared.features[p] for p in parts])
-    y = torch.cat([trainer.targets[p] for p in parts])
+    if prepared.arrays:
+        import numpy as np
+
+        x = np.concatenate([prepared.features[p] for p in parts])
+        y = np.concatenate([trainer.targets[p] for p in parts])
+    else:
+        import torch
+
+        x = torch.cat([prepared.features[p] for p in parts])
+        y = torch.cat([trainer.targets[p] for p in parts])
     n_classes = len(prepared.split.classes)
     digest = problem_digest(x, y, n_classes, config.seed) if choice_rows else None
     known = next((r["cv"] for r in choice_rows or [] if r.get("cv_digest") == digest), None)
     with threads(1):
         choice = select_and_fit(x, y, n_classes, seed=config.seed, known=known)
-    with torch.no_grad():
-        net.head.weight.copy_(choice.head.weight.to(net.head.weight))
-        net.head.bias.copy_(choice.head.bias.to(net.head.bias))
-        train_accuracy = float((choice.head.logits(x).argmax(1) == y).double().mean())
+    train_accuracy = _load_head(net.head, choice.head, x, y)
     best = choice.best or {}
     reporter.log(f"head: L-BFGS, L2 {choice.l2:.3g} chosen by {choice.folds}-fold "
                  f"cross-validation on {len(y)} train + validation photos (accuracy "
@@ -46,6 +50,22 @@ def fit_head(config: FinetuneConfig, prepared: Prepared, trainer: Trainer, net,
             "iterations": choice.head.iterations, "train_accuracy": 100.0 * train_accuracy,
             "cv": choice.table, "cv_reused": known is not None,
             "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _load_head(head, fitted, x, y) -> float:
+    """`fitted` (models/head_fit.LinearHead) written into the net's head (a FrozenTransfer's
+    ArrayHead, else an nn.Linear); its accuracy on (x, y) as a fraction."""
+    from cnnlab.models.frozen_transfer import ArrayHead
+
+    if isinstance(head, ArrayHead):
+        head.load(fitted.weight, fitted.bias)
+        return float((fitted.logits(x).argmax(1) == y).mean())
+    import torch
+
+    with torch.no_grad():
+        head.weight.copy_(fitted.weight.to(head.weight))
+        head.bias.copy_(fitted.bias.to(head.bias))
+        return float((fitted.logits(x).argmax(1) == y).double().mean())
 
 
 def partial_head_init(config: FinetuneConfig, prepared: Prepared, trainer: Trainer, net,

@@ -1,7 +1,11 @@
 """What a finetune run leaves for its reader, after the one measurement of the test photos:
 the scores (top-1 / top-k error with Wilson intervals, per-class accuracy), predictions.csv,
 model.safetensors + model.json for `cnnlab predict`, the Grad-CAM maps of the misclassified
-test photos, and the settings the run used (results.json "settings")."""
+test photos, and the settings the run used (results.json "settings").
+
+Logits and targets are torch tensors, or numpy arrays in the run without a PyTorch net (a
+FrozenTransfer on cached ONNX graphs): then the scores, softmax and top-k are numpy's
+(models/topk.py: torch's order, ties included) and nothing here imports torch (issue 27)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import csv
 import io
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cnnlab.runs import RunDir
 from cnnlab.tasks.finetune.config import FinetuneConfig, bn_words, top_k_for
@@ -19,9 +25,15 @@ def score(logits, targets, classes: tuple[str, ...], k: int) -> dict[str, Any]:
     from cnnlab.analysis.binomial import error_interval
 
     n = len(targets)
-    top = logits.topk(min(k, len(classes)), dim=1).indices
+    if isinstance(logits, np.ndarray):
+        from cnnlab.models.topk import top_k
+
+        kk = min(k, len(classes))
+        top = np.array(top_k(logits, kk)[1], dtype=np.int64).reshape(n, kk)
+    else:
+        top = logits.topk(min(k, len(classes)), dim=1).indices
     hit1 = top[:, 0] == targets
-    hitk = (top == targets[:, None]).any(dim=1)
+    hitk = (top == targets[:, None]).any(1)
     per_class = []
     for c, name in enumerate(classes):
         mask = targets == c
@@ -31,10 +43,10 @@ def score(logits, targets, classes: tuple[str, ...], k: int) -> dict[str, Any]:
                           "accuracy": 100.0 * correct / m if m else None})
     return {
         "n": n,
-        "top1_error": 100.0 * (1 - float(hit1.float().mean())) if n else None,
+        "top1_error": 100.0 * (1 - _mean(hit1)) if n else None,
         "top_k": k,
         # top-k of k >= the number of classes is every class: always right, so not reported.
-        "topk_error": (100.0 * (1 - float(hitk.float().mean()))
+        "topk_error": (100.0 * (1 - _mean(hitk))
                        if n and k < len(classes) else None),
         "per_class": per_class,
         # Wilson 95% intervals: with 24 test photos one photo is 4.17 points.
@@ -44,16 +56,27 @@ def score(logits, targets, classes: tuple[str, ...], k: int) -> dict[str, Any]:
     }
 
 
-def predictions_csv(items, root: Path, targets, logits, classes, k: int) -> str:
-    import torch
+def _mean(hits) -> float:
+    """The fraction of True in a boolean tensor or array (float32 mean, as torch's)."""
+    if isinstance(hits, np.ndarray):
+        return float(hits.astype(np.float32).mean())
+    return float(hits.float().mean())
 
-    probs = torch.softmax(logits, dim=1)
-    top_p, top_c = probs.topk(min(k, len(classes)), dim=1)
+
+def predictions_csv(items, root: Path, targets, logits, classes, k: int) -> str:
+    if isinstance(logits, np.ndarray):
+        from cnnlab.models.topk import softmax_top_k
+
+        top_p, top_c = softmax_top_k(logits, min(k, len(classes)))
+    else:
+        import torch
+
+        probs = torch.softmax(logits, dim=1)
+        top_p, top_c = (t.tolist() for t in probs.topk(min(k, len(classes)), dim=1))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "true_class", "rank", "class", "probability", "correct"])
-    for it, t, cs, ps in zip(items, targets.tolist(), top_c.tolist(), top_p.tolist(),
-                             strict=True):
+    for it, t, cs, ps in zip(items, targets.tolist(), top_c, top_p, strict=True):
         rel = _relative(it.path, root)
         for r, (c, p) in enumerate(zip(cs, ps, strict=True), start=1):
             w.writerow([rel, classes[t], r, classes[c], f"{p:.6f}", int(r == 1 and c == t)])
@@ -73,7 +96,7 @@ def explain_test_mistakes(net, backbone: str, preprocess, split, logits, targets
     (a FrozenTransfer's built now)."""
     from cnnlab.analysis.cams import CamWriter, explain_mistakes, layer_of
 
-    predicted = logits.argmax(dim=1).tolist()
+    predicted = logits.argmax(1).tolist()
     wrong = [i for i, (p, t) in enumerate(zip(predicted, targets.tolist(), strict=True))
              if p != t]
     chosen = wrong[:EXPLAIN_MAX]
@@ -114,12 +137,10 @@ def graph_maps(net, backbone: str, weights_file: Path, preprocess,
     W[c] / (h * w) (analysis/linear_cams.py)."""
     import time
 
-    import numpy as np
-    import torch
-
     from cnnlab.analysis.cams import CamWriter
     from cnnlab.analysis.linear_cams import linear_gradcam
-    from cnnlab.data.decode import BadImage, load_image
+    from cnnlab.data.decode import BadImage, load_arrays
+    from cnnlab.hardware import choose_device
     from cnnlab.models.inference import (
         MAX_ABS_DIFF,
         prepare_forward,
@@ -137,28 +158,33 @@ def graph_maps(net, backbone: str, weights_file: Path, preprocess,
         return writer
     forward = prepare_forward(pretrained, "onnxruntime",
                               identity=weights_identity(backbone, weights_file),
-                              input_size=preprocess.crop_size, device=torch.device("cpu"),
+                              input_size=preprocess.crop_size, device=choose_device("cpu"),
                               log=log, label=backbone, layer=layer)
-    if forward.run_layer is None or forward.head is None:
+    if forward.numpy_layer is None or forward.head is None:
         return None
     activations = []
     for at in range(0, len(mistakes), 8):  # features.ORT_BATCH photos per call
-        try:
-            x = torch.stack([load_image(m["path"], preprocess, draft)
-                             for m in mistakes[at:at + 8]])
+        try:  # numpy in and out: the same bytes as run_layer's tensors, no torch needed
+            x = np.stack([load_arrays(m["path"], [preprocess], draft)[0]
+                          for m in mistakes[at:at + 8]])
         except BadImage:
             return None
-        activations.append(forward.run_layer(x)[1])
+        activations.append(forward.numpy_layer(x)[1])
     a = np.concatenate(activations) if activations else np.zeros((0, net.width, 1, 1))
     pooled = a.mean(axis=(2, 3))
-    if len(a) and float(np.abs(pooled - features.numpy()).max()) > MAX_ABS_DIFF:
+    if len(a) and float(np.abs(pooled - _array(features)).max()) > MAX_ABS_DIFF:
         return None
-    weight = net.head.weight.detach().float().numpy()
+    weight = _array(net.head.weight).astype(np.float32)
     for m, act in zip(mistakes, a, strict=True):
         m["raw"] = linear_gradcam(act, weight, [m["predicted"], m["true"]])
     writer.layer_shape = (1, *a.shape[1:])
     writer.seconds = time.perf_counter() - start
     return writer
+
+
+def _array(x) -> np.ndarray:
+    """A numpy array, or a torch tensor's values as one."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -171,13 +197,19 @@ def _relative(path: Path, root: Path) -> str:
 def export_model(run_dir: RunDir, net, config: FinetuneConfig, classes, preprocess,
                  weights_file: Path, selected: str) -> Path:
     """model.safetensors (the whole network: body + head) + model.json: what `cnnlab predict`
-    loads, self-contained (no ImageNet weights file needed to predict)."""
-    from safetensors.torch import save as st_save
-
+    loads, self-contained (no ImageNet weights file needed to predict). A FrozenTransfer writes
+    the same bytes itself (`saved_bytes`: without torch once its body's copy is cached)."""
+    from cnnlab.models.frozen_transfer import FrozenTransfer
     from cnnlab.runs import atomic_write_bytes
 
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-    atomic_write_bytes(run_dir.file("model.safetensors"), st_save(tensors))
+    if isinstance(net, FrozenTransfer):
+        data = net.saved_bytes()
+    else:
+        from safetensors.torch import save as st_save
+
+        data = st_save({k: v.detach().cpu().contiguous().clone()
+                        for k, v in net.state_dict().items()})
+    atomic_write_bytes(run_dir.file("model.safetensors"), data)
     run_dir.write_json("model.json", {
         "format": "cnnlab-finetuned/1",
         "backbone": config.backbone,

@@ -89,9 +89,9 @@ def _run_one(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
 def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
             split_dir: RunDir) -> _SetUp:
     """The checks that need no work first (backbone name, weights, split), then the pretrained
-    network with a new head, set to the strategy, and the one pass over the photos."""
-    import torch
-
+    network with a new head, set to the strategy, and the one pass over the photos. On cached
+    ONNX graphs with a recorded manifest (the default's second run on) no torch is imported:
+    the net is a FrozenTransfer and the photos' features numpy arrays (issue 27 item 4)."""
     from cnnlab import dist
     from cnnlab.hardware import resolve_precision
     from cnnlab.models.pretrained import fetch, pretrained_spec_of
@@ -115,9 +115,13 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
         run_dir.save_config(config)
         run_dir.save_environment(seed=config.seed, device=str(device), precision=precision,
                                  precision_reason=why)
-    torch.manual_seed(config.seed)
+    manifest = _manifest_on_graphs(config, spec.name, weights_file, device)
+    if manifest is None:  # a PyTorch net is built now (the lazy one needs no seed)
+        import torch
+
+        torch.manual_seed(config.seed)
     preprocess = pretrained_spec_of(spec).preprocess
-    net = _network(config, spec.name, weights_file, len(split.classes), device)
+    net = _network(config, spec.name, weights_file, len(split.classes), device, manifest)
     reporter.log(
         f"finetune: {config.strategy} {spec.name} on {len(split.classes)} classes, "
         f"{len(split.train)}/{len(split.val)}/{len(split.test)} train/val/test photos "
@@ -131,18 +135,30 @@ def _set_up(config: FinetuneConfig, run_dir: RunDir, reporter, resume: bool,
                   (precision, why))
 
 
-def _network(config: FinetuneConfig, name: str, weights_file: Path, n_classes: int, device):
+def _manifest_on_graphs(config: FinetuneConfig, name: str, weights_file: Path, device):
+    """The backbone's recorded manifest when the run never needs its PyTorch body
+    (`_on_graphs`), else None (the TransferModel is built)."""
+    from cnnlab.models.features import file_digest
+    from cnnlab.models.frozen_transfer import load_manifest
+
+    if not _on_graphs(config, device):
+        return None
+    return load_manifest(name, file_digest(weights_file))
+
+
+def _network(config: FinetuneConfig, name: str, weights_file: Path, n_classes: int, device,
+             manifest=None):
     """The pretrained network with a new head, set to the strategy: a TransferModel, built
     now; or, where the run would never run its PyTorch body (the frozen body's fitted head,
     its passes on ONNX Runtime), a FrozenTransfer that builds it only if something asks
-    (models/frozen_transfer.py), once a run has recorded this backbone's manifest."""
-    import torch
-
-    from cnnlab.models.features import file_digest
-    from cnnlab.models.frozen_transfer import FrozenTransfer, load_manifest, transfer_recorded
-    from cnnlab.models.registry import create_pretrained
+    (models/frozen_transfer.py), given the backbone's `manifest` a run has recorded."""
+    from cnnlab.models.frozen_transfer import FrozenTransfer, transfer_recorded
 
     def build():
+        import torch
+
+        from cnnlab.models.registry import create_pretrained
+
         model, _, _ = create_pretrained(name, weights_file)
         net = transfer_recorded(model, name, weights_file, n_classes)
         net.set_strategy(config.strategy, config.bn)
@@ -150,8 +166,6 @@ def _network(config: FinetuneConfig, name: str, weights_file: Path, n_classes: i
             net.unfreeze(config.train_stages)
         return net.to(device=device, memory_format=torch.channels_last)
 
-    manifest = (load_manifest(name, file_digest(weights_file))
-                if _on_graphs(config, device) else None)
     if manifest is None:
         return build()
     return FrozenTransfer(name, weights_file, n_classes, manifest, build)

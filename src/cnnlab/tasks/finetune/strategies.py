@@ -67,13 +67,10 @@ class Trainer:
 
     def __init__(self, config: FinetuneConfig, prepared: Prepared, net, preprocess, device,
                  info):
-        import torch
-
         self.config, self.prepared, self.net, self.preprocess = config, prepared, net, preprocess
         self.device, self.info = device, info
         split = prepared.split
-        self.targets = {p: torch.tensor(split.targets(p), dtype=torch.long)
-                        for p in ("train", "val", "test")}
+        self.targets = _targets(split, prepared.arrays)
         self.model = net.head if config.cached else net
         self.n_train = len(split.train)
         if config.partial:
@@ -81,6 +78,8 @@ class Trainer:
             # have nothing to choose, and in a few-shot split they are a third of the photos.
             self.model = prepared.partial_net
             self.n_train = len(split.train) + len(split.val)
+            import torch
+
             acts = [a for a in (prepared.activations["train"], prepared.activations["val"])
                     if a is not None]
             self.train_acts = torch.cat(acts)
@@ -135,10 +134,13 @@ class Trainer:
             yield x.contiguous(memory_format=torch.channels_last), y
 
     def logits(self, part: str):
-        """Logits of the current model on a part (eval mode), from features when there are."""
+        """Logits of the current model on a part (eval mode), from features when there are
+        (numpy ones through a FrozenTransfer's ArrayHead: numpy logits, no torch)."""
+        feats = (self.prepared.features or {}).get(part)
+        if feats is not None and self.prepared.arrays:
+            return self.net.head(feats)
         import torch
 
-        feats = (self.prepared.features or {}).get(part)
         if feats is not None:
             with torch.no_grad():
                 return self.net.head(feats.to(self.device)).float().cpu()
@@ -193,17 +195,31 @@ def train(config: FinetuneConfig, trainer: Trainer, run_dir: RunDir, reporter, r
                    device=trainer.device, label=config.strategy)
 
 
-@contextlib.contextmanager
-def threads(n: int | None):
-    """torch's intra-op threads set to `n` inside the block (None: unchanged). Training a
-    linear head on cached features is a few tiny matrix products per step, where more threads
-    only add synchronisation: measured 2.8-3.5 ms per step on 1 thread, 47-82 ms on 2 on this
-    shared 2-core machine."""
+def _targets(split, arrays: bool) -> dict:
+    """Each part's class indices: int64 numpy arrays (`arrays`), else torch.long tensors."""
+    if arrays:
+        import numpy as np
+
+        return {p: np.array(split.targets(p), dtype=np.int64) for p in ("train", "val", "test")}
     import torch
 
-    if n is None:
+    return {p: torch.tensor(split.targets(p), dtype=torch.long)
+            for p in ("train", "val", "test")}
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    """torch's intra-op threads set to `n` inside the block (None: unchanged; torch not loaded:
+    nothing to set, and it is not imported for it). Training a linear head on cached features
+    is a few tiny matrix products per step, where more threads only add synchronisation:
+    measured 2.8-3.5 ms per step on 1 thread, 47-82 ms on 2 on this shared 2-core machine."""
+    from cnnlab.hardware import torch_loaded
+
+    if n is None or not torch_loaded():
         yield
         return
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
