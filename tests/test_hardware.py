@@ -221,8 +221,10 @@ def test_torch_free_answers_equal_torchs(env):
 
 
 def test_cuda_possible_reads_the_nvidia_driver(tmp_path):
-    assert hardware.cuda_possible(tmp_path / "missing") is (not sys.platform.startswith("linux"))
-    assert hardware.cuda_possible(tmp_path) is True
+    missing = tmp_path / "missing"
+    assert hardware.cuda_possible(missing, missing) is (not sys.platform.startswith("linux"))
+    assert hardware.cuda_possible(tmp_path, missing) is True
+    assert hardware.cuda_possible(missing, tmp_path) is True  # WSL 2: /dev/dxg, no driver file
 
 
 def test_choose_device_is_torchs_once_torch_is_loaded():

@@ -50,6 +50,9 @@ CPUINFO = Path("/proc/cpuinfo")
 # Present exactly when the NVIDIA kernel driver is loaded (Linux): without it CUDA cannot work,
 # so torch.cuda.is_available() is False and "auto" means the CPU without asking torch.
 NVIDIA_DRIVER = Path("/proc/driver/nvidia")
+# WSL 2 reaches the Windows host's GPU through this device, with no /proc/driver/nvidia
+# (NVIDIA's "CUDA on WSL" guide): where it exists, torch decides.
+WSL_GPU = Path("/dev/dxg")
 
 
 class CpuDevice(str):
@@ -80,10 +83,11 @@ def torch_loaded() -> bool:
     return "torch" in sys.modules
 
 
-def cuda_possible(driver: Path = NVIDIA_DRIVER) -> bool:
-    """False when CUDA surely cannot work here (Linux without the NVIDIA driver), so that the
-    CPU can be chosen without importing torch; True otherwise (torch decides)."""
-    return not sys.platform.startswith("linux") or driver.exists()
+def cuda_possible(driver: Path = NVIDIA_DRIVER, wsl_gpu: Path = WSL_GPU) -> bool:
+    """False when CUDA surely cannot work here (Linux without the NVIDIA driver, and not WSL 2
+    with its GPU device), so that the CPU can be chosen without importing torch; True otherwise
+    (torch decides)."""
+    return not sys.platform.startswith("linux") or driver.exists() or wsl_gpu.exists()
 
 
 def choose_device(requested: str = "auto", index: int | None = None

@@ -46,7 +46,6 @@ import numpy as np
 from cnnlab.hardware import torch_version
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 MANIFEST_VERSION = 1  # bump when what a manifest records, or what TransferModel keeps, changes
@@ -291,11 +290,11 @@ class FrozenTransfer:
     def _body_state(self) -> OrderedDict:
         import torch
 
-        from cnnlab.models.pretrained import pretrained_spec_of
+        from cnnlab.models.pretrained import pretrained_spec_of, read_state_dict
         from cnnlab.models.registry import get_spec
 
         spec = pretrained_spec_of(get_spec(self.backbone))
-        state = _read_weights(self.weights_file)
+        state = read_state_dict(self.weights_file)
         if spec.convert is not None:
             state = spec.convert(state, _Shapes(self.manifest))
         out = OrderedDict()
@@ -317,27 +316,6 @@ class FrozenTransfer:
                 "head_parameters": n_head, "trainable_parameters": n_head,
                 "stages": self.manifest.stages, "unfrozen_stages": 0,
                 "strategy": self.strategy, "bn": self.bn}
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The weights file's state dict, read as models/pretrained.load_pretrained reads it
-    (tensors only; a checkpoint's "state_dict" entry unwrapped)."""
-    import torch
-
-    from cnnlab.errors import CnnlabError
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CnnlabError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return state
 
 
 def _numel(shape: list[int]) -> int:

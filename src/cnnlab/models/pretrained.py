@@ -127,11 +127,9 @@ def fetch(spec: PretrainedSpec, model_name: str, explicit: str | Path | None = N
     )
 
 
-def load_pretrained(
-    model: nn.Module, spec: PretrainedSpec, model_name: str, explicit: str | Path | None = None
-) -> Path:
-    """Load the weights into `model` in place (safely: tensors only); returns the file used."""
-    path = fetch(spec, model_name, explicit)
+def read_state_dict(path: Path) -> dict:
+    """A weights file's state dict, read safely (tensors only: `weights_only`), a checkpoint's
+    "state_dict" entry unwrapped; a file that cannot be read is a one-line CnnlabError."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -145,6 +143,15 @@ def load_pretrained(
         raise CnnlabError(f"cannot read weights file {path}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    return state
+
+
+def load_pretrained(
+    model: nn.Module, spec: PretrainedSpec, model_name: str, explicit: str | Path | None = None
+) -> Path:
+    """Load the weights into `model` in place (safely: tensors only); returns the file used."""
+    path = fetch(spec, model_name, explicit)
+    state = read_state_dict(path)
     if spec.convert is not None:
         state = spec.convert(state, model)
     try:
