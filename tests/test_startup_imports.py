@@ -269,7 +269,11 @@ def test_evaluate_on_a_cached_graph_imports_no_torch(shared_data, tmp_path, monk
     import torch
 
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
-    assert env["torch_threads"] == torch.get_num_threads()
+    # torch's own default in a fresh process with the run's environment (this test process's
+    # thread count may have been set by an earlier test in the same worker)
+    fresh = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                           capture_output=True, text=True, timeout=300, env=_env(tmp_path))
+    assert env["torch_threads"] == int(fresh.stdout.strip())
 
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
     got = _predictions(run)
